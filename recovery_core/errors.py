@@ -1,0 +1,37 @@
+"""Typed errors for everything a user can get wrong.
+
+Each message is one sentence a person can act on: it names the file, key or shape
+involved and says what to do. Assertions remain for our own invariants only.
+"""
+
+
+class RecoveryError(Exception):
+    """Base class: anything that went wrong because of the input, not because of a bug."""
+
+
+class CheckpointFormatError(RecoveryError):
+    """The file is not a checkpoint we can read: wrong format, truncated, empty, no tensors."""
+
+
+class UnsafeCheckpointError(RecoveryError):
+    """The file would need code to run (arbitrary pickle globals, TorchScript, oversized parts)."""
+
+
+class InferenceError(RecoveryError):
+    """The weights do not fit any architecture we can explain."""
+
+
+class BuildError(RecoveryError):
+    """The inferred architecture could not be turned into a working module."""
+
+
+class DataError(RecoveryError):
+    """The dataset cannot be read or does not fit the model's inputs."""
+
+
+class TrainingError(RecoveryError):
+    """Training could not start or could not go on."""
+
+
+class ExportError(RecoveryError):
+    """An exported file could not be written or failed its verification."""

@@ -1,0 +1,197 @@
+"""The recovered architecture as plain, frozen data.
+
+The spec is the single source of truth that every later step reads: `build` turns it
+into an `nn.Module`, `codegen` into source code, `search` varies its free
+hyperparameters, the dashboard renders it. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+# Where a hyperparameter's value came from.
+SOURCE_SHAPE = "shape"  # fixed by a weight shape (key and shape recorded)
+SOURCE_METADATA = "checkpoint metadata"  # the checkpoint's own hyper_parameters / __metadata__
+SOURCE_DEFAULT = "default"  # not determined: the usual default among the candidates
+SOURCE_SEARCH = "search"  # not determined: chosen by scoring candidates on data
+SOURCE_USER = "user"  # not determined: fixed by the person
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One constructor or forward value, with where it came from."""
+
+    name: str  # "d_model", "num_encoder_layers", "nhead", "batch_first", ...
+    value: Any
+    determined: bool  # True when the weights or the checkpoint's metadata fix it
+    source: str  # one of the SOURCE_* constants
+    evidence: str  # a sentence a person can check: "encoder.layers.0.linear1.weight is (64, 32)"
+    candidates: tuple[Any, ...] = ()  # valid values when not determined by the weights
+    key: str | None = None  # the state-dict key that determined it
+    shape: tuple[int, ...] | None = None  # that key's shape
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "determined": self.determined,
+            "source": self.source,
+            "candidates": list(self.candidates),
+            "evidence": self.evidence,
+            "key": self.key,
+            "shape": list(self.shape) if self.shape is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """One module of the recovered tree.
+
+    `type` is a torch.nn class name ("Linear", "TransformerEncoderLayer", "Sequential",
+    "ModuleList") or one of ours: "Module" (a plain container), "PositionalEncoding"
+    (a module holding a positional-encoding buffer), "Identity"-like parameter-less
+    placeholders found through the pickle's `_metadata`.
+    `args` are the constructor keyword arguments the weights determine; `hidden` names
+    the hidden hyperparameters (looked up in `ArchSpec.hyperparameters`) the constructor
+    also takes. Composite layers (TransformerEncoderLayer, Transformer, ...) list their
+    submodules as children for display, but build constructs them in one call.
+    """
+
+    path: str  # "" for the root, else dotted: "encoder.layers.0.self_attn"
+    type: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    hidden: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()  # state-dict keys this module owns directly (full names)
+    children: tuple[ModuleSpec, ...] = ()
+    evidence: str = ""
+    alternatives: tuple[str, ...] = ()  # other types the shapes equally allow, e.g. ("RMSNorm",)
+    note: str = ""  # why the type is uncertain, when alternatives is not empty
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit(".", 1)[-1] if self.path else ""
+
+    def walk(self) -> Iterator[ModuleSpec]:
+        """This module and every descendant, depth first, in definition order."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def all_keys(self) -> tuple[str, ...]:
+        return tuple(k for m in self.walk() for k in m.keys)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "type": self.type,
+            "args": dict(self.args),
+            "hidden": list(self.hidden),
+            "keys": list(self.keys),
+            "evidence": self.evidence,
+            "alternatives": list(self.alternatives),
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One argument of the recognised forward."""
+
+    name: str  # "src", "tgt", "x"
+    dtype: str  # "long" (token ids) or "float"
+    shape: tuple[int, ...]  # example shape with batch first; -1 never appears
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """A recognised forward: how the top-level modules are called.
+
+    kind: "sequential" (a stack called in order), "encoder" (embedding -> positional
+    encoding -> TransformerEncoder -> head), "seq2seq" (encoder-decoder taking
+    (src, tgt)), "rnn" (embedding -> RNN -> head).
+    roles: role name -> module path, e.g. {"src_embedding": "src_tok_emb", "head": "generator"}.
+    """
+
+    kind: str
+    roles: Mapping[str, str]
+    inputs: tuple[ModelInput, ...]
+    description: str
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    root: ModuleSpec
+    hyperparameters: tuple[Hyperparameter, ...]
+    wiring: Wiring | None
+    unexplained_keys: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # anything a person should know: ambiguities, guesses
+
+    def modules(self) -> Iterator[ModuleSpec]:
+        return self.root.walk()
+
+    def module(self, path: str) -> ModuleSpec:
+        for m in self.modules():
+            if m.path == path:
+                return m
+        raise KeyError(path)
+
+    def hyperparameter(self, name: str) -> Hyperparameter:
+        for hp in self.hyperparameters:
+            if hp.name == name:
+                return hp
+        raise KeyError(name)
+
+    def value(self, name: str, default: Any = None) -> Any:
+        for hp in self.hyperparameters:
+            if hp.name == name:
+                return hp.value
+        return default
+
+    @property
+    def free(self) -> tuple[Hyperparameter, ...]:
+        """Hyperparameters the weights do not determine."""
+        return tuple(hp for hp in self.hyperparameters if not hp.determined)
+
+    def with_values(self, values: Mapping[str, Any], source: str = SOURCE_USER) -> ArchSpec:
+        """A copy with free hyperparameters set. Determined ones cannot be changed."""
+        known = {hp.name: hp for hp in self.hyperparameters}
+        for name, value in values.items():
+            if name not in known:
+                raise KeyError(f"unknown hyperparameter {name!r}; known: {sorted(known)}")
+            hp = known[name]
+            if hp.determined and value != hp.value:
+                raise ValueError(
+                    f"{name} is fixed at {hp.value!r} by {hp.evidence}; it cannot be set to {value!r}"
+                )
+            if not hp.determined and hp.candidates and value not in hp.candidates:
+                raise ValueError(
+                    f"{value!r} is not a valid {name}; choose one of {list(hp.candidates)}"
+                )
+        hps = tuple(
+            replace(hp, value=values[hp.name], source=source)
+            if hp.name in values and not hp.determined
+            else hp
+            for hp in self.hyperparameters
+        )
+        return replace(self, hyperparameters=hps)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "modules": [m.to_json() for m in self.modules() if m.keys or m.children or m.path],
+            "hyperparameters": [hp.to_json() for hp in self.hyperparameters],
+            "wiring": None
+            if self.wiring is None
+            else {
+                "kind": self.wiring.kind,
+                "roles": dict(self.wiring.roles),
+                "inputs": [
+                    {"name": i.name, "dtype": i.dtype, "shape": list(i.shape)}
+                    for i in self.wiring.inputs
+                ],
+                "description": self.wiring.description,
+            },
+            "unexplained_keys": list(self.unexplained_keys),
+            "notes": list(self.notes),
+        }
