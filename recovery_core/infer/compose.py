@@ -1,0 +1,234 @@
+"""Build the module tree from the key tree: detect each module, recurse into the rest.
+
+Module paths come from the keys and from the pickle's `_metadata` (which also lists
+parameter-less modules such as activations). Each path is offered to the detectors;
+a composite that matches claims its subtree (children are explained for display only);
+a path no detector explains is a container whose children are explained in turn.
+
+Container rule: a module whose children are all integer-named is a Sequential when
+parameter-less children sit among them (seen in `_metadata`, or as gaps in the
+numbering: 0, 3, 5 means 1, 2 and 4 hold no weights), else a ModuleList (with Sequential
+as the alternative); any other container is a plain "Module". Parameter-less children
+of containers become "Unknown" modules whose type is a free hyperparameter named after
+their path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from recovery_core.checkpoint import Checkpoint, TensorInfo
+from recovery_core.infer.detection import Detection, Group, fmt
+from recovery_core.infer.linear import transposed_linear_note
+from recovery_core.infer.registry import DETECTORS
+from recovery_core.spec import ModuleSpec
+
+
+def parent_of(path: str) -> str:
+    return path.rsplit(".", 1)[0] if "." in path else ""
+
+
+def join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+@dataclass
+class KeyTree:
+    """Module paths in definition order, and which keys sit under each."""
+
+    infos: dict[str, TensorInfo]
+    children: dict[str, list[str]] = field(default_factory=dict)  # path -> child names
+    under: dict[str, dict[str, TensorInfo]] = field(default_factory=dict)  # path -> relative keys
+    listed: set[str] = field(default_factory=set)  # paths seen in `_metadata`
+    _convs: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # per parent, cached
+    _position: dict[str, int] = field(default_factory=dict)  # path -> index among its siblings
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> KeyTree:
+        tree = cls(infos={t.name: t for t in checkpoint.tensors})
+        tree.listed = set(checkpoint.module_paths)
+        # `_metadata` order is definition order, parameter-less modules included.
+        for path in checkpoint.module_paths:
+            tree._add_path(path)
+        for name, info in tree.infos.items():
+            path = parent_of(name)
+            tree._add_path(path)
+            prefix = path
+            while True:
+                relative = name[len(prefix) + 1 :] if prefix else name
+                tree.under.setdefault(prefix, {})[relative] = info
+                if not prefix:
+                    break
+                prefix = parent_of(prefix)
+        return tree
+
+    def _add_path(self, path: str) -> None:
+        if path in self.children:
+            return  # its ancestors are registered already
+        self.children[path] = []
+        if path:
+            parent = parent_of(path)
+            self._add_path(parent)
+            self.children[parent].append(path.rsplit(".", 1)[-1])
+
+    def keys_under(self, path: str) -> dict[str, TensorInfo]:
+        return self.under.get(path, {})
+
+    def neighbour_conv_dims(self, path: str) -> int | None:
+        """Spatial dims of the nearest sibling whose weight looks like a convolution's."""
+        if not path:
+            return None
+        parent = parent_of(path)
+        if parent not in self._convs:
+            self._convs[parent] = self._conv_siblings(parent)
+        convs = self._convs[parent]
+        index = self._position[path]
+        nearest = min(
+            ((abs(i - index), i > index, dims) for i, dims in convs if i != index), default=None
+        )
+        return None if nearest is None else nearest[2]
+
+    def _conv_siblings(self, parent: str) -> list[tuple[int, int]]:
+        """(position, spatial dims) of the children of `parent` with a 3-5-D weight."""
+        found = []
+        for i, name in enumerate(self.children.get(parent, [])):
+            self._position[join(parent, name)] = i
+            info = self.infos.get(join(join(parent, name), "weight"))
+            if info is not None and 3 <= len(info.shape) <= 5:
+                found.append((i, len(info.shape) - 2))
+        return found
+
+
+@dataclass
+class Composer:
+    tree: KeyTree
+    unexplained: list[str] = field(default_factory=list)
+
+    def explain(self, path: str, inside_composite: bool = False) -> ModuleSpec | None:
+        keys = self.tree.keys_under(path)
+        if not keys:
+            if inside_composite:
+                return None  # dropout/activation inside a layer torch builds in one call
+            return ModuleSpec(
+                path=path,
+                type="Unknown",
+                hidden=(path,),
+                evidence=(
+                    "listed in the checkpoint's module list but holds no weights"
+                    if path in self.tree.listed
+                    else "a gap in its parent's numbering: a module without weights"
+                )
+                + ": an activation, dropout, flatten or similar",
+            )
+        group = Group(
+            path=path,
+            keys=keys,
+            children=tuple(self.tree.children.get(path, ())),
+            neighbour_conv_dims=self.tree.neighbour_conv_dims(path),
+        )
+        for detector in DETECTORS:
+            detection = detector(group)
+            if detection is not None:
+                return self._detected(group, detection, inside_composite)
+        return self._container(group, inside_composite)
+
+    def _detected(self, group: Group, found: Detection, inside_composite: bool) -> ModuleSpec:
+        children: tuple[ModuleSpec, ...] = ()
+        if found.composite:
+            children = tuple(
+                spec
+                for name in group.children
+                if (spec := self.explain(join(group.path, name), inside_composite=True)) is not None
+            )
+        certain = inside_composite  # a composite's parts are exactly what torch builds
+        return ModuleSpec(
+            path=group.path,
+            type=found.type,
+            args=dict(found.args),
+            hidden=found.hidden,
+            keys=tuple(join(group.path, k) for k in group.direct),
+            children=children,
+            evidence=found.evidence,
+            alternatives=() if certain else found.alternatives,
+            note="" if certain else found.note,
+        )
+
+    def _container(self, group: Group, inside_composite: bool) -> ModuleSpec:
+        direct = group.direct
+        for key in direct:
+            self.unexplained.append(join(group.path, key))
+        names = list(group.children)
+        numbered = bool(names) and all(n.isdigit() for n in names)
+        if numbered and not inside_composite:
+            # A gap in the numbering (0, 3, 5) is a parameter-less child, even without `_metadata`.
+            gaps = [str(i) for i in range(max(map(int, names))) if str(i) not in names]
+            names = sorted(names + gaps, key=int)
+        children = tuple(
+            spec
+            for name in names
+            if (spec := self.explain(join(group.path, name), inside_composite)) is not None
+        )
+        note = ""
+        if direct:
+            listed = ", ".join(f"{k} {fmt(v.shape)}" for k, v in direct.items())
+            note = (
+                transposed_linear_note(group) or f"No detector explains {listed}; left unexplained."
+            )
+        if numbered:
+            return self._numbered(group, children, note, inside_composite)
+        return ModuleSpec(
+            path=group.path,
+            type="Module",
+            children=children,
+            evidence="a container: its keys belong to its children",
+            note=note,
+        )
+
+    def _numbered(
+        self, group: Group, children: tuple[ModuleSpec, ...], note: str, inside_composite: bool
+    ) -> ModuleSpec:
+        empty = [c.name for c in children if c.type == "Unknown"]
+        names = [c.name for c in children] or list(group.children)
+        span = f"{names[0]} … {names[-1]}"
+        if inside_composite:  # e.g. TransformerEncoder.layers: torch builds a ModuleList
+            return ModuleSpec(
+                path=group.path,
+                type="ModuleList",
+                children=children,
+                evidence=f"the layer list {span} of a composite",
+            )
+        if empty:
+            return ModuleSpec(
+                path=group.path,
+                type="Sequential",
+                children=children,
+                evidence=f"children {span} are numbered and parameter-less ones "
+                f"({', '.join(empty)}) sit among them → Sequential",
+                note=note,
+            )
+        return ModuleSpec(
+            path=group.path,
+            type="ModuleList",
+            children=children,
+            evidence=f"children {span} are numbered and all hold weights → ModuleList",
+            alternatives=("Sequential",),
+            note=note
+            or "Numbered children without parameter-less ones between them may be a ModuleList or a Sequential.",
+        )
+
+
+def compose_tree(checkpoint: Checkpoint) -> tuple[ModuleSpec, tuple[str, ...]]:
+    """The module tree and the keys no module explains."""
+    composer = Composer(KeyTree.from_checkpoint(checkpoint))
+    root = composer.explain("")
+    assert root is not None  # the root always has keys: the checkpoint has tensors
+    return root, tuple(composer.unexplained)
+
+
+def module_notes(root: ModuleSpec) -> list[str]:
+    """One sentence per distinct note, naming every module it applies to."""
+    paths_by_note: dict[str, list[str]] = {}
+    for module in root.walk():
+        if module.note:
+            paths_by_note.setdefault(module.note, []).append(module.path or "(root)")
+    return [f"{', '.join(paths)}: {note}" for note, paths in paths_by_note.items()]

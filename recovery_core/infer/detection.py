@@ -1,0 +1,76 @@
+"""The contract every detector follows: a group of keys in, a `Detection` or None out.
+
+A detector looks at one module path (`Group`): the keys under it, relative to it. Leaf
+detectors explain the module's direct keys as one torch.nn type and decline when
+anything else sits below it; composite detectors (attention, Transformer layers, RNNs)
+claim the whole subtree and check every key in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from recovery_core.checkpoint import TensorInfo
+
+
+@dataclass(frozen=True)
+class Group:
+    path: str  # "" for the root
+    keys: Mapping[
+        str, TensorInfo
+    ]  # every key under `path`, relative to it ("weight", "layers.0.linear1.weight")
+    children: tuple[
+        str, ...
+    ] = ()  # immediate child names, definition order, parameter-less ones included
+    neighbour_conv_dims: int | None = None  # spatial dims (1-3) of the nearest sibling convolution
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit(".", 1)[-1]
+
+    @property
+    def direct(self) -> dict[str, TensorInfo]:
+        return {k: v for k, v in self.keys.items() if "." not in k}
+
+    @property
+    def is_leaf(self) -> bool:
+        """True when every key sits directly on this module (no child owns weights)."""
+        return all("." not in k for k in self.keys)
+
+    def shape(self, relative: str) -> tuple[int, ...] | None:
+        info = self.keys.get(relative)
+        return None if info is None else info.shape
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: v.shape for k, v in self.keys.items()}
+
+    def sub(self, prefix: str) -> dict[str, tuple[int, ...]]:
+        """Shapes of the keys under `prefix.`, relative to it."""
+        start = prefix + "."
+        return {k[len(start) :]: v.shape for k, v in self.keys.items() if k.startswith(start)}
+
+
+@dataclass(frozen=True)
+class Detection:
+    type: str  # torch.nn class name (or one of ours: "PositionalEncoding")
+    args: Mapping[str, Any]  # constructor keyword arguments the shapes determine
+    evidence: str  # "weight (64, 32) → Linear(in_features=32, out_features=64)"
+    hidden: tuple[str, ...] = ()  # free hyperparameters the constructor also takes
+    alternatives: tuple[str, ...] = ()  # other types the same shapes allow
+    note: str = ""  # why the type is uncertain
+    composite: bool = False  # claims the whole subtree; children are listed for display
+
+
+Detector = Callable[[Group], "Detection | None"]
+
+
+def fmt(shape: tuple[int, ...]) -> str:
+    """A shape as people write it: (64, 32), (64,)."""
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def call(type_name: str, args: Mapping[str, Any]) -> str:
+    """Linear(in_features=32, out_features=64)."""
+    return f"{type_name}(" + ", ".join(f"{k}={v!r}" for k, v in args.items()) + ")"

@@ -1,0 +1,396 @@
+"""Collect the hyperparameters: determined ones from shapes, free ones with candidates.
+
+Determined values come from the outermost composite that fixes them (an
+nn.Transformer's d_model, not again from each of its layers). When two modules fix
+the same name to different values, the later one is named `<path>.<name>`.
+Free values are global and listed only when some module (or the wiring) uses them;
+candidates and defaults follow docs/spec-conventions.md. A value in the checkpoint's
+own `hyper_parameters` wins over a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from recovery_core.infer.detection import fmt
+from recovery_core.infer.unknown import UNKNOWN_CHOICES, name_hint
+from recovery_core.spec import (
+    SOURCE_DEFAULT,
+    SOURCE_METADATA,
+    SOURCE_SHAPE,
+    Hyperparameter,
+    ModuleSpec,
+    Wiring,
+)
+
+NOT_DETERMINED = "not determined by the weights"
+COMPOSITES = frozenset(
+    {
+        "Transformer",
+        "TransformerEncoder",
+        "TransformerDecoder",
+        "TransformerEncoderLayer",
+        "TransformerDecoderLayer",
+        "MultiheadAttention",
+        "LSTM",
+        "GRU",
+        "RNN",
+    }
+)
+# name -> (candidates, default), from docs/spec-conventions.md
+FREE_TABLE: dict[str, tuple[tuple[Any, ...], Any]] = {
+    "batch_first": ((False, True), False),
+    "norm_first": ((False, True), False),
+    "activation": (("relu", "gelu"), "relu"),
+    "dropout": ((0.0, 0.1), 0.1),
+    "layer_norm_eps": ((1e-5, 1e-6, 1e-12), 1e-5),
+    "scale_embedding": ((False, True), False),
+    "causal_mask": ((False, True), False),
+    "conv_padding": (("same", "valid"), "same"),
+    "conv_stride": ((1, 2), 1),
+    "eps": ((1e-5, 1e-3), 1e-5),
+    "rnn_nonlinearity": (("tanh", "relu"), "tanh"),
+}
+# Entry names in a checkpoint's hyper_parameters that carry each free value.
+METADATA_NAMES: dict[str, tuple[str, ...]] = {
+    "nhead": ("nhead", "n_head", "n_heads", "num_heads", "num_attention_heads"),
+    "batch_first": ("batch_first",),
+    "norm_first": ("norm_first", "pre_norm"),
+    "activation": ("activation", "activation_function", "hidden_act"),
+    "dropout": ("dropout", "dropout_rate"),
+    "layer_norm_eps": ("layer_norm_eps", "layer_norm_epsilon", "norm_eps"),
+    "scale_embedding": ("scale_embedding",),
+    "causal_mask": ("causal_mask", "causal", "is_causal"),
+    "conv_padding": ("conv_padding",),
+    "conv_stride": ("conv_stride",),
+    "eps": ("batch_norm_eps", "bn_eps"),
+    "rnn_nonlinearity": ("rnn_nonlinearity", "nonlinearity"),
+    "num_groups": ("num_groups",),
+}
+VOCAB_NAMES = {
+    "embedding": "vocab_size",
+    "src_embedding": "src_vocab_size",
+    "tgt_embedding": "tgt_vocab_size",
+}
+
+
+def join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+@dataclass
+class Determined:
+    shapes: Mapping[str, tuple[int, ...]]
+    found: dict[str, Hyperparameter] = field(default_factory=dict)
+
+    def add(self, name: str, value: Any, path: str, key: str, evidence: str | None = None) -> None:
+        shape = self.shapes.get(key)
+        hp = Hyperparameter(
+            name=name,
+            value=value,
+            determined=True,
+            source=SOURCE_SHAPE,
+            evidence=evidence or f"{key} is {fmt(shape)}",
+            key=key,
+            shape=shape,
+        )
+        existing = self.found.get(name)
+        if existing is None:
+            self.found[name] = hp
+        elif existing.value != value:
+            self.found[join(path, name)] = replace(hp, name=join(path, name))
+
+
+def _stack(found: Determined, path: str, count: int, name: str, prefix: str) -> None:
+    last = join(path, f"{prefix}.{count - 1}.linear1.weight")
+    layers = "1 layer (0)" if count == 1 else f"{count} layers (0 … {count - 1})"
+    found.add(name, count, path, last, f"{join(path, prefix)} holds {layers}")
+
+
+def _width(found: Determined, path: str, linear1: str) -> None:
+    key = join(path, linear1)
+    ff, d_model = found.shapes[key]
+    found.add("d_model", d_model, path, key)
+    found.add("dim_feedforward", ff, path, key)
+
+
+def _determined_of(module: ModuleSpec, found: Determined, roles: Mapping[str, str]) -> None:
+    path, args = module.path, module.args
+    if module.type == "Transformer":
+        _width(found, path, "encoder.layers.0.linear1.weight")
+        _stack(found, path, args["num_encoder_layers"], "num_encoder_layers", "encoder.layers")
+        _stack(found, path, args["num_decoder_layers"], "num_decoder_layers", "decoder.layers")
+    elif module.type in ("TransformerEncoder", "TransformerDecoder"):
+        _width(found, path, "layers.0.linear1.weight")
+        name = "num_encoder_layers" if module.type == "TransformerEncoder" else "num_decoder_layers"
+        _stack(found, path, args["num_layers"], name, "layers")
+    elif module.type in ("TransformerEncoderLayer", "TransformerDecoderLayer"):
+        _width(found, path, "linear1.weight")
+    elif module.type == "MultiheadAttention":
+        key = join(
+            path,
+            "in_proj_weight" if join(path, "in_proj_weight") in found.shapes else "q_proj_weight",
+        )
+        found.add("embed_dim", args["embed_dim"], path, key)
+    elif module.type in ("LSTM", "GRU", "RNN"):
+        ih = join(path, "weight_ih_l0")
+        found.add("input_size", args["input_size"], path, ih)
+        hidden_key = join(path, "weight_hr_l0" if args.get("proj_size") else "weight_hh_l0")
+        found.add("hidden_size", args["hidden_size"], path, hidden_key)
+        last = args["num_layers"] - 1
+        found.add(
+            "num_layers",
+            args["num_layers"],
+            path,
+            join(path, f"weight_ih_l{last}"),
+            f"{path or 'the RNN'} has weight_ih_l0 … weight_ih_l{last}"
+            if last
+            else f"{path or 'the RNN'} has only weight_ih_l0",
+        )
+        bidirectional = args["bidirectional"]
+        found.add(
+            "bidirectional",
+            bidirectional,
+            path,
+            join(path, "weight_ih_l0_reverse" if bidirectional else "weight_ih_l0"),
+            f"{path or 'the RNN'} {'has' if bidirectional else 'has no'} *_reverse weights",
+        )
+        if args.get("proj_size"):
+            found.add("proj_size", args["proj_size"], path, join(path, "weight_hr_l0"))
+    elif module.type == "Embedding":
+        role = next((r for r, p in roles.items() if p == path and r in VOCAB_NAMES), None)
+        name = VOCAB_NAMES[role] if role else join(path, "num_embeddings")
+        found.add(name, args["num_embeddings"], path, join(path, "weight"))
+    elif module.type == "PositionalEncoding":
+        shape = args["shape"]
+        length = shape[1] if len(shape) == 3 and shape[0] == 1 else shape[0]
+        found.add("max_len", length, path, join(path, args["buffer"]))
+
+
+def determined_hyperparameters(
+    root: ModuleSpec, wiring: Wiring | None, shapes: Mapping[str, tuple[int, ...]]
+) -> list[Hyperparameter]:
+    found = Determined(shapes)
+    roles = wiring.roles if wiring is not None else {}
+
+    def visit(module: ModuleSpec) -> None:
+        _determined_of(module, found, roles)
+        if module.type not in COMPOSITES:  # a composite's parts repeat what it already said
+            for child in module.children:
+                visit(child)
+
+    visit(root)
+    return list(found.found.values())
+
+
+# ------------------------------------------------------------------- free values
+
+
+def _divisors(n: int) -> tuple[int, ...]:
+    return tuple(d for d in range(1, n + 1) if n % d == 0)
+
+
+def _common_divisors(widths: list[int]) -> tuple[int, ...]:
+    return tuple(d for d in _divisors(min(widths)) if all(w % d == 0 for w in widths))
+
+
+def _largest_up_to(candidates: tuple[int, ...], preferred: int) -> int:
+    return preferred if preferred in candidates else max(c for c in candidates if c <= preferred)
+
+
+def _nhead(root: ModuleSpec) -> tuple[tuple[int, ...], int, str]:
+    widths = sorted(
+        {m.args.get("embed_dim") or m.args["d_model"] for m in root.walk() if "nhead" in m.hidden}
+    )
+    candidates = _common_divisors(widths)
+    default = _largest_up_to(candidates, 8)
+    return (
+        candidates,
+        default,
+        f"nhead must divide {' and '.join(map(str, widths))}; {default} is the usual choice",
+    )
+
+
+def _num_groups(root: ModuleSpec) -> tuple[tuple[int, ...], int, str]:
+    widths = sorted({m.args["num_channels"] for m in root.walk() if m.type == "GroupNorm"})
+    candidates = _common_divisors(widths)
+    default = _largest_up_to(candidates, 32)
+    return candidates, default, f"num_groups must divide {' and '.join(map(str, widths))} channels"
+
+
+def _batch_first(root: ModuleSpec) -> tuple[tuple[bool, ...], bool, str]:
+    for m in root.walk():
+        shape = m.args.get("shape") if m.type == "PositionalEncoding" else None
+        if shape is not None and len(shape) == 3 and shape[0] == 1:
+            return (False, True), True, f"{m.path}.{m.args['buffer']} is {fmt(shape)}: batch first"
+        if shape is not None and len(shape) == 3 and shape[1] == 1:
+            return (
+                (False, True),
+                False,
+                f"{m.path}.{m.args['buffer']} is {fmt(shape)}: sequence first",
+            )
+    return (False, True), False, "PyTorch's default"
+
+
+def free_names(root: ModuleSpec, wiring: Wiring | None) -> list[str]:
+    names: list[str] = []
+    for module in root.walk():
+        names.extend(h for h in module.hidden if h not in names)
+    if wiring is not None and wiring.kind in ("encoder", "seq2seq"):
+        names.extend(h for h in ("scale_embedding", "causal_mask") if h not in names)
+    return names
+
+
+def _unknown_guesses(root: ModuleSpec) -> dict[str, tuple[str, str]]:
+    """path -> (guessed module name, why), from the name or the neighbours."""
+    guesses: dict[str, tuple[str, str]] = {}
+    for container in root.walk():
+        children = list(container.children)
+        for index, child in enumerate(children):
+            if child.type != "Unknown":
+                continue
+            hint = name_hint(child.name)
+            if hint is not None:
+                guesses[child.path] = (hint, f"its name '{child.name}'")
+                continue
+            before = [c for c in children[:index] if c.type != "Unknown"]
+            after = [c for c in children[index + 1 :] if c.type != "Unknown"]
+            previous = before[-1] if before else None
+            following = after[0] if after else None
+            run_start = index
+            while run_start > 0 and children[run_start - 1].type == "Unknown":
+                run_start -= 1
+            last_in_run = index + 1 == len(children) or children[index + 1].type != "Unknown"
+            feature_map = previous is not None and previous.type.startswith(
+                ("Conv", "ConvTranspose", "BatchNorm2d", "BatchNorm3d", "GroupNorm")
+            )
+            where = (f"after {previous.path} ({previous.type})" if previous else "at the start") + (
+                f", before {following.path} ({following.type})" if following else ""
+            )
+            if feature_map and following is not None and following.type == "Linear" and last_in_run:
+                guesses[child.path] = (
+                    "Flatten",
+                    f"its place {where}: a feature map meets a Linear",
+                )
+            elif index == run_start:
+                guesses[child.path] = ("ReLU", f"its place {where}: the usual activation")
+            else:
+                guesses[child.path] = (
+                    "Dropout",
+                    f"its place {where}, after another parameter-less module",
+                )
+    return guesses
+
+
+def _flat_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Top-level entries, then those one level down (e.g. Lightning's nested hparams)."""
+    flat: dict[str, Any] = {}
+    for value in values.values():
+        if isinstance(value, Mapping):
+            for inner, inner_value in value.items():
+                flat.setdefault(str(inner), inner_value)
+    for key, value in values.items():
+        if not isinstance(value, Mapping):
+            flat[str(key)] = value
+    return flat
+
+
+def _valid_metadata(name: str, value: Any, candidates: tuple[Any, ...]) -> Any | None:
+    """The value in our terms, or None when it cannot be used."""
+    if name in ("dropout", "layer_norm_eps", "eps"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+        return float(value) if ok else None
+    if name in ("activation", "rnn_nonlinearity") and isinstance(value, str):
+        value = value.lower()  # "ReLU" and "relu" mean the same here
+    if all(isinstance(c, bool) for c in candidates):
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None  # True == 1 would otherwise pass as nhead=1
+    return value if value in candidates else None
+
+
+@dataclass(frozen=True)
+class FreeValue:
+    candidates: tuple[Any, ...]
+    default: Any
+    reason: str
+
+
+def _free_value(
+    name: str, root: ModuleSpec, wiring: Wiring | None, guesses: dict[str, tuple[str, str]]
+) -> FreeValue:
+    if name == "nhead":
+        return FreeValue(*_nhead(root))
+    if name == "num_groups":
+        return FreeValue(*_num_groups(root))
+    if name == "batch_first":
+        return FreeValue(*_batch_first(root))
+    if name in guesses:
+        choice, why = guesses[name]
+        return FreeValue(
+            UNKNOWN_CHOICES, choice, f"a parameter-less module; guessed {choice} from {why}"
+        )
+    if name == "causal_mask":
+        seq2seq = wiring is not None and wiring.kind == "seq2seq"
+        return FreeValue(
+            (False, True),
+            seq2seq,
+            "the usual choice for " + ("a seq2seq decoder" if seq2seq else "an encoder"),
+        )
+    candidates, default = FREE_TABLE[name]
+    return FreeValue(candidates, default, "the usual default")
+
+
+def free_hyperparameters(
+    root: ModuleSpec, wiring: Wiring | None, metadata: Mapping[str, Any]
+) -> tuple[list[Hyperparameter], list[str]]:
+    guesses = _unknown_guesses(root)
+    entries = _flat_metadata(metadata)
+    hyperparameters, notes = [], []
+    for name in free_names(root, wiring):
+        free = _free_value(name, root, wiring, guesses)
+        hp = Hyperparameter(
+            name=name,
+            value=free.default,
+            determined=False,
+            source=SOURCE_DEFAULT,
+            evidence=f"{NOT_DETERMINED}; {free.reason}",
+            candidates=free.candidates,
+        )
+        for entry in _metadata_entries(name, entries):
+            value = _valid_metadata(name, entries[entry], free.candidates)
+            if value is None:
+                notes.append(
+                    f"The checkpoint's hyper_parameters say {entry}={entries[entry]!r}, which is "
+                    f"not a valid {name} here (choose from {list(free.candidates)}); it was ignored."
+                )
+                continue
+            hp = replace(
+                hp,
+                value=value,
+                determined=True,
+                source=SOURCE_METADATA,
+                evidence=f"the checkpoint's hyper_parameters entry '{entry}' is {entries[entry]!r}",
+            )
+            break
+        hyperparameters.append(hp)
+    return hyperparameters, notes
+
+
+def _metadata_entries(name: str, entries: Mapping[str, Any]) -> Iterator[str]:
+    for entry in METADATA_NAMES.get(name, ()):
+        if entry in entries:
+            yield entry
+
+
+def metadata_conflicts(determined: list[Hyperparameter], metadata: Mapping[str, Any]) -> list[str]:
+    """Sentences for metadata entries that contradict a value fixed by the shapes."""
+    entries = _flat_metadata(metadata)
+    return [
+        f"The checkpoint's hyper_parameters say {hp.name}={entries[hp.name]!r}, but {hp.evidence} "
+        f"fixes it at {hp.value!r}; the weights win."
+        for hp in determined
+        if hp.name in entries and entries[hp.name] != hp.value
+    ]

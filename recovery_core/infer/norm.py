@@ -1,0 +1,118 @@
+"""Normalisation layers: BatchNorm (running statistics) and the affine norms.
+
+BatchNorm1d/2d/3d store the same keys; the neighbouring convolution's dimensionality
+picks one. A 1-D weight and bias is LayerNorm or GroupNorm; a weight alone is
+LayerNorm(bias=False) or RMSNorm. Names and neighbours decide, and the other type is
+always listed as an alternative.
+"""
+
+from __future__ import annotations
+
+import re
+
+from recovery_core.infer.detection import Detection, Group, call, fmt
+
+BATCHNORM_KEYS = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
+GROUPNORM_NAME = re.compile(r"(^|_)gn\d*($|_)|group", re.IGNORECASE)
+LAYERNORM_NAME = re.compile(r"(^|_)ln\d*($|_)|layer_?norm", re.IGNORECASE)
+RMSNORM_NAME = re.compile(r"rms", re.IGNORECASE)
+
+
+def detect_batchnorm(group: Group) -> Detection | None:
+    direct = group.direct
+    if not group.is_leaf or set(direct) - BATCHNORM_KEYS:
+        return None
+    mean, var = direct.get("running_mean"), direct.get("running_var")
+    if mean is None or var is None or len(mean.shape) != 1 or var.shape != mean.shape:
+        return None
+    affine = "weight" in direct
+    if affine != ("bias" in direct):
+        return None
+    if affine and (direct["weight"].shape != mean.shape or direct["bias"].shape != mean.shape):
+        return None
+    dims = group.neighbour_conv_dims or 1
+    type_name = f"BatchNorm{dims}d"
+    args = {"num_features": mean.shape[0], "affine": affine, "track_running_stats": True}
+    why = (
+        f"the neighbouring convolution is Conv{dims}d"
+        if group.neighbour_conv_dims
+        else "no neighbouring convolution, so the 1-d case"
+    )
+    return Detection(
+        type_name,
+        args,
+        f"running_mean {fmt(mean.shape)} → {call(type_name, args)}",
+        hidden=("eps",),
+        alternatives=tuple(f"BatchNorm{d}d" for d in (1, 2, 3) if d != dims),
+        note=f"BatchNorm1d/2d/3d store the same keys; chose {type_name} because {why}.",
+    )
+
+
+def detect_affine_norm(group: Group) -> Detection | None:
+    direct = group.direct
+    weight, bias = direct.get("weight"), direct.get("bias")
+    if not group.is_leaf or weight is None or set(direct) - {"weight", "bias"}:
+        return None
+    if bias is not None and bias.shape != weight.shape:
+        return None
+    if bias is None and len(weight.shape) != 1:
+        return None  # a 2-D weight alone is a Linear or an Embedding
+    if bias is not None:
+        return _weight_and_bias(group, weight.shape)
+    return _weight_only(group, weight.shape)
+
+
+def _weight_and_bias(group: Group, shape: tuple[int, ...]) -> Detection:
+    evidence = f"weight and bias {fmt(shape)}"
+    layer_norm_args = {"normalized_shape": shape, "elementwise_affine": True, "bias": True}
+    if len(shape) != 1:
+        return Detection(
+            "LayerNorm",
+            layer_norm_args,
+            f"{evidence} → {call('LayerNorm', layer_norm_args)}",
+            hidden=("layer_norm_eps",),
+        )
+    by_name = GROUPNORM_NAME.search(group.name) and not LAYERNORM_NAME.search(group.name)
+    after_conv = group.neighbour_conv_dims is not None and not LAYERNORM_NAME.search(group.name)
+    if by_name or after_conv:
+        args = {"num_channels": shape[0], "affine": True}
+        why = "its name" if by_name else "it sits next to a convolution"
+        return Detection(
+            "GroupNorm",
+            args,
+            f"{evidence} → {call('GroupNorm', args)}",
+            hidden=("num_groups",),
+            alternatives=("LayerNorm",),
+            note=f"GroupNorm and LayerNorm store the same keys; chose GroupNorm because {why}.",
+        )
+    return Detection(
+        "LayerNorm",
+        layer_norm_args,
+        f"{evidence} → {call('LayerNorm', layer_norm_args)}",
+        hidden=("layer_norm_eps",),
+        alternatives=("GroupNorm",),
+        note="LayerNorm and GroupNorm store the same keys; chose LayerNorm, the more common one away from convolutions.",
+    )
+
+
+def _weight_only(group: Group, shape: tuple[int, ...]) -> Detection:
+    evidence = f"weight {fmt(shape)} without bias"
+    if RMSNORM_NAME.search(group.name):
+        args = {"normalized_shape": shape, "elementwise_affine": True}
+        return Detection(
+            "RMSNorm",
+            args,
+            f"{evidence} named '{group.name}' → {call('RMSNorm', args)}",
+            hidden=("layer_norm_eps",),
+            alternatives=("LayerNorm",),
+            note="RMSNorm and LayerNorm(bias=False) store the same keys; chose RMSNorm because of its name.",
+        )
+    args = {"normalized_shape": shape, "elementwise_affine": True, "bias": False}
+    return Detection(
+        "LayerNorm",
+        args,
+        f"{evidence} → {call('LayerNorm', args)}",
+        hidden=("layer_norm_eps",),
+        alternatives=("RMSNorm",),
+        note="LayerNorm(bias=False) and RMSNorm store the same keys; chose LayerNorm because the name does not say rms.",
+    )

@@ -1,0 +1,42 @@
+"""Every detector, in the order they are tried. The first that explains a group wins.
+
+Ordering rule: composites first (they claim whole subtrees and match exact key sets),
+larger before smaller (Transformer before its stacks before their layers); then the
+leaves, name-based ones before the shape-only ones that would also match
+(PositionalEncoding and Embedding before Linear, BatchNorm before the affine norms).
+A new layer type is one new file plus one line here.
+"""
+
+from __future__ import annotations
+
+from recovery_core.infer.attention import detect_attention
+from recovery_core.infer.conv import detect_conv
+from recovery_core.infer.detection import Detector
+from recovery_core.infer.embedding import detect_embedding
+from recovery_core.infer.linear import detect_linear
+from recovery_core.infer.norm import detect_affine_norm, detect_batchnorm
+from recovery_core.infer.positional import detect_positional_encoding
+from recovery_core.infer.rnn import detect_rnn
+from recovery_core.infer.transformer import (
+    detect_decoder,
+    detect_decoder_layer,
+    detect_encoder,
+    detect_encoder_layer,
+    detect_transformer,
+)
+
+DETECTORS: tuple[Detector, ...] = (
+    detect_transformer,
+    detect_encoder,
+    detect_decoder,
+    detect_decoder_layer,
+    detect_encoder_layer,
+    detect_attention,
+    detect_rnn,
+    detect_positional_encoding,
+    detect_batchnorm,
+    detect_conv,
+    detect_embedding,
+    detect_linear,
+    detect_affine_norm,
+)

@@ -1,0 +1,237 @@
+"""Inference on the hard cases: ambiguities, missing metadata, keys nothing explains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from recovery_core.checkpoint import Checkpoint, TensorInfo
+from recovery_core.errors import InferenceError, RecoveryError
+from recovery_core.infer import infer_spec
+from tests.zoo import ZOO_BY_NAME
+
+
+def infer(model: nn.Module, **kw):
+    return infer_spec(Checkpoint.from_state_dict(model.state_dict(), **kw))
+
+
+def infer_shapes(shapes: dict[str, tuple[int, ...]]):
+    """A checkpoint made of shapes only, as a file's header would give them."""
+    return infer_spec(Checkpoint.from_state_dict({k: torch.empty(s) for k, s in shapes.items()}))
+
+
+class Named(nn.Module):
+    def __init__(self, **children: nn.Module):
+        super().__init__()
+        for name, child in children.items():
+            self.add_module(name, child)
+
+
+def test_an_empty_checkpoint_is_a_user_error():
+    empty = Checkpoint(tensors=(), format="memory", _read=lambda name: None)
+    with pytest.raises(InferenceError, match="no tensors"):
+        infer_spec(empty)
+    assert issubclass(InferenceError, RecoveryError)
+
+
+def test_a_bare_layer_is_the_root():
+    spec = infer(nn.Linear(4, 3))
+    assert (spec.root.type, dict(spec.root.args)) == (
+        "Linear",
+        {"in_features": 4, "out_features": 3, "bias": True},
+    )
+    assert "weight (3, 4)" in spec.root.evidence and "in_features=4" in spec.root.evidence
+
+
+def test_without_metadata_gaps_in_the_numbering_are_parameter_less_children():
+    case = ZOO_BY_NAME["mlp_sequential"]
+    spec = infer(case.make(), module_paths=())
+    assert spec.root.type == "Sequential"
+    assert [m.type for m in spec.root.children] == [
+        "Linear",
+        "Unknown",
+        "Unknown",
+        "Linear",
+        "Unknown",
+        "Linear",
+    ]
+    assert case.hidden["4"] in spec.hyperparameter("4").candidates
+    assert spec.wiring is not None and spec.wiring.kind == "sequential"
+
+
+def test_numbered_children_without_gaps_or_metadata_are_a_modulelist_that_may_be_a_sequential():
+    spec = infer(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), module_paths=())
+    assert spec.root.type == "ModuleList"
+    assert spec.root.alternatives == ("Sequential",) and spec.root.note
+    assert spec.wiring is not None and spec.wiring.kind == "sequential"
+
+
+def test_conv_transpose_is_decided_by_a_bias_that_fits_only_the_second_dimension():
+    spec = infer(Named(up=nn.ConvTranspose2d(4, 8, 3)))
+    up = spec.module("up")
+    assert up.type == "ConvTranspose2d" and up.alternatives == ()
+    assert (up.args["in_channels"], up.args["out_channels"]) == (4, 8)
+
+
+def test_conv_names_convtranspose_as_the_alternative():
+    conv = infer(Named(conv=nn.Conv2d(8, 8, 3))).module("conv")
+    assert conv.type == "Conv2d" and conv.alternatives == ("ConvTranspose2d",)
+    assert "ConvTranspose2d" in conv.note
+
+
+def test_batchnorm_without_a_convolution_is_1d_with_the_others_as_alternatives():
+    spec = infer(nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2)))
+    bn = spec.module("1")
+    assert bn.type == "BatchNorm1d"
+    assert set(bn.alternatives) == {"BatchNorm2d", "BatchNorm3d"}
+    assert set(bn.keys) == {
+        f"1.{k}" for k in nn.BatchNorm1d(6).state_dict()
+    }  # num_batches_tracked too
+
+
+def test_groupnorm_by_name_and_layernorm_otherwise():
+    spec = infer(
+        Named(fc=nn.Linear(4, 8), gn1=nn.GroupNorm(2, 8), ln=nn.LayerNorm(8), norm=nn.LayerNorm(8))
+    )
+    assert spec.module("gn1").type == "GroupNorm"
+    assert spec.module("ln").type == "LayerNorm"
+    norm = spec.module("norm")
+    assert norm.type == "LayerNorm" and norm.alternatives == ("GroupNorm",)
+    assert spec.hyperparameter("num_groups").candidates == (1, 2, 4, 8)
+
+
+def test_layernorm_without_bias_names_rmsnorm_as_the_alternative():
+    spec = infer(ZOO_BY_NAME["layernorm_no_bias"].make())
+    assert spec.module("1").alternatives == ("RMSNorm",)
+    assert any("RMSNorm" in note for note in spec.notes)
+
+
+def test_hugging_face_conv1d_names_are_flagged_as_possibly_transposed():
+    square = infer_shapes({"c_proj.weight": (16, 16), "c_proj.bias": (16,)})
+    c_proj = square.module("c_proj")
+    assert c_proj.type == "Linear" and c_proj.alternatives and "transposed" in c_proj.note
+
+    transposed = infer_shapes({"c_attn.weight": (16, 48), "c_attn.bias": (48,), "ln.weight": (16,)})
+    assert set(transposed.unexplained_keys) == {"c_attn.weight", "c_attn.bias"}
+    assert any("transposed" in note and "in=16, out=48" in note for note in transposed.notes)
+    assert transposed.wiring is None
+
+
+def test_keys_no_detector_explains_are_reported_not_dropped():
+    spec = infer_shapes(
+        {"cls_token": (1, 1, 8), "blocks.0.weight": (8, 8), "odd.scale": (2, 3, 4, 5, 6, 7)}
+    )
+    assert set(spec.unexplained_keys) == {"cls_token", "odd.scale"}
+    explained = {k for m in spec.modules() for k in m.keys}
+    assert explained == {"blocks.0.weight"}
+    assert spec.wiring is None
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
+def test_attention_and_layers_without_bias():
+    model = nn.Transformer(
+        d_model=16,
+        nhead=2,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        dim_feedforward=24,
+        bias=False,
+        batch_first=True,
+    )
+    spec = infer(model)
+    assert spec.root.type == "Transformer" and spec.root.args["bias"] is False
+    assert spec.module("encoder.layers.0.self_attn").args["bias"] is False
+    assert spec.unexplained_keys == ()
+
+
+def test_encoder_without_final_norm_and_lone_encoder_layer():
+    layer = nn.TransformerEncoderLayer(16, 4, 32)
+    spec = infer(
+        Named(
+            enc=nn.TransformerEncoder(layer, 3, enable_nested_tensor=False),
+            solo=nn.TransformerEncoderLayer(16, 4, 32),
+        )
+    )
+    assert dict(spec.module("enc").args) == {"num_layers": 3, "has_norm": False}
+    assert spec.module("solo").type == "TransformerEncoderLayer"
+    assert spec.value("num_encoder_layers") == 3
+
+
+def test_a_layer_that_differs_from_layer_0_is_not_a_stack():
+    shapes = {
+        k: tuple(v.shape)
+        for k, v in nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(16, 4, 32), 2, enable_nested_tensor=False
+        )
+        .state_dict()
+        .items()
+    }
+    shapes["layers.1.linear1.weight"] = (48, 16)
+    shapes["layers.1.linear1.bias"] = (48,)
+    shapes["layers.1.linear2.weight"] = (16, 48)
+    spec = infer_shapes({f"enc.{k}": s for k, s in shapes.items()})
+    assert spec.module("enc").type == "Module"
+    assert spec.module("enc.layers.1").type == "TransformerEncoderLayer"
+    assert spec.module("enc.layers.1").args["dim_feedforward"] == 48
+
+
+def test_a_positional_buffer_sets_the_batch_first_default():
+    seq_first = {"emb.weight": (10, 8), "pos.pe": (12, 1, 8)}
+    layer = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(8, 2, 16), 1, enable_nested_tensor=False
+    )
+    seq_first |= {f"encoder.{k}": tuple(v.shape) for k, v in layer.state_dict().items()}
+    spec = infer_shapes(seq_first)
+    assert spec.wiring.kind == "encoder"
+    assert (
+        spec.value("batch_first") is False
+        and "(12, 1, 8)" in spec.hyperparameter("batch_first").evidence
+    )
+    assert spec.wiring.inputs[0].shape == (2, 7)
+
+
+def test_two_modules_fixing_the_same_name_differently_keep_both():
+    spec = infer(Named(a=nn.LSTM(4, 8), b=nn.LSTM(8, 6)))
+    assert spec.value("hidden_size") == 8
+    assert spec.value("b.hidden_size") == 6
+
+
+def test_unknown_children_are_guessed_from_their_names():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.gelu = nn.GELU()
+            self.drop = nn.Dropout()
+
+    spec = infer(Block())
+    assert (spec.value("gelu"), spec.value("drop")) == ("GELU", "Dropout")
+    assert "ReLU" in spec.hyperparameter("gelu").candidates
+
+
+def test_nothing_reads_tensor_values_even_for_unexplained_keys():
+    shapes = {"weird.scale": TensorInfo("weird.scale", (2, 3, 4, 5, 6, 7), "float32", 5040, 20160)}
+
+    def refuse(name: str) -> torch.Tensor:
+        raise AssertionError(name)
+
+    checkpoint = Checkpoint(tensors=tuple(shapes.values()), format="memory", _read=refuse)
+    assert infer_spec(checkpoint).unexplained_keys == ("weird.scale",)
+
+
+def test_a_feature_map_meets_a_linear_only_through_a_possible_flatten():
+    class ConvHead(nn.Module):
+        def __init__(self, between: nn.Module | None):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            if between is not None:
+                self.between = between
+            self.fc = nn.Linear(4 * 8 * 8, 2)
+
+    assert infer(ConvHead(None)).wiring is None  # its forward must flatten somewhere we cannot see
+    assert infer(Named(conv=nn.Conv2d(3, 4, 3), relu=nn.ReLU(), fc=nn.Linear(4, 2))).wiring is None
+    flattened = infer(ConvHead(nn.Flatten()))
+    assert flattened.wiring.kind == "sequential"
+    assert flattened.wiring.inputs[0].shape == (2, 3, 8, 8)  # the side comes from fc's 256 inputs
+    assert flattened.value("between") == "Flatten"
