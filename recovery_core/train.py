@@ -1,0 +1,604 @@
+"""A training run as an object: background thread, events per step, stop, best-weights guard.
+
+The run trains a private copy of the model (the caller's model and the original weights
+are never touched). It picks the closed-form solve where it applies and trains on cached
+features of the frozen prefix where it can. Every step publishes a `StepEvent`; a UI polls
+`events_since(i)` from another thread. No UI code here.
+
+Reproducibility: the run seeds torch's global generator (dropout has no other), so two
+runs with the same seed agree when they do not run at the same time.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from recovery_core.caching import (
+    CachedFeatures,
+    Suffix,
+    cache_features,
+    cached_forward,
+    find_suffix,
+    full_forward,
+)
+from recovery_core.closed_form import closed_form_blocker, solve_linear
+from recovery_core.errors import RecoveryError, TrainingError
+from recovery_core.freeze import FreezePlan, apply_freeze, set_train_mode
+
+METHODS = ("auto", "lstsq", "adam", "adamw", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+EVAL_BATCH = 256  # evaluation needs no gradients, so it can use bigger batches
+SGD_MOMENTUM = 0.9  # plain SGD without momentum is rarely what anyone wants
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    method: str = "auto"  # "auto": the closed form where it applies, else Adam
+    lr: float = 1e-3
+    epochs: int = 10
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "auto"  # "auto": CUDA when available
+    weight_decay: float = 0.0
+    val_fraction: float = 0.0  # 0: evaluate on the training data itself
+    cache: bool = True  # train on cached frozen-prefix features where that is exact
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise TrainingError(f"Unknown method {self.method!r}; choose one of {list(METHODS)}.")
+        if self.device not in DEVICES:
+            raise TrainingError(f"Unknown device {self.device!r}; choose one of {list(DEVICES)}.")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise TrainingError(f"The learning rate must be a positive number, not {self.lr}.")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise TrainingError("Epochs and batch size must be at least 1.")
+        if self.weight_decay < 0:
+            raise TrainingError(f"Weight decay cannot be negative ({self.weight_decay}).")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise TrainingError(
+                f"The validation fraction must be in [0, 1), not {self.val_fraction}."
+            )
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    step: int
+    epoch: int  # 1-based: the first epoch is 1
+    loss: float  # this step's training loss (train mode, one batch)
+    val_loss: float | None  # at the end of an epoch, when there is a validation set
+    elapsed: float  # seconds since the run started
+    samples_seen: int
+    # At the end of an epoch: eval-mode loss on the evaluation set (validation set if
+    # present, else the training data) - the number the best weights are chosen by.
+    eval_loss: float | None = None
+
+
+class Progress(NamedTuple):
+    fraction: float
+    eta_seconds: float | None
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    baseline_loss: float  # original weights, eval mode, evaluation set
+    final_loss: float  # the returned model, same measure
+    best_loss: float
+    best_step: int  # 0: the original weights were never beaten
+    steps: int
+    seconds: float
+    method_used: str
+    cached_prefix: bool
+    model: nn.Module  # the trained copy, best weights restored, eval mode, on the CPU
+    stopped_early: bool
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything but the model, for reports."""
+        return {
+            "baseline_loss": self.baseline_loss,
+            "final_loss": self.final_loss,
+            "best_loss": self.best_loss,
+            "best_step": self.best_step,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 3),
+            "method_used": self.method_used,
+            "cached_prefix": self.cached_prefix,
+            "stopped_early": self.stopped_early,
+            "message": self.message,
+        }
+
+
+class _Stop(Exception):
+    """Ends the loop early; carries the status and message."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class TrainingRun:
+    """Train the plan's trainable part of a private copy of `model`.
+
+    `inputs` are the forward's arguments (samples along dimension 0), `target` the
+    target. `val` is an optional `(inputs, target)` validation set; without one (and
+    with `config.val_fraction == 0`) the run is evaluated on the training data itself.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: FreezePlan,
+        inputs: Sequence[Tensor],
+        target: Tensor,
+        loss_fn: LossFn,
+        config: TrainingConfig | None = None,
+        val: tuple[Sequence[Tensor], Tensor] | None = None,
+    ):
+        self.config = config or TrainingConfig()
+        self.plan = plan
+        self.loss_fn = loss_fn
+        inputs, target = tuple(inputs), target
+        _check_tensors(inputs, target, "training")
+        if val is None and self.config.val_fraction > 0:
+            (inputs, target), val = _split(
+                inputs, target, self.config.val_fraction, self.config.seed
+            )
+        if val is not None:
+            _check_tensors(tuple(val[0]), val[1], "validation")
+        if not plan.trainable_param_names:
+            raise TrainingError("Nothing is selected to train; unfreeze at least one module.")
+        self.device = _device(self.config.device)
+        self.inputs = tuple(t.to(self.device) for t in inputs)
+        self.target = target.to(self.device)
+        self.val = (
+            None
+            if val is None
+            else (tuple(t.to(self.device) for t in val[0]), val[1].to(self.device))
+        )
+        # The private copy: the caller's model is never modified.
+        self.model = copy.deepcopy(model).to(self.device)
+        apply_freeze(self.model, plan)
+
+        self._lock = threading.Lock()
+        self._stop_requested = threading.Event()
+        self._events: list[StepEvent] = []
+        self._status = "idle"
+        self._message = ""
+        self._result: TrainingResult | None = None
+        self._thread: threading.Thread | None = None
+        self._steps_done = 0
+        self._total_steps = 0
+        self._started_at = 0.0
+        self.baseline: float | None = None
+
+    # ------------------------------------------------------------ control
+
+    def start(self) -> TrainingRun:
+        """Run in a daemon background thread; poll `events_since`, `status`, `progress`."""
+        with self._lock:
+            if self._status != "idle":
+                raise TrainingError(
+                    "This run has already started; create a new run to train again."
+                )
+            self._status = "running"
+        self._thread = threading.Thread(target=self._execute, name="training-run", daemon=True)
+        self._thread.start()
+        return self
+
+    def run(self) -> TrainingResult:
+        """Run in the caller's thread and return the result."""
+        with self._lock:
+            if self._status != "idle":
+                raise TrainingError(
+                    "This run has already started; create a new run to train again."
+                )
+            self._status = "running"
+        self._execute()
+        if self._result is None:
+            raise TrainingError(self._message)
+        return self._result
+
+    def stop(self) -> None:
+        """Stop at the next step; the best weights seen are kept."""
+        self._stop_requested.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the background thread; True when it has ended."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return self._status not in ("running",)
+
+    def is_alive(self) -> bool:
+        """True while the background thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    # ------------------------------------------------------------ polling
+
+    def events_since(self, index: int) -> list[StepEvent]:
+        with self._lock:
+            return self._events[index:]
+
+    @property
+    def status(self) -> str:
+        """ "idle", "running", "stopped", "finished" or "failed"."""
+        with self._lock:
+            return self._status
+
+    @property
+    def message(self) -> str:
+        with self._lock:
+            return self._message
+
+    @property
+    def result(self) -> TrainingResult | None:
+        with self._lock:
+            return self._result
+
+    @property
+    def progress(self) -> Progress:
+        with self._lock:
+            done, total = self._steps_done, self._total_steps
+            if self._status in ("finished", "stopped", "failed"):
+                return Progress(1.0 if self._status == "finished" else done / max(total, 1), 0.0)
+        if total == 0 or done == 0:
+            return Progress(0.0, None)
+        elapsed = time.monotonic() - self._started_at
+        return Progress(done / total, elapsed / done * (total - done))
+
+    # ------------------------------------------------------------ the run
+
+    def _execute(self) -> None:
+        self._started_at = time.monotonic()
+        try:
+            setup = self._prepare()
+        except RecoveryError as e:
+            self._finish_without_result(str(e))
+            return
+        except Exception as e:  # a model that cannot run on this data
+            self._finish_without_result(
+                f"Training could not start: the model failed on the data ({_describe(e)})."
+            )
+            return
+        status, message = "finished", ""
+        try:
+            if setup.method == "lstsq":
+                self._closed_form(setup)
+            else:
+                self._gradient_loop(setup)
+        except _Stop as stop:
+            status, message = stop.status, stop.message
+        except Exception as e:  # an exception inside a step: keep the best weights, say why
+            status = "failed"
+            message = (
+                f"Training stopped at step {self._steps_done + 1} because of an error "
+                f"({_describe(e)}); the best weights (step {setup.best_step}) were kept."
+            )
+        self._conclude(setup, status, message)
+
+    def _prepare(self) -> _Setup:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        set_train_mode(self.model, self.plan)
+        probe = [t[:2] for t in self.inputs]
+        if cfg.cache or cfg.method in ("auto", "lstsq"):
+            suffix, why_not = find_suffix(self.model, self.plan, probe)
+        else:
+            suffix, why_not = None, "caching turned off"
+        features: CachedFeatures | None = None
+        val_features: CachedFeatures | None = None
+        if suffix is not None:
+            features, reason = cache_features(self.model, suffix, self.inputs)
+            if features is None:
+                suffix, why_not = None, reason
+            elif self.val is not None:
+                val_features, _ = cache_features(self.model, suffix, self.val[0])
+        blocker = closed_form_blocker(
+            self.model, self.plan, suffix, getattr(self.loss_fn, "name", None)
+        )
+        if cfg.method == "lstsq" and blocker:
+            raise TrainingError(
+                f"The closed form does not apply here: {blocker}; choose Adam instead."
+            )
+        method = (
+            "lstsq"
+            if cfg.method == "lstsq" or (cfg.method == "auto" and not blocker)
+            else cfg.method
+        )
+        if method == "auto":
+            method = "adam"
+        use_cache = features is not None and (cfg.cache or method == "lstsq")
+        if not use_cache and suffix is not None:
+            why_not = "caching turned off"
+        setup = _Setup(
+            method=method,
+            suffix=suffix if use_cache else None,
+            features=features if use_cache else None,
+            why_not_cached=why_not,
+        )
+        setup.train_forward = (
+            cached_forward(suffix, features) if use_cache else full_forward(self.model, self.inputs)
+        )
+        if self.val is None:
+            setup.eval_forward, setup.eval_target = setup.train_forward, self.target
+        elif use_cache and val_features is not None:
+            setup.eval_forward, setup.eval_target = (
+                cached_forward(suffix, val_features),
+                self.val[1],
+            )
+        else:
+            setup.eval_forward, setup.eval_target = (
+                full_forward(self.model, self.val[0]),
+                self.val[1],
+            )
+        baseline = self._evaluate(setup)
+        if not math.isfinite(baseline):
+            raise TrainingError(
+                f"The loss of the original weights on this data is {baseline}; check the data and the mapping."
+            )
+        self.baseline = baseline
+        setup.baseline = setup.best_loss = baseline
+        setup.best_state = self._snapshot()
+        steps_per_epoch = math.ceil(self.target.shape[0] / cfg.batch_size)
+        with self._lock:
+            self._total_steps = 1 if method == "lstsq" else cfg.epochs * steps_per_epoch
+        return setup
+
+    def _closed_form(self, setup: _Setup) -> None:
+        assert setup.suffix is not None and setup.features is not None
+        linear = dict(self.model.named_modules())[setup.suffix.entry]
+        solve_linear(linear, setup.features, self.target)
+        loss = self._evaluate(setup)
+        self._consider(setup, loss, step=1)
+        self._publish(
+            StepEvent(
+                1, 1, loss, self._val_or_none(loss), self._elapsed(), self.target.shape[0], loss
+            )
+        )
+
+    def _gradient_loop(self, setup: _Setup) -> None:
+        cfg = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = _optimizer(setup.method, params, cfg)
+        order_gen = torch.Generator().manual_seed(cfg.seed)
+        n = self.target.shape[0]
+        step = seen = 0
+        for epoch in range(1, cfg.epochs + 1):
+            set_train_mode(self.model, self.plan)
+            order = torch.randperm(n, generator=order_gen).to(self.device)
+            for start in range(0, n, cfg.batch_size):
+                if self._stop_requested.is_set():
+                    self._keep_if_better(setup, step)
+                    raise _Stop(
+                        "stopped",
+                        f"Stopped by request at step {step}; the best weights (step {setup.best_step}) were kept.",
+                    )
+                idx = order[start : start + cfg.batch_size]
+                loss = self.loss_fn(setup.train_forward(idx), self.target[idx])
+                if not bool(torch.isfinite(loss)):
+                    raise _Stop(
+                        "failed",
+                        f"The loss became {float(loss.detach())} at step {step + 1}; training stopped and the "
+                        f"best weights (step {setup.best_step}) were restored. Try a lower learning rate.",
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                seen += len(idx)
+                end_of_epoch = start + cfg.batch_size >= n
+                eval_loss = self._evaluate(setup) if end_of_epoch else None
+                self._publish(
+                    StepEvent(
+                        step,
+                        epoch,
+                        float(loss.detach()),
+                        self._val_or_none(eval_loss),
+                        self._elapsed(),
+                        seen,
+                        eval_loss,
+                    )
+                )
+                if eval_loss is not None:
+                    if not math.isfinite(eval_loss):
+                        raise _Stop(
+                            "failed",
+                            f"The evaluation loss became {eval_loss} after epoch {epoch}; the best "
+                            f"weights (step {setup.best_step}) were restored. Try a lower learning rate.",
+                        )
+                    self._consider(setup, eval_loss, step)
+
+    # ------------------------------------------------------------ helpers
+
+    def _evaluate(self, setup: _Setup) -> float:
+        """Eval-mode loss on the evaluation set; the modes are put back afterwards."""
+        self.model.eval()
+        try:
+            n = setup.eval_target.shape[0]
+            total = 0.0
+            with torch.no_grad():
+                for start in range(0, n, EVAL_BATCH):
+                    idx = torch.arange(start, min(start + EVAL_BATCH, n), device=self.device)
+                    out = setup.eval_forward(idx)
+                    total += float(self.loss_fn(out, setup.eval_target[idx])) * len(idx)
+            return total / n
+        finally:
+            set_train_mode(self.model, self.plan)
+
+    def _trainable_state(self) -> dict[str, Tensor]:
+        keys = set(self.plan.trainable_keys)
+        return {k: v for k, v in self.model.state_dict(keep_vars=True).items() if k in keys}
+
+    def _snapshot(self) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self._trainable_state().items()}
+
+    def _restore(self, state: dict[str, Tensor]) -> None:
+        with torch.no_grad():
+            for k, v in self._trainable_state().items():
+                v.copy_(state[k])
+
+    def _consider(self, setup: _Setup, loss: float, step: int) -> None:
+        if math.isfinite(loss) and loss < setup.best_loss:
+            setup.best_loss, setup.best_step, setup.best_state = loss, step, self._snapshot()
+
+    def _keep_if_better(self, setup: _Setup, step: int) -> None:
+        """On a stop mid-epoch the current weights may beat the last epoch's; check them."""
+        if step > setup.best_step:
+            self._consider(setup, self._evaluate(setup), step)
+
+    def _val_or_none(self, loss: float | None) -> float | None:
+        return loss if self.val is not None else None
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._started_at
+
+    def _publish(self, event: StepEvent) -> None:
+        with self._lock:
+            self._events.append(event)
+            self._steps_done = event.step
+
+    def _finish_without_result(self, message: str) -> None:
+        with self._lock:
+            self._status, self._message = "failed", message
+
+    def _conclude(self, setup: _Setup, status: str, message: str) -> None:
+        self._restore(setup.best_state)
+        try:
+            final = self._evaluate(setup)
+        except Exception:  # the same failure that ended the run; the best loss is known
+            final = setup.best_loss
+        self.model.eval()
+        if setup.method == "lstsq":
+            method_used = "lstsq (closed form)"
+        elif setup.suffix is not None:
+            method_used = f"{setup.method} with frozen-prefix cache (input of {setup.suffix.description} computed once)"
+        else:
+            method_used = (
+                f"{setup.method} (full forward: {setup.why_not_cached or 'no frozen prefix'})"
+            )
+        if not message:
+            message = (
+                f"Loss {setup.baseline:.4g} -> {final:.4g} with {method_used}."
+                if setup.best_step
+                else f"Training did not beat the original weights (loss {setup.baseline:.4g}); they were kept."
+            )
+        with self._lock:
+            steps = self._steps_done
+        result = TrainingResult(
+            baseline_loss=setup.baseline,
+            final_loss=final,
+            best_loss=setup.best_loss,
+            best_step=setup.best_step,
+            steps=steps,
+            seconds=self._elapsed(),
+            method_used=method_used,
+            cached_prefix=setup.suffix is not None,
+            model=self.model.to("cpu"),
+            stopped_early=status != "finished",
+            message=message,
+        )
+        with self._lock:
+            self._result, self._status, self._message = result, status, message
+
+
+class _Setup:
+    """Mutable per-run bookkeeping (private to the run's thread)."""
+
+    def __init__(
+        self,
+        method: str,
+        suffix: Suffix | None,
+        features: CachedFeatures | None,
+        why_not_cached: str,
+    ):
+        self.method = method
+        self.suffix = suffix
+        self.features = features
+        self.why_not_cached = why_not_cached
+        self.train_forward: Callable[[Tensor], Tensor]
+        self.eval_forward: Callable[[Tensor], Tensor]
+        self.eval_target: Tensor
+        self.baseline = math.nan
+        self.best_loss = math.inf
+        self.best_step = 0
+        self.best_state: dict[str, Tensor] = {}
+
+
+def _optimizer(
+    method: str, params: list[nn.Parameter], cfg: TrainingConfig
+) -> torch.optim.Optimizer:
+    if method == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if method == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=SGD_MOMENTUM, weight_decay=cfg.weight_decay)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(
+            "CUDA was requested but no CUDA device is available; choose cpu or auto."
+        )
+    return torch.device(name)
+
+
+def _check_tensors(inputs: tuple[Tensor, ...], target: Tensor, what: str) -> None:
+    if not inputs:
+        raise TrainingError(f"The {what} data has no inputs.")
+    counts = {t.shape[0] for t in (*inputs, target)}
+    if len(counts) != 1:
+        shapes = [tuple(t.shape) for t in (*inputs, target)]
+        raise TrainingError(
+            f"The {what} inputs and target disagree on the number of samples: {shapes}."
+        )
+    if counts.pop() == 0:
+        raise TrainingError(f"The {what} data has no samples.")
+    bad = [
+        i
+        for i, t in enumerate((*inputs, target))
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        names = ["target" if i == len(inputs) else f"input {i}" for i in bad]
+        raise TrainingError(
+            f"The {what} {', '.join(names)} contain NaN or Inf values; clean the data first."
+        )
+
+
+def _split(
+    inputs: tuple[Tensor, ...], target: Tensor, fraction: float, seed: int
+) -> tuple[tuple[tuple[Tensor, ...], Tensor], tuple[tuple[Tensor, ...], Tensor]]:
+    n = target.shape[0]
+    n_val = round(n * fraction)
+    if n_val < 1 or n_val >= n:
+        raise TrainingError(
+            f"A validation fraction of {fraction} leaves no samples on one side ({n} in all)."
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    return (
+        (tuple(t[train_idx] for t in inputs), target[train_idx]),
+        (tuple(t[val_idx] for t in inputs), target[val_idx]),
+    )
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
+__all__ = ["Progress", "StepEvent", "TrainingConfig", "TrainingResult", "TrainingRun"]
