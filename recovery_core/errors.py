@@ -21,6 +21,10 @@ class InferenceError(RecoveryError):
     """The weights do not fit any architecture we can explain."""
 
 
+class HyperparameterError(RecoveryError, ValueError):
+    """A hyperparameter was set to a name or value the spec does not allow."""
+
+
 class BuildError(RecoveryError):
     """The inferred architecture could not be turned into a working module."""
 

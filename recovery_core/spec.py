@@ -11,6 +11,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from recovery_core.errors import HyperparameterError
+
 # Where a hyperparameter's value came from.
 SOURCE_SHAPE = "shape"  # fixed by a weight shape (key and shape recorded)
 SOURCE_METADATA = "checkpoint metadata"  # the checkpoint's own hyper_parameters / __metadata__
@@ -159,14 +161,16 @@ class ArchSpec:
         known = {hp.name: hp for hp in self.hyperparameters}
         for name, value in values.items():
             if name not in known:
-                raise KeyError(f"unknown hyperparameter {name!r}; known: {sorted(known)}")
+                raise HyperparameterError(
+                    f"there is no hyperparameter {name!r}; known: {', '.join(sorted(known))}"
+                )
             hp = known[name]
             if hp.determined and value != hp.value:
-                raise ValueError(
+                raise HyperparameterError(
                     f"{name} is fixed at {hp.value!r} by {hp.evidence}; it cannot be set to {value!r}"
                 )
             if not hp.determined and hp.candidates and value not in hp.candidates:
-                raise ValueError(
+                raise HyperparameterError(
                     f"{value!r} is not a valid {name}; choose one of {list(hp.candidates)}"
                 )
         hps = tuple(

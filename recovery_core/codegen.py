@@ -1,0 +1,777 @@
+"""`ArchSpec` -> the readable Python source of a standalone `RecoveredModel`.
+
+The generated file imports only torch, math and typing. Its no-argument constructor
+builds the inferred structure with the checkpoint's attribute names (so a strict load
+works); every hidden hyperparameter is a keyword argument whose default is the chosen
+value, with a comment saying the weights did not determine it. When a forward wiring was
+recognised the class has that forward, written so `torch.jit.script` accepts it.
+
+`build.build_model` executes this same source, so the generated file and the built
+module cannot drift apart. Names from the checkpoint end up in code, so every one is
+checked to be a plain identifier (or an index) and every value is a literal; comments
+are flattened to one line. Nothing the checkpoint says can become code.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from recovery_core.errors import BuildError
+from recovery_core.spec import (
+    SOURCE_DEFAULT,
+    SOURCE_METADATA,
+    SOURCE_SEARCH,
+    SOURCE_USER,
+    ArchSpec,
+    ModuleSpec,
+)
+
+# Attributes of RecoveredModel read only by its forward: the search may change them on a
+# built model instead of building a new one.
+FORWARD_ONLY = frozenset({"scale_embedding", "causal_mask"})
+
+# Parameter-less modules a placeholder ("Unknown") may stand for, and which may appear
+# as types of their own.
+PARAMETER_FREE = ("ReLU", "GELU", "Tanh", "Sigmoid", "Identity", "Dropout", "Flatten")
+
+# Constructor argument names of the hidden hyperparameters, where torch spells them
+# differently from our global names.
+_RENAMED = {
+    "MultiheadAttention": {"nhead": "num_heads"},
+    "LayerNorm": {"layer_norm_eps": "eps"},
+    "RMSNorm": {"layer_norm_eps": "eps"},
+    "RNN": {"rnn_nonlinearity": "nonlinearity"},
+    **{
+        conv: {"conv_padding": "padding", "conv_stride": "stride"}
+        for conv in (
+            "Conv1d",
+            "Conv2d",
+            "Conv3d",
+            "ConvTranspose1d",
+            "ConvTranspose2d",
+            "ConvTranspose3d",
+        )
+    },
+}
+
+_LEAF_TYPES = frozenset(
+    {
+        "Linear",
+        "Embedding",
+        "Conv1d",
+        "Conv2d",
+        "Conv3d",
+        "ConvTranspose1d",
+        "ConvTranspose2d",
+        "ConvTranspose3d",
+        "BatchNorm1d",
+        "BatchNorm2d",
+        "BatchNorm3d",
+        "LayerNorm",
+        "RMSNorm",
+        "GroupNorm",
+        "MultiheadAttention",
+        "TransformerEncoderLayer",
+        "TransformerDecoderLayer",
+        "Transformer",
+        "LSTM",
+        "GRU",
+        "RNN",
+        *PARAMETER_FREE,
+    }
+)
+_CONTAINERS = frozenset({"Sequential", "ModuleList", "Module"})
+_SUPPORTED = (
+    _LEAF_TYPES
+    | _CONTAINERS
+    | {
+        "TransformerEncoder",
+        "TransformerDecoder",
+        "PositionalEncoding",
+        "Unknown",
+    }
+)
+
+# Names our RecoveredModel uses itself, plus nn.Module's own API: a checkpoint child
+# with one of these names cannot become an attribute.
+_RESERVED = frozenset(
+    {"scale_embedding", "causal_mask", "batch_first", "d_model", "forward", "training"}
+    | {name for name in dir(object) if not name.startswith("__")}
+    | {
+        "add_module",
+        "apply",
+        "buffers",
+        "children",
+        "cpu",
+        "cuda",
+        "double",
+        "eval",
+        "float",
+        "half",
+        "load_state_dict",
+        "modules",
+        "named_buffers",
+        "named_children",
+        "named_modules",
+        "named_parameters",
+        "parameters",
+        "register_buffer",
+        "register_module",
+        "register_parameter",
+        "requires_grad_",
+        "state_dict",
+        "to",
+        "train",
+        "type",
+        "zero_grad",
+    }
+)
+
+_LINE = 100  # ruff's line length
+_NESTED = 76  # room for a call nested a few levels deep in __init__
+
+
+@dataclass(frozen=True)
+class HiddenArgument:
+    """One keyword argument of RecoveredModel: a hyperparameter the weights do not fix."""
+
+    name: str  # the hyperparameter's name in the spec: "nhead", "net.1"
+    argument: str  # its keyword argument in RecoveredModel: "nhead", "net_1"
+    value: Any
+    comment: str
+
+
+def generate_code(spec: ArchSpec) -> str:
+    """The whole standalone file defining `RecoveredModel` for this spec."""
+    return _Renderer(spec).render()
+
+
+def hidden_arguments(spec: ArchSpec) -> tuple[HiddenArgument, ...]:
+    """The hyperparameters that change the generated model, in constructor order."""
+    return tuple(_Renderer(spec).hidden.values())
+
+
+# ---------------------------------------------------------------- checks on names and values
+
+
+def _identifier(name: str, what: str) -> str:
+    if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("__"):
+        raise BuildError(
+            f"{what} {name!r} is not a valid Python name, so no module can carry it; "
+            "rename the keys before rebuilding."
+        )
+    return name
+
+
+def _literal(value: Any) -> str:
+    """A Python literal for a plain value; anything else is refused."""
+    if isinstance(value, str) and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'  # the common case, in the quotes ruff format would choose
+    if value is None or isinstance(value, bool | int | str):
+        return repr(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise BuildError(f"the value {value!r} cannot be written into a model definition.")
+        return repr(value)
+    if isinstance(value, tuple | list):
+        items = [_literal(v) for v in value]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    raise BuildError(
+        f"the value {value!r} ({type(value).__name__}) cannot be written into a model "
+        "definition; only numbers, strings, booleans and tuples can."
+    )
+
+
+def _annotation(value: Any) -> str:
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind.__name__
+    return "Any"
+
+
+def _one_line(text: str) -> str:
+    """Checkpoint text flattened so it can only ever be a comment."""
+    return re.sub(r"\s+", " ", "".join(c if c.isprintable() else " " for c in text)).strip()
+
+
+def _argument_name(name: str) -> str:
+    """A keyword-argument name for a hyperparameter name such as "net.1"."""
+    argument = re.sub(r"\W", "_", name)
+    if not argument or argument[0].isdigit():
+        argument = f"module_{argument}"
+    if keyword.iskeyword(argument):
+        argument += "_"
+    return argument
+
+
+def _access(path: str) -> str:
+    """`self.a.b[0]` for the module path "a.b.0"."""
+    code = "self"
+    for part in path.split("."):
+        if part.isdigit():
+            code += f"[{part}]"
+        else:
+            code += "." + _identifier(part, "the module name")
+    return code
+
+
+def _indent(text: str, spaces: int) -> str:
+    pad = " " * spaces
+    return "\n".join(pad + line if line else line for line in text.splitlines())
+
+
+def _call(callee: str, arguments: list[str], room: int = _NESTED) -> str:
+    """A call on one line when it fits in `room` columns, else one argument per line."""
+    one_line = f"{callee}({', '.join(arguments)})"
+    if len(one_line) <= room and "\n" not in one_line:
+        return one_line
+    body = "\n".join(_indent(a, 4) + "," for a in arguments)
+    return f"{callee}(\n{body}\n)"
+
+
+def _list(items: list[str]) -> str:
+    one_line = "[" + ", ".join(items) + "]"
+    if len(one_line) <= _NESTED and "\n" not in one_line:
+        return one_line
+    return "[\n" + "\n".join(_indent(i, 4) + "," for i in items) + "\n]"
+
+
+# ---------------------------------------------------------------- the renderer
+
+
+class _Renderer:
+    def __init__(self, spec: ArchSpec):
+        self.spec = spec
+        self.wiring = spec.wiring
+        self.helpers: set[str] = set()  # helper definitions the file needs
+        self.pe_buffers: set[tuple[str, bool]] = set()  # (buffer name, persistent)
+        self.hidden: dict[str, HiddenArgument] = {}
+        self.extra_init: list[str] = []  # forward-only settings, set by the wiring
+        for m in spec.modules():
+            if m.type not in _SUPPORTED:
+                raise BuildError(
+                    f"module {m.path or '(root)'} has type {m.type!r}, which cannot be rebuilt; "
+                    f"supported types are {', '.join(sorted(_SUPPORTED))}."
+                )
+        self._collect_hidden(spec.root)
+        for name in self._wiring_hidden():
+            self._add_hidden(name)
+
+    # -- which hyperparameters become keyword arguments
+
+    def _built_modules(self, m: ModuleSpec):
+        """Modules that are constructed (composites hide their display-only children)."""
+        yield m
+        if m.type in _CONTAINERS:
+            for child in m.children:
+                yield from self._built_modules(child)
+        elif m.type in ("TransformerEncoder", "TransformerDecoder"):
+            norm = self._child(m, "norm")
+            if norm is not None:
+                yield norm
+
+    def _collect_hidden(self, root: ModuleSpec) -> None:
+        for m in self._built_modules(root):
+            names = list(m.hidden)
+            if m.type in ("TransformerEncoder", "TransformerDecoder"):
+                names = list(self._layer_of(m).hidden)
+                if self._child(m, "norm") is None and m.args.get("has_norm"):
+                    names.append("layer_norm_eps")
+            if m.type == "Unknown" and not names:
+                names = [m.path]
+            for name in names:
+                if name in self._hp_names() or m.type == "Unknown":
+                    self._add_hidden(name)
+
+    def _wiring_hidden(self) -> list[str]:
+        if self.wiring is None or self.wiring.kind not in ("encoder", "seq2seq"):
+            return []
+        return ["scale_embedding", "causal_mask", "batch_first"]
+
+    def _hp_names(self) -> set[str]:
+        return {hp.name for hp in self.spec.hyperparameters}
+
+    def _add_hidden(self, name: str) -> None:
+        if name in self.hidden:
+            return
+        try:
+            hp = self.spec.hyperparameter(name)
+        except KeyError:
+            hp = None
+        if hp is None:
+            value, source, candidates = self._convention_default(name), SOURCE_DEFAULT, ()
+        else:
+            value, source, candidates = hp.value, hp.source, hp.candidates
+        if name == "scale_embedding" or name == "causal_mask" or name == "batch_first":
+            candidates = candidates or (False, True)
+        argument = _argument_name(name)
+        if argument in {h.argument for h in self.hidden.values()}:
+            argument += f"_{len(self.hidden)}"
+        choices = ", ".join(_one_line(str(c)) for c in candidates)
+        if source == SOURCE_SEARCH:
+            comment = "not determined by the weights; chosen by search on data"
+        elif source == SOURCE_METADATA:
+            comment = "taken from the checkpoint's metadata"
+        elif source == SOURCE_USER:
+            comment = "not determined by the weights; set by hand"
+        else:
+            comment = "not determined by the weights"
+        if choices:
+            comment += f"; candidates: {choices}"
+        self.hidden[name] = HiddenArgument(name, argument, value, comment)
+
+    def _convention_default(self, name: str) -> Any:
+        if name == "causal_mask":
+            return self.wiring is not None and self.wiring.kind == "seq2seq"
+        if name in ("scale_embedding", "batch_first"):
+            return False
+        if self._has_module(name) and self.spec.module(name).type == "Unknown":
+            return "Identity"
+        raise BuildError(f"hyperparameter {name!r} has no value; set it before rebuilding.")
+
+    def _has_module(self, path: str) -> bool:
+        return any(m.path == path for m in self.spec.modules())
+
+    # -- tree helpers
+
+    @staticmethod
+    def _child(m: ModuleSpec, name: str) -> ModuleSpec | None:
+        path = f"{m.path}.{name}" if m.path else name
+        return next((child for child in m.children if child.path == path), None)
+
+    def _layer_of(self, m: ModuleSpec) -> ModuleSpec:
+        want = (
+            "TransformerEncoderLayer"
+            if m.type == "TransformerEncoder"
+            else "TransformerDecoderLayer"
+        )
+        for d in m.walk():
+            if d.type == want:
+                return d
+        raise BuildError(
+            f"{m.path or '(root)'} is a {m.type} but no {want} was found inside it; "
+            "the checkpoint does not show its layers."
+        )
+
+    def _arg(self, name: str) -> str:
+        return self.hidden[name].argument
+
+    # -- constructor expressions
+
+    def _hidden_value(self, m: ModuleSpec, name: str) -> str:
+        argument = self._arg(name)
+        if name == "conv_padding":
+            self.helpers.add("conv_padding")
+            return f"padding_for({_literal(tuple(m.args.get('kernel_size', ())))}, {argument})"
+        return argument
+
+    def _keywords(self, m: ModuleSpec) -> list[str]:
+        words = [
+            f"{_identifier(k, 'the constructor argument')}={_literal(v)}" for k, v in m.args.items()
+        ]
+        renamed = _RENAMED.get(m.type, {})
+        for name in m.hidden:
+            if name in self.hidden:
+                words.append(f"{renamed.get(name, name)}={self._hidden_value(m, name)}")
+        return words
+
+    def expr(self, m: ModuleSpec, room: int = _NESTED) -> str:
+        """Python code constructing module m, on one line if it fits in `room` columns."""
+        if m.type in _LEAF_TYPES:
+            return _call(f"nn.{m.type}", self._keywords(m), room)
+        if m.type == "Unknown":
+            self.helpers.add("parameter_free")
+            return f"parameter_free_layer({self._arg(m.hidden[0] if m.hidden else m.path)})"
+        if m.type == "PositionalEncoding":
+            buffer = _identifier(str(m.args.get("buffer", "pe")), "the buffer name")
+            persistent = bool(m.args.get("persistent", True))
+            self.pe_buffers.add((buffer, persistent))
+            shape = tuple(m.args.get("shape", ()))
+            if len(shape) not in (2, 3):
+                raise BuildError(
+                    f"the positional encoding {m.path} has shape {shape}; "
+                    "only [L, d], [1, L, d] and [L, 1, d] tables can be added to a sequence."
+                )
+            batch_first = self._arg("batch_first") if "batch_first" in self.hidden else "False"
+            return _call(
+                self._pe_class(buffer, persistent),
+                [f"shape={_literal(shape)}", f"batch_first={batch_first}"],
+                room,
+            )
+        if m.type in ("TransformerEncoder", "TransformerDecoder"):
+            return self._stack(m, room)
+        return self._container(m, room)
+
+    def _stack(self, m: ModuleSpec, room: int) -> str:
+        layer = self._layer_of(m)
+        norm = self._child(m, "norm")
+        if norm is not None:
+            norm_code = self.expr(norm)
+        elif m.args.get("has_norm"):
+            words = [f"normalized_shape={_literal((layer.args['d_model'],))}"]
+            words.append(f"bias={_literal(layer.args.get('bias', True))}")
+            if "layer_norm_eps" in self.hidden:
+                words.append(f"eps={self._arg('layer_norm_eps')}")
+            norm_code = _call("nn.LayerNorm", words)
+        else:
+            norm_code = "None"
+        words = [self.expr(layer), f"num_layers={_literal(m.args['num_layers'])}"]
+        words.append(f"norm={norm_code}")
+        if m.type == "TransformerEncoder":
+            # The nested-tensor fast path only matters with padding masks, which we never pass.
+            words.append("enable_nested_tensor=False")
+        return _call(f"nn.{m.type}", words, room)
+
+    def _container(self, m: ModuleSpec, room: int = _NESTED) -> str:
+        if m.keys:
+            raise BuildError(
+                f"{m.path or '(root)'} holds tensors of its own ({', '.join(m.keys[:3])}), "
+                "which no recognised module explains; they cannot be rebuilt."
+            )
+        if m.type == "Module":
+            self.helpers.add("container")
+            words = [f"{self._child_name(c)}={self.expr(c)}" for c in m.children]
+            return _call("Container", words, room)
+        items = self._indexed_children(m)
+        if m.type == "Sequential":
+            return _call("nn.Sequential", items, room)
+        return _call("nn.ModuleList", [_list(items)], room)
+
+    def _child_name(self, child: ModuleSpec) -> str:
+        name = _identifier(child.name, "the module name")
+        if name in _RESERVED:
+            raise BuildError(
+                f"the module name {name!r} clashes with nn.Module's own attributes; "
+                "rename the keys before rebuilding."
+            )
+        return name
+
+    def _indexed_children(self, m: ModuleSpec) -> list[str]:
+        """Children of a Sequential/ModuleList at their indices; holes become Identity."""
+        by_index: dict[int, ModuleSpec] = {}
+        for child in m.children:
+            if not child.name.isdigit():
+                raise BuildError(
+                    f"{m.path or '(root)'} is a {m.type} but its child {child.name!r} is not "
+                    "an index; it cannot be rebuilt as one."
+                )
+            by_index[int(child.name)] = child
+        count = max(by_index, default=-1) + 1
+        return [self.expr(by_index[i]) if i in by_index else "nn.Identity()" for i in range(count)]
+
+    def _pe_class(self, buffer: str, persistent: bool) -> str:
+        kinds = {
+            (str(m.args.get("buffer", "pe")), bool(m.args.get("persistent", True)))
+            for m in self.spec.modules()
+            if m.type == "PositionalEncoding"
+        }
+        if len(kinds) == 1:
+            return "PositionalEncoding"
+        name = "PositionalEncoding" if buffer == "pe" else f"PositionalEncoding_{buffer}"
+        return name if persistent else f"{name}_not_saved"
+
+    # -- the file
+
+    def render(self) -> str:
+        root = self.spec.root
+        forward = self._forward(root)
+        init_lines, base = self._init_body(root)
+        init_lines += self.extra_init
+        parts = [_HEADER]
+        if "parameter_free" in self.helpers:
+            parts.append(_PARAMETER_FREE_HELPER)
+        if "conv_padding" in self.helpers:
+            parts.append(_PADDING_HELPER)
+        if "container" in self.helpers:
+            parts.append(_CONTAINER_HELPER)
+        if "causal" in self.helpers:
+            parts.append(_CAUSAL_HELPER)
+        for buffer, persistent in sorted(self.pe_buffers):
+            parts.append(
+                _PE_TEMPLATE.format(
+                    cls=self._pe_class(buffer, persistent),
+                    buffer=buffer,
+                    persistent=persistent,
+                )
+            )
+        parts.append(self._class(base, init_lines, forward))
+        parts.append(_MAIN)
+        return "\n\n\n".join(p.strip("\n") for p in parts) + "\n"
+
+    def _signature(self) -> str:
+        if not self.hidden:
+            return "def __init__(self) -> None:"
+        lines = ["def __init__(", "    self,"]
+        for h in self.hidden.values():
+            lines.append(
+                f"    {h.argument}: {_annotation(h.value)} = {_literal(h.value)},"
+                f"  # {_one_line(h.comment)}"
+            )
+        lines.append(") -> None:")
+        return "\n".join(lines)
+
+    def _init_body(self, root: ModuleSpec) -> tuple[list[str], str]:
+        if root.type == "Module":
+            if root.keys:
+                self._container(root)  # raises with the sentence
+            lines = ["super().__init__()"]
+            for child in root.children:
+                target = f"self.{self._child_name(child)} = "
+                lines.append(target + self.expr(child, _LINE - 8 - len(target)))
+            return lines, "nn.Module"
+        if root.type in ("Sequential", "ModuleList"):
+            items = self._indexed_children(root)
+            if root.type == "ModuleList":
+                items = [_list(items)]
+            return [_call("super().__init__", items, _LINE - 8)], f"nn.{root.type}"
+        if root.type in _LEAF_TYPES:
+            return [_call("super().__init__", self._keywords(root), _LINE - 8)], f"nn.{root.type}"
+        raise BuildError(
+            f"the checkpoint's root is a {root.type}, which cannot be rebuilt on its own; "
+            "wrap it in a container."
+        )
+
+    def _class(self, base: str, init_lines: list[str], forward: str | None) -> str:
+        doc = '"""The model recovered from the checkpoint; attribute names match its keys."""'
+        body = [doc, "", self._signature(), _indent("\n".join(init_lines), 4)]
+        if forward:
+            body += ["", forward]
+        return f"class RecoveredModel({base}):\n" + _indent("\n".join(body), 4)
+
+    # -- forwards
+
+    def _forward(self, root: ModuleSpec) -> str | None:
+        if self.wiring is None or root.type != "Module":
+            return None  # a root torch module keeps its own forward
+        kind = self.wiring.kind
+        if kind == "sequential":
+            return self._forward_sequential(root)
+        if kind == "rnn":
+            return self._forward_rnn()
+        if kind in ("encoder", "seq2seq"):
+            return self._forward_transformer(kind)
+        raise BuildError(f"the wiring {kind!r} is not one we can write a forward for.")
+
+    def _role(self, role: str, required: bool = True) -> str | None:
+        path = self.wiring.roles.get(role) if self.wiring else None
+        if path is None:
+            if required:
+                raise BuildError(
+                    f"the {self.wiring.kind} wiring needs a module for the role {role!r}; "
+                    "none was recognised."
+                )
+            return None
+        if not self._has_module(path):
+            raise BuildError(f"the role {role!r} names {path!r}, which is not in the model.")
+        return _access(path)
+
+    def _input_names(self, defaults: tuple[str, ...]) -> tuple[str, ...]:
+        given = tuple(i.name for i in self.wiring.inputs) if self.wiring else ()
+        ok = len(given) == len(defaults) and all(
+            n.isidentifier() and not keyword.iskeyword(n) and n != "self" for n in given
+        )
+        return given if ok and len(set(given)) == len(given) else defaults
+
+    def _forward_sequential(self, root: ModuleSpec) -> str:
+        (x,) = self._input_names(("x",))
+        lines = [f"def forward(self, {x}: Tensor) -> Tensor:"]
+        for child in root.children:
+            access = f"self.{self._child_name(child)}"
+            if child.type == "ModuleList":
+                lines += [f"    for layer in {access}:", f"        {x} = layer({x})"]
+            elif child.type == "Module":
+                raise BuildError(
+                    f"{child.path} is a plain container, so the stack cannot call it in order."
+                )
+            else:
+                lines.append(f"    {x} = {access}({x})")
+        lines.append(f"    return {x}")
+        return "\n".join(lines)
+
+    def _forward_rnn(self) -> str:
+        (x,) = self._input_names(("x",))
+        embedding, rnn, head = (
+            self._role("embedding", False),
+            self._role("rnn"),
+            self._role("head", False),
+        )
+        lines = [f"def forward(self, {x}: Tensor) -> Tensor:"]
+        if embedding:
+            lines.append(f"    x = {embedding}({x})")
+        elif x != "x":
+            lines.append(f"    x = {x}")
+        lines.append(
+            f"    x = {rnn}(x)[0]  # the outputs at every step; the final states are dropped"
+        )
+        lines.append(f"    return {head}(x)" if head else "    return x")
+        return "\n".join(lines)
+
+    def _forward_transformer(self, kind: str) -> str:
+        self.helpers.add("causal")
+        scale, causal, batch_first = (
+            f"self.{n}" for n in ("scale_embedding", "causal_mask", "batch_first")
+        )
+        head = self._role("head", False)
+        if kind == "encoder":
+            (tokens,) = self._input_names(("tokens",))
+            embedding = self._role("embedding")
+            pe = self._role("pos_encoding", False)
+            lines = [
+                f"def forward(self, {tokens}: Tensor) -> Tensor:",
+                f"    x = {embedding}({tokens})",
+                f"    if {scale}:",
+                "        x = x * math.sqrt(self.d_model)",
+            ]
+            if pe:
+                lines.append(f"    x = {pe}(x)")
+            lines += [
+                "    mask: Optional[Tensor] = None",
+                f"    if {causal}:",
+                f"        mask = causal_mask(x.size(1) if {batch_first} else x.size(0), x.device)",
+                f"    x = {self._role('encoder')}(x, mask=mask)",
+            ]
+            lines.append(f"    return {head}(x)" if head else "    return x")
+            return self._with_attributes("embedding", lines)
+        src, tgt = self._input_names(("src", "tgt"))
+        src_embedding, tgt_embedding = self._role("src_embedding"), self._role("tgt_embedding")
+        shared_pe = self._role("pos_encoding", False)
+        src_pe = self._role("src_pos_encoding", False) or shared_pe
+        tgt_pe = self._role("tgt_pos_encoding", False) or shared_pe
+        lines = [
+            f"def forward(self, {src}: Tensor, {tgt}: Tensor) -> Tensor:",
+            f"    s = {src_embedding}({src})",
+            f"    t = {tgt_embedding}({tgt})",
+            f"    if {scale}:",
+            "        s = s * math.sqrt(self.d_model)",
+            "        t = t * math.sqrt(self.d_model)",
+        ]
+        if src_pe:
+            lines.append(f"    s = {src_pe}(s)")
+        if tgt_pe:
+            lines.append(f"    t = {tgt_pe}(t)")
+        lines += [
+            "    tgt_mask: Optional[Tensor] = None",
+            f"    if {causal}:",
+            f"        tgt_mask = causal_mask(t.size(1) if {batch_first} else t.size(0), t.device)",
+        ]
+        transformer = self._role("transformer", False)
+        if transformer:
+            lines.append(f"    out = {transformer}(s, t, tgt_mask=tgt_mask)")
+        else:
+            encoder, decoder = self._role("encoder"), self._role("decoder")
+            lines += [
+                f"    memory = {encoder}(s)",
+                f"    out = {decoder}(t, memory, tgt_mask=tgt_mask)",
+            ]
+        lines.append(f"    return {head}(out)" if head else "    return out")
+        return self._with_attributes("src_embedding", lines)
+
+    def _with_attributes(self, embedding_role: str, forward_lines: list[str]) -> str:
+        """Records the forward-only settings for __init__ and returns the forward."""
+        path = self.wiring.roles[embedding_role]
+        d_model = self.spec.module(path).args.get("embedding_dim")
+        if d_model is None:
+            raise BuildError(f"{path} is not an Embedding, so the model width is unknown.")
+        self.extra_init = [
+            f"self.d_model = {_literal(d_model)}",
+            f"self.scale_embedding = {self._arg('scale_embedding')}",
+            f"self.causal_mask = {self._arg('causal_mask')}",
+            f"self.batch_first = {self._arg('batch_first')}",
+        ]
+        return "\n".join(forward_lines)
+
+
+_HEADER = '''
+"""A model recovered from a bare state dict by Model Recovery Studio.
+
+Attribute names match the checkpoint's keys, so `load_state_dict(weights)` is strict.
+Keyword arguments marked "not determined by the weights" are guesses or were chosen by
+scoring candidates on data: the weights alone cannot tell them apart.
+"""
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+'''
+
+_PARAMETER_FREE_HELPER = """
+# Layers without weights leave no keys, so the checkpoint only shows that one was there.
+PARAMETER_FREE_LAYERS = {
+    "ReLU": nn.ReLU,
+    "GELU": nn.GELU,
+    "Tanh": nn.Tanh,
+    "Sigmoid": nn.Sigmoid,
+    "Identity": nn.Identity,
+    "Dropout": nn.Dropout,
+    "Flatten": nn.Flatten,
+}
+
+
+def parameter_free_layer(name: str) -> nn.Module:
+    return PARAMETER_FREE_LAYERS[name]()
+"""
+
+_PADDING_HELPER = '''
+def padding_for(kernel_size: tuple, mode: Any) -> Any:
+    """"same" pads k // 2 on each side, "valid" pads nothing; a number is used as it is."""
+    if mode == "same":
+        return tuple(k // 2 for k in kernel_size)
+    if mode == "valid":
+        return 0
+    return mode
+'''
+
+_CONTAINER_HELPER = '''
+class Container(nn.Module):
+    """Holds named submodules as the original model did; it is never called itself."""
+
+    def __init__(self, **children: nn.Module) -> None:
+        super().__init__()
+        for name, child in children.items():
+            self.add_module(name, child)
+'''
+
+_CAUSAL_HELPER = '''
+def causal_mask(size: int, device: torch.device) -> Tensor:
+    """Position i may attend to positions 0..i only."""
+    return torch.triu(torch.full((size, size), float("-inf"), device=device), diagonal=1)
+'''
+
+_PE_TEMPLATE = '''
+class {cls}(nn.Module):
+    """Adds the checkpoint's positional table (buffer `{buffer}`) to a sequence.
+
+    [1, L, d] adds along dimension 1 and [L, 1, d] along dimension 0; an [L, d] table
+    follows batch_first.
+    """
+
+    def __init__(self, shape: tuple, batch_first: bool) -> None:
+        super().__init__()
+        self.register_buffer("{buffer}", torch.zeros(shape), persistent={persistent})
+        batch_major = len(shape) == 3 and shape[0] == 1
+        self.seq_dim = 1 if batch_major or (len(shape) == 2 and batch_first) else 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = x.size(self.seq_dim)
+        if self.{buffer}.dim() == 2 and self.seq_dim == 0:
+            return x + self.{buffer}[:n].unsqueeze(1)
+        if self.{buffer}.dim() == 3 and self.seq_dim == 1:
+            return x + self.{buffer}[:, :n]
+        return x + self.{buffer}[:n]
+'''
+
+_MAIN = """
+if __name__ == "__main__":
+    import sys
+
+    model = RecoveredModel()
+    weights = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
+    model.load_state_dict(weights)  # strict: every key and shape must match
+    model.eval()
+    print(f"RecoveredModel loaded {len(weights)} tensors from {sys.argv[1]}")
+"""

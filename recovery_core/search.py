@@ -1,0 +1,330 @@
+"""Find the hidden hyperparameters on data: score every combination of candidates.
+
+The weights cannot show nhead, batch_first, norm_first, the activation, whether
+embeddings are scaled or the target masked. Each combination of candidate values is
+built, loaded with the original weights and scored by its loss in eval mode without
+gradients; the ranking and the margin between the best and the runner-up say how sure
+the choice is. Names whose values the loss cannot separate are reported, not picked.
+
+Speed: the generated class is compiled once; a model is built and loaded once per
+combination of the values that change its modules, and the forward-only settings
+(scale_embedding, causal_mask) are switched on that model. Only the first
+`max_samples` samples are scored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from recovery_core.build import check_fit, model_class
+from recovery_core.codegen import FORWARD_ONLY, hidden_arguments
+from recovery_core.errors import HyperparameterError
+from recovery_core.spec import SOURCE_SEARCH, SOURCE_USER, ArchSpec
+
+# Hyperparameters that cannot change an eval-mode forward, so the data cannot find them.
+NO_EFFECT_IN_EVAL = frozenset({"dropout"})
+
+# Below this many parameters one thread scores faster: handing tiny matrix products to a
+# second thread costs more than it saves (measured on the seq2seq zoo model, 2 shared
+# cores: 7 ms per forward on one thread, 196 ms on two).
+SINGLE_THREAD_BELOW = 5_000_000
+
+RELATIVE_TIE = 1e-4  # losses closer than this (relative to the best) count as tied
+ABSOLUTE_TIE = 1e-9  # and this, for a best loss at or near zero
+
+LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    values: dict[str, Any]
+    loss: float  # math.inf when the combination failed
+    error: str | None = None  # why it failed: cannot load, forward raised, loss not finite
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    names: tuple[str, ...]  # the hyperparameters that were searched
+    ranking: tuple[Candidate, ...]  # scored combinations best first, then the failed ones
+    best_values: dict[str, Any]
+    margin: float | None  # runner-up loss - best loss (None with fewer than two scored)
+    relative_margin: float | None  # margin / |best loss|
+    separable: bool  # False when the runner-up is within the tie tolerance of the best
+    tied_names: tuple[str, ...]  # names whose values differ among the tied best combinations
+    per_name: dict[str, tuple[tuple[Any, float], ...]]  # name -> (value, best loss with it)
+    scored: int  # combinations tried (including failed ones)
+    total: int  # combinations there are
+    complete: bool  # False when the budget or the count stopped the search early
+    seconds: float
+    message: str
+    fixed: dict[str, Any] = field(default_factory=dict)  # values the person set; not searched
+
+    @property
+    def best(self) -> Candidate | None:
+        first = self.ranking[0] if self.ranking else None
+        return first if first is not None and first.error is None else None
+
+    def to_json(self, top: int = 20) -> dict[str, Any]:
+        """Plain JSON values (failed losses as null) for reports; the first `top` ranked."""
+
+        def number(x: float | None) -> float | None:
+            return x if x is not None and math.isfinite(x) else None
+
+        return {
+            "names": list(self.names),
+            "fixed": dict(self.fixed),
+            "best_values": dict(self.best_values),
+            "margin": number(self.margin),
+            "relative_margin": number(self.relative_margin),
+            "separable": self.separable,
+            "tied_names": list(self.tied_names),
+            "scored": self.scored,
+            "total": self.total,
+            "complete": self.complete,
+            "seconds": self.seconds,
+            "message": self.message,
+            "ranking": [
+                {"values": dict(c.values), "loss": number(c.loss), "error": c.error}
+                for c in self.ranking[:top]
+            ],
+            "per_name": {
+                name: [[value, number(loss)] for value, loss in pairs]
+                for name, pairs in self.per_name.items()
+            },
+        }
+
+    def apply(self, spec: ArchSpec) -> ArchSpec:
+        """The spec with the chosen values; names the data cannot separate stay as they are."""
+        chosen = {n: v for n, v in self.best_values.items() if n not in self.tied_names}
+        return spec.with_values(self.fixed, source=SOURCE_USER).with_values(
+            chosen, source=SOURCE_SEARCH
+        )
+
+
+def searchable_names(spec: ArchSpec) -> tuple[str, ...]:
+    """Free hyperparameters with a choice to make that change the eval-mode forward."""
+    used = {h.name for h in hidden_arguments(spec)}
+    return tuple(
+        hp.name
+        for hp in spec.free
+        if hp.name in used and hp.name not in NO_EFFECT_IN_EVAL and len(hp.candidates) > 1
+    )
+
+
+def score_candidates(
+    spec: ArchSpec,
+    state_dict: Mapping[str, torch.Tensor],
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    loss_fn: LossFn,
+    *,
+    fixed: Mapping[str, Any] | None = None,
+    names: Sequence[str] | None = None,
+    budget_seconds: float = 30.0,
+    max_combinations: int = 512,
+    max_samples: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+) -> SearchResult:
+    """Score every combination of candidate values by loss_fn(model(*inputs), target)."""
+    started = time.monotonic()
+    fixed = dict(fixed or {})
+    base = spec.with_values(fixed, source=SOURCE_USER)
+    searched = _names_to_search(base, names, fixed)
+    candidates = [base.hyperparameter(n).candidates for n in searched]
+    # Structural names vary slowest, so one built model serves every forward-only setting.
+    order = sorted(range(len(searched)), key=lambda i: searched[i] in FORWARD_ONLY)
+    searched = tuple(searched[i] for i in order)
+    candidates = [candidates[i] for i in order]
+    structural = tuple(n for n in searched if n not in FORWARD_ONLY)
+    total = math.prod(len(c) for c in candidates)
+    to_score = min(total, max_combinations)
+
+    inputs = tuple(t[:max_samples] for t in inputs)
+    target = target[:max_samples]
+    weights = {
+        k: v.detach().float() if v.is_floating_point() else v.detach()
+        for k, v in state_dict.items()
+    }
+    cls = model_class(base)
+    arguments = {h.name: h.argument for h in hidden_arguments(base)}
+
+    results: list[Candidate] = []
+    model: torch.nn.Module | None = None
+    built_for: tuple[Any, ...] | None = None
+    build_error: str | None = None
+    small = sum(v.numel() for v in weights.values()) < SINGLE_THREAD_BELOW
+    with warnings.catch_warnings(), torch.no_grad(), _threads(1 if small else None):
+        warnings.simplefilter("ignore")  # torch's fast-path notices, once per combination
+        for combo in itertools.product(*candidates):
+            if len(results) >= max_combinations or time.monotonic() - started > budget_seconds:
+                break
+            values = dict(zip(searched, combo, strict=True))
+            key = tuple(values[n] for n in structural)
+            if key != built_for:
+                built_for = key
+                model, build_error = _build_and_load(cls, arguments, values, structural, weights)
+            if model is None:
+                results.append(Candidate(values, math.inf, build_error))
+            else:
+                for name in searched:
+                    if name in FORWARD_ONLY:
+                        setattr(model, arguments[name], values[name])
+                results.append(_score(model, values, inputs, target, loss_fn))
+            if progress is not None:
+                progress(len(results), to_score)
+    return _summarise(searched, candidates, results, total, fixed, time.monotonic() - started, base)
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """Use `count` intra-op threads for a while (process-wide in torch), then restore."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _names_to_search(
+    spec: ArchSpec, names: Sequence[str] | None, fixed: Mapping[str, Any]
+) -> tuple[str, ...]:
+    available = searchable_names(spec)
+    if names is None:
+        return tuple(n for n in available if n not in fixed)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise HyperparameterError(
+            f"{', '.join(unknown)} cannot be searched; searchable here: "
+            f"{', '.join(available) or 'nothing'}."
+        )
+    return tuple(n for n in names if n not in fixed)
+
+
+def _build_and_load(
+    cls: type[torch.nn.Module],
+    arguments: Mapping[str, str],
+    values: Mapping[str, Any],
+    structural: tuple[str, ...],
+    weights: Mapping[str, torch.Tensor],
+) -> tuple[torch.nn.Module | None, str | None]:
+    """A model for these values with the weights in place, or why there is none."""
+    kwargs = {arguments[n]: values[n] for n in structural}
+    try:
+        # Not on the meta device: its random init pulls in torch._dynamo (seconds, once).
+        model = cls(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure is a result to show, not a crash
+        return None, f"cannot be built: {exc}"
+    fit = check_fit(model, weights, strict=True)
+    if not fit.ok:
+        return None, f"cannot load the weights: {fit.message}"
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        return None, f"cannot load the weights: {exc}"
+    return model.eval(), None
+
+
+def _score(
+    model: torch.nn.Module,
+    values: dict[str, Any],
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    loss_fn: LossFn,
+) -> Candidate:
+    try:
+        loss = float(loss_fn(model(*inputs), target))
+    except Exception as exc:  # noqa: BLE001 - a failing combination is ruled out, with its reason
+        return Candidate(values, math.inf, f"the forward or the loss failed: {exc}")
+    if not math.isfinite(loss):
+        return Candidate(values, math.inf, f"the loss is not finite ({loss})")
+    return Candidate(values, loss)
+
+
+def _tied(loss: float, best: float) -> bool:
+    return loss - best <= max(RELATIVE_TIE * abs(best), ABSOLUTE_TIE)
+
+
+def _describe(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{n}={v!r}" for n, v in values.items()) or "(nothing to choose)"
+
+
+def _summarise(
+    names: tuple[str, ...],
+    candidates: list[tuple[Any, ...]],
+    results: list[Candidate],
+    total: int,
+    fixed: dict[str, Any],
+    seconds: float,
+    spec: ArchSpec,
+) -> SearchResult:
+    scored = sorted((c for c in results if c.error is None), key=lambda c: c.loss)
+    failed = [c for c in results if c.error is not None]
+    complete = len(results) == total
+    per_name = {
+        name: tuple(
+            (value, min((c.loss for c in scored if c.values[name] == value), default=math.inf))
+            for value in values
+        )
+        for name, values in zip(names, candidates, strict=True)
+    }
+    progress_note = (
+        ""
+        if complete
+        else f" Scored {len(results)} of {total} combinations before the budget ran out."
+    )
+    if not scored:
+        reason = failed[0].error if failed else "there was nothing to score"
+        return SearchResult(
+            names, tuple(failed), {}, None, None, False, (), per_name, len(results), total,
+            complete, seconds, f"No combination could be scored: {reason}.{progress_note}", fixed,
+        )  # fmt: skip
+    best = scored[0]
+    margin = relative = None
+    if len(scored) > 1:
+        margin = scored[1].loss - best.loss
+        relative = margin / max(abs(best.loss), ABSOLUTE_TIE)
+    group = [c for c in scored if _tied(c.loss, best.loss)]
+    tied = tuple(n for n in names if len({repr(c.values[n]) for c in group}) > 1)
+    separable = len(group) == 1
+    if not separable:
+        kept = ", ".join(f"{n} (stays {spec.value(n)!r})" for n in tied)
+        message = (
+            f"The data cannot tell apart {len(group)} combinations within {RELATIVE_TIE:g} of the "
+            f"best loss {best.loss:.6g}; tied: {kept or 'none of the searched names'}."
+        )
+    elif margin is None:
+        message = f"Only one combination could be scored: {_describe(best.values)} (loss {best.loss:.6g})."
+    else:
+        message = (
+            f"Best: {_describe(best.values)} (loss {best.loss:.6g}); the runner-up is "
+            f"{margin:.3g} higher ({relative:.2%})."
+        )
+    if failed:
+        message += f" {len(failed)} combinations failed and are ranked last."
+    return SearchResult(
+        names=names,
+        ranking=tuple(scored + failed),
+        best_values=dict(best.values),
+        margin=margin,
+        relative_margin=relative,
+        separable=separable,
+        tied_names=tied,
+        per_name=per_name,
+        scored=len(results),
+        total=total,
+        complete=complete,
+        seconds=seconds,
+        message=message + progress_note,
+        fixed=fixed,
+    )

@@ -1,0 +1,213 @@
+"""Hidden hyperparameters found on data: rankings, margins, ties, fixed values, budgets."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recovery_core.build import build_model, load_weights
+from recovery_core.checkpoint import Checkpoint
+from recovery_core.errors import HyperparameterError
+from recovery_core.infer import infer_spec
+from recovery_core.search import score_candidates, searchable_names
+from recovery_core.spec import SOURCE_SEARCH, SOURCE_USER
+from tests.zoo import ZOO_BY_NAME, tokens
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # torch's fast-path notices
+
+TRANSFORMER_NAMES = ("nhead", "batch_first", "norm_first", "activation")
+
+
+def own_outputs(case_name: str, *inputs: torch.Tensor):
+    """A zoo model, its weights, its inferred spec and its own outputs on the inputs."""
+    original = ZOO_BY_NAME[case_name].make()
+    with torch.no_grad():
+        target = original(*inputs)
+    weights = original.state_dict()
+    return original, weights, infer_spec(Checkpoint.from_state_dict(weights)), target
+
+
+@pytest.fixture(scope="module")
+def seq2seq():
+    """The tutorial seq2seq model: nhead=4 and batch_first=True, neither the default."""
+    torch.manual_seed(3)
+    inputs = (tokens(40, 16, 8), tokens(30, 16, 8))
+    return (*own_outputs("seq2seq_tutorial", *inputs), inputs)
+
+
+def test_seq2seq_search_finds_nhead_and_batch_first(seq2seq):
+    original, weights, spec, target, inputs = seq2seq
+    assert spec.value("nhead") != 4  # the default guess is wrong; the data must correct it
+
+    result = score_candidates(
+        spec,
+        weights,
+        inputs,
+        target,
+        F.mse_loss,
+        fixed={"scale_embedding": True, "causal_mask": True},
+        names=TRANSFORMER_NAMES,
+    )
+
+    assert result.complete and result.scored == result.total == 6 * 2 * 2 * 2
+    assert result.best_values == {
+        "nhead": 4,
+        "batch_first": True,
+        "norm_first": False,
+        "activation": "relu",
+    }
+    assert result.separable
+    assert result.margin > 0 and result.relative_margin > 0
+    assert result.ranking[0].loss < 1e-10
+    best_by_nhead = dict(result.per_name["nhead"])
+    assert min(best_by_nhead, key=best_by_nhead.get) == 4
+
+    chosen = result.apply(spec)
+    assert chosen.hyperparameter("nhead").source == SOURCE_SEARCH
+    model = build_model(chosen)
+    load_weights(model, weights)
+    with torch.no_grad():
+        diff = (model.eval()(*inputs) - original(*inputs)).abs().max().item()
+    assert diff <= 1e-5
+
+
+def test_encoder_search_finds_norm_first_and_gelu():
+    torch.manual_seed(4)
+    x = tokens(50, 16, 8)
+    _, weights, spec, target = own_outputs("encoder_lm", x)
+    assert (spec.value("norm_first"), spec.value("activation")) == (False, "relu")
+
+    result = score_candidates(
+        spec, weights, (x,), target, F.mse_loss, names=("nhead", "norm_first", "activation")
+    )
+
+    assert result.best_values == {"nhead": 4, "norm_first": True, "activation": "gelu"}
+    assert result.separable and result.margin > 0
+
+
+def test_values_the_data_cannot_separate_are_reported_and_kept():
+    # Index 2 held a Dropout right after a ReLU: in eval mode Identity, Dropout, Flatten
+    # (on 2-D input) and a second ReLU give the very same outputs.
+    torch.manual_seed(5)
+    x = torch.randn(16, 16)
+    _, weights, spec, target = own_outputs("mlp_sequential", x)
+
+    result = score_candidates(
+        spec, weights, (x,), target, F.mse_loss, fixed={"1": "ReLU", "4": "Tanh"}, names=("2",)
+    )
+
+    assert not result.separable
+    assert result.tied_names == ("2",)
+    tied_values = {c.values["2"] for c in result.ranking[:4]}
+    assert tied_values == {"Identity", "Dropout", "Flatten", "ReLU"}
+    assert result.ranking[4].loss > result.ranking[0].loss  # GELU, Tanh, Sigmoid do differ
+    assert "cannot tell apart" in result.message and "2" in result.message
+    applied = result.apply(spec)
+    assert applied.value("2") == spec.value("2")
+    assert applied.hyperparameter("1").source == SOURCE_USER
+
+
+def test_fixed_values_are_not_searched(seq2seq):
+    _, weights, spec, target, inputs = seq2seq
+
+    result = score_candidates(
+        spec,
+        weights,
+        inputs,
+        target,
+        F.mse_loss,
+        fixed={"nhead": 4, "scale_embedding": True, "causal_mask": True},
+        names=("nhead", "batch_first"),
+    )
+
+    assert result.names == ("batch_first",)
+    assert all(set(c.values) == {"batch_first"} for c in result.ranking)
+    assert result.best_values == {"batch_first": True}
+    assert result.apply(spec).value("nhead") == 4
+
+
+def test_budget_stops_early_and_says_so(seq2seq):
+    _, weights, spec, target, inputs = seq2seq
+    calls: list[tuple[int, int]] = []
+
+    result = score_candidates(
+        spec,
+        weights,
+        inputs,
+        target,
+        F.mse_loss,
+        names=TRANSFORMER_NAMES,
+        max_combinations=3,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+
+    assert not result.complete
+    assert (result.scored, result.total) == (3, 48)
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    assert "3 of 48" in result.message
+
+    timed_out = score_candidates(
+        spec, weights, inputs, target, F.mse_loss, names=TRANSFORMER_NAMES, budget_seconds=0.0
+    )
+    assert not timed_out.complete and timed_out.scored < timed_out.total
+
+
+def test_combinations_that_fail_are_ranked_last_with_their_reason():
+    torch.manual_seed(6)
+    inputs = (tokens(40, 8, 7), tokens(30, 8, 5))  # src and tgt of different lengths
+    _, weights, spec, target = own_outputs("seq2seq_tutorial", *inputs)
+
+    result = score_candidates(spec, weights, inputs, target, F.mse_loss, names=("batch_first",))
+
+    # Read as (length, batch), the two inputs disagree on the batch size.
+    assert result.best_values == {"batch_first": True}
+    last = result.ranking[-1]
+    assert last.values == {"batch_first": False}
+    assert math.isinf(last.loss) and "batch" in last.error
+    assert result.margin is None  # only one combination could be scored
+
+
+def test_dropout_is_never_searched_and_unknown_names_are_refused(seq2seq):
+    _, weights, spec, target, inputs = seq2seq
+
+    assert "dropout" not in searchable_names(spec)
+    assert set(TRANSFORMER_NAMES) <= set(searchable_names(spec))
+    with pytest.raises(HyperparameterError, match="dropout"):
+        score_candidates(spec, weights, inputs, target, F.mse_loss, names=("dropout",))
+
+
+def test_only_the_first_max_samples_are_scored(seq2seq):
+    _, weights, spec, target, inputs = seq2seq
+    poisoned = target.clone()
+    poisoned[4:] = float("nan")  # beyond the subset: must never be read
+
+    result = score_candidates(
+        spec,
+        weights,
+        inputs,
+        poisoned,
+        F.mse_loss,
+        fixed={"scale_embedding": True, "causal_mask": True},
+        names=("nhead",),
+        max_samples=4,
+    )
+
+    assert all(c.error is None for c in result.ranking)
+    assert result.best_values == {"nhead": 4}
+
+
+def test_result_serialises_for_reports(seq2seq):
+    _, weights, spec, target, inputs = seq2seq
+    result = score_candidates(
+        spec, weights, inputs, target, F.mse_loss, names=("nhead",), max_combinations=2
+    )
+
+    data = result.to_json()
+
+    assert data["complete"] is False and data["names"] == ["nhead"]
+    assert len(data["ranking"]) == 2
+    assert json.loads(json.dumps(data, allow_nan=False)) == data
