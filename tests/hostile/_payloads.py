@@ -1,0 +1,166 @@
+"""Builders of hostile checkpoint files, made fresh in each test (nothing stored).
+
+Code-running payloads only touch a canary file: if the canary exists after a load,
+code from the file ran.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import pickle
+import struct
+import subprocess
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+class RunsShell:
+    """Unpickling it would run `touch CANARY` through os.system."""
+
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.canary}",))
+
+
+class OpensFile:
+    """Unpickling it would create CANARY through builtins.open."""
+
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self):
+        return (builtins.open, (str(self.canary), "w"))
+
+
+class StartsProcess:
+    """Unpickling it would start `touch CANARY` through subprocess.Popen (an obscure global)."""
+
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self):
+        return (subprocess.Popen, (["touch", str(self.canary)],))
+
+
+class LoadsUnsafely:
+    """Unpickling it would call torch.serialization.load on another file (an obscure global)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (torch.load, (str(self.target),))
+
+
+def small_state_dict() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return dict(torch.nn.Linear(3, 4).state_dict())
+
+
+def torch_zip(path: Path, obj: object) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+def torch_legacy(path: Path, obj: object) -> Path:
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+    return path
+
+
+def raw_pickle(path: Path, obj: object, protocol: int = 4) -> Path:
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
+    return path
+
+
+Edit = Callable[[str, bytes], list[tuple[str, bytes, int]]]
+
+
+def rewrite_zip(src: Path, dst: Path, edit: Edit) -> Path:
+    """Copy a zip member by member; `edit(name, data)` returns the members to write instead."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            for name, data, compression in edit(info.filename, zin.read(info.filename)):
+                zout.writestr(zipfile.ZipInfo(name), data, compress_type=compression)
+    return dst
+
+
+def keep(name: str, data: bytes) -> list[tuple[str, bytes, int]]:
+    return [(name, data, zipfile.ZIP_STORED)]
+
+
+def duplicate_data_pkl(path: Path) -> Path:
+    src = torch_zip(path.with_suffix(".src"), small_state_dict())
+
+    def edit(name: str, data: bytes):
+        twice = name.endswith("/data.pkl")
+        return keep(name, data) * (2 if twice else 1)
+
+    return rewrite_zip(src, path, edit)
+
+
+def deflate_bomb(path: Path, megabytes: int = 32) -> Path:
+    """A valid checkpoint whose big zero tensor is DEFLATE-compressed to a few KB."""
+    src = torch_zip(path.with_suffix(".src"), {"w": torch.zeros(megabytes * 2**18)})
+
+    def edit(name: str, data: bytes):
+        compression = zipfile.ZIP_DEFLATED if "/data/" in name else zipfile.ZIP_STORED
+        return [(name, data, compression)]
+
+    out = rewrite_zip(src, path, edit)
+    src.unlink()
+    return out
+
+
+def short_record(path: Path) -> Path:
+    """data/0 holds half the bytes its storage declares: mmap would read the next member."""
+    src = torch_zip(path.with_suffix(".src"), {"w": torch.arange(12.0).reshape(3, 4)})
+
+    def edit(name: str, data: bytes):
+        return keep(name, data[: len(data) // 2] if name.endswith("/data/0") else data)
+
+    return rewrite_zip(src, path, edit)
+
+
+def oversized_shape(path: Path, numel: int = 10**6) -> Path:
+    """The pickle says the 4-element tensor has `numel` elements."""
+    src = torch_zip(path.with_suffix(".src"), {"w": torch.arange(4.0)})
+    # In the pickle: storage_offset 0 (BININT1), then the size tuple (4,) (BININT1, TUPLE1).
+    pattern = b"K\x00K\x04\x85"
+
+    def edit(name: str, data: bytes):
+        if name.endswith("/data.pkl"):
+            assert data.count(pattern) == 1
+            data = data.replace(pattern, b"K\x00J" + struct.pack("<i", numel) + b"\x85")
+        return keep(name, data)
+
+    return rewrite_zip(src, path, edit)
+
+
+def truncated(src: Path, dst: Path, keep_fraction: float = 0.6) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * keep_fraction)])
+    return dst
+
+
+def safetensors_file(
+    path: Path, header: dict, data: bytes = b"", *, declared_header_len: int | None = None
+) -> Path:
+    """A hand-made safetensors file (header JSON as given, no validation)."""
+    raw = json.dumps(header).encode()
+    length = len(raw) if declared_header_len is None else declared_header_len
+    path.write_bytes(struct.pack("<Q", length) + raw + data)
+    return path
+
+
+def nested(depth: int, leaf: object) -> object:
+    obj = leaf
+    for _ in range(depth):
+        obj = {"inner": obj}
+    return obj
