@@ -631,7 +631,7 @@ class _Renderer:
                 "    mask: Optional[Tensor] = None",
                 f"    if {causal}:",
                 f"        mask = causal_mask(x.size(1) if {batch_first} else x.size(0), x.device)",
-                f"    x = {self._role('encoder')}(x, mask=mask)",
+                f"    x = {self._role('encoder')}(x, mask=mask, is_causal={causal})",
             ]
             lines.append(f"    return {head}(x)" if head else "    return x")
             return self._with_attributes("embedding", lines)
@@ -659,12 +659,13 @@ class _Renderer:
         ]
         transformer = self._role("transformer", False)
         if transformer:
-            lines.append(f"    out = {transformer}(s, t, tgt_mask=tgt_mask)")
+            # Saying the mask is causal spares nn.Transformer a look at its values (torch.export).
+            lines.append(f"    out = {transformer}(s, t, tgt_mask=tgt_mask, tgt_is_causal={causal})")
         else:
             encoder, decoder = self._role("encoder"), self._role("decoder")
             lines += [
                 f"    memory = {encoder}(s)",
-                f"    out = {decoder}(t, memory, tgt_mask=tgt_mask)",
+                f"    out = {decoder}(t, memory, tgt_mask=tgt_mask, tgt_is_causal={causal})",
             ]
         lines.append(f"    return {head}(out)" if head else "    return out")
         return self._with_attributes("src_embedding", lines)
