@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -9,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recovery_core.build import build_model, load_weights
+from recovery_core.build import build_model, construct, example_inputs, load_weights, model_class
 from recovery_core.checkpoint import Checkpoint
 from recovery_core.errors import HyperparameterError
 from recovery_core.infer import infer_spec
-from recovery_core.search import score_candidates, searchable_names
+from recovery_core.search import RETUNABLE, _retune, _threads, score_candidates, searchable_names
 from recovery_core.spec import SOURCE_SEARCH, SOURCE_USER
 from tests.zoo import ZOO_BY_NAME, tokens
 
@@ -211,3 +212,47 @@ def test_result_serialises_for_reports(seq2seq):
     assert data["complete"] is False and data["names"] == ["nhead"]
     assert len(data["ranking"]) == 2
     assert json.loads(json.dumps(data, allow_nan=False)) == data
+
+
+@pytest.mark.parametrize("case_name", ["seq2seq_tutorial", "encoder_lm", "lstm_bidirectional"])
+def test_switching_a_built_model_matches_building_afresh(case_name):
+    """Screening switches one model between values; it must equal a fresh build for each."""
+    case = ZOO_BY_NAME[case_name]
+    state = case.make().state_dict()
+    spec = infer_spec(Checkpoint.from_state_dict(state))
+    names = [n for n in searchable_names(spec) if n in RETUNABLE]
+    assert names, "the case should have switchable hyperparameters"
+    inputs = example_inputs(spec, batch_size=3)
+    cls = model_class(spec)
+    switched = build_model(spec)
+    assert load_weights(switched, state).ok
+    switched.eval()
+    with _threads(1), torch.no_grad():  # tiny models: one thread is several times faster
+        for combo in itertools.product(*(spec.hyperparameter(n).candidates for n in names)):
+            values = dict(zip(names, combo, strict=True))
+            fresh = construct(cls, spec, values)
+            assert load_weights(fresh, state).ok
+            _retune(switched, values)
+            try:
+                expected = fresh.eval()(*inputs)
+            except Exception:  # noqa: BLE001 - invalid here (e.g. lengths under batch_first=False)
+                continue
+            torch.testing.assert_close(switched(*inputs), expected, rtol=0, atol=1e-6)
+
+
+def test_finalists_are_scored_on_every_sample_and_rank_first(seq2seq):
+    _, weights, spec, target, inputs = seq2seq
+    result = score_candidates(
+        spec,
+        weights,
+        inputs,
+        target,
+        F.mse_loss,
+        names=["nhead", "batch_first"],
+        fixed={"scale_embedding": True, "causal_mask": True},
+        screen_samples=4,
+        finalists=3,
+    )
+    assert [c.samples for c in result.ranking[:3]] == [len(target)] * 3
+    assert all(c.samples == 4 for c in result.ranking[3:] if c.error is None)
+    assert result.best_values["nhead"] == 4
