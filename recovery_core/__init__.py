@@ -3,18 +3,49 @@
 The dashboard and other callers use only the names exported here.
 """
 
-from recovery_core.checkpoint import Checkpoint, TensorInfo, TensorStats
+from recovery_core.build import (
+    RebuildStatus,
+    build_model,
+    check_rebuild,
+    example_inputs,
+    load_weights,
+)
+from recovery_core.checkpoint import (
+    Checkpoint,
+    LoadLimits,
+    TensorInfo,
+    TensorStats,
+    load_checkpoint,
+)
+from recovery_core.codegen import generate_code
+from recovery_core.data import (
+    DataMapping,
+    Dataset,
+    baseline_loss,
+    guess_mapping,
+    load_dataset,
+    loss_function,
+    make_mapping,
+    mapped_tensors,
+)
 from recovery_core.errors import (
     BuildError,
     CheckpointFormatError,
     DataError,
     ExportError,
+    HyperparameterError,
     InferenceError,
     RecoveryError,
     TrainingError,
     UnsafeCheckpointError,
 )
+from recovery_core.export import ExportBundle, export_all
+from recovery_core.freeze import FreezePlan, plan_freeze, preset_patterns
+from recovery_core.infer import infer_spec
+from recovery_core.inspect import Inspection, describe
+from recovery_core.search import SearchResult, score_candidates, searchable_names
 from recovery_core.spec import ArchSpec, Hyperparameter, ModelInput, ModuleSpec, Wiring
+from recovery_core.train import TrainingConfig, TrainingResult, TrainingRun
 
 __all__ = [
     "ArchSpec",
@@ -22,15 +53,46 @@ __all__ = [
     "Checkpoint",
     "CheckpointFormatError",
     "DataError",
+    "DataMapping",
+    "Dataset",
+    "ExportBundle",
     "ExportError",
+    "FreezePlan",
     "Hyperparameter",
+    "HyperparameterError",
     "InferenceError",
+    "Inspection",
+    "LoadLimits",
     "ModelInput",
     "ModuleSpec",
+    "RebuildStatus",
     "RecoveryError",
+    "SearchResult",
     "TensorInfo",
     "TensorStats",
+    "TrainingConfig",
     "TrainingError",
+    "TrainingResult",
+    "TrainingRun",
     "UnsafeCheckpointError",
     "Wiring",
+    "baseline_loss",
+    "build_model",
+    "check_rebuild",
+    "describe",
+    "example_inputs",
+    "export_all",
+    "generate_code",
+    "guess_mapping",
+    "infer_spec",
+    "load_checkpoint",
+    "load_dataset",
+    "load_weights",
+    "loss_function",
+    "make_mapping",
+    "mapped_tensors",
+    "plan_freeze",
+    "preset_patterns",
+    "score_candidates",
+    "searchable_names",
 ]

@@ -22,7 +22,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -469,6 +469,29 @@ def _equal_tensors(reloaded: Mapping[str, Tensor], state: Mapping[str, Tensor]) 
 # ---------------------------------------------------------------- everything
 
 
+def export_paths(out_dir: str | os.PathLike[str], stem: str, *, with_code: bool) -> dict[str, str]:
+    """Where `export_all` writes each kind of file."""
+    out = os.fspath(out_dir)
+    paths = {
+        "torchscript": os.path.join(out, f"{stem}.pt"),
+        "torch.export": os.path.join(out, f"{stem}.pt2"),
+        "state_dict": os.path.join(out, f"{stem}_state_dict.pt"),
+        "safetensors": os.path.join(out, f"{stem}.safetensors"),
+        "report": os.path.join(out, "report.json" if stem == "model" else f"{stem}_report.json"),
+    }
+    if with_code:
+        paths["code"] = os.path.join(out, f"{stem}.py")
+    return paths
+
+
+def refuse_overwriting_input(
+    paths: Iterable[str], input_path: str | os.PathLike[str] | None
+) -> None:
+    """ExportError when any of `paths` is the checkpoint the person loaded."""
+    for path in paths:
+        _refuse_input(path, input_path)
+
+
 def export_all(
     model: nn.Module,
     example_inputs: Sequence[Tensor],
@@ -489,18 +512,9 @@ def export_all(
     other tensor must be bit-identical to `original_state_dict`.
     """
     out = os.fspath(out_dir)
+    paths = export_paths(out, stem, with_code=code is not None)
+    refuse_overwriting_input(paths.values(), input_path)  # before writing anything
     os.makedirs(out, exist_ok=True)
-    paths = {
-        "torchscript": os.path.join(out, f"{stem}.pt"),
-        "torch.export": os.path.join(out, f"{stem}.pt2"),
-        "state_dict": os.path.join(out, f"{stem}_state_dict.pt"),
-        "safetensors": os.path.join(out, f"{stem}.safetensors"),
-        "report": os.path.join(out, "report.json" if stem == "model" else f"{stem}_report.json"),
-    }
-    if code is not None:
-        paths["code"] = os.path.join(out, f"{stem}.py")
-    for p in paths.values():  # refuse before writing anything
-        _refuse_input(p, input_path)
 
     exports = [export_torchscript(model, example_inputs, paths["torchscript"], original_state_dict)]
     exports.append(

@@ -1,0 +1,212 @@
+"""The `recovery` command: inspect, codegen, recover.
+
+Exit codes: 0 success, 1 a verification failed, 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from recovery_core import humanize
+from recovery_core.errors import RecoveryError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recovery",
+        description="Turn a bare PyTorch state dict back into a working, retrained, exported model.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    inspect = sub.add_parser(
+        "inspect", help="show the tensors, the inferred layer tree and hyperparameters"
+    )
+    inspect.add_argument(
+        "checkpoint", help=".pt/.pth/.bin/.ckpt/.safetensors file, sharded folder or *.index.json"
+    )
+    inspect.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of tables"
+    )
+
+    codegen = sub.add_parser(
+        "codegen", help="write a standalone Python file defining RecoveredModel"
+    )
+    codegen.add_argument("checkpoint")
+    codegen.add_argument("-o", "--output", required=True, help="where to write the .py file")
+    codegen.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="fix a hidden hyperparameter",
+    )
+
+    recover = sub.add_parser(
+        "recover",
+        help="find hidden hyperparameters on data, retrain chosen layers, export verified files",
+    )
+    recover.add_argument("checkpoint")
+    recover.add_argument(
+        "--data",
+        required=True,
+        help="dataset: torch-saved dict/tuple/TensorDataset, .safetensors or .npz",
+    )
+    recover.add_argument(
+        "--out", required=True, help="TorchScript file to write (other files go beside it)"
+    )
+    recover.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="dataset entry fed to the model (repeat, in order)",
+    )
+    recover.add_argument(
+        "--target", default=None, metavar="KEY", help="dataset entry the output is compared with"
+    )
+    recover.add_argument(
+        "--unfreeze",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="module path, prefix or glob to train (default: the output layer)",
+    )
+    recover.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="fix a hidden hyperparameter (not searched)",
+    )
+    recover.add_argument(
+        "--method", default="auto", choices=["auto", "lstsq", "adam", "adamw", "sgd"]
+    )
+    recover.add_argument("--epochs", type=int, default=20)
+    recover.add_argument("--lr", type=float, default=1e-3)
+    recover.add_argument("--batch-size", type=int, default=32)
+    recover.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    recover.add_argument("--seed", type=int, default=0)
+    recover.add_argument(
+        "--loss",
+        default=None,
+        choices=["mse", "cross_entropy"],
+        help="override the loss guessed from the target",
+    )
+    recover.add_argument(
+        "--search-budget",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="time allowed for scoring hidden hyperparameters",
+    )
+    recover.add_argument("--report", default=None, help="also write the JSON report here")
+    return parser
+
+
+def parse_assignments(items: Sequence[str]) -> dict[str, object]:
+    """`nhead=4`, `batch_first=false`, `activation=gelu` -> typed values."""
+    values: dict[str, object] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise RecoveryError(f"--set expects NAME=VALUE, got {item!r}")
+        values[name.strip()] = parse_value(raw.strip())
+    return values
+
+
+def parse_value(raw: str) -> object:
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from recovery_core.inspect import inspect_checkpoint
+
+    report = inspect_checkpoint(args.checkpoint)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(report.to_text())
+    return 0
+
+
+def _codegen(args: argparse.Namespace) -> int:
+    from recovery_core.codegen import generate_code
+    from recovery_core.inspect import inspect_checkpoint
+
+    spec = inspect_checkpoint(args.checkpoint).spec
+    spec = spec.with_values(parse_assignments(args.set))
+    source = generate_code(spec)
+    tmp = f"{args.output}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(source)
+    os.replace(tmp, args.output)
+    print(
+        f"wrote {args.output} ({len(source.splitlines())} lines): class RecoveredModel",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from recovery_core.recover import RecoverOptions, recover
+
+    options = RecoverOptions(
+        inputs=tuple(args.input),
+        target=args.target,
+        unfreeze=tuple(args.unfreeze),
+        fixed=parse_assignments(args.set),
+        method=args.method,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+        loss=args.loss,
+        search_budget_seconds=args.search_budget,
+    )
+    result = recover(
+        args.checkpoint,
+        args.data,
+        args.out,
+        options,
+        report_path=args.report,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+        progress_bar=sys.stderr.isatty(),
+    )
+    print(result.summary())
+    return 0 if result.passed else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"inspect": _inspect, "codegen": _codegen, "recover": _recover}
+    try:
+        return handlers[args.command](args)
+    except RecoveryError as error:
+        print(f"error: {humanize.one_line(str(error))}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
+        print(f"error: {error.strerror}: {error.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""What a person sees first: the key/shape table and the inferred layer tree.
+
+Inspecting costs O(keys): shapes come from the checkpoint's index, roles
+(parameter or buffer) from building the recovered model on the meta device,
+which allocates no memory for values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from recovery_core import humanize
+from recovery_core.build import build_model
+from recovery_core.checkpoint import Checkpoint, load_checkpoint
+from recovery_core.errors import RecoveryError
+from recovery_core.infer import infer_spec
+from recovery_core.spec import ArchSpec, ModuleSpec
+
+# Buffer names used when the model cannot be built: only these are known to be buffers.
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "pe")
+
+
+@dataclass(frozen=True)
+class TensorRow:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int
+    nbytes: int
+    role: str  # "parameter" or "buffer"
+    module: str  # path of the module that owns it ("" when unexplained)
+    module_type: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "numel": self.numel,
+            "nbytes": self.nbytes,
+            "role": self.role,
+            "module": self.module,
+            "module_type": self.module_type,
+        }
+
+
+@dataclass(frozen=True)
+class Inspection:
+    checkpoint: Checkpoint
+    spec: ArchSpec
+    rows: tuple[TensorRow, ...]
+    roles_from: str  # "model" (built on the meta device) or "names" (the build failed)
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(r.numel for r in self.rows if r.role == "parameter")
+
+    def module_parameter_count(self, module: ModuleSpec) -> int:
+        keys = set(module.all_keys())
+        return sum(r.numel for r in self.rows if r.role == "parameter" and r.name in keys)
+
+    def to_json(self) -> dict[str, Any]:
+        ckpt = self.checkpoint
+        spec_json = self.spec.to_json()
+        return {
+            "source": ckpt.source_name,
+            "format": ckpt.format,
+            "wrapper_key": ckpt.wrapper_key,
+            "stripped_prefix": ckpt.stripped_prefix,
+            "extras": dict(ckpt.extras),
+            "hyper_parameters_in_file": dict(ckpt.hyper_parameters),
+            "metadata": dict(ckpt.metadata),
+            "warnings": list(ckpt.warnings),
+            "parameter_count": self.parameter_count,
+            "roles_from": self.roles_from,
+            "tensors": [r.to_json() for r in self.rows],
+            **spec_json,
+        }
+
+    def to_text(self) -> str:
+        ckpt = self.checkpoint
+        lines = [
+            f"{ckpt.source_name}: {ckpt.format}, {len(self.rows)} tensors, "
+            f"{humanize.count(self.parameter_count)} parameters"
+        ]
+        if ckpt.wrapper_key:
+            lines.append(f"weights found under the entry {ckpt.wrapper_key!r}")
+        if ckpt.stripped_prefix:
+            lines.append(f"stripped the prefix {ckpt.stripped_prefix!r} shared by every key")
+        for key, summary in ckpt.extras.items():
+            lines.append(f"also in the file: {key}: {summary}")
+        lines += [f"warning: {w}" for w in ckpt.warnings]
+
+        lines += ["", "TENSORS"]
+        width = max([len(r.name) for r in self.rows] + [4])
+        lines.append(f"{'name':<{width}}  {'shape':<18} {'dtype':<9} {'kind':<9} {'size':>10}")
+        for r in self.rows:
+            lines.append(
+                f"{r.name:<{width}}  {humanize.shape(r.shape):<18} {r.dtype:<9} "
+                f"{r.role:<9} {humanize.size(r.nbytes):>10}"
+            )
+
+        lines += ["", "LAYER TREE"]
+        lines += self._tree_lines(self.spec.root, 0)
+
+        lines += ["", "HYPERPARAMETERS"]
+        for hp in self.spec.hyperparameters:
+            if hp.determined:
+                lines.append(f"  {hp.name} = {hp.value!r}   ({hp.source}: {hp.evidence})")
+            else:
+                lines.append(
+                    f"  {hp.name} = {hp.value!r}   (not determined by the weights; "
+                    f"candidates: {', '.join(map(repr, hp.candidates))}; {hp.source})"
+                )
+        if self.spec.wiring is not None:
+            lines += ["", f"FORWARD: {self.spec.wiring.kind}: {self.spec.wiring.description}"]
+        if self.spec.unexplained_keys:
+            lines += ["", "UNEXPLAINED KEYS (no detector recognised them)"]
+            lines += [f"  {k}" for k in self.spec.unexplained_keys]
+        if self.spec.notes:
+            lines += ["", "NOTES"] + [f"  {n}" for n in self.spec.notes]
+        return "\n".join(lines) + "\n"
+
+    def _tree_lines(self, module: ModuleSpec, depth: int) -> list[str]:
+        name = module.name or "(model)"
+        args = ", ".join(f"{k}={v!r}" for k, v in module.args.items())
+        label = f"{'  ' * depth}{name}: {module.type}({args})"
+        params = self.module_parameter_count(module)
+        if params:
+            label += f"  [{humanize.count(params)} params]"
+        if module.alternatives:
+            label += f"  (or {', '.join(module.alternatives)}: {module.note})"
+        out = [label]
+        for child in module.children:
+            out += self._tree_lines(child, depth + 1)
+        return out
+
+
+def tensor_roles(spec: ArchSpec) -> dict[str, str] | None:
+    """key -> "parameter" | "buffer", from the recovered model built without memory."""
+    try:
+        with torch.device("meta"):
+            model = build_model(spec)
+    except (RecoveryError, RuntimeError, TypeError, ValueError):
+        return None
+    roles = {name: "parameter" for name, _ in model.named_parameters(remove_duplicate=False)}
+    roles.update({name: "buffer" for name, _ in model.named_buffers(remove_duplicate=False)})
+    return roles
+
+
+def describe(checkpoint: Checkpoint, spec: ArchSpec | None = None) -> Inspection:
+    spec = spec if spec is not None else infer_spec(checkpoint)
+    owners = {key: m for m in spec.modules() for key in m.keys}
+    roles = tensor_roles(spec)
+    rows = []
+    for t in checkpoint.tensors:
+        if roles is not None and t.name in roles:
+            role = roles[t.name]
+        else:
+            role = "buffer" if t.name.rsplit(".", 1)[-1] in _BUFFER_SUFFIXES else "parameter"
+        owner = owners.get(t.name)
+        rows.append(
+            TensorRow(
+                name=t.name,
+                shape=t.shape,
+                dtype=t.dtype,
+                numel=t.numel,
+                nbytes=t.nbytes,
+                role=role,
+                module=owner.path if owner else "",
+                module_type=owner.type if owner else "unexplained",
+            )
+        )
+    return Inspection(checkpoint, spec, tuple(rows), "model" if roles is not None else "names")
+
+
+def inspect_checkpoint(
+    source: str | os.PathLike[str] | bytes, *, name: str | None = None
+) -> Inspection:
+    return describe(load_checkpoint(source, name=name))

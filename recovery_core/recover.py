@@ -1,0 +1,246 @@
+"""The whole job in one call: checkpoint + data -> searched, retrained, exported, verified.
+
+This is what `recovery recover` runs; the dashboard drives the same steps one by one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recovery_core import humanize
+from recovery_core.build import build_model, load_weights
+from recovery_core.checkpoint import load_checkpoint
+from recovery_core.codegen import generate_code
+from recovery_core.data import (
+    baseline_loss,
+    guess_mapping,
+    load_dataset,
+    loss_function,
+    make_mapping,
+)
+from recovery_core.errors import BuildError, ExportError
+from recovery_core.export import ExportBundle, export_all, export_paths, refuse_overwriting_input
+from recovery_core.freeze import plan_freeze, preset_patterns
+from recovery_core.infer import infer_spec
+from recovery_core.search import SearchResult, score_candidates
+from recovery_core.spec import SOURCE_USER, ArchSpec
+from recovery_core.train import TrainingConfig, TrainingResult, TrainingRun
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RecoverOptions:
+    inputs: tuple[str, ...] = ()  # dataset entries fed to the model; guessed when empty
+    target: str | None = None  # guessed when None
+    unfreeze: tuple[str, ...] = ()  # module patterns; default: only the output layer
+    fixed: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # hidden hyperparameters set by the person
+    method: str = "auto"
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 32
+    device: str = "auto"
+    seed: int = 0
+    loss: str | None = None  # "mse" | "cross_entropy"; guessed from the target when None
+    search_budget_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class RecoverResult:
+    spec: ArchSpec
+    search: SearchResult | None
+    training: TrainingResult
+    bundle: ExportBundle
+    out_path: str
+
+    @property
+    def passed(self) -> bool:
+        return self.bundle.passed
+
+    def summary(self) -> str:
+        lines = ["hyperparameters:"]
+        for hp in self.spec.hyperparameters:
+            if not hp.determined:
+                lines.append(f"  {hp.name} = {hp.value!r} ({hp.source})")
+        t = self.training
+        lines.append(
+            f"loss: baseline {humanize.loss(t.baseline_loss)} -> final {humanize.loss(t.final_loss)}"
+            f" ({t.method_used}, {humanize.seconds(t.seconds)})"
+        )
+        lines.append("verification:")
+        for check in self.bundle.checks:
+            mark = "ok  " if check.passed else "FAIL"
+            lines.append(f"  [{mark}] {check.name}: {check.detail}")
+        verdict = "all checks passed" if self.passed else "SOME CHECKS FAILED"
+        lines.append(f"{verdict}; wrote {self.out_path}")
+        return "\n".join(lines)
+
+
+def _progress_printer(log: Log, bar: bool) -> Callable[[TrainingRun], None]:
+    """Poll a running job: a redrawn bar on a terminal, one line per epoch otherwise."""
+
+    def follow(run: TrainingRun) -> None:
+        seen = 0
+        while True:
+            done = not run.is_alive()
+            events = run.events_since(seen)
+            seen += len(events)
+            for event in events:
+                if not bar and event.eval_loss is not None:  # set once per epoch, at its end
+                    log(f"epoch {event.epoch}: loss {humanize.loss(event.eval_loss)}")
+            if bar and events:
+                fraction, eta = run.progress
+                filled = int(fraction * 30)
+                line = f"\r[{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} "
+                line += f"loss {humanize.loss(events[-1].loss)} eta {humanize.seconds(eta or 0)}"
+                os.write(2, line.encode())
+            if done:
+                if bar:
+                    os.write(2, b"\n")
+                return
+            time.sleep(0.2)
+
+    return follow
+
+
+def recover(
+    checkpoint_path: str,
+    data_path: str,
+    out_path: str,
+    options: RecoverOptions = RecoverOptions(),
+    *,
+    report_path: str | None = None,
+    log: Log = lambda line: None,
+    progress_bar: bool = False,
+) -> RecoverResult:
+    out = Path(out_path)
+    if out.suffix != ".pt":
+        raise ExportError(f"--out should name a TorchScript file ending in .pt, got {out.name!r}")
+    # Refuse before any work: nothing may overwrite the checkpoint being recovered.
+    refuse_overwriting_input(
+        export_paths(out.parent, out.stem, with_code=True).values(), checkpoint_path
+    )
+    checkpoint = load_checkpoint(checkpoint_path)
+    spec = infer_spec(checkpoint)
+    spec = spec.with_values(dict(options.fixed), source=SOURCE_USER)
+    log(f"checkpoint: {len(checkpoint.tensors)} tensors ({checkpoint.format})")
+    if spec.wiring is None:
+        raise BuildError(
+            "no forward could be recognised for these weights, so the model cannot be run on data; "
+            "use `recovery codegen` and write the forward by hand"
+        )
+
+    dataset = load_dataset(data_path)
+    if options.inputs or options.target:
+        guessed = guess_mapping(dataset, spec.wiring.inputs)
+        mapping = make_mapping(
+            dataset,
+            options.inputs or guessed.inputs,
+            options.target or guessed.target,
+            loss=options.loss,
+        )
+    else:
+        mapping = guess_mapping(dataset, spec.wiring.inputs)
+        if options.loss:
+            mapping = make_mapping(dataset, mapping.inputs, mapping.target, loss=options.loss)
+        log(
+            f"guessed: inputs {', '.join(mapping.inputs)}; target {mapping.target} ({mapping.reason})"
+        )
+    loss_fn = loss_function(mapping)
+    inputs = tuple(dataset.tensors[name] for name in mapping.inputs)
+    target = dataset.tensors[mapping.target]
+    log(f"loss: {mapping.loss}; evaluated on the same data it trains on (no validation split)")
+
+    original = checkpoint.state_dict()
+    search = None
+    searchable = [hp.name for hp in spec.free if hp.name not in options.fixed]
+    if searchable:
+        log(f"scoring hidden hyperparameters on the data: {', '.join(searchable)}")
+        search = score_candidates(
+            spec,
+            original,
+            inputs,
+            target,
+            loss_fn,
+            fixed=dict(options.fixed),
+            budget_seconds=options.search_budget_seconds,
+        )
+        for rank, candidate in enumerate(search.ranking[:5], start=1):
+            log(f"  #{rank} loss {humanize.loss(candidate.loss)}  {candidate.values}")
+        log(f"  {search.message}")
+        spec = search.apply(spec)
+
+    model = build_model(spec)
+    report = load_weights(model, original)
+    if not report.ok:
+        raise BuildError(report.message)
+    baseline = baseline_loss(model, inputs, target, loss_fn)
+    log(f"baseline loss with the original weights: {humanize.loss(baseline)}")
+
+    patterns = list(options.unfreeze) or preset_patterns(model, "only the output layer")
+    plan = plan_freeze(model, patterns)
+    log(
+        f"training {', '.join(plan.trainable_modules)}: "
+        f"{humanize.count(plan.trainable_params)} of {humanize.count(plan.total_params)} parameters"
+    )
+    config = TrainingConfig(
+        method=options.method,
+        lr=options.lr,
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        seed=options.seed,
+        device=options.device,
+    )
+    run = TrainingRun(model, plan, inputs, target, loss_fn, config)
+    run.start()
+    follower = threading.Thread(
+        target=_progress_printer(log, progress_bar), args=(run,), daemon=True
+    )
+    follower.start()
+    run.join()
+    follower.join()
+    training = run.result
+    if training.message:
+        log(training.message)
+
+    report = {
+        "checkpoint": os.path.basename(checkpoint_path),
+        "data": os.path.basename(data_path),
+        "mapping": {"inputs": list(mapping.inputs), "target": mapping.target, "loss": mapping.loss},
+        "hyperparameters": [hp.to_json() for hp in spec.hyperparameters],
+        "search": None if search is None else search.to_json(),
+        "freeze": {
+            "patterns": list(plan.patterns),
+            "trainable_modules": list(plan.trainable_modules),
+            "trainable_params": plan.trainable_params,
+            "total_params": plan.total_params,
+        },
+        "training": training.to_json(),
+    }
+    example = tuple(t[:2] for t in inputs)
+    bundle = export_all(
+        training.model,
+        example,
+        out.parent,
+        original,
+        code=generate_code(spec),
+        report=report,
+        input_path=checkpoint_path,
+        stem=out.stem,
+        trainable_keys=plan.trainable_keys,
+    )
+    if report_path:
+        shutil.copyfile(bundle.report_path, report_path)
+    return RecoverResult(spec, search, training, bundle, str(out))
+
+
+__all__ = ["RecoverOptions", "RecoverResult", "recover"]

@@ -1,0 +1,139 @@
+"""End to end: a bare state dict and data in, searched, retrained, exported and verified out.
+
+Each case builds a zoo model with known settings, keeps only its state dict, makes data from
+its own outputs, and runs `recovery recover` as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from recovery_core.cli import main
+from recovery_core.recover import RecoverOptions, recover
+from tests.zoo import ZOO_BY_NAME, tokens
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # torch's TorchScript notices
+
+
+def save_case(tmp_path, name: str, inputs: dict[str, torch.Tensor], make_target):
+    """The model's weights alone, and a dataset of (inputs, target from its outputs)."""
+    model = ZOO_BY_NAME[name].make()
+    with torch.no_grad():
+        output = model(*inputs.values())
+    weights = tmp_path / f"{name}.pt"
+    torch.save(model.state_dict(), weights)
+    data = tmp_path / f"{name}_data.pt"
+    torch.save({**inputs, "target": make_target(output)}, data)
+    return model, weights, data
+
+
+def reloaded_with_original_weights(path, original: torch.nn.Module) -> torch.jit.ScriptModule:
+    scripted = torch.jit.load(str(path))
+    scripted.load_state_dict(original.state_dict())
+    return scripted.eval()
+
+
+def test_seq2seq_search_finds_hidden_values_and_export_reproduces_the_original(tmp_path):
+    torch.manual_seed(0)
+    inputs = {"src": tokens(40, 48, 7), "tgt": tokens(30, 48, 5)}
+    original, weights, data = save_case(tmp_path, "seq2seq_tutorial", inputs, lambda out: out)
+    out = tmp_path / "out" / "recovered.pt"
+
+    result = recover(
+        str(weights), str(data), str(out), RecoverOptions(epochs=1, search_budget_seconds=60)
+    )
+
+    assert result.spec.value("nhead") == 4 and result.spec.value("batch_first") is True
+    assert result.spec.hyperparameter("nhead").source == "search"
+    assert result.search.separable is False or result.search.margin > 0
+    assert result.passed
+    scripted = reloaded_with_original_weights(out, original)
+    with torch.no_grad():
+        diff = (scripted(inputs["src"], inputs["tgt"]) - original(*inputs.values())).abs().max()
+    assert diff <= 1e-5
+
+
+def test_encoder_with_norm_first_and_gelu_is_found(tmp_path):
+    torch.manual_seed(1)
+    inputs = {"tokens": tokens(50, 48, 9)}
+    original, weights, data = save_case(tmp_path, "encoder_lm", inputs, lambda out: out)
+    out = tmp_path / "lm.pt"
+
+    result = recover(str(weights), str(data), str(out), RecoverOptions(epochs=1))
+
+    assert result.spec.value("norm_first") is True
+    assert result.spec.value("activation") == "gelu"
+    assert result.passed
+    scripted = reloaded_with_original_weights(out, original)
+    with torch.no_grad():
+        assert (scripted(inputs["tokens"]) - original(inputs["tokens"])).abs().max() <= 1e-5
+
+
+def test_mlp_head_is_solved_in_closed_form_below_the_baseline(tmp_path):
+    torch.manual_seed(2)
+    inputs = {"x": torch.randn(64, 16)}
+    # The task changed since training: the head must learn a new scale and offset.
+    _, weights, data = save_case(tmp_path, "mlp_sequential", inputs, lambda out: 1.5 * out + 0.3)
+
+    result = recover(str(weights), str(data), str(tmp_path / "mlp.pt"), RecoverOptions())
+
+    assert result.training.method_used.startswith("lstsq")
+    assert result.training.final_loss < result.training.baseline_loss * 0.01
+    assert result.passed
+
+
+def test_cnn_with_batchnorm_trains_its_head_and_keeps_frozen_statistics(tmp_path):
+    torch.manual_seed(3)
+    inputs = {"x": torch.randn(32, 3, 8, 8)}
+    original, weights, data = save_case(
+        tmp_path, "cnn_batchnorm2d", inputs, lambda out: out.argmax(dim=1).roll(1)
+    )
+    options = RecoverOptions(unfreeze=("7",), method="adam", epochs=15, lr=1e-2)
+
+    result = recover(str(weights), str(data), str(tmp_path / "cnn.pt"), options)
+
+    assert result.training.final_loss < result.training.baseline_loss
+    assert result.passed  # includes: every frozen tensor (BatchNorm statistics too) bit-identical
+    trained = result.training.model.state_dict()
+    for key in ("1.running_mean", "1.running_var", "4.running_mean"):
+        assert torch.equal(trained[key], original.state_dict()[key])
+
+
+def test_lstm_model_recovers_through_the_command_line(tmp_path, capsys):
+    torch.manual_seed(4)
+    inputs = {"tokens": tokens(30, 40, 6)}
+    _, weights, data = save_case(
+        tmp_path, "embedding_lstm", inputs, lambda out: (out.argmax(dim=-1) + 1) % 30
+    )
+    out, report = tmp_path / "lstm.pt", tmp_path / "report.json"
+
+    code = main([
+        "recover", str(weights), "--data", str(data), "--out", str(out),
+        "--unfreeze", "head", "--epochs", "10", "--lr", "0.05", "--report", str(report),
+    ])  # fmt: skip
+
+    printed, log = capsys.readouterr()
+    assert code == 0, log
+    assert "guessed: inputs tokens; target target" in log
+    assert "all checks passed" in printed
+    saved = json.loads(report.read_text())
+    assert saved["verification"]["passed"] is True
+    assert saved["training"]["final_loss"] < saved["training"]["baseline_loss"]
+    assert saved["freeze"]["trainable_modules"] == ["head"]
+
+
+def test_recover_refuses_to_overwrite_its_input(tmp_path, capsys):
+    torch.manual_seed(5)
+    inputs = {"x": torch.randn(16, 16)}
+    _, weights, data = save_case(tmp_path, "mlp_sequential", inputs, lambda out: out)
+    before = weights.read_bytes()
+
+    code = main(["recover", str(weights), "--data", str(data), "--out", str(weights)])
+
+    _, err = capsys.readouterr()
+    assert code == 2 and "it is the checkpoint you loaded" in err
+    assert "guessed" not in err  # refused before any work
+    assert weights.read_bytes() == before
