@@ -1,0 +1,56 @@
+"""Model Recovery Studio: from a bare state dict to a retrained, verified, exported model.
+
+Run from the repository root:  .venv/bin/python -m streamlit run dashboard/app.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# The steps import `dashboard.*`; Streamlit only puts this file's folder on the path.
+_REPO = str(Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+import streamlit as st  # noqa: E402
+import torch  # noqa: E402
+
+from dashboard import sources, state, ui  # noqa: E402
+
+# One server trains for several sessions at once, each in its own thread; letting every
+# tensor operation fan out over all cores as well oversubscribes the CPU (on a busy 2-core
+# machine, training the demo's output layer took 11-12 s with 2 threads per operation
+# against 0.3-3 s with 1).
+# Set RECOVERY_TORCH_THREADS to give big models more.
+torch.set_num_threads(int(os.environ.get("RECOVERY_TORCH_THREADS", "1")))
+
+st.set_page_config(page_title="Model Recovery Studio", page_icon="🛠️", layout="wide")
+
+studio = state.studio()
+sources.ensure_loaded(studio)
+
+_ICONS = (
+    ":material/search:",
+    ":material/build:",
+    ":material/dataset:",
+    ":material/model_training:",
+    ":material/compare_arrows:",
+    ":material/download:",
+)
+_FILES = ("explore", "recover", "data", "train", "compare", "export")
+pages = [
+    st.Page(f"steps/{name}.py", title=f"{n}. {title}", icon=icon, default=n == 1)
+    for n, (name, title, icon) in enumerate(zip(_FILES, ui.STEPS, _ICONS, strict=True), start=1)
+]
+page = st.navigation(pages)
+
+with st.sidebar:
+    sources.sidebar(studio)
+
+if studio.opened is None:
+    st.title("Model Recovery Studio")
+    st.info("Open a checkpoint in the sidebar to begin.")
+else:
+    page.run()

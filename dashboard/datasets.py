@@ -1,0 +1,43 @@
+"""Which data this session uses and how its entries feed the model (shared by steps 2-4)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import recovery_core as rc
+from dashboard import state, ui
+
+
+def open_data(studio: state.Studio, source: state.Source) -> bool:
+    """Open a dataset and guess its mapping; on failure keep the previous one."""
+    try:
+        dataset = state.open_dataset(source)
+        mapping = guess(studio, dataset)
+    except Exception as exc:  # noqa: BLE001 - shown as a sentence, the app goes on
+        studio.data_error = f"Could not use {source.label}: {ui.sentence(exc, 'reading the data')}"
+        return False
+    studio.dataset_source = replace(source, payload=None)  # the bytes are not needed any more
+    studio.dataset, studio.mapping = dataset, mapping
+    studio.data_error = None
+    return True
+
+
+def guess(studio: state.Studio, dataset: rc.Dataset) -> rc.DataMapping:
+    wiring = studio.spec.wiring if studio.spec is not None else None
+    return rc.guess_mapping(dataset, wiring.inputs if wiring is not None else None)
+
+
+def ensure_demo_data(studio: state.Studio) -> None:
+    """The demo checkpoint comes with its dataset: open it without a click."""
+    opened = studio.opened
+    if (
+        opened is not None
+        and opened.source.kind == "demo"
+        and studio.dataset is None
+        and studio.data_error is None
+    ):
+        open_data(studio, state.demo_data_source())
+
+
+def ready(studio: state.Studio) -> bool:
+    return studio.dataset is not None and studio.mapping is not None

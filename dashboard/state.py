@@ -1,0 +1,302 @@
+"""Everything the dashboard remembers, in one place.
+
+Two kinds of memory, kept apart on purpose:
+- shared across browser sessions (`st.cache_resource`): only immutable results —
+  the loaded `Checkpoint` with its inferred `ArchSpec` (frozen dataclasses), keyed by
+  a digest of the file, and rebuild checks keyed by digest + hyperparameter values
+  (their tensors are read from the file on demand, never handed out for changing);
+- per session (`st.session_state[STUDIO]`): one `Studio` object holding the choices,
+  the dataset, the models that train and the run history. Nothing in it is shared.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import streamlit as st
+import torch
+from torch import nn
+
+import recovery_core as rc
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CHECKPOINT = REPO / "assets" / "demo_checkpoint.pt"
+DEMO_DATA = REPO / "assets" / "demo_data.pt"
+
+# Session-state keys (widget keys live next to their widgets, prefixed by step).
+STUDIO = "studio"
+
+
+# ---------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a file comes from. `key` identifies its content; `label` is safe to show."""
+
+    kind: str  # "demo", "upload" or "path"
+    key: str
+    label: str
+    payload: str | bytes | None = field(repr=False, compare=False, default=None)
+
+
+@functools.cache
+def _file_digest(path: str) -> str:
+    """Digest of a small bundled file (read once per process)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def demo_source() -> Source:
+    return Source(
+        "demo",
+        "demo:" + _file_digest(str(DEMO_CHECKPOINT)),
+        DEMO_CHECKPOINT.name,
+        str(DEMO_CHECKPOINT),
+    )
+
+
+def demo_data_source() -> Source:
+    return Source("demo", "demo:" + _file_digest(str(DEMO_DATA)), DEMO_DATA.name, str(DEMO_DATA))
+
+
+def upload_source(name: str, data: bytes) -> Source:
+    # The client's file name is only a label: the library writes the bytes under a
+    # generated name in a private folder.
+    return Source("upload", "upload:" + hashlib.sha256(data).hexdigest(), Path(name).name, data)
+
+
+def server_paths_allowed() -> bool:
+    """Opening files by their path on the server suits a personal, local server (the
+    default). On a shared server set RECOVERY_SERVER_PATHS=off: visitors then cannot
+    read the server's files by name."""
+    return os.environ.get("RECOVERY_SERVER_PATHS", "on").lower() not in ("off", "0", "false")
+
+
+def path_source(path: str) -> Source:
+    """A file on the server's disk, read lazily. Keyed by path, size and mtime (not its bytes:
+    hashing a 10 GB file on every rerun would defeat the lazy reading)."""
+    real = os.path.realpath(os.path.expanduser(path.strip()))
+    try:
+        st_ = os.stat(real)
+        stamp = f"{st_.st_size}:{st_.st_mtime_ns}"
+    except OSError:
+        stamp = "missing"
+    return Source("path", f"path:{real}:{stamp}", os.path.basename(real) or real, real)
+
+
+# ---------------------------------------------------------------- shared, immutable caches
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A checkpoint and what was inferred from it. Immutable, so sessions can share it."""
+
+    source: Source
+    checkpoint: rc.Checkpoint
+    spec: rc.ArchSpec
+    inspection: rc.Inspection  # the key/shape table with parameter/buffer roles
+
+
+@st.cache_resource(max_entries=16, show_spinner="Reading the checkpoint and inferring its layers…")
+def _open_checkpoint(key: str, _source: Source) -> Opened:
+    checkpoint = rc.load_checkpoint(_source.payload, name=_source.label)
+    spec = rc.infer_spec(checkpoint)
+    # Keep no uploaded bytes in the shared cache: the checkpoint reads from its own copy.
+    return Opened(replace(_source, payload=None), checkpoint, spec, rc.describe(checkpoint, spec))
+
+
+def open_checkpoint(source: Source) -> Opened:
+    return _open_checkpoint(source.key, source)
+
+
+def open_dataset(source: Source) -> rc.Dataset:
+    """Not shared between sessions: a dataset's tensors could be changed in place, so each
+    session reads its own (once: the Studio keeps it)."""
+    with st.spinner("Reading the dataset…"):
+        return rc.load_dataset(source.payload, name=source.label)
+
+
+def spec_key(spec: rc.ArchSpec) -> str:
+    return repr(tuple((hp.name, hp.value) for hp in spec.hyperparameters))
+
+
+@st.cache_resource(max_entries=64, show_spinner="Rebuilding the model…")
+def _rebuild_status(
+    key: str, values: str, _spec: rc.ArchSpec, _checkpoint: rc.Checkpoint
+) -> rc.RebuildStatus:
+    return rc.check_rebuild(_spec, _checkpoint)
+
+
+def rebuild_status(opened: Opened, spec: rc.ArchSpec) -> rc.RebuildStatus:
+    return _rebuild_status(opened.source.key, spec_key(spec), spec, opened.checkpoint)
+
+
+# ---------------------------------------------------------------- per session
+
+
+@dataclass
+class RunRecord:
+    """One training run and everything needed to compare and export it."""
+
+    number: int
+    run: rc.TrainingRun
+    spec: rc.ArchSpec
+    plan: rc.FreezePlan
+    method: str
+    lr: float
+    epochs: int
+    batch_size: int
+    baseline: float
+    started: float = field(default_factory=time.time)
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    finished_at: float | None = None
+    announced: bool = False  # the page was redrawn once after the run ended
+
+    @property
+    def name(self) -> str:
+        return f"Run {self.number}"
+
+    def poll(self) -> None:
+        """Collect the losses published since the last poll (cheap; safe while it runs)."""
+        for event in self.run.events_since(len(self.steps)):
+            self.steps.append(event.step)
+            self.losses.append(float(event.loss))
+        if self.finished_at is None and not self.running:
+            self.finished_at = time.time()
+
+    @property
+    def running(self) -> bool:
+        return self.run.status in ("idle", "running")
+
+    @property
+    def result(self) -> rc.TrainingResult | None:
+        return None if self.running else self.run.result
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished_at or time.time()) - self.started
+
+
+@dataclass
+class Studio:
+    """One browser session's work. Never shared: each session gets its own."""
+
+    opened: Opened | None = None
+    spec: rc.ArchSpec | None = None  # the inferred spec with this person's choices applied
+    spec_version: int = 0  # bumped on every change, so hyperparameter widgets pick it up
+    load_error: str | None = None
+    handled_uploads: set[str] = field(default_factory=set)
+    search: rc.SearchResult | None = None  # for the current checkpoint
+    dataset_source: Source | None = None
+    dataset: rc.Dataset | None = None
+    data_error: str | None = None
+    mapping: rc.DataMapping | None = None
+    reference: tuple[str, nn.Module] | None = None  # (spec key, model with the original weights)
+    baselines: dict[str, float] = field(default_factory=dict)
+    trainable: set[str] | None = None  # ticked module paths; None until first chosen
+    freeze_version: int = 0  # bumped by presets, so the checkboxes pick them up
+    runs: list[RunRecord] = field(default_factory=list)
+    exports: dict[int, rc.ExportBundle] = field(default_factory=dict)  # by run number
+    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="recovery-session-"))
+
+    def __post_init__(self) -> None:
+        # When Streamlit drops a closed session's state, its runs stop and its files go.
+        weakref.finalize(self, _end_session, self.runs, self.workdir)
+
+    # -- checkpoint
+
+    def use(self, opened: Opened) -> None:
+        """Switch to another checkpoint: everything derived from the old one is dropped."""
+        self.stop_all()
+        self.opened = opened
+        self.set_spec(opened.spec)
+        self.load_error = None
+        self.search = None
+        self.mapping = None
+        self.reference = None
+        self.baselines.clear()
+        self.trainable = None
+        self.runs.clear()
+        self.exports.clear()
+        if opened.source.kind == "demo":
+            self.dataset_source, self.dataset, self.data_error = None, None, None
+
+    def set_spec(self, spec: rc.ArchSpec) -> None:
+        self.spec = spec
+        self.spec_version += 1
+        self.reference = None  # another architecture: the reference model is rebuilt on demand
+
+    # -- models
+
+    def fresh_model(self) -> nn.Module:
+        """A new model with the original weights: a private copy for this session."""
+        assert self.opened is not None and self.spec is not None
+        model = rc.build_model(self.spec)
+        report = rc.load_weights(model, self.opened.checkpoint.state_dict())
+        if not report.ok:
+            raise rc.BuildError(report.message)
+        return model.eval()
+
+    def reference_model(self) -> nn.Module:
+        """The model with the original weights, for baselines and freeze counts (never trained)."""
+        assert self.spec is not None
+        key = spec_key(self.spec)
+        if self.reference is None or self.reference[0] != key:
+            self.reference = (key, self.fresh_model())
+        return self.reference[1]
+
+    # -- data
+
+    def tensors(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        assert self.dataset is not None and self.mapping is not None
+        return rc.mapped_tensors(self.dataset, self.mapping)
+
+    def baseline(self) -> float:
+        """Loss with the original weights on this data; computed once per spec and mapping."""
+        assert self.spec is not None and self.mapping is not None
+        key = spec_key(self.spec) + repr(self.mapping)
+        if key not in self.baselines:
+            inputs, target = self.tensors()
+            loss_fn = rc.loss_function(self.mapping)
+            self.baselines[key] = rc.baseline_loss(self.reference_model(), inputs, target, loss_fn)
+        return self.baselines[key]
+
+    # -- runs
+
+    @property
+    def active_run(self) -> RunRecord | None:
+        return next((r for r in self.runs if r.running), None)
+
+    def finished_runs(self) -> list[RunRecord]:
+        return [r for r in self.runs if not r.running and r.result is not None]
+
+    def stop_all(self) -> None:
+        for record in self.runs:
+            if record.running:
+                record.run.stop()
+
+
+def _end_session(runs: list[RunRecord], workdir: str) -> None:
+    """When a session's state is dropped: stop its training threads, delete its exports."""
+    for record in runs:
+        try:
+            record.run.stop()
+        except Exception:  # noqa: BLE001 - best effort at teardown
+            pass
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def studio() -> Studio:
+    """This session's Studio, created on first use."""
+    if STUDIO not in st.session_state:
+        st.session_state[STUDIO] = Studio()
+    return st.session_state[STUDIO]

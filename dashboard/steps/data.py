@@ -1,0 +1,158 @@
+"""Step 3: the examples to train on, which entries go where, and the loss to beat."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import recovery_core as rc
+from dashboard import datasets, state, ui
+from dashboard import format as fmt
+
+UPLOAD_KEY = "data_upload"
+PATH_KEY = "data_path"
+LOSS_WORDS = {"cross_entropy": "cross-entropy", "mse": "mean squared error"}
+
+
+def _on_upload() -> None:
+    uploaded = st.session_state.get(UPLOAD_KEY)
+    studio = state.studio()
+    if uploaded is not None and uploaded.file_id not in studio.handled_uploads:
+        studio.handled_uploads.add(uploaded.file_id)
+        datasets.open_data(studio, state.upload_source(uploaded.name, uploaded.getvalue()))
+
+
+def _on_path() -> None:
+    path = (st.session_state.get(PATH_KEY) or "").strip()
+    if path and state.server_paths_allowed():
+        datasets.open_data(state.studio(), state.path_source(path))
+
+
+def _on_demo() -> None:
+    datasets.open_data(state.studio(), state.demo_data_source())
+
+
+def choose_source(studio: state.Studio) -> None:
+    with st.expander("Use other data", expanded=studio.dataset is None):
+        names = ["Upload", "Server path", "Demo data"]
+        if not state.server_paths_allowed():
+            names.remove("Server path")
+        tabs = dict(zip(names, st.tabs(names), strict=True))
+        with tabs["Upload"]:
+            st.file_uploader(
+                "A dict of tensors (.pt), a .safetensors or a .npz file",
+                key=UPLOAD_KEY,
+                on_change=_on_upload,
+                help="Samples along the first dimension; names such as x / y or src / tgt / target.",
+            )
+        if "Server path" in tabs:
+            with tabs["Server path"]:
+                st.text_input("Path of a dataset on this server", key=PATH_KEY)
+                st.button("Open this dataset", on_click=_on_path, key="data_open_path")
+        with tabs["Demo data"]:
+            st.button("Use the demo data", on_click=_on_demo, key="data_open_demo")
+    if studio.data_error:
+        st.error(studio.data_error, icon=ui.ERROR_ICON)
+
+
+def describe(dataset: rc.Dataset) -> None:
+    st.markdown(f"**{dataset.source_name}**: {dataset.n_samples:,} examples.")
+    described = dataset.describe()
+    st.dataframe(
+        pd.DataFrame({"entry": list(described), "type and shape": list(described.values())}),
+        hide_index=True,
+    )
+    for warning in dataset.warnings:
+        st.warning(warning)
+
+
+def _set_mapping() -> None:
+    studio = state.studio()
+    assert studio.spec is not None and studio.dataset is not None
+    n_inputs = len(studio.spec.wiring.inputs) if studio.spec.wiring else 1
+    inputs = [st.session_state[f"data_input_{i}"] for i in range(n_inputs)]
+    try:
+        studio.mapping = rc.make_mapping(
+            studio.dataset,
+            inputs,
+            st.session_state["data_target"],
+            loss=st.session_state["data_loss"],
+        )
+        studio.data_error = None
+    except Exception as exc:  # noqa: BLE001 - the previous mapping stays; the sentence says why
+        studio.data_error = ui.sentence(exc, "choosing the data")
+
+
+def mapping(studio: state.Studio) -> None:
+    """Which entry feeds which model input, and which is the answer."""
+    dataset, current = studio.dataset, studio.mapping
+    assert studio.spec is not None and dataset is not None
+    names = list(dataset.names)
+    wanted = studio.spec.wiring.inputs if studio.spec.wiring else ()
+    cols = st.columns(len(wanted) + 2)
+    for i, model_input in enumerate(wanted):
+        chosen = current.inputs[i] if current and i < len(current.inputs) else names[0]
+        cols[i].selectbox(
+            f"Model input '{model_input.name}'",
+            names,
+            index=names.index(chosen) if chosen in names else 0,
+            key=f"data_input_{i}",
+            on_change=_set_mapping,
+            help=f"The model expects {model_input.dtype} values shaped like {fmt.shape(model_input.shape)}.",
+        )
+    target = current.target if current else names[-1]
+    cols[-2].selectbox(
+        "Target (the right answers)",
+        names,
+        index=names.index(target) if target in names else len(names) - 1,
+        key="data_target",
+        on_change=_set_mapping,
+    )
+    losses = list(LOSS_WORDS)
+    cols[-1].selectbox(
+        "Loss",
+        losses,
+        index=losses.index(current.loss) if current and current.loss in losses else 0,
+        format_func=LOSS_WORDS.get,
+        key="data_loss",
+        help="Cross-entropy when the answers are classes or tokens; mean squared error "
+        "when they are numbers.",
+        on_change=_set_mapping,
+    )
+    if current is not None:
+        st.caption(f"How this was chosen: {current.reason}.")
+
+
+def baseline(studio: state.Studio) -> None:
+    st.subheader("Baseline")
+    with ui.reported("computing the baseline"):
+        value = studio.baseline()
+        st.metric("Loss with the original weights", fmt.loss(value))
+        st.caption(
+            "Measured on the same examples training will use. Lower is better; a good "
+            "retraining ends below this line."
+        )
+
+
+def render() -> None:
+    ui.header(
+        3,
+        "Training needs examples: inputs the model reads and the answers (targets) it "
+        "should give. The **baseline** is the loss of the recovered model, with its original "
+        "weights, on these examples: the number retraining has to beat.",
+    )
+    studio = state.studio()
+    datasets.ensure_demo_data(studio)
+    choose_source(studio)
+    if not datasets.ready(studio):
+        st.info("Open a dataset to continue.")
+        return
+    describe(studio.dataset)
+    if studio.spec is not None and studio.spec.wiring is not None:
+        mapping(studio)
+        baseline(studio)
+    else:
+        st.warning("No forward pass was recognised for this model, so it cannot be run on data.")
+
+
+render()

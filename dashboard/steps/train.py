@@ -1,0 +1,268 @@
+"""Step 4: tick what trains, start a run in the background, watch the loss fall."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import recovery_core as rc
+from dashboard import charts, datasets, state, ui
+from dashboard import format as fmt
+
+# Module types we open up to offer their parts; anything else is one tickable unit.
+CONTAINERS = {
+    "Module",
+    "Sequential",
+    "ModuleList",
+    "Transformer",
+    "TransformerEncoder",
+    "TransformerDecoder",
+}
+METHOD_WORDS = {
+    "auto": "automatic",
+    "lstsq": "closed form (exact)",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "sgd": "SGD",
+}
+METHOD_HELP = (
+    "Automatic solves exactly in one step when only a final linear layer trains with mean "
+    "squared error, and uses Adam otherwise. Adam is a safe default for gradient training."
+)
+# What each part of a recognised model does, for the checkbox labels.
+ROLE_WORDS = {
+    "head": "output layer",
+    "embedding": "token embedding",
+    "src_embedding": "input token embedding",
+    "tgt_embedding": "output token embedding",
+    "transformer": "the main network",
+    "encoder": "reads the input",
+    "decoder": "writes the output",
+    "rnn": "the recurrent network",
+}
+PRESET_WORDS = {
+    "output_layer": "Only the output layer",
+    "last_blocks": "Last N blocks",
+    "everything": "Everything",
+}
+
+
+def units(spec: rc.ArchSpec, inspection: rc.Inspection) -> list[tuple[str, str, int]]:
+    """Tickable modules (path, type, parameters) in definition order: whole layers, not their
+    weights one by one, so a choice reads like "decoder layer 1" rather than a list of keys."""
+    found: list[tuple[str, str, int]] = []
+
+    def visit(module: rc.ModuleSpec) -> None:
+        params = inspection.module_parameter_count(module)
+        if module.path and (module.type not in CONTAINERS or not module.children) and params:
+            found.append((module.path, module.type, params))
+            return
+        for child in module.children:
+            visit(child)
+
+    visit(spec.root)
+    return found
+
+
+def _trainable(studio: state.Studio) -> set[str]:
+    """This session's ticked modules (the output layer on the first visit)."""
+    if studio.trainable is None:
+        patterns = rc.preset_patterns(studio.reference_model(), "output_layer")
+        studio.trainable = set(_from_patterns(studio, patterns))
+    return studio.trainable
+
+
+def _from_patterns(studio: state.Studio, patterns: tuple[str, ...]) -> list[str]:
+    assert studio.opened is not None and studio.spec is not None
+    paths = [p for p, _, _ in units(studio.spec, studio.opened.inspection)]
+    if "*" in patterns:
+        return paths
+    return [
+        p
+        for p in paths
+        if any(p == q or p.startswith(q + ".") or q.startswith(p + ".") for q in patterns)
+    ]
+
+
+def _on_tick(path: str, key: str) -> None:
+    chosen = _trainable(state.studio())
+    (chosen.add if st.session_state[key] else chosen.discard)(path)
+
+
+def _on_preset(name: str) -> None:
+    studio = state.studio()
+    with ui.reported("choosing a preset"):
+        n = int(st.session_state.get("train_last_n", 1))
+        patterns = rc.preset_patterns(studio.reference_model(), name, n)
+        studio.trainable = set(_from_patterns(studio, patterns))
+        studio.freeze_version += 1
+
+
+def freeze_choice(studio: state.Studio) -> rc.FreezePlan | None:
+    """A checkbox per layer, grouped by top-level module, plus presets; returns the plan."""
+    assert studio.opened is not None and studio.spec is not None
+    chosen = _trainable(studio)
+    version = studio.freeze_version
+    cols = st.columns([1, 1, 1, 1])
+    for col, (name, label) in zip(cols, PRESET_WORDS.items(), strict=False):
+        col.button(
+            label, key=f"train_preset_{name}", on_click=_on_preset, args=(name,), width="stretch"
+        )
+    cols[3].number_input("N (for last N blocks)", 1, 64, 1, key="train_last_n")
+
+    roles = {
+        path: role
+        for role, path in (studio.spec.wiring.roles.items() if studio.spec.wiring else ())
+    }
+    groups: dict[str, list[tuple[str, str, int]]] = {}
+    for path, type_, params in units(studio.spec, studio.opened.inspection):
+        groups.setdefault(path.split(".")[0], []).append((path, type_, params))
+    # Top-level layers that are one unit share a box; bigger ones get a box each.
+    single = [m[0] for top, m in groups.items() if len(m) == 1 and m[0][0] == top]
+    boxes = [("Layers", single)] if single else []
+    boxes += [(top, m) for top, m in groups.items() if not (len(m) == 1 and m[0][0] == top)]
+    for title, members in boxes:
+        with st.container(border=True):
+            role = ROLE_WORDS.get(roles.get(title, ""), "")
+            st.markdown(f"**{title}**" + (f" · {role}" if role else ""))
+            cols = st.columns(3)
+            for i, (path, type_, params) in enumerate(members):
+                key = f"train_unit_{path}_{version}"
+                name = path.removeprefix(title + ".")
+                role = ROLE_WORDS.get(roles.get(path, ""), "")
+                # A named role says more than a size; plain blocks show their size.
+                label = f"{name} ({role})" if role else f"{name} · {fmt.count(params)} parameters"
+                cols[i % 3].checkbox(
+                    label,
+                    value=path in chosen,
+                    key=key,
+                    on_change=_on_tick,
+                    args=(path, key),
+                    help=f"A {type_} layer with {fmt.count(params)} parameters.",
+                )
+    if not chosen:
+        st.info("Tick at least one layer to train.")
+        return None
+    plan = rc.plan_freeze(studio.reference_model(), sorted(chosen))
+    st.progress(
+        plan.fraction,
+        text=f"Training {fmt.count(plan.trainable_params)} of {fmt.count(plan.total_params)} "
+        f"parameters ({plan.fraction:.1%}); everything else stays frozen.",
+    )
+    return plan
+
+
+def settings() -> rc.TrainingConfig:
+    cols = st.columns(4)
+    method = cols[0].selectbox(
+        "Method",
+        list(METHOD_WORDS),
+        format_func=METHOD_WORDS.get,
+        key="train_method",
+        help=METHOD_HELP,
+    )
+    lr = cols[1].number_input(
+        "Learning rate", 1e-6, 1.0, 1e-2, format="%.4f", step=1e-3, key="train_lr"
+    )
+    epochs = cols[2].number_input(
+        "Epochs (passes over the data)", 1, 10_000, 30, key="train_epochs"
+    )
+    batch = cols[3].number_input("Batch size", 1, 65_536, 32, key="train_batch")
+    return rc.TrainingConfig(method=method, lr=float(lr), epochs=int(epochs), batch_size=int(batch))
+
+
+def start(studio: state.Studio, plan: rc.FreezePlan, config: rc.TrainingConfig) -> None:
+    assert studio.spec is not None and studio.mapping is not None
+    inputs, target = studio.tensors()
+    run = rc.TrainingRun(
+        studio.reference_model(), plan, inputs, target, rc.loss_function(studio.mapping), config
+    )
+    record = state.RunRecord(
+        number=len(studio.runs) + 1,
+        run=run,
+        spec=studio.spec,
+        plan=plan,
+        method=config.method,
+        lr=config.lr,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        baseline=studio.baseline(),
+    )
+    run.start()
+    studio.runs.append(record)
+
+
+def live(studio: state.Studio) -> None:
+    """The latest run's chart, progress and Stop, refreshed about once a second while it runs."""
+    record = studio.runs[-1]
+
+    @st.fragment(run_every=1.0 if record.running else None)
+    def panel() -> None:
+        record.poll()
+        fraction, eta = record.run.progress
+        if record.running:
+            left = f" · about {fmt.seconds(eta)} left" if eta is not None else ""
+            st.progress(min(fraction, 1.0), text=f"{record.name}: {fraction:.0%}{left}")
+            st.button("Stop", key="train_stop", on_click=record.run.stop, type="primary")
+        series = [charts.LossSeries(record.name, record.steps, record.losses)]
+        st.plotly_chart(
+            charts.loss_curves(
+                series, record.baseline, title=f"{record.name}: loss while training"
+            ),
+            width="stretch",
+            key="train_chart",
+        )
+        if not record.running and not record.announced:
+            # The run ended between refreshes: redraw the whole page (history, buttons).
+            record.announced = True
+            st.rerun(scope="app")
+
+    panel()
+    result = record.result
+    if result is not None:
+        better = result.final_loss < result.baseline_loss
+        text = (
+            f"{record.name} {record.run.status}: loss {fmt.loss(result.baseline_loss)} → "
+            f"**{fmt.loss(result.final_loss)}** ({result.method_used}, {fmt.seconds(result.seconds)})."
+        )
+        if result.stopped_early:
+            text += f" {result.message}"
+        (st.success if better else st.warning)(text)
+    elif not record.running:
+        st.error(f"{record.name} failed: {record.run.message}")
+
+
+def render() -> None:
+    ui.header(
+        4,
+        "Choose which layers learn from your data. A **frozen** layer keeps the weights it "
+        "came with; only the ticked ones change. Retraining just the last layer is fast and "
+        "often enough when the task is close to the original one.",
+    )
+    studio = state.studio()
+    datasets.ensure_demo_data(studio)
+    if not datasets.ready(studio) or studio.spec is None or studio.spec.wiring is None:
+        st.info("Open a dataset in step 3 first.")
+        return
+    plan = None
+    with ui.reported("choosing what trains"):
+        plan = freeze_choice(studio)
+    st.subheader("How to train")
+    config = None
+    with ui.reported("checking the settings"):
+        config = settings()
+    active = studio.active_run
+    if st.button(
+        "Start training",
+        type="primary",
+        key="train_start",
+        disabled=active is not None or plan is None or config is None,
+        help="Runs in the background: you can look at other steps meanwhile.",
+    ):
+        with ui.reported("starting the training"):
+            start(studio, plan, config)
+            st.rerun()
+    if studio.runs:
+        live(studio)
+
+
+render()

@@ -1,0 +1,304 @@
+"""The dashboard driven step by step with Streamlit's AppTest (no browser, real core)."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pytest
+import streamlit as st
+import torch
+from streamlit.testing.v1 import AppTest
+
+import recovery_core as rc
+
+REPO = Path(__file__).resolve().parents[2]
+APP = str(REPO / "dashboard" / "app.py")
+DEMO = REPO / "assets" / "demo_checkpoint.pt"
+
+
+def open_app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def studio(at: AppTest):
+    return at.session_state["studio"]
+
+
+def go(at: AppTest, step: str) -> AppTest:
+    at.switch_page(f"steps/{step}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def wait_for_run(at: AppTest, timeout: float = 120) -> None:
+    """Poll as the browser does: rerun until the background run has ended."""
+    deadline = time.monotonic() + timeout
+    while studio(at).active_run is not None:
+        assert time.monotonic() < deadline, "training did not end in time"
+        time.sleep(0.3)
+        at.run()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def start_training(at: AppTest, epochs: int) -> None:
+    go(at, "train")
+    at.number_input(key="train_epochs").set_value(epochs).run()
+    at.button(key="train_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_the_demo_opens_on_the_first_run_with_its_tensor_table():
+    at = open_app()
+    assert at.title[0].value == "Explore the file"
+    table = at.dataframe[0].value
+    assert "src_tok_emb.weight" in set(table["name"])
+    assert set(table["kind"]) == {"parameter", "buffer"}  # the positional table is a buffer
+    assert any("demo_checkpoint.pt" in m.value for m in at.sidebar.markdown)
+    assert not at.error
+
+
+def test_clicking_a_tensor_shows_its_statistics_and_histogram():
+    at = open_app()
+    at.session_state["explore_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.run()
+    assert any("Values of" in s.value for s in at.subheader)
+    assert [m.label for m in at.metric][:2] == ["mean", "spread (std)"]
+
+
+def test_ticking_a_checkbox_neither_rereads_the_file_nor_reinfers(monkeypatch):
+    calls = {"load": 0, "infer": 0}
+    load, infer = rc.load_checkpoint, rc.infer_spec
+
+    def counted_load(*args, **kwargs):
+        calls["load"] += 1
+        return load(*args, **kwargs)
+
+    def counted_infer(*args, **kwargs):
+        calls["infer"] += 1
+        return infer(*args, **kwargs)
+
+    monkeypatch.setattr(rc, "load_checkpoint", counted_load)
+    monkeypatch.setattr(rc, "infer_spec", counted_infer)
+    st.cache_resource.clear()
+    at = go(open_app(), "train")
+    assert calls == {"load": 1, "infer": 1}
+    box = next(c for c in at.checkbox if c.label.startswith("encoder.layers.0"))
+    box.check().run()
+    assert "transformer.encoder.layers.0" in studio(at).trainable
+    assert calls == {"load": 1, "infer": 1}
+
+
+def test_changing_nhead_rebuilds_the_model():
+    at = go(open_app(), "recover")
+    nhead = next(s for s in at.selectbox if s.label == "nhead")
+    nhead.set_value(2).run()
+    assert studio(at).spec.value("nhead") == 2
+    assert studio(at).spec.hyperparameter("nhead").source == "user"
+    texts = [s.value for s in at.success]
+    assert any("Every weight fits" in t for t in texts)
+    assert any("output shape (2, 5, 16)" in t for t in texts)
+    # The code shown for download follows the new value.
+    assert "nhead: int = 2," in at.code[0].value
+
+
+def test_scoring_ranks_the_candidates_and_finds_the_demo_settings():
+    at = go(open_app(), "recover")
+    at.multiselect(key="recover_search_names").set_value(["nhead", "scale_embedding"]).run()
+    at.button(key="recover_score").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    result = studio(at).search
+    losses = [c.loss for c in result.ranking if c.error is None]
+    assert len(losses) == 12 and losses == sorted(losses)
+    # The demo was trained with nhead=4 and scaled embeddings: the data says so.
+    assert studio(at).spec.value("nhead") == 4
+    assert studio(at).spec.value("scale_embedding") is True
+    assert any("Best:" in s.value for s in at.success)
+
+
+def test_training_runs_to_the_end_below_the_baseline():
+    at = open_app()
+    start_training(at, epochs=3)
+    assert studio(at).active_run is not None
+    wait_for_run(at)
+    record = studio(at).runs[0]
+    assert record.run.status == "finished"
+    assert record.losses, "no loss was published"
+    assert record.result.final_loss < record.baseline
+    assert any("Run 1 finished" in s.value for s in at.success)
+    go(at, "compare")
+    assert at.dataframe[0].value["run"].tolist() == ["Run 1"]
+
+
+def test_a_running_training_can_be_stopped():
+    at = open_app()
+    start_training(at, epochs=5000)
+    # Looking at other steps and ticking boxes meanwhile does not end the run.
+    go(at, "compare")
+    go(at, "train")
+    next(c for c in at.checkbox if c.label.startswith("decoder.norm")).check().run()
+    assert studio(at).runs[0].running
+    at.button(key="train_stop").click().run()
+    wait_for_run(at, timeout=60)
+    record = studio(at).runs[0]
+    assert record.run.status == "stopped"
+    assert record.result is not None  # the best weights are kept
+    assert record.result.steps < 5000 * 8
+
+
+def test_export_writes_files_that_pass_verification(tmp_path):
+    at = open_app()
+    start_training(at, epochs=2)
+    wait_for_run(at)
+    go(at, "export")
+    at.button(key="export_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("check passed: the files hold the model" in s.value for s in at.success)
+    labels = [b.label for b in at.get("download_button")]
+    assert any(label.startswith("recovered.pt ") for label in labels)
+    bundle = studio(at).exports[1]
+    model = torch.jit.load(bundle.files["torchscript"])
+    data = torch.load(REPO / "assets" / "demo_data.pt", weights_only=True)
+    with torch.no_grad():
+        assert model(data["src"][:3], data["tgt"][:3]).shape == (3, 8, 16)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"not a checkpoint at all", DEMO.read_bytes()[:5000], b""],
+    ids=["text", "truncated", "empty"],
+)
+def test_a_bad_upload_explains_itself_and_keeps_the_previous_checkpoint(content):
+    at = open_app()
+    before = studio(at).opened
+    at.sidebar.file_uploader(key="source_upload").set_value(
+        ("../../x.pt", content, "application/octet-stream")
+    )
+    at.run()
+    assert not at.exception
+    assert studio(at).opened is before
+    (error,) = at.sidebar.error
+    assert error.value.startswith("Could not open x.pt")
+    assert "Traceback" not in error.value and str(REPO) not in error.value
+    assert any("demo_checkpoint.pt" in m.value for m in at.sidebar.markdown)
+    assert at.dataframe[0].value["name"].iloc[0] == "src_tok_emb.weight"  # still usable
+    at.sidebar.file_uploader(key="source_upload").set_value(None).run()  # removing the file
+    assert not at.sidebar.error  # ... removes its message too
+
+
+def test_an_upload_opens_for_this_session_only():
+    first, second = open_app(), open_app()
+    first.sidebar.file_uploader(key="source_upload").set_value(
+        ("mine.pt", DEMO.read_bytes(), "application/octet-stream")
+    )
+    first.run()
+    assert studio(first).opened.source.label == "mine.pt"
+    second.run()
+    assert studio(second).opened.source.label == "demo_checkpoint.pt"
+    assert studio(first) is not studio(second)
+
+
+def _saved(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def test_an_uploaded_model_and_dataset_go_through_every_step():
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    x = torch.randn(64, 4)
+    data = {"x": x, "y": torch.randn(64, 3)}
+    at = open_app()
+    at.sidebar.file_uploader(key="source_upload").set_value(
+        ("mlp.pt", _saved(mlp.state_dict()), "application/octet-stream")
+    )
+    at.run()
+    go(at, "data")
+    at.file_uploader(key="data_upload").set_value(
+        ("d.pt", _saved(data), "application/octet-stream")
+    )
+    at.run()
+    assert studio(at).mapping.inputs == ("x",) and studio(at).mapping.target == "y"
+    assert [m.label for m in at.metric] == ["Loss with the original weights"]
+    go(at, "train")
+    at.selectbox(key="train_method").set_value("lstsq").run()
+    at.button(key="train_start").click().run()
+    wait_for_run(at)
+    result = studio(at).runs[0].result
+    assert result.method_used.startswith("lstsq")
+    assert result.final_loss < result.baseline_loss
+    go(at, "export")
+    at.button(key="export_go").click().run()
+    assert any("check passed: the files hold the model" in s.value for s in at.success)
+
+
+def test_a_bad_dataset_upload_explains_itself_and_keeps_the_demo_data():
+    at = go(open_app(), "data")
+    before = studio(at).dataset
+    at.file_uploader(key="data_upload").set_value(
+        ("d.pt", b"\x00garbage", "application/octet-stream")
+    )
+    at.run()
+    assert studio(at).dataset is before
+    assert [e.value for e in at.main.error][0].startswith("Could not use d.pt")
+    assert at.metric[0].label == "Loss with the original weights"  # the page still works
+
+
+class _TouchesCanary:
+    """Unpickling this would run `touch <canary>`: the upload must never get that far."""
+
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.canary}",))
+
+
+def test_an_unsafe_pickle_upload_runs_no_code_and_keeps_the_previous_checkpoint(tmp_path):
+    canary = tmp_path / "canary"
+    at = open_app()
+    before = studio(at).opened
+    payload = _saved({"weight": torch.zeros(2), "evil": _TouchesCanary(canary)})
+    at.sidebar.file_uploader(key="source_upload").set_value(
+        ("evil.pt", payload, "application/octet-stream")
+    )
+    at.run()
+    assert not canary.exists()
+    assert studio(at).opened is before
+    (error,) = at.sidebar.error
+    assert "weights_only=False" not in error.value
+
+
+def test_choosing_the_target_updates_the_mapping_or_explains_why_not():
+    at = go(open_app(), "data")
+    before = studio(at).mapping
+    at.selectbox(key="data_target").set_value("src").run()  # also an input: refused
+    assert studio(at).mapping == before
+    assert any("cannot be both an input and the target" in e.value for e in at.main.error)
+    at.selectbox(key="data_target").set_value("target").run()
+    assert studio(at).mapping.target == "target" and not at.main.error
+    # Mean squared error cannot compare token scores with token ids: the baseline says so.
+    at.selectbox(key="data_loss").set_value("mse").run()
+    assert studio(at).mapping.loss == "mse"
+    (error,) = at.main.error
+    assert "shape" in error.value and "Traceback" not in error.value
+
+
+def test_a_path_on_the_server_opens_lazily_and_can_be_switched_off(monkeypatch):
+    at = open_app()
+    at.sidebar.text_input(key="source_path").set_value(str(DEMO)).run()
+    at.sidebar.button(key="source_open_path").click().run()
+    assert studio(at).opened.source.kind == "path"
+    assert not at.sidebar.error
+    monkeypatch.setenv("RECOVERY_SERVER_PATHS", "off")
+    at.run()
+    assert not [t for t in at.sidebar.text_input if t.key == "source_path"]
