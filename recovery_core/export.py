@@ -375,7 +375,9 @@ def export_program(
                 True,
             )
         checks.append(Check("reloads", True, "torch.export.load succeeded"))
-        with torch.no_grad():
+        # torch.export records the standard attention path; in eval mode the eager model
+        # may take PyTorch's fused fast path, which differs by ~2e-5. Compare like with like.
+        with torch.no_grad(), _standard_attention_path():
             checks.append(
                 _compare_outputs("outputs match", model(*example_inputs), loaded(*example_inputs))
             )
@@ -387,6 +389,17 @@ def export_program(
         checks.append(_compare_keys(loaded.state_dict(), original_state_dict))
         checks.append(_loads_original(lambda: loaded.load_state_dict(dict(original_state_dict))))
     return ExportCheck(path, "torch.export", "export", tuple(checks), note, optional=True)
+
+
+@contextlib.contextmanager
+def _standard_attention_path() -> Iterator[None]:
+    """Turn off the fused attention fast path for a while (a process-wide switch)."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
 # ---------------------------------------------------------------- state dicts
