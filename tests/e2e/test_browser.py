@@ -1,134 +1,45 @@
 """The demo flow in a real browser against a real `streamlit run` server.
 
-Debian's Chromium (/usr/bin/chromium) driven by Playwright for Python; no browser is
-ever downloaded. Without Chromium the test is skipped locally, but fails under CI=true.
 Each step leaves a screenshot in assets/screenshots/ (the README shows them).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SHOTS = REPO / "assets" / "screenshots"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-VIEWPORT = {"width": 1400, "height": 1000}
-STARTUP_SECONDS = 90
-TRAIN_SECONDS = 180
+from tests.e2e.harness import (
+    REPO,
+    SHOTS,
+    TRAIN_SECONDS,
+    VIEWPORT,
+    chromium,
+    go_to,
+    healthy,
+    open_page,
+    streamlit_server,
+    wait_idle,
+)
 
 pytestmark = pytest.mark.e2e
 
 
-def _missing(reason: str) -> None:
-    """Skip on a developer machine, fail in CI: CI must run the browser test."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: the browser test must run)")
-    pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-            return response.status == 200 and response.read().strip() == b"ok"
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "dashboard/app.py",
-                "--server.headless",
-                "true",
-                "--server.address",
-                "127.0.0.1",
-                "--server.port",
-                str(port),
-            ],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + STARTUP_SECONDS
-            while not _healthy(url):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"streamlit did not become healthy:\n{log.read_text()[-3000:]}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with streamlit_server(tmp_path_factory.mktemp("streamlit") / "server.log") as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
 def page(server: str) -> Iterator[object]:
-    if not CHROMIUM.exists():
-        _missing(f"{CHROMIUM} is not installed (scripts/ensure_browser.sh installs it)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright for Python is not installed in the virtualenv")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
-        pg = context.new_page()
-        pg.set_default_timeout(60_000)
-        pg.goto(server)
+    with chromium() as browser:
+        pg = open_page(browser, server)
         yield pg
-        context.close()
-        browser.close()
-
-
-def wait_idle(page, timeout: float = 60_000) -> None:
-    """Wait until Streamlit has finished running the script (its own "notRunning" state)."""
-    page.wait_for_timeout(300)  # give the rerun a click asked for time to begin
-    page.wait_for_selector(
-        "[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout
-    )
-    page.wait_for_timeout(300)  # let the last delta paint
-
-
-def go_to(page, title: str) -> None:
-    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=False).click()
-    wait_idle(page)
+        pg.context.close()
 
 
 def shot(page, name: str) -> None:
@@ -266,7 +177,7 @@ def test_demo_flow_from_table_to_a_loadable_torchscript_file(
         files=[{"name": "../../x.pt", "mimeType": "application/octet-stream", "buffer": b"junk"}]
     )
     expect(sidebar.get_by_test_id("stAlertContentError")).to_contain_text("Could not open x.pt")
-    assert _healthy(server)
+    assert healthy(server)
     expect(sidebar.get_by_text("demo_checkpoint.pt")).to_be_visible()
     expect(main.get_by_text(passed)).to_be_visible()  # this session's work is still there
     wait_idle(page)

@@ -1,0 +1,175 @@
+"""Several people on one server at once: isolated sessions, and nothing left behind.
+
+A real `streamlit run` server on 127.0.0.1, three browser sessions with different
+checkpoints, two of them training at the same time. Bounded: three sessions, each wait
+capped, the whole test a few minutes at most.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.e2e.harness import chromium, go_to, healthy, open_page, streamlit_server, wait_idle
+
+pytestmark = pytest.mark.e2e
+
+SESSION_TTL = 2  # seconds Streamlit keeps a closed tab's session (default 120)
+SETTLE_SECONDS = 90  # how long the server may take to drop closed sessions
+MEMORY_SLACK = 200 * 2**20  # RSS allowed above the warmed-up start after all sessions close
+BUSY = 0.5  # cores: a server with training threads running uses at least this much
+IDLE = 0.15  # cores: an idle server uses less
+
+
+def rss(pid: int) -> int:
+    """Resident memory of a process in bytes, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def cpu_use(pid: int, seconds: float = 3.0) -> float:
+    """Cores the process keeps busy over a few seconds: training threads show up here
+    whatever Streamlit's own thread pool does (their count varies, their work does not)."""
+
+    def cpu_time() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before, started = cpu_time(), time.monotonic()
+    time.sleep(seconds)
+    return (cpu_time() - before) / (time.monotonic() - started)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    args = ["--server.disconnectedSessionTTL", str(SESSION_TTL)]
+    with streamlit_server(log, args) as (url, proc):
+        yield url, proc.pid
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An MLP checkpoint with data for it, and an LSTM checkpoint (no data)."""
+    folder = tmp_path_factory.mktemp("files")
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    x = torch.randn(256, 16)
+    with torch.no_grad():
+        y = 2.0 * mlp(x) + 1.0  # a changed task: the output layer has something to learn
+    torch.save(mlp.state_dict(), folder / "mlp.pt")
+    torch.save({"x": x, "y": y}, folder / "mlp_data.pt")
+    lstm = torch.nn.LSTM(8, 12, num_layers=2)
+    torch.save(lstm.state_dict(), folder / "lstm.pt")
+    return {
+        "mlp": folder / "mlp.pt",
+        "mlp_data": folder / "mlp_data.pt",
+        "lstm": folder / "lstm.pt",
+    }
+
+
+def upload_checkpoint(page, path: Path) -> None:
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_text("Open another checkpoint").click()
+    sidebar.locator("input[type=file]").set_input_files(str(path))
+    sidebar.get_by_text(path.name).first.wait_for()
+    wait_idle(page)
+
+
+def start_training(page) -> None:
+    """Only the output layer with Adam (the closed form would end at once), and far more
+    epochs than the test waits for."""
+    go_to(page, "Freeze and train")
+    main = page.get_by_test_id("stMain")
+    main.get_by_role("button", name="Only the output layer").click()
+    wait_idle(page)
+    main.get_by_test_id("stSelectbox").filter(has_text="Method").click()
+    page.get_by_role("option", name="Adam", exact=True).click()
+    wait_idle(page)
+    epochs = main.get_by_label("Epochs (passes over the data)")
+    epochs.fill("5000")  # the most the form allows
+    epochs.press("Enter")
+    wait_idle(page)
+    main.get_by_role("button", name="Start training").click()
+    main.get_by_role("button", name="Stop").wait_for(timeout=60_000)
+
+
+def test_sessions_are_isolated_and_release_their_threads_and_memory(server, files):
+    from playwright.sync_api import expect
+
+    url, pid = server
+    with chromium() as browser:
+        # Warm up: the first session pays for imports and the shared demo cache.
+        warm = open_page(browser, url)
+        wait_idle(warm)
+        warm.context.close()
+        time.sleep(SESSION_TTL + 3)
+        start_rss = rss(pid)
+
+        demo, mlp, lstm = (open_page(browser, url) for _ in range(3))
+        for page in (demo, mlp, lstm):
+            wait_idle(page)
+        upload_checkpoint(mlp, files["mlp"])
+        upload_checkpoint(lstm, files["lstm"])
+
+        # The MLP session brings its own data.
+        go_to(mlp, "Data and baseline")
+        main = mlp.get_by_test_id("stMain")
+        main.locator("input[type=file]").set_input_files(str(files["mlp_data"]))
+        expect(main.get_by_text("Loss with the original weights")).to_be_visible(timeout=60_000)
+
+        # Two sessions train at the same time.
+        start_training(demo)
+        start_training(mlp)
+        for page in (demo, mlp):
+            expect(page.get_by_test_id("stMain").get_by_role("button", name="Stop")).to_be_visible()
+        busy = cpu_use(pid)
+
+        # Nobody sees anybody else's checkpoint, freeze set or runs.
+        sidebars = {name: p.get_by_test_id("stSidebar") for name, p in
+                    (("demo", demo), ("mlp", mlp), ("lstm", lstm))}  # fmt: skip
+        expect(sidebars["demo"]).to_contain_text("demo_checkpoint.pt")
+        expect(sidebars["mlp"]).to_contain_text("mlp.pt")
+        expect(sidebars["lstm"]).to_contain_text("lstm.pt")
+        for name, sidebar in sidebars.items():
+            for other in {"demo_checkpoint.pt", "mlp.pt", "lstm.pt"} - {
+                {"demo": "demo_checkpoint.pt", "mlp": "mlp.pt", "lstm": "lstm.pt"}[name]
+            }:
+                expect(sidebar).not_to_contain_text(other)
+        demo_main = demo.get_by_test_id("stMain")
+        mlp_main = mlp.get_by_test_id("stMain")
+        generator = demo_main.get_by_test_id("stCheckbox").filter(has_text="generator")
+        expect(generator.get_by_role("checkbox")).to_be_checked()
+        expect(mlp_main).not_to_contain_text("generator")
+        go_to(lstm, "Compare runs")
+        expect(lstm.get_by_test_id("stMain")).not_to_contain_text("Run 1")
+        for page in (demo, mlp):
+            go_to(page, "Compare runs")
+            main = page.get_by_test_id("stMain")
+            expect(main).to_contain_text("Run 1")
+            expect(main).not_to_contain_text("Run 2")  # the other session's run is not here
+        expect(demo.get_by_test_id("stMain")).not_to_contain_text("mlp.pt")
+
+        # Close every tab while both still train: their threads must end, memory come back.
+        for page in (demo, mlp, lstm):
+            page.context.close()
+    assert healthy(url)
+    deadline = time.monotonic() + SETTLE_SECONDS
+    idle = cpu_use(pid)
+    while (idle > IDLE or rss(pid) > start_rss + MEMORY_SLACK) and time.monotonic() < deadline:
+        idle = cpu_use(pid)
+    report = (
+        f"server CPU {busy:.2f} cores while two sessions trained, {idle:.2f} after all closed; "
+        f"RSS {start_rss >> 20} MiB warmed up, {rss(pid) >> 20} MiB after"
+    )
+    print(report)
+    assert busy >= BUSY, report
+    assert idle <= IDLE, report  # the training threads ended with their sessions
+    assert rss(pid) <= start_rss + MEMORY_SLACK, report
