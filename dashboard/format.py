@@ -1,52 +1,18 @@
-"""Numbers for reading: 1.2 M parameters, 3.4 MiB, 0.0123 loss, 1 min 5 s."""
+"""Numbers for reading: 1.2 M parameters, 3.4 MiB, 0.0123 loss, 1 min 5 s.
+
+The formats are the library's (the command line prints the same); this adds what only
+the pages need.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from recovery_core import humanize
 
-
-def count(n: int) -> str:
-    """12 -> "12", 12_345 -> "12.3 k", 1_234_567 -> "1.2 M"."""
-    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return str(n)
-
-
-def size(nbytes: int) -> str:
-    """Bytes in binary units: 512 B, 3.4 KiB, 1.0 GiB."""
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB"):
-        if abs(value) < 1024:
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
-
-
-def loss(value: float | None) -> str:
-    """Four significant digits; scientific only when tiny or huge; a dash when unknown."""
-    if value is None:
-        return "—"
-    if not math.isfinite(value):
-        return str(value)
-    if value == 0 or 1e-4 <= abs(value) < 1e5:
-        return f"{value:.4g}"
-    return f"{value:.3e}"
-
-
-def seconds(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if value < 1:
-        return f"{value * 1000:.0f} ms"
-    if value < 120:
-        return f"{value:.1f} s"
-    return f"{int(value // 60)} min {int(value % 60)} s"
-
-
-def shape(dims: Sequence[int]) -> str:
-    return "(" + ", ".join(str(d) for d in dims) + ")"
+count = humanize.count
+size = humanize.size
+loss = humanize.loss
+seconds = humanize.seconds
+shape = humanize.shape
 
 
 def value(v: object) -> str:

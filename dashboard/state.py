@@ -139,6 +139,20 @@ def rebuild_status(opened: Opened, spec: rc.ArchSpec) -> rc.RebuildStatus:
     return _rebuild_status(opened.source.key, spec_key(spec), spec, opened.checkpoint)
 
 
+# Files up to this size are scanned for NaN/Inf as soon as they open (one pass over the
+# values, shared by every session); bigger ones only when the person asks.
+VALUE_SCAN_BYTES = 256 * 2**20
+
+
+@st.cache_resource(max_entries=16, show_spinner="Checking every value for NaN and infinity…")
+def _value_stats(key: str, _checkpoint: rc.Checkpoint) -> tuple[rc.TensorStats, ...]:
+    return tuple(_checkpoint.stats_all())
+
+
+def value_stats(opened: Opened) -> tuple[rc.TensorStats, ...]:
+    return _value_stats(opened.source.key, opened.checkpoint)
+
+
 # ---------------------------------------------------------------- per session
 
 

@@ -3,6 +3,7 @@
 The dashboard and other callers use only the names exported here.
 """
 
+from recovery_core import humanize
 from recovery_core.build import (
     RebuildStatus,
     build_model,
@@ -48,6 +49,7 @@ from recovery_core.spec import ArchSpec, Hyperparameter, ModelInput, ModuleSpec,
 from recovery_core.train import TrainingConfig, TrainingResult, TrainingRun
 
 __all__ = [
+    "humanize",
     "ArchSpec",
     "BuildError",
     "Checkpoint",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 
 def count(n: int) -> str:
@@ -24,7 +25,7 @@ def size(nbytes: int) -> str:
 
 
 def loss(value: float | None) -> str:
-    """Three significant digits, scientific only when tiny or huge."""
+    """Four significant digits; scientific only when tiny or huge; a dash when unknown."""
     if value is None:
         return "—"
     if not math.isfinite(value):
@@ -34,7 +35,9 @@ def loss(value: float | None) -> str:
     return f"{value:.3e}"
 
 
-def seconds(value: float) -> str:
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
     if value < 1:
         return f"{value * 1000:.0f} ms"
     if value < 120:
@@ -42,7 +45,7 @@ def seconds(value: float) -> str:
     return f"{int(value // 60)} min {int(value % 60)} s"
 
 
-def shape(dims: tuple[int, ...] | list[int]) -> str:
+def shape(dims: Sequence[int]) -> str:
     return "(" + ", ".join(str(d) for d in dims) + ")"
 
 

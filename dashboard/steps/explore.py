@@ -49,6 +49,31 @@ def provenance(opened: state.Opened) -> None:
         st.warning(warning)
 
 
+def value_warnings(opened: state.Opened) -> None:
+    """NaN or infinite weights load, but a person must see them before training on them."""
+    total = sum(t.nbytes for t in opened.checkpoint.tensors)
+    scan_key = f"explore_scan:{opened.source.key}"
+    if total > state.VALUE_SCAN_BYTES and not st.session_state.get(scan_key):
+        st.button(
+            f"Check all {fmt.size(total)} of values for NaN and infinity",
+            key=scan_key,
+            help="Reads every value once. Small files are checked when they open.",
+        )
+        return
+    bad = [s for s in state.value_stats(opened) if s.nan_count or s.inf_count]
+    if bad:
+        listed = ", ".join(
+            f"`{s.name}` ({s.nan_count:,} NaN, {s.inf_count:,} infinite)" for s in bad[:5]
+        )
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        st.warning(
+            f"{len(bad)} tensors hold values that are not numbers or are infinite: {listed}{more}. "
+            "The model will give NaN outputs wherever they are used; retrain those layers or "
+            "use another checkpoint.",
+            icon=":material/warning:",
+        )
+
+
 def tensor_table(opened: state.Opened) -> str | None:
     """The key/shape table; returns the name of the tensor the person clicked, if any."""
     rows = opened.inspection.rows
@@ -177,6 +202,7 @@ def render() -> None:
     if opened is None:
         return
     provenance(opened)
+    value_warnings(opened)
     unexplained(opened)
     st.subheader("Tensors")
     selected = tensor_table(opened)

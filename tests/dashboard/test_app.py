@@ -302,3 +302,23 @@ def test_a_path_on_the_server_opens_lazily_and_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("RECOVERY_SERVER_PATHS", "off")
     at.run()
     assert not [t for t in at.sidebar.text_input if t.key == "source_path"]
+
+
+def test_nan_and_infinite_weights_load_with_a_visible_warning():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    state = model.state_dict()
+    state["0.weight"][0, 0] = float("nan")
+    state["2.bias"][1] = float("inf")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    at = open_app()
+    assert not at.warning  # the demo's values are all finite
+    at.sidebar.file_uploader(key="source_upload").set_value(
+        ("broken.pt", buffer.getvalue(), "application/octet-stream")
+    )
+    at.run()
+    assert not at.exception
+    (warning,) = at.warning
+    assert warning.value.startswith("2 tensors hold values that are not numbers or are infinite")
+    assert "`0.weight` (1 NaN, 0 infinite)" in warning.value
+    assert "`2.bias` (0 NaN, 1 infinite)" in warning.value
