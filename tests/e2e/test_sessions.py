@@ -22,6 +22,7 @@ pytestmark = pytest.mark.e2e
 SESSION_TTL = 2  # seconds Streamlit keeps a closed tab's session (default 120)
 SETTLE_SECONDS = 90  # how long the server may take to drop closed sessions
 MEMORY_SLACK = 200 * 2**20  # RSS allowed above the warmed-up start after all sessions close
+UPLOAD_LIMIT_MB = 1  # small, so a too-big upload is cheap to make
 BUSY = 0.5  # cores: a server with training threads running uses at least this much
 IDLE = 0.15  # cores: an idle server uses less
 
@@ -50,7 +51,10 @@ def cpu_use(pid: int, seconds: float = 3.0) -> float:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    args = ["--server.disconnectedSessionTTL", str(SESSION_TTL)]
+    args = [
+        "--server.disconnectedSessionTTL", str(SESSION_TTL),
+        "--server.maxUploadSize", str(UPLOAD_LIMIT_MB),
+    ]  # fmt: skip
     with streamlit_server(log, args) as (url, proc):
         yield url, proc.pid
 
@@ -173,3 +177,24 @@ def test_sessions_are_isolated_and_release_their_threads_and_memory(server, file
     assert busy >= BUSY, report
     assert idle <= IDLE, report  # the training threads ended with their sessions
     assert rss(pid) <= start_rss + MEMORY_SLACK, report
+
+
+def test_an_upload_above_the_size_limit_is_refused_and_the_app_keeps_working(server, tmp_path):
+    from playwright.sync_api import expect
+
+    url, _ = server
+    big = tmp_path / "big.pt"
+    big.write_bytes(b"\0" * (UPLOAD_LIMIT_MB * 2**20 + 1))
+    with chromium() as browser:
+        page = open_page(browser, url)
+        wait_idle(page)
+        sidebar = page.get_by_test_id("stSidebar")
+        sidebar.get_by_text("Open another checkpoint").click()
+        sidebar.locator("input[type=file]").set_input_files(str(big))
+        expect(sidebar).to_contain_text(f"{UPLOAD_LIMIT_MB}.0MB or smaller")
+        wait_idle(page)
+        expect(sidebar).to_contain_text("demo_checkpoint.pt")  # the previous checkpoint stays
+        main = page.get_by_test_id("stMain")
+        expect(main.get_by_test_id("stDataFrame").first).to_be_visible()
+        page.context.close()
+    assert healthy(url)
