@@ -1,27 +1,32 @@
 """What a person sees first: the key/shape table and the inferred layer tree.
 
-Inspecting costs O(keys): shapes come from the checkpoint's index, roles
-(parameter or buffer) from building the recovered model on the meta device,
-which allocates no memory for values.
+Inspecting costs O(keys): shapes come from the checkpoint's index, roles (parameter or
+buffer) from the module type that owns each key.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from recovery_core import humanize
-from recovery_core.build import build_model
 from recovery_core.checkpoint import Checkpoint, load_checkpoint
-from recovery_core.errors import RecoveryError
 from recovery_core.infer import infer_spec
 from recovery_core.spec import ArchSpec, ModuleSpec
 
-# Buffer names used when the model cannot be built: only these are known to be buffers.
-_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "pe")
+# The buffers of the module types inference recognises; torch.nn registers every other
+# tensor of theirs as a parameter (a test holds this table to the real modules).
+_BATCHNORM_BUFFERS = frozenset({"running_mean", "running_var", "num_batches_tracked"})
+BUFFERS_BY_TYPE: dict[str, frozenset[str] | None] = {
+    "BatchNorm1d": _BATCHNORM_BUFFERS,
+    "BatchNorm2d": _BATCHNORM_BUFFERS,
+    "BatchNorm3d": _BATCHNORM_BUFFERS,
+    "PositionalEncoding": None,  # None: every key of the module is a buffer
+}
+# For keys no detector explains, only the name can tell.
+_BUFFER_NAMES = _BATCHNORM_BUFFERS | {"pe"}
 
 
 @dataclass(frozen=True)
@@ -53,15 +58,28 @@ class Inspection:
     checkpoint: Checkpoint
     spec: ArchSpec
     rows: tuple[TensorRow, ...]
-    roles_from: str  # "model" (built on the meta device) or "names" (the build failed)
 
     @property
     def parameter_count(self) -> int:
         return sum(r.numel for r in self.rows if r.role == "parameter")
 
+    @functools.cached_property
+    def _parameters_by_module(self) -> dict[str, int]:
+        """Parameters under each module path (its own and its descendants'), in one pass."""
+        counts: dict[str, int] = {}
+        for row in self.rows:
+            if row.role != "parameter" or not row.module and row.module_type == "unexplained":
+                continue
+            path = row.module
+            while True:
+                counts[path] = counts.get(path, 0) + row.numel
+                if not path:
+                    break
+                path = path.rpartition(".")[0]
+        return counts
+
     def module_parameter_count(self, module: ModuleSpec) -> int:
-        keys = set(module.all_keys())
-        return sum(r.numel for r in self.rows if r.role == "parameter" and r.name in keys)
+        return self._parameters_by_module.get(module.path, 0)
 
     def to_json(self) -> dict[str, Any]:
         ckpt = self.checkpoint
@@ -76,7 +94,6 @@ class Inspection:
             "metadata": dict(ckpt.metadata),
             "warnings": list(ckpt.warnings),
             "parameter_count": self.parameter_count,
-            "roles_from": self.roles_from,
             "tensors": [r.to_json() for r in self.rows],
             **spec_json,
         }
@@ -140,28 +157,22 @@ class Inspection:
         return out
 
 
-def tensor_roles(spec: ArchSpec) -> dict[str, str] | None:
-    """key -> "parameter" | "buffer", from the recovered model built without memory."""
-    try:
-        with torch.device("meta"):
-            model = build_model(spec)
-    except (RecoveryError, RuntimeError, TypeError, ValueError):
-        return None
-    roles = {name: "parameter" for name, _ in model.named_parameters(remove_duplicate=False)}
-    roles.update({name: "buffer" for name, _ in model.named_buffers(remove_duplicate=False)})
-    return roles
+def tensor_role(key: str, owner: ModuleSpec | None) -> str:
+    """ "parameter" or "buffer", as the owning module type registers it."""
+    leaf = key.rsplit(".", 1)[-1]
+    if owner is None:
+        return "buffer" if leaf in _BUFFER_NAMES else "parameter"
+    if owner.type not in BUFFERS_BY_TYPE:
+        return "parameter"
+    buffers = BUFFERS_BY_TYPE[owner.type]
+    return "buffer" if buffers is None or leaf in buffers else "parameter"
 
 
 def describe(checkpoint: Checkpoint, spec: ArchSpec | None = None) -> Inspection:
     spec = spec if spec is not None else infer_spec(checkpoint)
     owners = {key: m for m in spec.modules() for key in m.keys}
-    roles = tensor_roles(spec)
     rows = []
     for t in checkpoint.tensors:
-        if roles is not None and t.name in roles:
-            role = roles[t.name]
-        else:
-            role = "buffer" if t.name.rsplit(".", 1)[-1] in _BUFFER_SUFFIXES else "parameter"
         owner = owners.get(t.name)
         rows.append(
             TensorRow(
@@ -170,12 +181,12 @@ def describe(checkpoint: Checkpoint, spec: ArchSpec | None = None) -> Inspection
                 dtype=t.dtype,
                 numel=t.numel,
                 nbytes=t.nbytes,
-                role=role,
+                role=tensor_role(t.name, owner),
                 module=owner.path if owner else "",
                 module_type=owner.type if owner else "unexplained",
             )
         )
-    return Inspection(checkpoint, spec, tuple(rows), "model" if roles is not None else "names")
+    return Inspection(checkpoint, spec, tuple(rows))
 
 
 def inspect_checkpoint(

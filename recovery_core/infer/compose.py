@@ -161,7 +161,8 @@ class Composer:
         numbered = bool(names) and all(n.isdigit() for n in names)
         if numbered and not inside_composite:
             # A gap in the numbering (0, 3, 5) is a parameter-less child, even without `_metadata`.
-            gaps = [str(i) for i in range(max(map(int, names))) if str(i) not in names]
+            present = set(names)  # a set: containers can hold many thousands of children
+            gaps = [str(i) for i in range(max(map(int, names))) if str(i) not in present]
             names = sorted(names + gaps, key=int)
         children = tuple(
             spec

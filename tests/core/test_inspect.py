@@ -1,0 +1,40 @@
+"""The key/shape table and layer tree: roles and counts as torch.nn itself registers them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recovery_core.checkpoint import Checkpoint
+from recovery_core.inspect import describe
+from tests.zoo import ZOO
+
+
+@pytest.mark.parametrize("case", ZOO, ids=lambda c: c.name)
+def test_parameter_and_buffer_roles_match_the_real_module(case):
+    model = case.make()
+    inspection = describe(Checkpoint.from_state_dict(model.state_dict()))
+    buffers = {name for name, _ in model.named_buffers()}
+    roles = {row.name: row.role for row in inspection.rows}
+    assert {k for k, role in roles.items() if role == "buffer"} == buffers
+    assert inspection.parameter_count == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("case", ZOO, ids=lambda c: c.name)
+def test_each_module_counts_the_parameters_beneath_it(case):
+    model = case.make()
+    inspection = describe(Checkpoint.from_state_dict(model.state_dict()))
+    real = dict(model.named_modules())
+    for module in inspection.spec.modules():
+        if module.path in real:
+            expected = sum(p.numel() for p in real[module.path].parameters())
+            assert inspection.module_parameter_count(module) == expected, module.path
+
+
+def test_unexplained_keys_are_rows_too():
+    state = {"0.weight": torch.zeros(3, 4), "mystery": torch.zeros(2, 2, 2, 2, 2, 2)}
+    inspection = describe(Checkpoint.from_state_dict(state))
+    mystery = next(r for r in inspection.rows if r.name == "mystery")
+    assert mystery.module_type == "unexplained"
+    assert "mystery" in inspection.spec.unexplained_keys
+    assert "UNEXPLAINED KEYS" in inspection.to_text()
