@@ -1,0 +1,320 @@
+"""The timed work of sections 2-6: the usual way and ours, called from the child processes.
+
+Each function returns plain JSON values (seconds, losses) so the parent can compare the
+two sides; what must not be timed (building models, making data) happens before the call.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import cases
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import recovery_core as rc
+
+# --- 2. training when only the head trains --------------------------------------------------
+
+
+def demo_usual_model() -> nn.Module:
+    """The notebook way: the author's class, `torch.load` the weights, freeze by hand."""
+    model = cases.demo_module().Seq2SeqTransformer()
+    model.load_state_dict(torch.load(cases.DEMO_CHECKPOINT, map_location="cpu", weights_only=True))
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith("generator."))
+    return model
+
+
+def demo_recovered_model() -> tuple[nn.Module, rc.ArchSpec, dict[str, Tensor]]:
+    """Ours: no model code, only the checkpoint; the hidden values the search finds are set."""
+    checkpoint = rc.load_checkpoint(cases.DEMO_CHECKPOINT)
+    spec = rc.infer_spec(checkpoint).with_values(cases.DEMO_HIDDEN)
+    model = rc.build_model(spec)
+    state = checkpoint.state_dict()
+    report = rc.load_weights(model, state)
+    assert report.ok, report.message
+    return model.eval(), spec, state
+
+
+def sequence_loss(output: Tensor, target: Tensor) -> Tensor:
+    return F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
+
+
+def train_usual(
+    model: nn.Module, data: dict[str, Tensor], epochs: int, lr: float, batch_size: int, seed: int
+) -> dict[str, Any]:
+    """Full forward and backward every step, Adam on what requires grad; the batch order is
+    drawn exactly as `TrainingRun` draws it, so the two loss curves can be compared."""
+    src, tgt, target = data["src"], data["tgt"], data["target"]
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    order_gen = torch.Generator().manual_seed(seed)
+    model.train()
+    losses: list[float] = []
+    epoch_seconds: list[float] = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        order = torch.randperm(len(target), generator=order_gen)
+        for start in range(0, len(target), batch_size):
+            idx = order[start : start + batch_size]
+            loss = sequence_loss(model(src[idx], tgt[idx]), target[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        epoch_seconds.append(time.perf_counter() - started)
+    return {"losses": losses, "epoch_seconds": epoch_seconds}
+
+
+def train_ours(
+    model: nn.Module, data: dict[str, Tensor], epochs: int, lr: float, batch_size: int, seed: int
+) -> dict[str, Any]:
+    """`TrainingRun` with Adam on the output layer: the frozen prefix runs once, then cached."""
+    plan = rc.plan_freeze(model, rc.preset_patterns(model, "output_layer"))
+    mapping = rc.DataMapping(("src", "tgt"), "target", "cross_entropy", "benchmark")
+    config = rc.TrainingConfig(
+        method="adam", lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, device="cpu"
+    )
+    run = rc.TrainingRun(
+        model, plan, (data["src"], data["tgt"]), data["target"], rc.loss_function(mapping), config
+    )
+    result = run.run()
+    events = run.events_since(0)
+    # Elapsed time at the end of each epoch; the first includes caching the prefix.
+    ends = [e.elapsed for e in events if e.eval_loss is not None]
+    return {
+        "losses": [e.loss for e in events],
+        "total_seconds": result.seconds,
+        "first_epoch_seconds": ends[0],
+        "steady_epoch_seconds": steady_epoch(ends),
+        "method_used": result.method_used,
+        "cached_prefix": result.cached_prefix,
+    }
+
+
+def steady_epoch(ends: list[float]) -> float:
+    """Median time of the epochs after the first (which alone pays for the cache)."""
+    gaps = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    return statistics.median(gaps) if gaps else ends[0]
+
+
+# --- 3. closed form ----------------------------------------------------------------------
+
+
+def head_only(model: nn.Module) -> rc.FreezePlan:
+    plan = rc.plan_freeze(model, rc.preset_patterns(model, "output_layer"))
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in plan.trainable_param_names)
+    return plan
+
+
+def mse_on(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float(F.mse_loss(model(x), y))
+
+
+def adam_steps(
+    model: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float, batch_size: int
+) -> dict[str, Any]:
+    """The usual loop: `steps` Adam steps through the whole model, the head alone training."""
+    head_only(model)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    order_gen = torch.Generator().manual_seed(0)
+    model.train()
+    order = torch.randperm(len(y), generator=order_gen)
+    start = 0
+    for _ in range(steps):
+        if start >= len(y):
+            order, start = torch.randperm(len(y), generator=order_gen), 0
+        idx = order[start : start + batch_size]
+        start += batch_size
+        loss = F.mse_loss(model(x[idx]), y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return {"final_loss": mse_on(model, x, y)}
+
+
+def closed_form(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
+    """Ours: `TrainingRun` with method "lstsq" (one least-squares solve on cached features)."""
+    plan = head_only(model)
+    mapping = rc.DataMapping(("x",), "y", "mse", "benchmark")
+    config = rc.TrainingConfig(method="lstsq", device="cpu")
+    result = rc.TrainingRun(model, plan, (x,), y, rc.loss_function(mapping), config).run()
+    return {
+        "final_loss": mse_on(result.model, x, y),
+        "method_used": result.method_used,
+        "run_seconds": result.seconds,
+    }
+
+
+def solver_times(
+    samples: int, features: int, outputs: int = 8, repeats: int = 3
+) -> dict[str, float]:
+    """The least-squares solve alone, three ways, on features shaped like section 3's head
+    input (float64, one thread): where the closed form's time could shrink."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(samples, features, generator=gen, dtype=torch.float64)
+    y = torch.randn(samples, outputs, generator=gen, dtype=torch.float64)
+
+    def normal_equations() -> Tensor:
+        factor = torch.linalg.cholesky(a.T @ a)
+        return torch.cholesky_solve(a.T @ y, factor)
+
+    solvers = {
+        "lstsq gelsd (SVD, used now)": lambda: torch.linalg.lstsq(a, y, driver="gelsd"),
+        "lstsq gels (QR)": lambda: torch.linalg.lstsq(a, y, driver="gels"),
+        "normal equations + Cholesky": normal_equations,
+    }
+    return {name: best_of(solve, repeats) for name, solve in solvers.items()}
+
+
+def best_of(work: Any, repeats: int) -> float:
+    """The fastest of a few runs: the cost of the work itself, least disturbed by the load."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+# --- 4. hyperparameter search ------------------------------------------------------------
+
+EVERY_COMBINATION = 1 << 20  # above any real count: the goal is to score them all
+
+
+def demo_search_inputs() -> tuple[Any, ...]:
+    """What `score_candidates` needs for the demo: spec, weights, inputs, target, loss."""
+    checkpoint = rc.load_checkpoint(cases.DEMO_CHECKPOINT)
+    spec = rc.infer_spec(checkpoint)
+    dataset = rc.load_dataset(cases.DEMO_DATA)
+    assert spec.wiring is not None
+    mapping = rc.guess_mapping(dataset, spec.wiring.inputs)
+    inputs, target = rc.mapped_tensors(dataset, mapping)
+    return spec, checkpoint.state_dict(), inputs, target, rc.loss_function(mapping)
+
+
+def search(
+    spec: rc.ArchSpec,
+    state: Any,
+    inputs: Any,
+    target: Tensor,
+    loss_fn: Any,
+    budget_seconds: float = 30.0,
+) -> dict[str, Any]:
+    """Every free hyperparameter and every combination of their candidates: the search's
+    defaults but for its time budget and its cap on combinations (512 by default)."""
+    result = rc.score_candidates(
+        spec,
+        state,
+        inputs,
+        target,
+        loss_fn,
+        budget_seconds=budget_seconds,
+        max_combinations=EVERY_COMBINATION,
+    )
+    return {
+        "names": list(result.names),
+        "scored": result.scored,
+        "total": result.total,
+        "complete": result.complete,
+        "best": {k: repr(v) for k, v in result.best_values.items()},
+        "found_demo_values": all(
+            result.best_values.get(k, v) == v for k, v in cases.DEMO_HIDDEN.items()
+        ),
+    }
+
+
+# --- 5. export ------------------------------------------------------------------------------
+
+
+def export(out_dir: str | Path, again: bool = True) -> dict[str, Any]:
+    """Export the recovered demo model every way and verify each file (`export_all`), and
+    (`again`) a second time: the first export in a process also compiles torch.jit and
+    torch.export's machinery."""
+    model, spec, state = demo_recovered_model()
+    plan = rc.plan_freeze(model, rc.preset_patterns(model, "output_layer"))
+    example = rc.example_inputs(spec)
+    code = rc.generate_code(spec)
+
+    def export_once(folder: Path) -> tuple[float, rc.ExportBundle]:
+        started = time.perf_counter()
+        bundle = rc.export_all(
+            model,
+            example,
+            folder,
+            state,
+            code=code,
+            report={"benchmark": "export"},
+            trainable_keys=plan.trainable_keys,
+        )
+        return time.perf_counter() - started, bundle
+
+    first, bundle = export_once(Path(out_dir) / "first")
+    second = export_once(Path(out_dir) / "again")[0] if again else None
+    return {
+        "seconds": first,
+        "seconds_again": second,
+        "passed": bundle.passed,
+        "files": sorted(Path(p).name for p in bundle.files.values()),
+        "failed": [f"{c.name} ({c.detail})" for c in bundle.checks if not c.passed],
+    }
+
+
+# --- 6. dashboard responsiveness -------------------------------------------------------------
+
+APP = cases.ROOT / "dashboard" / "app.py"
+TOGGLED_UNIT = "train_unit_0_0"  # the checkbox of the first Linear layer (path "0")
+
+
+def dashboard_on_train_page(checkpoint: Path, data: Path) -> Any:
+    """An AppTest session that opened `checkpoint` by server path, `data` as its dataset,
+    and shows step 4 (freeze and train): what a person has done before ticking a box."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP), default_timeout=900)
+    at.run()
+    at.text_input(key="source_path").input(str(checkpoint))
+    at.button(key="source_open_path").click().run()
+    at.switch_page("steps/data.py").run()
+    at.text_input(key="data_path").input(str(data))
+    at.button(key="data_open_path").click().run()
+    at.switch_page("steps/train.py").run()
+    problems = [str(e.value) for e in (*at.exception, *at.error)]
+    if problems:
+        raise RuntimeError(f"the dashboard did not reach step 4: {problems}")
+    return at
+
+
+def interleaved_reruns(sessions: dict[str, Any], reruns: int) -> dict[str, dict[str, float]]:
+    """`toggle_reruns` on several sessions in turn, one rerun each per round, so a change in
+    the machine's load during the measurement falls on all of them alike."""
+    seconds: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(reruns):
+        for name, at in sessions.items():
+            seconds[name].append(toggle_once(at))
+    return {name: summarise_reruns(times) for name, times in seconds.items()}
+
+
+def toggle_once(at: Any) -> float:
+    """Tick (or untick) the first layer's checkbox; the server-side time of the rerun."""
+    box = at.checkbox(key=TOGGLED_UNIT)
+    box.uncheck() if box.value else box.check()
+    started = time.perf_counter()
+    at.run()
+    elapsed = time.perf_counter() - started
+    if at.exception:
+        raise RuntimeError(f"the rerun failed: {at.exception[0].value}")
+    return elapsed
+
+
+def summarise_reruns(seconds: list[float]) -> dict[str, float]:
+    # The first rerun after arriving on the page pays one-off costs (imports, caches).
+    steady = seconds[1:] or seconds
+    return {"median": statistics.median(steady), "max": max(steady), "first": seconds[0]}
