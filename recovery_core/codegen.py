@@ -544,6 +544,15 @@ class _Renderer:
     # -- forwards
 
     def _forward(self, root: ModuleSpec) -> str | None:
+        if self.wiring is not None and root.type == "ModuleList":
+            # A ModuleList has no forward of its own; the recognised stack calls its items.
+            (x,) = self._input_names(("x",))
+            return "\n".join([
+                f"def forward(self, {x}: Tensor) -> Tensor:",
+                "    for layer in self:",
+                f"        {x} = layer({x})",
+                f"    return {x}",
+            ])  # fmt: skip
         if self.wiring is None or root.type != "Module":
             return None  # a root torch module keeps its own forward
         kind = self.wiring.kind
@@ -660,7 +669,9 @@ class _Renderer:
         transformer = self._role("transformer", False)
         if transformer:
             # Saying the mask is causal spares nn.Transformer a look at its values (torch.export).
-            lines.append(f"    out = {transformer}(s, t, tgt_mask=tgt_mask, tgt_is_causal={causal})")
+            lines.append(
+                f"    out = {transformer}(s, t, tgt_mask=tgt_mask, tgt_is_causal={causal})"
+            )
         else:
             encoder, decoder = self._role("encoder"), self._role("decoder")
             lines += [

@@ -158,7 +158,7 @@ def score_candidates(
     fixed: Mapping[str, Any] | None = None,
     names: Sequence[str] | None = None,
     budget_seconds: float = 30.0,
-    max_combinations: int = 512,
+    max_combinations: int = 4096,
     max_samples: int = 256,
     screen_samples: int = 32,
     finalists: int = 12,

@@ -244,3 +244,18 @@ def test_sequence_first_positional_tables_are_added_along_dimension_0(layout: st
 
     with torch.no_grad():
         assert (model.eval()(tokens) - original(tokens)).abs().max().item() <= 1e-6
+
+
+def test_a_root_module_list_stack_gets_a_forward_that_calls_its_items_in_order():
+    layers = torch.nn.ModuleList(
+        [torch.nn.Linear(4, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 2)]
+    )
+    checkpoint = Checkpoint.from_state_dict(layers.state_dict())
+    spec = infer_spec(checkpoint)
+    model = build_model(spec)
+    assert load_weights(model, layers.state_dict()).ok
+    x = torch.randn(5, 4)
+    expected = layers[2](layers[1](layers[0](x)))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+        torch.testing.assert_close(torch.jit.script(model)(x), expected)
