@@ -276,3 +276,18 @@ def test_validation_split_reports_validation_losses():
     events = run.events_since(0)
     assert [e.val_loss is not None for e in events] == [False, False, True] * 2
     assert events[-1].samples_seen == 2 * 48
+
+
+def test_least_squares_matches_the_svd_solution_and_handles_rank_deficient_features():
+    from recovery_core.closed_form import _least_squares
+
+    torch.manual_seed(0)
+    a = torch.randn(500, 20, dtype=torch.float64)
+    y = torch.randn(500, 3, dtype=torch.float64)
+    reference = torch.linalg.lstsq(a, y, driver="gelsd").solution
+    torch.testing.assert_close(_least_squares(a, y), reference, rtol=1e-9, atol=1e-9)
+    # A duplicated column: no unique solution; the minimum-norm one is returned.
+    deficient = torch.cat([a, a[:, :1]], dim=1)
+    solution = _least_squares(deficient, y)
+    expected = torch.linalg.lstsq(deficient, y, driver="gelsd").solution
+    torch.testing.assert_close(solution, expected, rtol=1e-6, atol=1e-8)
