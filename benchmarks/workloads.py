@@ -167,9 +167,9 @@ def solver_times(
         return torch.cholesky_solve(a.T @ y, factor)
 
     solvers = {
-        "lstsq gelsd (SVD, used now)": lambda: torch.linalg.lstsq(a, y, driver="gelsd"),
+        "lstsq gelsd (SVD: the fallback)": lambda: torch.linalg.lstsq(a, y, driver="gelsd"),
         "lstsq gels (QR)": lambda: torch.linalg.lstsq(a, y, driver="gels"),
-        "normal equations + Cholesky": normal_equations,
+        "normal equations + Cholesky (used now)": normal_equations,
     }
     return {name: best_of(solve, repeats) for name, solve in solvers.items()}
 
