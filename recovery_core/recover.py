@@ -85,6 +85,16 @@ class RecoverResult:
         return "\n".join(lines)
 
 
+def _search_progress(log: Log) -> Callable[[int, int], None]:
+    """A line at every tenth of the combinations screened."""
+
+    def report(done: int, total: int) -> None:
+        if done == total or done % max(total // 10, 1) == 0:
+            log(f"  screened {done} of {total} combinations")
+
+    return report
+
+
 def _progress_printer(log: Log, bar: bool) -> Callable[[TrainingRun], None]:
     """Poll a running job: a redrawn bar on a terminal, one line per epoch otherwise."""
 
@@ -173,6 +183,7 @@ def recover(
             loss_fn,
             fixed=dict(options.fixed),
             budget_seconds=options.search_budget_seconds,
+            progress=_search_progress(log),
         )
         for rank, candidate in enumerate(search.ranking[:5], start=1):
             log(f"  #{rank} loss {humanize.loss(candidate.loss)}  {candidate.values}")
