@@ -282,8 +282,8 @@ def bench_inspect(report: Report, runner: Runner) -> None:
         "(no torch): the physical limit for listing names and shapes."
     )
     notes.append(
-        "Ours includes inference of the layer tree and building the model on the meta device "
-        "to tell parameters from buffers; the usual way only loads."
+        "Ours includes inferring the layer tree and each tensor's role (parameter or buffer, "
+        "from the module type that owns it); the usual way only loads."
     )
     report.section(
         "1. Inspect a big checkpoint",
@@ -298,12 +298,10 @@ def bench_inspect(report: Report, runner: Runner) -> None:
 
 def inspect_gap(profile: str, fmt: str) -> str:
     total = cumulative(profile, "") or 0.0
-    roles = share(profile, "tensor_roles", total) or "(not among the top entries)"
     infer = share(profile, "infer_spec", total) or "(not among the top entries)"
     return (
         f"Where ours' time goes on the .{fmt} file (profile below, {fmt_s(total)} in all): "
-        "telling parameters from buffers (`tensor_roles`: building the model on the meta "
-        f"device) {roles}, inferring the layer tree {infer}. Reading the file does not show: "
+        f"inferring the layer tree {infer}. Reading the file does not show: "
         "`load_checkpoint` reads in a worker thread, which cProfile does not follow."
     )
 
