@@ -258,6 +258,12 @@ def _retune(model: torch.nn.Module, values: Mapping[str, Any]) -> None:
             m.eps = values["layer_norm_eps"]
         elif isinstance(m, torch.nn.Transformer | torch.nn.RNNBase) and "batch_first" in values:
             m.batch_first = values["batch_first"]
+        elif hasattr(m, "seq_dim") and "batch_first" in values:
+            # The generated PositionalEncoding: an [L, d] table picks its sequence
+            # dimension from batch_first when built ([1, L, d] / [L, 1, d] fix it).
+            table = next(m.buffers(recurse=False))
+            if table.dim() == 2:
+                m.seq_dim = 1 if values["batch_first"] else 0
     if "batch_first" in values and hasattr(model, "batch_first"):
         model.batch_first = values["batch_first"]
 
@@ -401,7 +407,8 @@ def _summarise(
     progress_note = (
         ""
         if complete
-        else f" Scored {len(results)} of {total} combinations before the budget ran out."
+        else f" Scored {len(results)} of {total} combinations before the time budget or the "
+        "limit on combinations stopped the search."
     )
     if not scored:
         reason = failed[0].error if failed else "there was nothing to score"

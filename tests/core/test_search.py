@@ -217,8 +217,30 @@ def test_result_serialises_for_reports(seq2seq):
 @pytest.mark.parametrize("case_name", ["seq2seq_tutorial", "encoder_lm", "lstm_bidirectional"])
 def test_switching_a_built_model_matches_building_afresh(case_name):
     """Screening switches one model between values; it must equal a fresh build for each."""
-    case = ZOO_BY_NAME[case_name]
-    state = case.make().state_dict()
+    _assert_switching_matches_fresh(ZOO_BY_NAME[case_name].make().state_dict())
+
+
+def test_switching_batch_first_moves_an_unbatched_positional_table():
+    """An [L, d] table follows batch_first: switching it must move the table too."""
+    d_model, length = 16, 12
+    state = {
+        "embedding.weight": torch.randn(20, d_model),
+        "pos_encoding.pe": torch.randn(length, d_model),
+        **{
+            f"encoder.{k}": v
+            for k, v in torch.nn.TransformerEncoder(
+                torch.nn.TransformerEncoderLayer(d_model, 2, 32), 1, enable_nested_tensor=False
+            )
+            .state_dict()
+            .items()
+        },
+        "head.weight": torch.randn(20, d_model),
+        "head.bias": torch.randn(20),
+    }
+    _assert_switching_matches_fresh(state)
+
+
+def _assert_switching_matches_fresh(state: dict[str, torch.Tensor]) -> None:
     spec = infer_spec(Checkpoint.from_state_dict(state))
     names = [n for n in searchable_names(spec) if n in RETUNABLE]
     assert names, "the case should have switchable hyperparameters"
