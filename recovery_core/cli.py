@@ -146,8 +146,10 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _codegen(args: argparse.Namespace) -> int:
     from recovery_core.codegen import generate_code
+    from recovery_core.export import refuse_overwriting_input
     from recovery_core.inspect import inspect_checkpoint
 
+    refuse_overwriting_input([args.output], args.checkpoint)
     spec = inspect_checkpoint(args.checkpoint).spec
     spec = spec.with_values(parse_assignments(args.set))
     source = generate_code(spec)

@@ -29,7 +29,7 @@ from recovery_core.errors import BuildError, ExportError
 from recovery_core.export import ExportBundle, export_all, export_paths, refuse_overwriting_input
 from recovery_core.freeze import plan_freeze, preset_patterns
 from recovery_core.infer import infer_spec
-from recovery_core.search import SearchResult, score_candidates
+from recovery_core.search import SearchResult, score_candidates, searchable_names
 from recovery_core.spec import SOURCE_USER, ArchSpec
 from recovery_core.train import TrainingConfig, TrainingResult, TrainingRun
 
@@ -136,9 +136,8 @@ def recover(
     if out.suffix != ".pt":
         raise ExportError(f"--out should name a TorchScript file ending in .pt, got {out.name!r}")
     # Refuse before any work: nothing may overwrite the checkpoint being recovered.
-    refuse_overwriting_input(
-        export_paths(out.parent, out.stem, with_code=True).values(), checkpoint_path
-    )
+    written = [*export_paths(out.parent, out.stem, with_code=True).values()]
+    refuse_overwriting_input([*written, *([report_path] if report_path else [])], checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     spec = infer_spec(checkpoint)
     spec = spec.with_values(dict(options.fixed), source=SOURCE_USER)
@@ -150,7 +149,9 @@ def recover(
         )
 
     dataset = load_dataset(data_path)
-    if options.inputs or options.target:
+    if options.inputs and options.target:  # chosen by the person: nothing to guess
+        mapping = make_mapping(dataset, options.inputs, options.target, loss=options.loss)
+    elif options.inputs or options.target:
         guessed = guess_mapping(dataset, spec.wiring.inputs)
         mapping = make_mapping(
             dataset,
@@ -172,7 +173,13 @@ def recover(
 
     original = checkpoint.state_dict()
     search = None
-    searchable = [hp.name for hp in spec.free if hp.name not in options.fixed]
+    searchable = [n for n in searchable_names(spec) if n not in options.fixed]
+    for hp in spec.free:
+        if hp.name not in searchable and hp.name not in options.fixed:
+            log(
+                f"warning: {hp.name} stays at its default {hp.value!r}: the data cannot decide it "
+                "(it does not change the loss in eval mode); fix it with --set if you know it"
+            )
     if searchable:
         log(f"scoring hidden hyperparameters on the data: {', '.join(searchable)}")
         search = score_candidates(
@@ -249,7 +256,7 @@ def recover(
         stem=out.stem,
         trainable_keys=plan.trainable_keys,
     )
-    if report_path:
+    if report_path and os.path.realpath(report_path) != os.path.realpath(bundle.report_path):
         shutil.copyfile(bundle.report_path, report_path)
     return RecoverResult(spec, search, training, bundle, str(out))
 

@@ -200,3 +200,14 @@ def test_python_dash_m_is_the_same_command(tmp_path):
     )
     report = json.loads(out.stdout)
     assert [m["type"] for m in report["modules"] if m["path"] == ""] == ["Linear"]
+
+
+def test_codegen_refuses_to_overwrite_the_checkpoint(tmp_path, capsys):
+    path = tmp_path / "model.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), path)
+    before = path.read_bytes()
+
+    code, _, err = run_cli(capsys, "codegen", str(path), "-o", str(path))
+
+    assert code == 2 and "it is the checkpoint you loaded" in err
+    assert path.read_bytes() == before

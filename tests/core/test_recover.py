@@ -137,3 +137,36 @@ def test_recover_refuses_to_overwrite_its_input(tmp_path, capsys):
     assert code == 2 and "it is the checkpoint you loaded" in err
     assert "guessed" not in err  # refused before any work
     assert weights.read_bytes() == before
+
+
+def test_recover_refuses_a_report_path_that_is_its_input(tmp_path, capsys):
+    torch.manual_seed(5)
+    inputs = {"x": torch.randn(16, 16)}
+    _, weights, data = save_case(tmp_path, "mlp_sequential", inputs, lambda out: out)
+    before = weights.read_bytes()
+
+    code = main([
+        "recover", str(weights), "--data", str(data), "--out", str(tmp_path / "m.pt"),
+        "--report", str(weights),
+    ])  # fmt: skip
+
+    _, err = capsys.readouterr()
+    assert code == 2 and "it is the checkpoint you loaded" in err
+    assert weights.read_bytes() == before
+
+
+def test_a_mapping_given_in_full_is_used_without_guessing(tmp_path):
+    """Sequence inputs (N, T, 16) fit the Linear but not the guess's (N, 16): no guess needed."""
+    torch.manual_seed(6)
+    inputs = {"x": torch.randn(24, 5, 16)}
+    _, weights, data = save_case(tmp_path, "mlp_sequential", inputs, lambda out: 2 * out)
+    out = tmp_path / "mlp.pt"
+    options = RecoverOptions(inputs=("x",), target="target", epochs=2)
+
+    # The report asked for at the bundle's own report path: written once, no copy onto itself.
+    result = recover(
+        str(weights), str(data), str(out), options, report_path=str(tmp_path / "mlp_report.json")
+    )
+
+    assert result.training.final_loss < result.training.baseline_loss
+    assert result.passed
