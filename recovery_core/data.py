@@ -26,6 +26,7 @@ from torch.utils.data import TensorDataset
 
 from recovery_core.container import check_torch_zip
 from recovery_core.errors import DataError, RecoveryError
+from recovery_core.freeze import eval_mode
 from recovery_core.limits import LoadLimits
 from recovery_core.spec import ModelInput
 
@@ -441,13 +442,11 @@ def baseline_loss(
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     batch_size: int = 256,
 ) -> float:
-    """The loss of the model as it is (eval mode, no grad): the line training must beat."""
-    was_training = model.training
-    model.eval()
-    try:
+    """The loss of the model as it is (eval mode, no grad): the line training must beat.
+
+    Each module's own mode is put back afterwards (frozen layers stay in eval mode)."""
+    with eval_mode(model):
         return evaluate(model, inputs, target, loss_fn, batch_size)
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()
@@ -468,13 +467,6 @@ def evaluate(
     return total / n
 
 
-def non_finite_entries(tensors: Mapping[str, Tensor]) -> list[str]:
-    """Names of float tensors holding NaN or Inf."""
-    return [
-        k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
-
-
 __all__ = [
     "DataMapping",
     "Dataset",
@@ -488,6 +480,5 @@ __all__ = [
     "loss_function",
     "make_mapping",
     "mapped_tensors",
-    "non_finite_entries",
     "split",
 ]

@@ -62,17 +62,18 @@ def plan_freeze(model: nn.Module, patterns: Sequence[str]) -> FreezePlan:
         matched_params |= prms
 
     # A matched module trains with everything below it.
-    in_train = {path for path in modules if any(_is_within(path, m) for m in matched_modules)}
+    in_train = {path for path in modules if any(a in matched_modules for a in _lineage(path))}
     trainable_ids = {
         id(p) for name, p in params.items() if name in matched_params or _owner(name) in in_train
     }
     trainable_names = [name for name, p in params.items() if id(p) in trainable_ids]
     # A module owning a trainable parameter directly runs in train mode too.
     in_train |= {_owner(name) for name in trainable_names}
+    trainable_name_set = set(trainable_names)  # membership per key: a list is O(keys²)
     trainable_keys = [
         key
         for key in model.state_dict(keep_vars=True)
-        if key in trainable_names or (key not in params and _owner(key) in in_train)
+        if key in trainable_name_set or (key not in params and _owner(key) in in_train)
     ]
     unique = {id(p): p for p in params.values()}  # count a tied tensor once
     return FreezePlan(
@@ -107,6 +108,14 @@ def _is_within(path: str, ancestor: str) -> bool:
 
 def _owner(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def _lineage(path: str) -> Iterator[str]:
+    """The path and each of its ancestors up to the root "": what it is within."""
+    yield path
+    while path:
+        path = _owner(path)
+        yield path
 
 
 def _top_level_hint(modules: dict[str, nn.Module]) -> str:

@@ -179,6 +179,16 @@ def test_baseline_loss_is_the_eval_mode_loss_and_keeps_the_models_mode():
     assert model[1].num_batches_tracked.item() == 0  # eval mode: running stats untouched
 
 
+def test_baseline_loss_puts_back_each_modules_own_mode():
+    """A frozen layer in eval mode inside a training model stays in eval mode."""
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
+    model.train()
+    model[1].eval()
+    mapping = make_mapping(dataset_from_tensors({"x": X, "y": Y}), ["x"], "y")
+    baseline_loss(model, (X,), Y, loss_function(mapping))
+    assert model.training and model[0].training and not model[1].training
+
+
 def test_a_compressed_torch_archive_is_refused_before_unpickling(tmp_path):
     import zipfile
 
