@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recovery_core.errors import BuildError
+from recovery_core.infer.unknown import UNKNOWN_CHOICES
 from recovery_core.spec import (
     SOURCE_DEFAULT,
     SOURCE_METADATA,
@@ -34,8 +35,8 @@ from recovery_core.spec import (
 FORWARD_ONLY = frozenset({"scale_embedding", "causal_mask"})
 
 # Parameter-less modules a placeholder ("Unknown") may stand for, and which may appear
-# as types of their own.
-PARAMETER_FREE = ("ReLU", "GELU", "Tanh", "Sigmoid", "Identity", "Dropout", "Flatten")
+# as types of their own: the choices inference offers for them.
+PARAMETER_FREE = UNKNOWN_CHOICES
 
 # Constructor argument names of the hidden hyperparameters, where torch spells them
 # differently from our global names.

@@ -543,10 +543,17 @@ def export_all(
         changes = compare_state_dicts(original_state_dict, model.state_dict(), trainable_keys)
         frozen_check = frozen_unchanged(changes)
 
+    bundle = ExportBundle(
+        out_dir=out,
+        files=dict(paths),
+        exports=tuple(exports),
+        frozen_check=frozen_check,
+        changes=tuple(changes),
+        report_path=paths["report"],
+    )
     full_report = dict(report)
     full_report["verification"] = {
-        "passed": all(e.passed for e in exports if not e.optional)
-        and (frozen_check is None or frozen_check.passed),
+        "passed": bundle.passed,
         "exports": [e.to_json() for e in exports],
         "frozen_check": None if frozen_check is None else vars(frozen_check),
         "changed_tensors": [
@@ -557,14 +564,7 @@ def export_all(
     }
     text = json.dumps(_finite(full_report), indent=2, default=_json_default, allow_nan=False)
     _atomic_write(paths["report"], text.encode())
-    return ExportBundle(
-        out_dir=out,
-        files={k: v for k, v in paths.items()},
-        exports=tuple(exports),
-        frozen_check=frozen_check,
-        changes=tuple(changes),
-        report_path=paths["report"],
-    )
+    return bundle
 
 
 def _export_code(code: str, path: str) -> ExportCheck:

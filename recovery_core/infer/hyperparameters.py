@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from recovery_core.infer.compose import join
 from recovery_core.infer.detection import fmt
 from recovery_core.infer.unknown import UNKNOWN_CHOICES, name_hint
 from recovery_core.spec import (
@@ -74,10 +75,6 @@ VOCAB_NAMES = {
     "src_embedding": "src_vocab_size",
     "tgt_embedding": "tgt_vocab_size",
 }
-
-
-def join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
 
 
 @dataclass
