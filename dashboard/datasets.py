@@ -9,22 +9,39 @@ from dashboard import state, ui
 
 
 def open_data(studio: state.Studio, source: state.Source) -> bool:
-    """Open a dataset and guess its mapping; on failure keep the previous one."""
+    """Open a dataset and guess its mapping; a file that cannot be read keeps the previous
+    dataset, one whose mapping cannot be guessed is kept for the person to map."""
     try:
         dataset = state.open_dataset(source)
-        mapping = guess(studio, dataset)
     except Exception as exc:  # noqa: BLE001 - shown as a sentence, the app goes on
         studio.data_error = f"Could not use {source.label}: {ui.sentence(exc, 'reading the data')}"
         return False
     studio.dataset_source = replace(source, payload=None)  # the bytes are not needed any more
-    studio.dataset, studio.mapping = dataset, mapping
-    studio.data_error = None
+    studio.dataset = dataset
+    remap(studio)
     return True
 
 
 def guess(studio: state.Studio, dataset: rc.Dataset) -> rc.DataMapping:
     wiring = studio.spec.wiring if studio.spec is not None else None
     return rc.guess_mapping(dataset, wiring.inputs if wiring is not None else None)
+
+
+def remap(studio: state.Studio) -> None:
+    """Guess how this session's dataset feeds the current model (a new dataset, or another
+    checkpoint opened); when no guess fits, the person chooses the entries in step 3."""
+    if studio.dataset is None:
+        return
+    try:
+        studio.mapping = guess(studio, studio.dataset)
+    except Exception as exc:  # noqa: BLE001 - shown as a sentence, the app goes on
+        studio.mapping = None
+        studio.data_error = (
+            f"The inputs and target of {studio.dataset.source_name} could not be guessed: "
+            f"{ui.sentence(exc, 'matching the data to the model')} Choose them below."
+        )
+        return
+    studio.data_error = None
 
 
 def ensure_demo_data(studio: state.Studio) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dashboard import datasets, state, ui
 from dashboard import format as fmt
-from dashboard import state, ui
 
 UPLOAD_KEY = "source_upload"
 PATH_KEY = "source_path"
@@ -25,6 +25,7 @@ def open_source(studio: state.Studio, source: state.Source) -> bool:
         studio.load_error = f"Could not open {source.label}: {ui.sentence(exc, 'reading the file')}"
         return False
     studio.use(opened)
+    datasets.remap(studio)  # the data this session kept, matched to the new model's inputs
     return True
 
 

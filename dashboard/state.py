@@ -169,6 +169,10 @@ class RunRecord:
     epochs: int
     batch_size: int
     baseline: float
+    # The data the run trained on, as it was then (step 3 may change afterwards).
+    mapping: rc.DataMapping | None = None
+    data_name: str | None = None
+    example_inputs: tuple[torch.Tensor, ...] = ()  # two samples: what exports are checked on
     started: float = field(default_factory=time.time)
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)

@@ -109,10 +109,13 @@ def mapping(studio: state.Studio) -> None:
         on_change=_set_mapping,
     )
     losses = list(LOSS_WORDS)
+    # Without a guess: mean squared error for number targets, cross-entropy for classes.
+    target_is_float = target in names and dataset.tensors[target].is_floating_point()
+    loss = current.loss if current else ("mse" if target_is_float else "cross_entropy")
     cols[-1].selectbox(
         "Loss",
         losses,
-        index=losses.index(current.loss) if current and current.loss in losses else 0,
+        index=losses.index(loss) if loss in losses else 0,
         format_func=LOSS_WORDS.get,
         key="data_loss",
         help="Cross-entropy when the answers are classes or tokens; mean squared error "
@@ -121,6 +124,8 @@ def mapping(studio: state.Studio) -> None:
     )
     if current is not None:
         st.caption(f"How this was chosen: {current.reason}.")
+    else:  # no guess fitted: the entries shown are only a starting point
+        st.button("Use these entries", key="data_use_mapping", on_click=_set_mapping)
 
 
 def baseline(studio: state.Studio) -> None:
@@ -144,13 +149,14 @@ def render() -> None:
     studio = state.studio()
     datasets.ensure_demo_data(studio)
     choose_source(studio)
-    if not datasets.ready(studio):
+    if studio.dataset is None:
         st.info("Open a dataset to continue.")
         return
     describe(studio.dataset)
     if studio.spec is not None and studio.spec.wiring is not None:
         mapping(studio)
-        baseline(studio)
+        if studio.mapping is not None:
+            baseline(studio)
     else:
         st.warning("No forward pass was recognised for this model, so it cannot be run on data.")
 

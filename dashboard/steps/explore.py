@@ -53,7 +53,10 @@ def value_warnings(opened: state.Opened) -> None:
     """NaN or infinite weights load, but a person must see them before training on them."""
     total = sum(t.nbytes for t in opened.checkpoint.tensors)
     scan_key = f"explore_scan:{opened.source.key}"
-    if total > state.VALUE_SCAN_BYTES and not st.session_state.get(scan_key):
+    scanned_key = f"explore_scanned:{opened.source.key}"
+    if st.session_state.get(scan_key):  # the button is True for one rerun only: remember it
+        st.session_state[scanned_key] = True
+    if total > state.VALUE_SCAN_BYTES and not st.session_state.get(scanned_key):
         st.button(
             f"Check all {fmt.size(total)} of values for NaN and infinity",
             key=scan_key,

@@ -29,24 +29,27 @@ KIND_WORDS = {
 
 
 def export(studio: state.Studio, record: state.RunRecord) -> None:
-    assert studio.opened is not None and studio.mapping is not None
+    """Export one run with the data it trained on (not what step 3 shows now)."""
+    mapping = record.mapping
+    assert studio.opened is not None and mapping is not None
     result = record.result
-    inputs, _ = studio.tensors()
     out_dir = Path(studio.workdir) / f"run-{record.number}"
     report = {
         "checkpoint": studio.opened.source.label,
-        "data": studio.dataset.source_name if studio.dataset is not None else None,
-        "mapping": {"inputs": list(studio.mapping.inputs), "target": studio.mapping.target},
+        "data": record.data_name,
+        "mapping": {"inputs": list(mapping.inputs), "target": mapping.target, "loss": mapping.loss},
         "hyperparameters": [hp.to_json() for hp in record.spec.hyperparameters],
         "freeze": {
             "patterns": list(record.plan.patterns),
+            "trainable_modules": list(record.plan.trainable_modules),
             "trainable_params": record.plan.trainable_params,
+            "total_params": record.plan.total_params,
         },
         "training": result.to_json(),
     }
     studio.exports[record.number] = rc.export_all(
         result.model,
-        tuple(t[:2] for t in inputs),
+        record.example_inputs,
         str(out_dir),
         studio.opened.checkpoint.state_dict(),
         code=rc.generate_code(record.spec),

@@ -146,9 +146,17 @@ def scoring(studio: state.Studio) -> None:
     result = studio.search
     if result is None:
         return
+    # Only losses measured on the same samples compare: the finalists, scored on them all
+    # (the others were screened on fewer and would crowd the chart out of order).
+    best = result.best
+    comparable = [
+        c
+        for c in result.ranking
+        if best is not None and c.error is None and c.samples == best.samples
+    ]
     fig = charts.candidate_ranking(
-        [_label(c.values, list(result.names)) for c in result.ranking],
-        [c.loss if c.error is None else None for c in result.ranking],
+        [_label(c.values, list(result.names)) for c in comparable],
+        [c.loss for c in comparable],
     )
     st.plotly_chart(fig, width="stretch")
     if result.separable:

@@ -186,6 +186,9 @@ def start(studio: state.Studio, plan: rc.FreezePlan, config: rc.TrainingConfig) 
         epochs=config.epochs,
         batch_size=config.batch_size,
         baseline=studio.baseline(),
+        mapping=studio.mapping,
+        data_name=studio.dataset.source_name if studio.dataset is not None else None,
+        example_inputs=tuple(t[:2] for t in inputs),
     )
     run.start()
     studio.runs.append(record)

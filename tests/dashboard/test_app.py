@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 
@@ -239,6 +240,80 @@ def test_an_uploaded_model_and_dataset_go_through_every_step():
     assert any("check passed: the files hold the model" in s.value for s in at.success)
 
 
+def test_data_kept_across_checkpoints_is_matched_to_the_new_model():
+    torch.manual_seed(0)
+    first = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    second = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    data = {"x": torch.randn(64, 4), "y": torch.randn(64, 3)}
+    at = open_app()
+    upload = at.sidebar.file_uploader(key="source_upload")
+    upload.set_value(("first.pt", _saved(first.state_dict()), "application/octet-stream")).run()
+    go(at, "data")
+    at.file_uploader(key="data_upload").set_value(
+        ("d.pt", _saved(data), "application/octet-stream")
+    )
+    at.run()
+
+    upload = at.sidebar.file_uploader(key="source_upload")
+    upload.set_value(("second.pt", _saved(second.state_dict()), "application/octet-stream")).run()
+    go(at, "data")
+
+    assert studio(at).opened.source.label == "second.pt"
+    assert studio(at).mapping.inputs == ("x",) and studio(at).mapping.target == "y"
+    assert [m.label for m in at.metric] == ["Loss with the original weights"]
+
+
+def test_data_the_guess_cannot_map_is_kept_for_the_person_to_map():
+    """Sequences (N, T, 4) suit the Linear but not the guessed (N, 4) input: map by hand."""
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    data = {"x": torch.randn(64, 5, 4), "y": torch.randn(64, 5, 3)}
+    at = open_app()
+    upload = at.sidebar.file_uploader(key="source_upload")
+    upload.set_value(("mlp.pt", _saved(mlp.state_dict()), "application/octet-stream")).run()
+    go(at, "data")
+    at.file_uploader(key="data_upload").set_value(
+        ("d.pt", _saved(data), "application/octet-stream")
+    )
+    at.run()
+    assert studio(at).dataset.source_name == "d.pt" and studio(at).mapping is None
+    assert "could not be guessed" in at.main.error[0].value
+
+    at.button(key="data_use_mapping").click().run()
+
+    assert studio(at).mapping.inputs == ("x",) and studio(at).mapping.target == "y"
+    assert studio(at).mapping.loss == "mse" and not at.main.error
+    assert [m.label for m in at.metric] == ["Loss with the original weights"]
+
+
+def test_an_export_reports_the_data_its_run_trained_on():
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    data = {"x": torch.randn(64, 4), "x2": torch.randn(64, 4), "y": torch.randn(64, 3)}
+    at = open_app()
+    upload = at.sidebar.file_uploader(key="source_upload")
+    upload.set_value(("mlp.pt", _saved(mlp.state_dict()), "application/octet-stream")).run()
+    go(at, "data")
+    at.file_uploader(key="data_upload").set_value(
+        ("d.pt", _saved(data), "application/octet-stream")
+    )
+    at.run()
+    assert studio(at).mapping.inputs == ("x",)
+    start_training(at, epochs=1)
+    wait_for_run(at)
+    go(at, "data")
+    at.selectbox(key="data_input_0").set_value("x2").run()  # step 3 changes after the run
+    assert studio(at).mapping.inputs == ("x2",)
+
+    go(at, "export")
+    at.button(key="export_go").click().run()
+
+    bundle = studio(at).exports[1]
+    report = json.loads(Path(bundle.report_path).read_text())
+    assert report["data"] == "d.pt"
+    assert report["mapping"] == {"inputs": ["x"], "target": "y", "loss": "mse"}
+
+
 def test_a_bad_dataset_upload_explains_itself_and_keeps_the_demo_data():
     at = go(open_app(), "data")
     before = studio(at).dataset
@@ -322,3 +397,24 @@ def test_nan_and_infinite_weights_load_with_a_visible_warning():
     assert warning.value.startswith("2 tensors hold values that are not numbers or are infinite")
     assert "`0.weight` (1 NaN, 0 infinite)" in warning.value
     assert "`2.bias` (0 NaN, 1 infinite)" in warning.value
+
+
+def test_a_requested_value_scan_stays_shown_after_other_clicks(monkeypatch):
+    from dashboard import state
+
+    monkeypatch.setattr(state, "VALUE_SCAN_BYTES", 0)  # every file is "big": scanned on request
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    weights = model.state_dict()
+    weights["0.weight"][0, 0] = float("nan")
+    at = open_app()
+    upload = at.sidebar.file_uploader(key="source_upload")
+    upload.set_value(("broken.pt", _saved(weights), "application/octet-stream")).run()
+    scan = f"explore_scan:{studio(at).opened.source.key}"
+    assert not at.warning
+
+    at.button(key=scan).click().run()
+    assert len(at.warning) == 1
+    at.text_input(key="explore_filter").set_value("0").run()
+
+    assert len(at.warning) == 1
+    assert not [b for b in at.button if b.key == scan]
