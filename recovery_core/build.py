@@ -23,7 +23,7 @@ from torch import nn
 from recovery_core.checkpoint import Checkpoint
 from recovery_core.codegen import generate_code, hidden_arguments
 from recovery_core.errors import BuildError
-from recovery_core.spec import ArchSpec
+from recovery_core.spec import ArchSpec, positional_length
 
 _CLASS_CACHE: OrderedDict[str, type[nn.Module]] = OrderedDict()
 _CLASS_CACHE_SIZE = 64  # distinct specs per process; the search reuses one class
@@ -201,8 +201,7 @@ def _max_sequence_length(spec: ArchSpec) -> int | None:
     lengths = []
     for m in spec.modules():
         if m.type == "PositionalEncoding":
-            shape = tuple(m.args.get("shape", ()))
-            lengths.append(shape[1] if len(shape) == 3 and shape[0] == 1 else shape[0])
+            lengths.append(positional_length(tuple(m.args["shape"])))
     return min(lengths) if lengths else None
 
 

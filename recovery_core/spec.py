@@ -21,6 +21,12 @@ SOURCE_SEARCH = "search"  # not determined: chosen by scoring candidates on data
 SOURCE_USER = "user"  # not determined: fixed by the person
 
 
+def positional_length(shape: tuple[int, ...]) -> int:
+    """How many positions a positional-encoding buffer covers: `[1, L, d]` holds them along
+    dimension 1, `[L, 1, d]` and `[L, d]` along dimension 0 (docs/spec-conventions.md)."""
+    return shape[1] if len(shape) == 3 and shape[0] == 1 else shape[0]
+
+
 @dataclass(frozen=True)
 class Hyperparameter:
     """One constructor or forward value, with where it came from."""

@@ -24,6 +24,7 @@ from recovery_core.spec import (
     Hyperparameter,
     ModuleSpec,
     Wiring,
+    positional_length,
 )
 
 NOT_DETERMINED = "not determined by the weights"
@@ -161,8 +162,7 @@ def _determined_of(module: ModuleSpec, found: Determined, roles: Mapping[str, st
         name = VOCAB_NAMES[role] if role else join(path, "num_embeddings")
         found.add(name, args["num_embeddings"], path, join(path, "weight"))
     elif module.type == "PositionalEncoding":
-        shape = args["shape"]
-        length = shape[1] if len(shape) == 3 and shape[0] == 1 else shape[0]
+        length = positional_length(tuple(args["shape"]))
         found.add("max_len", length, path, join(path, args["buffer"]))
 
 

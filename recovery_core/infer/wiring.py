@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from recovery_core.infer.unknown import name_hint
-from recovery_core.spec import ModelInput, ModuleSpec, Wiring
+from recovery_core.spec import ModelInput, ModuleSpec, Wiring, positional_length
 
 RNN_TYPES = frozenset({"LSTM", "GRU", "RNN"})
 NORM_TYPES = frozenset(
@@ -63,8 +63,7 @@ def _head_width(module: ModuleSpec) -> int | None:
 def _positional_length(modules: list[ModuleSpec]) -> int | None:
     lengths = []
     for pe in modules:
-        shape = pe.args["shape"]
-        lengths.append(shape[1] if len(shape) == 3 and shape[0] == 1 else shape[0])
+        lengths.append(positional_length(tuple(pe.args["shape"])))
     return min(lengths) if lengths else None
 
 
