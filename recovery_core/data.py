@@ -407,6 +407,18 @@ def _describe(t: Tensor) -> str:
 # ---------------------------------------------------------------- split and baseline
 
 
+def split_indices(n: int, val_fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Seeded random (train, validation) sample indices; DataError if a side is empty."""
+    n_val = round(n * val_fraction)
+    if n_val < 1 or n_val >= n:
+        raise DataError(
+            f"A validation fraction of {val_fraction} leaves no samples on one side "
+            f"({n} samples in all)."
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_val:], order[:n_val]
+
+
 def split(dataset: Dataset, val_fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
     """A random train/validation split.
 
@@ -415,14 +427,7 @@ def split(dataset: Dataset, val_fraction: float, seed: int = 0) -> tuple[Dataset
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"The validation fraction must be between 0 and 1, not {val_fraction}.")
-    n_val = round(dataset.n_samples * val_fraction)
-    if n_val < 1 or n_val >= dataset.n_samples:
-        raise DataError(
-            f"A validation fraction of {val_fraction} leaves no samples on one side "
-            f"({dataset.n_samples} samples in all)."
-        )
-    order = torch.randperm(dataset.n_samples, generator=torch.Generator().manual_seed(seed))
-    val_idx, train_idx = order[:n_val], order[n_val:]
+    train_idx, val_idx = split_indices(dataset.n_samples, val_fraction, seed)
 
     def take(idx: Tensor, suffix: str) -> Dataset:
         return replace(

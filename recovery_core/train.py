@@ -31,7 +31,8 @@ from recovery_core.caching import (
     full_forward,
 )
 from recovery_core.closed_form import closed_form_blocker, solve_linear
-from recovery_core.errors import RecoveryError, TrainingError
+from recovery_core.data import split_indices
+from recovery_core.errors import DataError, RecoveryError, TrainingError
 from recovery_core.freeze import FreezePlan, apply_freeze, set_train_mode
 
 METHODS = ("auto", "lstsq", "adam", "adamw", "sgd")
@@ -582,14 +583,10 @@ def _check_tensors(inputs: tuple[Tensor, ...], target: Tensor, what: str) -> Non
 def _split(
     inputs: tuple[Tensor, ...], target: Tensor, fraction: float, seed: int
 ) -> tuple[tuple[tuple[Tensor, ...], Tensor], tuple[tuple[Tensor, ...], Tensor]]:
-    n = target.shape[0]
-    n_val = round(n * fraction)
-    if n_val < 1 or n_val >= n:
-        raise TrainingError(
-            f"A validation fraction of {fraction} leaves no samples on one side ({n} in all)."
-        )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val_idx, train_idx = order[:n_val], order[n_val:]
+    try:
+        train_idx, val_idx = split_indices(target.shape[0], fraction, seed)
+    except DataError as e:  # raised when the run is set up: a training error to its caller
+        raise TrainingError(str(e)) from e
     return (
         (tuple(t[train_idx] for t in inputs), target[train_idx]),
         (tuple(t[val_idx] for t in inputs), target[val_idx]),
