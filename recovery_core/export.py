@@ -301,22 +301,37 @@ def export_torchscript(
                 note,
             )
         checks.append(Check("reloads", True, "torch.jit.load succeeded"))
-        with torch.no_grad():
-            checks.append(
-                _compare_outputs("outputs match", model(*example_inputs), loaded(*example_inputs))
-            )
-            if method == "trace":
-                # A trace may bake the example's shapes in; say whether another batch size works.
-                varied = _varied_batch(example_inputs)
-                try:
-                    checks.append(
-                        _compare_outputs("other batch size", model(*varied), loaded(*varied))
-                    )
-                except Exception as e:
-                    checks.append(Check("other batch size", False, _first_line(e)))
-        checks.append(_compare_keys(loaded.state_dict(), original_state_dict))
-        checks.append(_loads_original(lambda: loaded.load_state_dict(dict(original_state_dict))))
+        # A trace may bake the example's shapes in: then say whether another batch size works.
+        checks += _verify_reloaded(
+            model, loaded, example_inputs, original_state_dict, other_batch=method == "trace"
+        )
     return ExportCheck(path, "torchscript", method, tuple(checks), note)
+
+
+def _verify_reloaded(
+    model: nn.Module,
+    loaded: Any,
+    example_inputs: tuple[Tensor, ...],
+    original_state_dict: Mapping[str, Tensor],
+    *,
+    other_batch: bool,
+) -> list[Check]:
+    """What every reloaded export must show: the model's outputs, the original's keys and
+    shapes, and that the original weights load into it."""
+    checks = []
+    with torch.no_grad():
+        checks.append(
+            _compare_outputs("outputs match", model(*example_inputs), loaded(*example_inputs))
+        )
+        if other_batch:
+            varied = _varied_batch(example_inputs)
+            try:
+                checks.append(_compare_outputs("other batch size", model(*varied), loaded(*varied)))
+            except Exception as e:
+                checks.append(Check("other batch size", False, _first_line(e)))
+    checks.append(_compare_keys(loaded.state_dict(), original_state_dict))
+    checks.append(_loads_original(lambda: loaded.load_state_dict(dict(original_state_dict))))
+    return checks
 
 
 # ---------------------------------------------------------------- torch.export
@@ -377,17 +392,10 @@ def export_program(
         checks.append(Check("reloads", True, "torch.export.load succeeded"))
         # torch.export records the standard attention path; in eval mode the eager model
         # may take PyTorch's fused fast path, which differs by ~2e-5. Compare like with like.
-        with torch.no_grad(), _standard_attention_path():
-            checks.append(
-                _compare_outputs("outputs match", model(*example_inputs), loaded(*example_inputs))
+        with _standard_attention_path():
+            checks += _verify_reloaded(
+                model, loaded, example_inputs, original_state_dict, other_batch=True
             )
-            varied = _varied_batch(example_inputs)
-            try:
-                checks.append(_compare_outputs("other batch size", model(*varied), loaded(*varied)))
-            except Exception as e:
-                checks.append(Check("other batch size", False, _first_line(e)))
-        checks.append(_compare_keys(loaded.state_dict(), original_state_dict))
-        checks.append(_loads_original(lambda: loaded.load_state_dict(dict(original_state_dict))))
     return ExportCheck(path, "torch.export", "export", tuple(checks), note, optional=True)
 
 
