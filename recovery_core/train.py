@@ -38,6 +38,11 @@ from recovery_core.freeze import FreezePlan, apply_freeze, set_train_mode
 METHODS = ("auto", "lstsq", "adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_BATCH = 256  # evaluation needs no gradients, so it can use bigger batches
+# A watcher's chart must move on long epochs: the evaluation loss is also taken between
+# epoch ends, at most this many seconds apart (those points are shown, never kept as the
+# best weights: what is kept stays a function of the seed, not of the machine's speed).
+EVAL_SECONDS = 1.0
+ETA_SMOOTHING = 0.2  # weight of the newest step rate in the time-left estimate
 SGD_MOMENTUM = 0.9  # plain SGD without momentum is rarely what anyone wants
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -83,6 +88,9 @@ class StepEvent:
     # At the end of an epoch: eval-mode loss on the evaluation set (validation set if
     # present, else the training data) - the number the best weights are chosen by.
     eval_loss: float | None = None
+    # The same measure, set at every epoch end and at least every EVAL_SECONDS in between:
+    # what a live chart draws as its main line.
+    monitor_loss: float | None = None
 
 
 class Progress(NamedTuple):
@@ -182,6 +190,8 @@ class TrainingRun:
         self._steps_done = 0
         self._total_steps = 0
         self._started_at = 0.0
+        self._rate: float | None = None  # smoothed seconds per step, for the time left
+        self._rate_mark: tuple[float, int] | None = None  # (time, step) of the last update
         self.baseline: float | None = None
 
     # ------------------------------------------------------------ control
@@ -254,10 +264,10 @@ class TrainingRun:
             done, total = self._steps_done, self._total_steps
             if self._status in ("finished", "stopped", "failed"):
                 return Progress(1.0 if self._status == "finished" else done / max(total, 1), 0.0)
-        if total == 0 or done == 0:
-            return Progress(0.0, None)
-        elapsed = time.monotonic() - self._started_at
-        return Progress(done / total, elapsed / done * (total - done))
+            rate = self._rate
+        if total == 0 or done == 0 or rate is None:
+            return Progress(done / total if total else 0.0, None)
+        return Progress(done / total, rate * (total - done))
 
     # ------------------------------------------------------------ the run
 
@@ -355,6 +365,7 @@ class TrainingRun:
         steps_per_epoch = math.ceil(self.target.shape[0] / cfg.batch_size)
         with self._lock:
             self._total_steps = 1 if method == "lstsq" else cfg.epochs * steps_per_epoch
+            self._rate_mark = (time.monotonic(), 0)  # the steps' clock starts after set-up
         return setup
 
     def _closed_form(self, setup: _Setup) -> None:
@@ -365,7 +376,14 @@ class TrainingRun:
         self._consider(setup, loss, step=1)
         self._publish(
             StepEvent(
-                1, 1, loss, self._val_or_none(loss), self._elapsed(), self.target.shape[0], loss
+                1,
+                1,
+                loss,
+                self._val_or_none(loss),
+                self._elapsed(),
+                self.target.shape[0],
+                loss,
+                loss,
             )
         )
 
@@ -376,6 +394,7 @@ class TrainingRun:
         order_gen = torch.Generator().manual_seed(cfg.seed)
         n = self.target.shape[0]
         step = seen = 0
+        last_check = time.monotonic()
         for epoch in range(1, cfg.epochs + 1):
             set_train_mode(self.model, self.plan)
             order = torch.randperm(n, generator=order_gen).to(self.device)
@@ -401,6 +420,11 @@ class TrainingRun:
                 seen += len(idx)
                 end_of_epoch = start + cfg.batch_size >= n
                 eval_loss = self._evaluate(setup) if end_of_epoch else None
+                monitor = eval_loss
+                if monitor is None and time.monotonic() - last_check >= EVAL_SECONDS:
+                    monitor = self._evaluate(setup)  # shown only; see EVAL_SECONDS
+                if monitor is not None:
+                    last_check = time.monotonic()
                 self._publish(
                     StepEvent(
                         step,
@@ -410,6 +434,7 @@ class TrainingRun:
                         self._elapsed(),
                         seen,
                         eval_loss,
+                        monitor,
                     )
                 )
                 if eval_loss is not None:
@@ -466,9 +491,21 @@ class TrainingRun:
         return time.monotonic() - self._started_at
 
     def _publish(self, event: StepEvent) -> None:
+        now = time.monotonic()
         with self._lock:
             self._events.append(event)
             self._steps_done = event.step
+            # An exponential average of seconds per step, updated at most twice a second,
+            # so the time left does not swing with every slow or fast batch.
+            mark = self._rate_mark or (self._started_at, 0)
+            if now - mark[0] >= 0.5 and event.step > mark[1]:
+                rate = (now - mark[0]) / (event.step - mark[1])
+                self._rate = (
+                    rate
+                    if self._rate is None
+                    else ETA_SMOOTHING * rate + (1 - ETA_SMOOTHING) * self._rate
+                )
+                self._rate_mark = (now, event.step)
 
     def _finish_without_result(self, message: str) -> None:
         with self._lock:
