@@ -3,7 +3,10 @@
 The dashboard and other callers use only the names exported here.
 """
 
-from recovery_core import humanize
+from recovery_core import (
+    humanize,
+    plan,  # the recovery plan: save, load, replay
+)
 from recovery_core.build import (
     RebuildStatus,
     build_model,
@@ -50,6 +53,7 @@ from recovery_core.train import TrainingConfig, TrainingResult, TrainingRun
 
 __all__ = [
     "humanize",
+    "plan",
     "ArchSpec",
     "BuildError",
     "Checkpoint",
