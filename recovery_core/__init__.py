@@ -31,6 +31,7 @@ from recovery_core.data import (
     loss_function,
     make_mapping,
     mapped_tensors,
+    split_indices,
 )
 from recovery_core.errors import (
     BuildError,
@@ -101,4 +102,5 @@ __all__ = [
     "preset_patterns",
     "score_candidates",
     "searchable_names",
+    "split_indices",
 ]
