@@ -47,10 +47,11 @@ then read into memory.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -59,17 +60,24 @@ from typing import Any
 import torch
 
 from recovery_core.container import (
-    SafetensorsEntry,
     check_safetensors_header,
     find_shard_index,
+    open_regular,
     read_shard_index,
     sniff_format,
 )
-from recovery_core.errors import CheckpointFormatError, UnsafeCheckpointError
-from recovery_core.limits import LoadLimits
+from recovery_core.errors import CheckpointFormatError, LimitExceededError
+from recovery_core.limits import DEFAULT_LIMITS, LoadLimits
+from recovery_core.sandbox import run_isolated
 from recovery_core.tensor_stats import summarize_values, value_histogram
 from recovery_core.torch_file import load_torch_legacy, load_torch_zip
-from recovery_core.unwrap import strip_module_paths, strip_shared_prefix, unwrap
+from recovery_core.unwrap import (
+    check_key,
+    strip_module_paths,
+    strip_shared_prefix,
+    text_chars,
+    unwrap,
+)
 
 __all__ = [
     "Checkpoint",
@@ -131,6 +139,8 @@ class Checkpoint:
     warnings: tuple[str, ...] = ()
     # Tied weights: key -> the first key (in file order) sharing its storage.
     tied: Mapping[str, str] = field(default_factory=dict)
+    # Bounds statistics and histograms too (their time, over the real bytes).
+    limits: LoadLimits = field(default=DEFAULT_LIMITS, repr=False, compare=False)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -155,14 +165,16 @@ class Checkpoint:
 
     def stats(self, name: str) -> TensorStats:
         """mean/std/min/max over finite values and NaN/Inf counts, in float64."""
-        return TensorStats(name, *summarize_values(self._read(name)))
+        return TensorStats(
+            name, *summarize_values(self._read(name), self.limits.stats_time_seconds, name)
+        )
 
     def stats_all(self) -> list[TensorStats]:
         return [self.stats(t.name) for t in self.tensors]
 
     def histogram(self, name: str, bins: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
         """(counts [bins], edges [bins + 1]) of the finite values, via torch.histc."""
-        return value_histogram(self._read(name), bins)
+        return value_histogram(self._read(name), bins, self.limits.stats_time_seconds, name)
 
     @classmethod
     def from_state_dict(
@@ -207,71 +219,291 @@ def load_checkpoint(
     source: str | os.PathLike | bytes,
     *,
     name: str | None = None,
-    limits: LoadLimits = LoadLimits(),  # noqa: B008 - frozen, so a shared default is safe
+    limits: LoadLimits = DEFAULT_LIMITS,
 ) -> Checkpoint:
     """Load a checkpoint file, sharded folder, index file or uploaded bytes. See the module doc."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         display = name or "the uploaded file"
         if len(source) > limits.max_file_bytes:
-            raise UnsafeCheckpointError(
+            raise LimitExceededError(
                 f"{display} is {len(source)} bytes, above the {limits.max_file_bytes}-byte "
-                "limit; it was refused."
+                "limit (max_file_bytes); it was refused.",
+                limit="max_file_bytes",
             )
         # A private folder and a generated name: the client's file name is never a path.
         folder = tempfile.mkdtemp(prefix="recovery-upload-")
         path = Path(folder) / "upload.bin"
-        # Memory maps and safetensors handles keep the data alive after the unlink.
-        cleanup: Callable[[], None] | None = lambda: shutil.rmtree(folder, ignore_errors=True)  # noqa: E731
         try:
-            path.write_bytes(source)
-        except OSError:
-            cleanup()
-            raise CheckpointFormatError(
-                f"{display} could not be stored for reading (is the server's disk full?)."
-            ) from None
-    else:
-        path = Path(source)
-        display = name or path.name or str(path)
-        cleanup = None
-        if not path.exists():
-            raise CheckpointFormatError(f"{display} does not exist; check the path.")
-    return _within_budget(lambda: _load_path(path, display, limits), display, limits, cleanup)
-
-
-def _within_budget(
-    load: Callable[[], Checkpoint],
-    display: str,
-    limits: LoadLimits,
-    cleanup: Callable[[], None] | None,
-) -> Checkpoint:
-    """Run the load in a worker thread and stop waiting once the time budget is spent.
-
-    A thread cannot be killed: past the budget it finishes in the background (its result
-    is dropped, uploaded bytes are removed when it ends, and interpreter exit waits for it).
-    """
-    outcome: dict[str, Any] = {}
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            outcome["checkpoint"] = load()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            outcome["error"] = exc
+            try:
+                path.write_bytes(source)
+            except OSError:
+                raise CheckpointFormatError(
+                    f"{display} could not be stored for reading (is the server's disk full?)."
+                ) from None
+            # Memory maps keep the data alive after the folder is removed.
+            return _load_isolated(path, display, limits)
         finally:
-            if cleanup is not None:
-                cleanup()
-            done.set()
+            shutil.rmtree(folder, ignore_errors=True)
+    try:
+        path = Path(os.fspath(source))
+    except TypeError:
+        raise CheckpointFormatError("the checkpoint must be a path or the file's bytes.") from None
+    display = name or path.name or str(path)
+    if not os.path.lexists(path):
+        raise CheckpointFormatError(f"{display} does not exist; check the path.")
+    return _load_isolated(path, display, limits)
 
-    # Not a daemon: killing a thread inside torch at interpreter exit aborts the process.
-    threading.Thread(target=run, name="checkpoint-load").start()
-    if not done.wait(limits.time_budget_seconds):
-        raise CheckpointFormatError(
-            f"loading {display} took longer than {limits.time_budget_seconds:g} seconds, this "
-            "tool's limit; the file is too large or too complex to inspect here."
+
+def _load_isolated(path: Path, display: str, limits: LoadLimits) -> Checkpoint:
+    """Parse and check in a limited child process; map the checked ranges here."""
+    plan, blobs = run_isolated(
+        plan_checkpoint,
+        (str(path), display, limits),
+        display=display,
+        seconds=limits.time_budget_seconds,
+        memory_bytes=limits.parse_memory_bytes,
+    )
+    return _from_plan(plan, blobs, display, limits)
+
+
+# --- in the parsing child: file(s) -> a plan of plain data ---------------------------------
+
+
+def plan_checkpoint(path_text: str, display: str, limits: LoadLimits) -> tuple[dict, list[bytes]]:
+    """Everything the parent needs, as JSON-able data (+ legacy storages' bytes).
+
+    Runs in the isolated child (`sandbox.run_isolated`): every untrusted parse happens here.
+    """
+    path = Path(path_text)
+    fmt = sniff_format(path, display, limits)
+    files: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    if fmt == "sharded":
+        part = _plan_sharded(path, display, limits, files, blobs)
+    else:
+        part = _plan_file(path, fmt, display, limits, files, blobs)
+    for key in part["tensors"]:
+        check_key(key, limits, display)
+    used = text_chars([part["metadata"], part["module_paths"]], limits.max_text_chars)
+    if used > limits.max_text_chars:
+        raise LimitExceededError(
+            f"{display} holds more than {limits.max_text_chars} characters of metadata "
+            "(max_text_chars); it was refused.",
+            limit="max_text_chars",
         )
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["checkpoint"]
+    part["tied"] = _tied(part["tensors"])
+    return {"format": fmt, "files": files, **part}, blobs
+
+
+def _plan_file(
+    path: Path, fmt: str, display: str, limits: LoadLimits, files: list, blobs: list[bytes]
+) -> dict[str, Any]:
+    with open_regular(path, display) as (_, size):
+        pass  # its size, checked before any parse
+    if size > limits.max_file_bytes:
+        raise LimitExceededError(
+            f"{display} is {size} bytes, above the {limits.max_file_bytes}-byte limit "
+            "(max_file_bytes); it was refused.",
+            limit="max_file_bytes",
+        )
+    file_index = len(files)
+    if fmt == "safetensors":
+        entries, metadata, data_start = check_safetensors_header(path, display, limits)
+        files.append(
+            {
+                "path": str(path),
+                "size": size,
+                "storages": [[data_start + e.begin, e.end - e.begin] for e in entries],
+            }
+        )
+        tensors = {
+            e.name: [
+                file_index,
+                _SAFETENSORS_DTYPE_NAMES[e.dtype],
+                list(e.shape),
+                _contiguous_strides(e.shape),
+                0,
+                n,
+            ]
+            for n, e in enumerate(entries)
+        }
+        return _part(tensors, metadata=metadata)
+    loader = load_torch_zip if fmt == "torch-zip" else load_torch_legacy
+    loaded = loader(path, display, limits)
+    found = unwrap(loaded.obj, display, limits)
+    files.append(
+        {
+            "path": str(path),
+            "size": size,
+            "storages": [list(s) for s in loaded.storages],
+            "blobs": len(blobs) if loaded.blobs else None,
+        }
+    )
+    blobs.extend(loaded.blobs)
+    tensors = {}
+    for key, value in found.state_dict.items():
+        at = loaded.placement(value)
+        tensors[key] = [
+            file_index,
+            at.dtype,
+            list(at.shape),
+            list(at.stride),
+            at.storage_offset,
+            at.storage,
+        ]
+    return _part(
+        tensors,
+        wrapper_key=found.wrapper_key,
+        extras=found.extras,
+        hyper_parameters=found.hyper_parameters,
+        module_paths=list(found.module_paths),
+        warnings=list(found.warnings),
+    )
+
+
+def _part(tensors: dict[str, list], **kw: Any) -> dict[str, Any]:
+    part: dict[str, Any] = {
+        "tensors": tensors,
+        "wrapper_key": None,
+        "extras": {},
+        "hyper_parameters": {},
+        "metadata": {},
+        "module_paths": [],
+        "warnings": [],
+    }
+    part.update(kw)
+    return part
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> list[int]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return strides[::-1]
+
+
+def _tied(tensors: dict[str, list]) -> dict[str, str]:
+    """key -> first key that is the very same view of the same stored bytes.
+
+    Slices of one storage at different offsets (a split fused weight) are not tied.
+    """
+    first: dict[str, str] = {}
+    tied = {}
+    for key, (file_index, dtype, shape, stride, offset, storage) in tensors.items():
+        if storage < 0:
+            continue
+        ident = json.dumps([file_index, storage, offset, shape, stride, dtype])
+        if ident in first:
+            tied[key] = first[ident]
+        else:
+            first[ident] = key
+    return tied
+
+
+def _plan_sharded(
+    path: Path, display: str, limits: LoadLimits, files: list, blobs: list[bytes]
+) -> dict[str, Any]:
+    index = find_shard_index(path, display) if path.is_dir() else path
+    shard_of, index_metadata = read_shard_index(index, display, limits)
+    parts: dict[Path, dict[str, Any]] = {}
+    for shard in dict.fromkeys(shard_of.values()):
+        label = f"{display} shard {shard.name}"
+        shard_fmt = sniff_format(shard, label, limits)
+        if shard_fmt == "sharded":
+            raise CheckpointFormatError(f"{display}: shard {shard.name} is not a weights file.")
+        parts[shard] = _plan_file(shard, shard_fmt, label, limits, files, blobs)
+    tensors: dict[str, list] = {}
+    for key, shard in shard_of.items():
+        if key not in parts[shard]["tensors"]:
+            raise CheckpointFormatError(
+                f"{display}: the index puts {key!r} in {shard.name}, but that shard does not "
+                "hold it; the shards do not match the index."
+            )
+        tensors[key] = parts[shard]["tensors"][key]
+    warnings = [w for p in parts.values() for w in p["warnings"]]
+    unlisted = sum(len(set(p["tensors"]) - set(shard_of)) for p in parts.values())
+    if unlisted:
+        warnings.append(f"ignored {unlisted} tensors that the shards hold but the index omits")
+    metadata = {k: v for p in parts.values() for k, v in p["metadata"].items()}
+    return _part(tensors, metadata={**metadata, **index_metadata}, warnings=warnings)
+
+
+# --- in the caller's process: plan -> Checkpoint ----------------------------------------
+
+
+def _from_plan(plan: dict, blobs: list[bytes], display: str, limits: LoadLimits) -> Checkpoint:
+    files = [_FileStorages(f, blobs, display) for f in plan["files"]]
+    infos: dict[str, TensorInfo] = {}
+    placements: dict[str, list] = plan["tensors"]
+    for key, (_, dtype, shape, _, _, _) in placements.items():
+        torch_dtype = _dtype(dtype, display)
+        numel = math.prod(shape)
+        infos[key] = TensorInfo(key, tuple(shape), dtype, numel, numel * torch_dtype.itemsize)
+
+    def read(key: str) -> torch.Tensor:
+        file_index, dtype, shape, stride, offset, storage = placements[key]
+        if storage < 0:
+            return torch.empty_strided(shape, stride, dtype=_dtype(dtype, display), device="meta")
+        return torch.empty(0, dtype=_dtype(dtype, display)).set_(
+            files[file_index].storage(storage), offset, shape, stride
+        )
+
+    part = _Part(
+        infos=infos,
+        read=read,
+        tied=plan["tied"],
+        wrapper_key=plan["wrapper_key"],
+        extras=plan["extras"],
+        hyper_parameters=plan["hyper_parameters"],
+        metadata=plan["metadata"],
+        module_paths=tuple(plan["module_paths"]),
+        warnings=tuple(plan["warnings"]),
+    )
+    return _finish(part, plan["format"], display, limits)
+
+
+def _dtype(name: str, display: str) -> torch.dtype:
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise CheckpointFormatError(f"{display} uses an unknown tensor type {name!r}.")
+    return dtype
+
+
+class _FileStorages:
+    """The checked storages of one file: windows on a private (copy-on-write) memory map,
+    or, for legacy files, the bytes the child read."""
+
+    def __init__(self, plan: dict, blobs: list[bytes], display: str) -> None:
+        self._ranges = plan["storages"]
+        self._cache: dict[int, torch.UntypedStorage] = {}  # tied tensors share one storage
+        first_blob = plan.get("blobs")
+        self._blobs = (
+            None if first_blob is None else blobs[first_blob : first_blob + len(self._ranges)]
+        )
+        self._whole = None
+        if self._blobs is None and plan["size"]:
+            with open_regular(Path(plan["path"]), display) as (_, size):
+                if size != plan["size"]:
+                    raise CheckpointFormatError(f"{display} changed while it was being read.")
+                # shared=False: MAP_PRIVATE, so writes to a tensor never reach the file.
+                self._whole = torch.UntypedStorage.from_file(plan["path"], False, size)
+
+    def storage(self, index: int) -> torch.UntypedStorage:
+        if index not in self._cache:
+            if self._blobs is not None:
+                data = bytearray(self._blobs[index])
+                self._cache[index] = (
+                    torch.frombuffer(data, dtype=torch.uint8).untyped_storage()
+                    if data
+                    else torch.UntypedStorage(0)
+                )
+            else:
+                offset, nbytes = self._ranges[index]
+                assert self._whole is not None or nbytes == 0
+                whole = self._whole if self._whole is not None else torch.UntypedStorage(0)
+                self._cache[index] = whole[offset : offset + nbytes]
+        return self._cache[index]
 
 
 # --- one file or a sharded set -> Checkpoint -------------------------------------------
@@ -279,7 +511,7 @@ def _within_budget(
 
 @dataclass
 class _Part:
-    """Tensors of one file before prefix stripping: key -> (info, reader of that key)."""
+    """Tensors before prefix stripping: key -> (info, reader of that key)."""
 
     infos: dict[str, TensorInfo]
     read: Callable[[str], torch.Tensor]
@@ -290,40 +522,6 @@ class _Part:
     metadata: dict[str, str] = field(default_factory=dict)
     module_paths: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
-
-
-def _load_path(path: Path, display: str, limits: LoadLimits) -> Checkpoint:
-    fmt = sniff_format(path, display)
-    if fmt == "sharded":
-        part = _load_sharded(path, display, limits)
-    else:
-        part = _load_file(path, fmt, display, limits)
-    return _finish(part, fmt, display)
-
-
-def _load_file(path: Path, fmt: str, display: str, limits: LoadLimits) -> _Part:
-    size = path.stat().st_size
-    if size > limits.max_file_bytes:
-        raise UnsafeCheckpointError(
-            f"{display} is {size} bytes, above the {limits.max_file_bytes}-byte limit; "
-            "it was refused."
-        )
-    if fmt == "safetensors":
-        return _load_safetensors(path, display, limits)
-    loader = load_torch_zip if fmt == "torch-zip" else load_torch_legacy
-    loaded = loader(path, display, limits)
-    found = unwrap(loaded.obj, display, limits)
-    sd = {k: loaded.materialize(v) for k, v in found.state_dict.items()}
-    return _Part(
-        infos={k: tensor_info(k, v) for k, v in sd.items()},
-        read=sd.__getitem__,
-        tied=find_tied(sd),
-        wrapper_key=found.wrapper_key,
-        extras=found.extras,
-        hyper_parameters=found.hyper_parameters,
-        module_paths=found.module_paths,
-        warnings=found.warnings,
-    )
 
 
 # safetensors dtype code -> torch dtype name (TensorInfo.dtype)
@@ -347,75 +545,7 @@ _SAFETENSORS_DTYPE_NAMES = {
 }
 
 
-def _load_safetensors(path: Path, display: str, limits: LoadLimits) -> _Part:
-    from safetensors import safe_open
-
-    entries, metadata = check_safetensors_header(path, display, limits)
-    try:
-        # One handle for the checkpoint's life: it maps the file, so reads stay lazy and
-        # keep working after an upload's temporary copy is removed.
-        handle = safe_open(str(path), framework="pt")
-        keys = set(handle.keys())
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        raise CheckpointFormatError(
-            f"{display} is not a readable safetensors file ({type(exc).__name__})."
-        ) from None
-    if keys != {e.name for e in entries}:
-        raise CheckpointFormatError(f"{display}: the safetensors header is inconsistent.")
-
-    def read(key: str) -> torch.Tensor:
-        if key not in keys:
-            raise KeyError(key)
-        return handle.get_tensor(key)
-
-    return _Part(
-        infos={e.name: _safetensors_info(e) for e in entries},
-        read=read,
-        metadata=metadata,
-    )
-
-
-def _safetensors_info(e: SafetensorsEntry) -> TensorInfo:
-    numel = 1
-    for d in e.shape:
-        numel *= d
-    return TensorInfo(e.name, e.shape, _SAFETENSORS_DTYPE_NAMES[e.dtype], numel, e.end - e.begin)
-
-
-def _load_sharded(path: Path, display: str, limits: LoadLimits) -> _Part:
-    index = find_shard_index(path, display) if path.is_dir() else path
-    shard_of, index_metadata = read_shard_index(index, display, limits)
-    parts: dict[Path, _Part] = {}
-    for shard in dict.fromkeys(shard_of.values()):
-        shard_fmt = sniff_format(shard, f"{display} shard {shard.name}")
-        if shard_fmt == "sharded":
-            raise CheckpointFormatError(f"{display}: shard {shard.name} is not a weights file.")
-        parts[shard] = _load_file(shard, shard_fmt, f"{display} shard {shard.name}", limits)
-    infos: dict[str, TensorInfo] = {}
-    for key, shard in shard_of.items():
-        if key not in parts[shard].infos:
-            raise CheckpointFormatError(
-                f"{display}: the index puts {key!r} in {shard.name}, but that shard does not "
-                "hold it; the shards do not match the index."
-            )
-        infos[key] = parts[shard].infos[key]
-    warnings = [w for p in parts.values() for w in p.warnings]
-    unlisted = sum(len(set(p.infos) - set(shard_of)) for p in parts.values())
-    if unlisted:
-        warnings.append(f"ignored {unlisted} tensors that the shards hold but the index omits")
-    return _Part(
-        infos=infos,
-        read=lambda key: parts[shard_of[key]].read(key),
-        tied={k: v for p in parts.values() for k, v in p.tied.items() if k in infos},
-        metadata={
-            **{k: v for p in parts.values() for k, v in p.metadata.items()},
-            **index_metadata,
-        },
-        warnings=tuple(warnings),
-    )
-
-
-def _finish(part: _Part, fmt: str, display: str) -> Checkpoint:
+def _finish(part: _Part, fmt: str, display: str, limits: LoadLimits) -> Checkpoint:
     prefix = strip_shared_prefix(list(part.infos))
     if prefix:
         original = {key[len(prefix) :]: key for key in part.infos}
@@ -448,4 +578,5 @@ def _finish(part: _Part, fmt: str, display: str) -> Checkpoint:
         module_paths=strip_module_paths(part.module_paths, prefix),
         warnings=tuple(warnings),
         tied=tied,
+        limits=limits,
     )

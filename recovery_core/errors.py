@@ -39,3 +39,18 @@ class TrainingError(RecoveryError):
 
 class ExportError(RecoveryError):
     """An exported file could not be written or failed its verification."""
+
+
+class LimitExceededError(UnsafeCheckpointError):
+    """A file asked for more work than a `LoadLimits` (or `BuildLimits`) field allows.
+
+    `limit` is the field's name, so a person who trusts the file knows what to raise.
+    """
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class ReaderCrashedError(CheckpointFormatError):
+    """The isolated reader process died on the file (a signal); the app itself is unaffected."""

@@ -11,95 +11,152 @@ size before a second, real load reads them into memory.
 
 from __future__ import annotations
 
+import io
+import math
 import pickle
 import pickletools
 import re
 import sys
-import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
-from recovery_core.container import TorchZipLayout, check_torch_zip
+from recovery_core.container import (
+    TorchZipLayout,
+    check_torch_zip_file,
+    open_regular,
+    read_exactly,
+)
 from recovery_core.errors import CheckpointFormatError, RecoveryError, UnsafeCheckpointError
 from recovery_core.limits import LoadLimits
+from recovery_core.pickle_scan import scan_pickle
 from recovery_core.unwrap import walk
 
 _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
 
 
 @dataclass(frozen=True)
-class LoadedPickle:
-    """The unpickled object and how to turn one of its tensors into a readable one."""
+class Placement:
+    """Where one tensor's values are: a window on a storage, which is a range of the file
+    (zip) or a block of bytes read in the parsing process (legacy). Plain data only, so it
+    can leave the isolated parsing process as JSON."""
 
-    obj: Any  # dicts, lists, plain values and tensors (meta placeholders for zip files)
-    materialize: Callable[[torch.Tensor], torch.Tensor]
+    dtype: str  # "float32"
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    storage_offset: int  # in elements
+    storage: int  # index into the file's storages; -1 for a meta tensor (no values)
+
+
+@dataclass(frozen=True)
+class LoadedPickle:
+    """The unpickled object (meta placeholders for zip files) and where each tensor's
+    checked storage lies."""
+
+    obj: Any
+    storages: list[tuple[int, int]]  # (file offset, nbytes) for zip; (-1, nbytes) for legacy
+    blobs: list[bytes]  # legacy only: each storage's bytes, in `storages` order
+    _index: dict[tuple[str, int], int]  # _storage_key -> storage index
+
+    def placement(self, t: torch.Tensor) -> Placement:
+        key = _storage_key(torch.Tensor.untyped_storage(t))
+        return Placement(
+            dtype=str(t.dtype).removeprefix("torch."),
+            shape=tuple(torch.Tensor.size(t)),
+            stride=tuple(torch.Tensor.stride(t)),
+            storage_offset=torch.Tensor.storage_offset(t),
+            storage=-1 if key is None else self._index[key],
+        )
+
+
+def _offset(storage: torch.UntypedStorage) -> int | None:
+    return getattr(storage, "_checkpoint_offset", None)
+
+
+def _storage_key(storage: torch.UntypedStorage) -> tuple[str, int] | None:
+    """Zip: the record's file offset; legacy: the memory address; meta: None (no values)."""
+    offset = _offset(storage)
+    if offset is not None:
+        return ("offset", offset)
+    if storage.device.type == "meta":
+        return None
+    return ("address", storage.data_ptr())
 
 
 def load_torch_zip(path: Path, display: str, limits: LoadLimits) -> LoadedPickle:
-    layout = check_torch_zip(path, display, limits)
-    if layout.byteorder not in ("", sys.byteorder):
-        raise CheckpointFormatError(
-            f"{display} was saved on a {layout.byteorder}-endian machine; load and save it "
-            "again on a little-endian one."
+    with open_regular(path, display) as (f, size):
+        layout = check_torch_zip_file(f, size, display, limits)
+        if layout.byteorder not in ("", sys.byteorder):
+            raise CheckpointFormatError(
+                f"{display} was saved on a {layout.byteorder}-endian machine; load and save it "
+                "again on a little-endian one."
+            )
+        pkl = next(r for r in layout.records if r.name == layout.root + "data.pkl")
+        scan_pickle(
+            io.BytesIO(read_exactly(f, pkl.data_offset, pkl.size, display)), display, limits
         )
-    skeleton = _weights_only_load(path, display, layout=layout, map_location="meta")
-    _check_tensors(skeleton, display, limits, layout=layout)
-    return LoadedPickle(skeleton, _FileMap(path).materialize)
+        f.seek(0)
+        skeleton = _weights_only_load(f, path, display, layout=layout, map_location="meta")
+    declared = _check_tensors(skeleton, display, limits, layout=layout)
+    storages: list[tuple[int, int]] = []
+    index: dict[tuple[str, int], int] = {}
+    for storage in declared:  # one per record: tied tensors get the very same storage
+        key = _storage_key(storage)
+        if key is not None:
+            index[key] = len(storages)
+            storages.append((key[1], storage.nbytes()))
+    return LoadedPickle(skeleton, storages, [], index)
 
 
 def load_torch_legacy(path: Path, display: str, limits: LoadLimits) -> LoadedPickle:
-    skeleton = _weights_only_load(path, display, map_location="meta")
-    declared = _check_tensors(skeleton, display, limits, layout=None)
-    if declared > path.stat().st_size:
-        raise UnsafeCheckpointError(
-            f"{display} declares {declared} bytes of tensor data but the file has only "
-            f"{path.stat().st_size}; it was refused."
-        )
-    return LoadedPickle(_weights_only_load(path, display, map_location="cpu"), lambda t: t)
-
-
-class _FileMap:
-    """Checked meta tensors -> tensors on a private memory map of the file (read lazily)."""
-
-    def __init__(self, path: Path) -> None:
-        size = path.stat().st_size
-        # shared=False: MAP_PRIVATE, so writes to a tensor never reach the file.
-        self._whole = torch.UntypedStorage.from_file(str(path), False, size) if size else None
-        self._storages: dict[int, torch.UntypedStorage] = {}  # file offset -> storage
-
-    def materialize(self, skeleton: torch.Tensor) -> torch.Tensor:
-        storage = skeleton.untyped_storage()
-        offset = getattr(storage, "_checkpoint_offset", None)
-        if offset is None or self._whole is None:
-            return skeleton  # saved as a meta tensor: there is no data to map
-        if offset not in self._storages:  # tied tensors get the very same storage
-            self._storages[offset] = self._whole[offset : offset + storage.nbytes()]
-        return torch.empty(0, dtype=skeleton.dtype).set_(
-            self._storages[offset], skeleton.storage_offset(), skeleton.shape, skeleton.stride()
-        )
+    with open_regular(path, display) as (f, size):
+        # magic number, protocol, system info, the object, the storage keys
+        opcodes = 0
+        for _ in range(5):
+            left = replace(limits, max_pickle_opcodes=limits.max_pickle_opcodes - opcodes)
+            opcodes += scan_pickle(f, display, left)
+        f.seek(0)
+        skeleton = _weights_only_load(f, path, display, map_location="meta")
+        declared = _check_tensors(skeleton, display, limits, layout=None)
+        total = sum(s.nbytes() for s in declared)
+        if total > size:
+            raise UnsafeCheckpointError(
+                f"{display} declares {total} bytes of tensor data but the file has only "
+                f"{size}; it was refused."
+            )
+        f.seek(0)
+        loaded = _weights_only_load(f, path, display, map_location="cpu")
+    storages: list[tuple[int, int]] = []
+    blobs: list[bytes] = []
+    index: dict[tuple[str, int], int] = {}
+    for storage in _check_tensors(loaded, display, limits, layout=None):
+        key = _storage_key(storage)
+        if key is not None and key not in index:
+            index[key] = len(storages)
+            storages.append((-1, storage.nbytes()))
+            as_bytes = torch.empty(0, dtype=torch.uint8).set_(storage)
+            blobs.append(as_bytes.numpy().tobytes())
+    return LoadedPickle(loaded, storages, blobs, index)
 
 
 def _weights_only_load(
-    path: Path, display: str, *, layout: TorchZipLayout | None = None, **kwargs: Any
+    f: IO[bytes], path: Path, display: str, *, layout: TorchZipLayout | None = None, **kwargs: Any
 ) -> Any:
     """torch.load(weights_only=True) with torch's errors turned into ours.
 
-    torch's own message suggests weights_only=False; it is never passed through.
+    torch's own message suggests weights_only=False; it is never passed through. The file
+    object (already checked to be a regular file) is read, never the path: torch.load
+    would treat a path ending in ".safetensors" as safetensors whatever its content.
     """
     try:
-        # A file object, not the path: torch.load would treat a path ending in
-        # ".safetensors" as safetensors whatever its content.
-        with path.open("rb") as f:
-            return torch.load(f, weights_only=True, **kwargs)
+        return torch.load(f, weights_only=True, **kwargs)
     except pickle.UnpicklingError as exc:
         raise _refused_global(str(exc), display) from None
     except NotImplementedError as exc:
         if "Quantized" in str(exc):
-            keys = _quantized_keys(path, layout) if layout is not None else []
+            keys = _quantized_keys(f, layout) if layout is not None else []
             which = f" ({', '.join(repr(k) for k in keys[:5])})" if keys else ""
             raise CheckpointFormatError(
                 f"{display} holds quantized tensors{which}, which this tool does not read; "
@@ -151,14 +208,15 @@ def _refused_global(message: str, display: str) -> UnsafeCheckpointError:
     )
 
 
-def _quantized_keys(path: Path, layout: TorchZipLayout) -> list[str]:
+def _quantized_keys(f: IO[bytes], layout: TorchZipLayout) -> list[str]:
     """Best-effort names for the message: the string pushed just before each qtensor rebuild.
 
     pickletools only parses opcodes; it never imports or calls anything.
     """
     try:
-        with zipfile.ZipFile(path) as zf:
-            data = zf.read(layout.root + "data.pkl")
+        pkl = next(r for r in layout.records if r.name == layout.root + "data.pkl")
+        f.seek(pkl.data_offset)
+        data = f.read(pkl.size)
         keys, recent = [], []
         for op, arg, _ in pickletools.genops(data):
             if op.name in ("BINUNICODE", "SHORT_BINUNICODE", "UNICODE", "BINUNICODE8"):
@@ -172,23 +230,26 @@ def _quantized_keys(path: Path, layout: TorchZipLayout) -> list[str]:
 
 def _check_tensors(
     skeleton: Any, display: str, limits: LoadLimits, *, layout: TorchZipLayout | None
-) -> int:
+) -> list[torch.UntypedStorage]:
     """Refuse unsupported tensor kinds and storages that exceed their records.
 
-    Returns the total bytes of distinct storages declared.
+    Returns the distinct storages declared (tied tensors share one). Methods are called
+    through torch.Tensor, never the instance: an allowed global could have put an
+    attribute named `numel` or `stride` on a tensor.
     """
-    declared: dict[int, int] = {}
+    declared: dict[tuple[str, int], torch.UntypedStorage] = {}
     for name, value in walk(skeleton, limits, display):
         if not isinstance(value, torch.Tensor):
             continue
         label = name or "the top-level tensor"
-        if value.layout != torch.strided:
+        layout_kind = torch.Tensor.layout.__get__(value)
+        if layout_kind != torch.strided or torch.Tensor.is_nested.__get__(value):
             raise CheckpointFormatError(
-                f"{display}: tensor {label!r} is a {str(value.layout).removeprefix('torch.')} "
+                f"{display}: tensor {label!r} is a {str(layout_kind).removeprefix('torch.')} "
                 "tensor; this tool reads dense weights only. Save tensor.to_dense() instead."
             )
-        storage = value.untyped_storage()
-        offset = getattr(storage, "_checkpoint_offset", None)
+        storage = torch.Tensor.untyped_storage(value)
+        offset = _offset(storage)
         if layout is not None and offset is not None:
             record = layout.record_at(offset)
             if record is None:
@@ -202,19 +263,26 @@ def _check_tensors(
                     f"pickle declares {storage.nbytes()} for tensor {label!r}; it was refused "
                     "(a short record would let the tensor read neighbouring bytes)."
                 )
-        if value.numel() > 0:
-            last = value.storage_offset() + sum(
-                (size - 1) * stride
-                for size, stride in zip(value.shape, value.stride(), strict=True)
+        elif layout is not None and torch.Tensor.device.__get__(value).type != "meta":
+            raise UnsafeCheckpointError(
+                f"{display}: tensor {label!r} has values that no storage record of the file "
+                "holds; it was refused."
             )
-            needed = (last + 1) * value.element_size()
-            if needed > storage.nbytes() or min(value.stride(), default=0) < 0:
+        shape = tuple(torch.Tensor.size(value))
+        strides = tuple(torch.Tensor.stride(value))
+        if math.prod(shape) > 0:
+            last = torch.Tensor.storage_offset(value) + sum(
+                (size - 1) * stride for size, stride in zip(shape, strides, strict=True)
+            )
+            needed = (last + 1) * torch.Tensor.element_size(value)
+            if needed > storage.nbytes() or min(strides, default=0) < 0:
                 raise UnsafeCheckpointError(
-                    f"{display}: tensor {label!r} declares shape {tuple(value.shape)} "
+                    f"{display}: tensor {label!r} declares shape {shape} "
                     f"({needed} bytes) but its storage holds {storage.nbytes()} bytes; it was "
                     "refused."
                 )
         # Tied tensors share one storage: count it once.
-        storage_id = offset if offset is not None else getattr(storage, "_cdata", id(storage))
-        declared[storage_id] = max(declared.get(storage_id, 0), storage.nbytes())
-    return sum(declared.values())
+        key = _storage_key(storage) or ("meta", id(storage))
+        if key not in declared or declared[key].nbytes() < storage.nbytes():
+            declared[key] = storage
+    return list(declared.values())

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from recovery_core.errors import CheckpointFormatError, UnsafeCheckpointError
+from recovery_core.errors import CheckpointFormatError, LimitExceededError, UnsafeCheckpointError
 from recovery_core.limits import LoadLimits
 
 # Where training code nests the weights, in order of preference on a tie in tensor count.
@@ -71,7 +71,7 @@ def walk(obj: Any, limits: LoadLimits, display: str) -> Iterator[tuple[str, Any]
                 "loader's limit; it was refused."
             )
         if isinstance(value, Mapping):
-            children = [(str(k), v) for k, v in value.items()]
+            children = [(_key_text(k, limits, display), v) for k, v in value.items()]
         elif isinstance(value, (list, tuple)):
             children = [(str(i), v) for i, v in enumerate(value)]
         else:
@@ -83,6 +83,54 @@ def walk(obj: Any, limits: LoadLimits, display: str) -> Iterator[tuple[str, Any]
             )
         for key, child in reversed(children):
             stack.append((f"{path}.{key}" if path else key, child, depth + 1))
+
+
+def _key_text(key: Any, limits: LoadLimits, display: str) -> str:
+    """A dict key as text, refused when longer than any real key (paths repeat it)."""
+    text = key if isinstance(key, str) else repr(key) if not isinstance(key, int) else f"{key:d}"
+    if len(text) > limits.max_key_chars:
+        raise LimitExceededError(
+            f"{display} has a key of {len(text)} characters, more than the "
+            f"{limits.max_key_chars} allowed (max_key_chars); it was refused.",
+            limit="max_key_chars",
+        )
+    return text
+
+
+def check_key(key: str, limits: LoadLimits, display: str) -> None:
+    """A tensor name is a dotted module path: bounded length and parts, none empty."""
+    _key_text(key, limits, display)
+    parts = key.split(".", limits.max_key_parts)
+    if len(parts) > limits.max_key_parts:
+        raise LimitExceededError(
+            f"{display} has a key with more than {limits.max_key_parts} dotted parts "
+            "(max_key_parts); no model nests that deep, so it was refused.",
+            limit="max_key_parts",
+        )
+    if "" in parts:
+        raise CheckpointFormatError(
+            f"{display} has the key {key!r} with an empty part (two dots in a row, or a dot "
+            "at an end); a state dict's names never do, so it was refused."
+        )
+
+
+def text_chars(value: Any, budget: int) -> int:
+    """Characters of text in plain values, counted per reference and stopped past `budget`
+    (a list of a thousand references to one big string counts it a thousand times)."""
+    total = 0
+    stack = [value]
+    while stack and total <= budget:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        else:
+            total += 24  # numbers, None: their repr is short
+    return total
 
 
 def unwrap(obj: Any, display: str, limits: LoadLimits) -> Unwrapped:
@@ -122,7 +170,16 @@ def unwrap(obj: Any, display: str, limits: LoadLimits) -> Unwrapped:
             f"dropped {len(dropped)} non-tensor entr{'y' if len(dropped) == 1 else 'ies'} of the "
             f"state dict: {', '.join(dropped[:5])}{' ...' if len(dropped) > 5 else ''}"
         )
+    for key in state_dict:
+        check_key(key, limits, display)
     extras, hyper_parameters = _surroundings(obj, path)
+    used = text_chars([extras, hyper_parameters, list(state_dict)], limits.max_text_chars)
+    if used > limits.max_text_chars:
+        raise LimitExceededError(
+            f"{display} holds more than {limits.max_text_chars} characters of names, settings "
+            "and other entries (max_text_chars, counting every reference); it was refused.",
+            limit="max_text_chars",
+        )
     metadata = getattr(chosen, "_metadata", None)
     module_paths = tuple(str(k) for k in metadata) if isinstance(metadata, Mapping) else ()
     return Unwrapped(
@@ -219,13 +276,22 @@ def summarize(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         if value and all(isinstance(v, Mapping) and "param_groups" in v for v in value):
             return f"{len(value)} optimizer states"
-        if all(isinstance(v, PLAIN_TYPES) for v in value) and len(repr(value)) <= 80:
+        if all(isinstance(v, PLAIN_TYPES) for v in value) and _short_repr(value, 80):
             return repr(list(value))
         return f"list of {len(value)} items"
+    if isinstance(value, str):
+        return repr(value[:77]) + ("..." if len(value) > 77 else "")
     if isinstance(value, PLAIN_TYPES):
-        text = repr(value) if isinstance(value, str) else str(value)
+        text = str(value) if not isinstance(value, int) or abs(value) < 10**70 else "a huge integer"
         return text if len(text) <= 80 else text[:77] + "..."
     return type(value).__name__
+
+
+def _short_repr(values: list | tuple, limit: int) -> bool:
+    """Whether repr(values) fits in `limit` characters, without building a long repr."""
+    if len(values) > limit:
+        return False
+    return text_chars(list(values), limit) <= limit and len(repr(list(values))) <= limit
 
 
 def _short_list(mapping: Mapping) -> str:

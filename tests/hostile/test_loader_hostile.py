@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from recovery_core.checkpoint import LoadLimits, load_checkpoint
-from recovery_core.errors import CheckpointFormatError, UnsafeCheckpointError
+from recovery_core.errors import CheckpointFormatError, LimitExceededError, UnsafeCheckpointError
 from tests.hostile import _payloads as p
 
 
@@ -327,7 +327,7 @@ def test_load_past_the_time_budget_is_stopped(tmp_path, canary) -> None:
     path = p.torch_zip(tmp_path / "slow.pt", {f"k{i}": torch.zeros(1) for i in range(2000)})
     refused(
         path,
-        CheckpointFormatError,
+        LimitExceededError,
         "took longer than",
         canary,
         limits=LoadLimits(time_budget_seconds=0.001),

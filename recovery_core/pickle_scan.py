@@ -1,0 +1,282 @@
+"""Read a pickle's opcodes (never run them) and refuse what the weights-only unpickler allows
+but a weights file never needs.
+
+torch's allow-list is by name; some allowed names misbehave when a file calls them:
+`torch.FloatTensor(N)`, `torch.Tensor(N)` and `torch.UntypedStorage(N)` return tensors on
+fresh, uninitialised memory (another session's numbers), and `bytearray(N)` allocates N
+bytes. In a real torch.save file a tensor or storage class appears only as the storage
+type inside a persistent id `('storage', <class>, key, location, numel)`. This scan runs
+the pickle's stack machine on tags (no objects are built) and refuses any other use of
+such a class, whether called directly, through NEWOBJ, memoized and fetched again, or
+passed as an argument. It also enforces the opcode, container and stack budgets before
+the real unpickler spends memory, and refuses dict keys whose hashes a file can make
+collide (big ints, floats, tuples: quadratic insertion).
+"""
+
+from __future__ import annotations
+
+import functools
+import pickletools
+import time
+from typing import IO
+
+import torch
+
+from recovery_core.errors import LimitExceededError, UnsafeCheckpointError
+from recovery_core.limits import LoadLimits
+
+# Python 2 names that protocol-2 pickles use (torch.save writes protocol 2).
+_RENAMED_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+# Tags on the abstract stack.
+_PLAIN = None  # strings, small ints, containers of plain things
+_MARK = "<mark>"
+_PERSID = "<persistent id with a storage class>"
+_UNHASHABLE_KEY = "<value whose hash a file can choose>"  # big int, float, tuple, object
+_OBJECT = "<object built by a call>"
+# Dict keys and set items of these kinds have string-independent hashes; all others are
+# randomised per process (str, bytes) or bounded (small ints).
+_CRAFTABLE_HASH = {_UNHASHABLE_KEY, _OBJECT}
+_SMALL_INT = 1 << 60  # ints below this hash to themselves: no two collide
+
+_INT_OPS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
+_FLOAT_OPS = {"FLOAT", "BINFLOAT"}
+_STRING_OPS = {
+    "STRING",
+    "BINSTRING",
+    "SHORT_BINSTRING",
+    "UNICODE",
+    "BINUNICODE",
+    "SHORT_BINUNICODE",
+    "BINUNICODE8",
+}
+_PLAIN_PUSHES = {
+    "BININT1",
+    "BININT2",
+    "EMPTY_DICT",
+    "EMPTY_LIST",
+    "EMPTY_SET",
+    "NONE",
+    "NEWTRUE",
+    "NEWFALSE",
+}
+_NO_STACK_EFFECT = {"FRAME", "PROTO"}
+_CALL_OPS = {"REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "BUILD"}
+_TUPLE_OPS = {"TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"}
+
+
+@functools.lru_cache(maxsize=1)
+def memory_owning_globals() -> frozenset[str]:
+    """Names torch's weights-only unpickler allows that allocate memory when called:
+    tensor classes (`torch.Tensor`, `torch.FloatTensor`, Parameter), storage classes and
+    `bytearray`. Derived from torch's own allow-list, so new dtypes are covered."""
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    storage_type = torch.serialization.StorageType
+    names = {"builtins.bytearray"}
+    for name, value in _get_allowed_globals().items():
+        owns_memory = isinstance(value, storage_type) or (
+            isinstance(value, type)
+            and (
+                issubclass(value, (torch.Tensor, torch.UntypedStorage, torch.TypedStorage))
+                or value in torch._tensor_classes
+            )
+        )
+        if owns_memory:
+            names.add(name)
+    names.update(f"{t.__module__}.{t.__name__}" for t in torch._tensor_classes)
+    return frozenset(names)
+
+
+def scan_pickle(
+    stream: IO[bytes], display: str, limits: LoadLimits, *, deadline: float | None = None
+) -> int:
+    """Walk one pickle (up to its STOP); refuse misused classes and blown budgets.
+
+    Returns the number of opcodes read, so a caller scanning several pickles in one file
+    can charge them to one budget (pass what is left through `limits`).
+    """
+    try:
+        return _scan(stream, display, limits, deadline)
+    except (ValueError, EOFError, UnicodeDecodeError, OverflowError, IndexError) as exc:
+        # pickletools says what it met: unknown opcode, truncated argument, bad text.
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UnsafeCheckpointError(
+            f"{display} has a damaged or non-standard pickle ({type(exc).__name__}: "
+            f"{reason!r}); it was refused before unpickling."
+        ) from None
+
+
+def _scan(stream: IO[bytes], display: str, limits: LoadLimits, deadline: float | None) -> int:
+    dangerous = memory_owning_globals()
+    stack: list[object] = []
+    marks: list[int] = []  # stack positions of the marks, so finding one is O(1)
+    memo: dict[int, object] = {}
+    opcodes = 0
+    max_stack = limits.max_container_items + 1024
+    for op, arg, _pos in pickletools.genops(stream):
+        opcodes += 1
+        if opcodes > limits.max_pickle_opcodes:
+            raise LimitExceededError(
+                f"{display} holds more than {limits.max_pickle_opcodes} pickle instructions "
+                "(max_pickle_opcodes); it was refused before unpickling.",
+                limit="max_pickle_opcodes",
+            )
+        if deadline is not None and opcodes % 65536 == 0 and time.monotonic() > deadline:
+            raise LimitExceededError(
+                f"reading {display} took longer than {limits.time_budget_seconds:g} seconds "
+                "(time_budget_seconds); it was refused.",
+                limit="time_budget_seconds",
+            )
+        name = op.name
+        # Fast paths for the instructions that make up most of a state dict's pickle.
+        if name in _PLAIN_PUSHES:
+            stack.append(_PLAIN)
+            continue
+        if name == "BINUNICODE" or name == "SHORT_BINUNICODE":
+            stack.append(f"str:{arg}" if len(arg) <= 200 else _PLAIN)  # type: ignore[arg-type]
+            continue
+        if name == "MARK":
+            marks.append(len(stack))
+            stack.append(_MARK)
+            continue
+        if name == "BINPUT" or name == "LONG_BINPUT":
+            if not stack:
+                raise UnsafeCheckpointError(f"{display} has a malformed pickle (memo of nothing).")
+            memo[arg] = stack[-1]  # type: ignore[index]
+            continue
+        if name == "BINGET" or name == "LONG_BINGET":
+            stack.append(memo.get(arg, _PLAIN))  # type: ignore[call-overload]
+            continue
+        if name in _NO_STACK_EFFECT:
+            continue
+        consumed = _pop(stack, marks, op, display)
+        if len(consumed) > limits.max_container_items:
+            raise LimitExceededError(
+                f"{display} builds a container of {len(consumed)} items, more than the "
+                f"{limits.max_container_items} allowed (max_container_items); it was refused.",
+                limit="max_container_items",
+            )
+        pushed = _tag_for(name, arg, consumed, memo, stack, dangerous, display)
+        if name in ("SETITEM", "SETITEMS", "ADDITEMS", "FROZENSET", "DICT"):
+            _check_keys(name, consumed, display)
+        stack.extend(pushed)
+        if len(stack) > max_stack:
+            raise LimitExceededError(
+                f"{display} piles up more than {max_stack} values on the pickle stack "
+                "(max_container_items); it was refused before unpickling.",
+                limit="max_container_items",
+            )
+        if name == "STOP":
+            return opcodes
+    raise UnsafeCheckpointError(f"{display} has a pickle without an end (no STOP); refused.")
+
+
+def _pop(
+    stack: list[object], marks: list[int], op: pickletools.OpcodeInfo, display: str
+) -> list[object]:
+    """Remove what `op` consumes; returns it (the slice above a mark first)."""
+    before = op.stack_before
+    consumed: list[object] = []
+    if pickletools.markobject in before:
+        if not marks:
+            raise UnsafeCheckpointError(f"{display} has a malformed pickle (no mark); refused.")
+        mark = marks.pop()
+        consumed = stack[mark + 1 :]
+        del stack[mark:]
+        fixed = before.index(pickletools.markobject)
+    else:
+        fixed = len(before)
+    if fixed:
+        if len(stack) < fixed or (marks and marks[-1] >= len(stack) - fixed):
+            raise UnsafeCheckpointError(f"{display} has a malformed pickle (stack underflow).")
+        consumed = stack[-fixed:] + consumed
+        del stack[-fixed:]
+    return consumed
+
+
+def _tag_for(
+    name: str,
+    arg: object,
+    consumed: list[object],
+    memo: dict[int, object],
+    stack: list[object],
+    dangerous: frozenset[str],
+    display: str,
+) -> list[object]:
+    """The tags `name` pushes; refuses any consumption of a memory-owning class but one."""
+    if name == "MEMOIZE":  # pops and pushes the same value
+        memo[len(memo)] = consumed[0]
+        return consumed
+    if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+        if not stack:
+            raise UnsafeCheckpointError(f"{display} has a malformed pickle (memo of nothing).")
+        memo[int(arg)] = stack[-1]  # type: ignore[call-overload]
+        return []
+    if name in ("GET", "BINGET", "LONG_BINGET"):
+        return [memo.get(int(arg), _PLAIN)]  # type: ignore[call-overload]
+    if name == "DUP":
+        return consumed * 2
+    if name in ("GLOBAL", "INST"):
+        module, _, attr = str(arg).partition(" ")
+        full = f"{_RENAMED_MODULES.get(module, module)}.{attr}"
+        if name == "INST" or full not in dangerous:
+            _refuse_misuse(consumed, name, display, dangerous)
+            return [_OBJECT if name == "INST" else _PLAIN]
+        return [full]
+    if name == "STACK_GLOBAL":
+        module, attr = (
+            c if isinstance(c, str) and c.startswith("str:") else "str:?" for c in consumed
+        )
+        full = f"{module[4:]}.{attr[4:]}"
+        return [full if full in dangerous else _PLAIN]
+    _refuse_misuse(consumed, name, display, dangerous)
+    if name in _TUPLE_OPS:
+        # A class may sit in a tuple only to become a persistent id (checked at BINPERSID).
+        return [_PERSID if any(c in dangerous for c in consumed) else _UNHASHABLE_KEY]
+    if name in _STRING_OPS and isinstance(arg, str) and len(arg) <= 200:
+        return [f"str:{arg}"]  # STACK_GLOBAL reads module and name from these
+    if name in _INT_OPS:
+        small = isinstance(arg, int) and -_SMALL_INT < arg < _SMALL_INT
+        return [_PLAIN if small else _UNHASHABLE_KEY]
+    if name in _FLOAT_OPS or name == "FROZENSET":
+        return [_UNHASHABLE_KEY]
+    if name in _CALL_OPS or name in ("BINPERSID", "PERSID", "EXT1", "EXT2", "EXT4"):
+        return [_OBJECT] * len(_after(name))
+    return [_PLAIN] * len(_after(name))
+
+
+def _after(name: str) -> list[object]:
+    return list(pickletools.code2op[_code(name)].stack_after)
+
+
+@functools.cache
+def _code(name: str) -> str:
+    return next(op.code for op in pickletools.opcodes if op.name == name)
+
+
+def _refuse_misuse(
+    consumed: list[object], op: str, display: str, dangerous: frozenset[str]
+) -> None:
+    for tag in consumed:
+        if tag == _PERSID and op != "BINPERSID" or tag in dangerous and op not in _TUPLE_OPS:
+            what = "a storage class inside a value" if tag == _PERSID else f"{tag}"
+            raise UnsafeCheckpointError(
+                f"{display} uses {what} outside a storage record (pickle instruction {op}): "
+                "that would make a tensor from uninitialised memory instead of the file's "
+                "bytes, so it was refused."
+            )
+
+
+def _check_keys(op: str, consumed: list[object], display: str) -> None:
+    if op in ("SETITEM", "SETITEMS", "DICT"):
+        start = 1 if op != "DICT" else 0  # the dict itself comes first
+        keys = consumed[start::2]
+    else:
+        keys = consumed[1:] if op == "ADDITEMS" else consumed
+    if any(k in _CRAFTABLE_HASH for k in keys):
+        raise UnsafeCheckpointError(
+            f"{display} uses dict keys or set items that are large integers, floats, tuples "
+            "or objects; a file can make their hashes collide and stall loading, and weights "
+            "files never need them, so it was refused."
+        )
