@@ -145,14 +145,20 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _codegen(args: argparse.Namespace) -> int:
+    from recovery_core.code_check import check_generated_code
     from recovery_core.codegen import generate_code
     from recovery_core.export import refuse_overwriting_input
     from recovery_core.inspect import inspect_checkpoint
 
     refuse_overwriting_input([args.output], args.checkpoint)
-    spec = inspect_checkpoint(args.checkpoint).spec
+    inspection = inspect_checkpoint(args.checkpoint)
+    spec = inspection.spec
     spec = spec.with_values(parse_assignments(args.set))
     source = generate_code(spec)
+    fit = check_generated_code(spec, inspection.checkpoint)
+    if not fit.ok:  # never write a file whose strict load would fail
+        print(f"error: the generated model would not load: {fit.message}", file=sys.stderr)
+        return 1
     tmp = f"{args.output}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(source)

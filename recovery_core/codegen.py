@@ -19,7 +19,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from recovery_core import names
 from recovery_core.errors import BuildError
+from recovery_core.infer import hf_conv1d
+from recovery_core.infer.conv import GROUPS, groups_name
 from recovery_core.infer.unknown import UNKNOWN_CHOICES
 from recovery_core.spec import (
     SOURCE_DEFAULT,
@@ -81,13 +84,22 @@ _LEAF_TYPES = frozenset(
         "LSTM",
         "GRU",
         "RNN",
+        "PReLU",
+        "Bilinear",
+        "InstanceNorm1d",
+        "InstanceNorm2d",
+        "InstanceNorm3d",
         *PARAMETER_FREE,
     }
 )
+# Layer types torch.nn lacks: the generated file defines each class (infer/<family>.py).
+FAMILY_CLASSES = {hf_conv1d.TYPE: hf_conv1d.CLASS_SOURCE}
+_STACKS = frozenset({"TransformerEncoder", "TransformerDecoder"})
 _CONTAINERS = frozenset({"Sequential", "ModuleList", "Module"})
 _SUPPORTED = (
     _LEAF_TYPES
     | _CONTAINERS
+    | set(FAMILY_CLASSES)
     | {
         "TransformerEncoder",
         "TransformerDecoder",
@@ -159,7 +171,7 @@ def hidden_arguments(spec: ArchSpec) -> tuple[HiddenArgument, ...]:
 
 
 def _identifier(name: str, what: str) -> str:
-    if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("__"):
+    if not names.is_identifier(name):
         raise BuildError(
             f"{what} {name!r} is not a valid Python name, so no module can carry it; "
             "rename the keys before rebuilding."
@@ -167,8 +179,14 @@ def _identifier(name: str, what: str) -> str:
     return name
 
 
+class _Code(str):
+    """Code we wrote ourselves (an expression over keyword arguments), never from a file."""
+
+
 def _literal(value: Any) -> str:
     """A Python literal for a plain value; anything else is refused."""
+    if isinstance(value, _Code):
+        return str(value)
     if isinstance(value, str) and value.isprintable() and '"' not in value and "\\" not in value:
         return f'"{value}"'  # the common case, in the quotes ruff format would choose
     if value is None or isinstance(value, bool | int | str):
@@ -200,22 +218,29 @@ def _one_line(text: str) -> str:
 
 def _argument_name(name: str) -> str:
     """A keyword-argument name for a hyperparameter name such as "net.1"."""
-    argument = re.sub(r"\W", "_", name)
-    if not argument or argument[0].isdigit():
-        argument = f"module_{argument}"
-    if keyword.iskeyword(argument):
-        argument += "_"
-    return argument
+    return names.argument_name(name)
+
+
+def _registrable(name: str, where: str) -> str:
+    """A checkpoint name for a child, parameter or buffer, as a string literal."""
+    if not names.is_registrable(name):
+        raise BuildError(
+            f"the name {name!r} at {where or '(root)'} is nn.Module's own bookkeeping "
+            "(or empty, or unprintable), so no working model can hold it; rename the keys."
+        )
+    return _literal(name)
 
 
 def _access(path: str) -> str:
     """`self.a.b[0]` for the module path "a.b.0"."""
     code = "self"
     for part in path.split("."):
-        if part.isdigit():
+        if names.is_index(part):
             code += f"[{part}]"
-        else:
-            code += "." + _identifier(part, "the module name")
+        elif names.is_plain_attribute(part) and part not in _RESERVED:
+            code += "." + part
+        else:  # `self`, `class`, `²`, `forward`: reached by name, as TorchScript allows
+            code = f"getattr({code}, {_registrable(part, path)})"
     return code
 
 
@@ -370,19 +395,73 @@ class _Renderer:
         return argument
 
     def _keywords(self, m: ModuleSpec) -> list[str]:
+        args = dict(m.args)
+        groups = groups_name(m.path)
+        if groups in m.hidden and groups in self.hidden:
+            # Free groups: the weight stores in_channels / groups, so in_channels follows it.
+            per_group = args["in_channels"] // args[GROUPS]
+            args["in_channels"] = _Code(f"{per_group} * {self._arg(groups)}")
+            args[GROUPS] = _Code(self._arg(groups))
         words = [
-            f"{_identifier(k, 'the constructor argument')}={_literal(v)}" for k, v in m.args.items()
+            f"{_identifier(k, 'the constructor argument')}={_literal(v)}" for k, v in args.items()
         ]
         renamed = _RENAMED.get(m.type, {})
         for name in m.hidden:
-            if name in self.hidden:
+            if name in self.hidden and name != groups:
                 words.append(f"{renamed.get(name, name)}={self._hidden_value(m, name)}")
+        return words
+
+    def _with_weight_norm(self, m: ModuleSpec, code: str, room: int) -> str:
+        """`weight_norm(nn.Conv1d(...), ...)` when the checkpoint stores g and v."""
+        norm = m.weight_norm
+        if norm is None:
+            return code
+        wrap = (
+            "nn.utils.parametrizations.weight_norm"
+            if norm.style == "parametrization"
+            else "nn.utils.weight_norm"
+        )
+        words = [code, f"name={_literal(norm.parameter)}", f"dim={_literal(norm.dim)}"]
+        return _call(wrap, words, room)
+
+    def _kept(self, m: ModuleSpec, owner: str, room: int = _NESTED) -> str:
+        """`kept(owner, [...])`: registers the tensors no layer type explains."""
+        self.helpers.add("kept")
+        items = []
+        for t in m.kept:
+            try:
+                dtype = names.dtype_expression(t.dtype)
+            except ValueError:
+                raise BuildError(
+                    f"{t.name} at {m.path or '(root)'} has the dtype {t.dtype!r}, which torch "
+                    "does not know; it cannot be rebuilt."
+                ) from None
+            where = f"{m.path}.{t.name}" if m.path else t.name
+            items.append(
+                f"({_literal(t.kind)}, {_registrable(t.name, where)}, "
+                f"{_literal(tuple(t.shape))}, {dtype})"
+            )
+        return _call("kept", [owner, _list(items)], room)
+
+    def _named_children(self, m: ModuleSpec) -> list[str]:
+        """`name=expr` for plain names, `**{"self": expr}` for the rest (Container's)."""
+        words = []
+        for c in m.children:
+            if names.is_plain_attribute(c.name) and c.name not in _RESERVED:
+                words.append(f"{c.name}={self.expr(c)}")
+            else:
+                self.helpers.add("register")
+                words.append(f"**{{{_registrable(c.name, c.path)}: {self.expr(c)}}}")
         return words
 
     def expr(self, m: ModuleSpec, room: int = _NESTED) -> str:
         """Python code constructing module m, on one line if it fits in `room` columns."""
-        if m.type in _LEAF_TYPES:
-            return _call(f"nn.{m.type}", self._keywords(m), room)
+        if m.type in _LEAF_TYPES or m.type in FAMILY_CLASSES:
+            callee = m.type if m.type in FAMILY_CLASSES else f"nn.{m.type}"
+            if m.type in FAMILY_CLASSES:
+                self.helpers.add(m.type)
+            code = _call(callee, self._keywords(m), room - 4 * (m.weight_norm is not None))
+            return self._with_weight_norm(m, code, room)
         if m.type == "Unknown":
             self.helpers.add("parameter_free")
             return f"parameter_free_layer({self._arg(m.hidden[0] if m.hidden else m.path)})"
@@ -407,6 +486,9 @@ class _Renderer:
         return self._container(m, room)
 
     def _stack(self, m: ModuleSpec, room: int) -> str:
+        return _call(f"nn.{m.type}", self._stack_words(m), room)
+
+    def _stack_words(self, m: ModuleSpec) -> list[str]:
         layer = self._layer_of(m)
         norm = self._child(m, "norm")
         if norm is not None:
@@ -424,22 +506,18 @@ class _Renderer:
         if m.type == "TransformerEncoder":
             # The nested-tensor fast path only matters with padding masks, which we never pass.
             words.append("enable_nested_tensor=False")
-        return _call(f"nn.{m.type}", words, room)
+        return words
 
     def _container(self, m: ModuleSpec, room: int = _NESTED) -> str:
-        if m.keys:
-            raise BuildError(
-                f"{m.path or '(root)'} holds tensors of its own ({', '.join(m.keys[:3])}), "
-                "which no recognised module explains; they cannot be rebuilt."
-            )
+        inner = room - 4 if m.kept else room
         if m.type == "Module":
             self.helpers.add("container")
-            words = [f"{self._child_name(c)}={self.expr(c)}" for c in m.children]
-            return _call("Container", words, room)
-        items = self._indexed_children(m)
-        if m.type == "Sequential":
-            return _call("nn.Sequential", items, room)
-        return _call("nn.ModuleList", [_list(items)], room)
+            code = _call("Container", self._named_children(m), inner)
+        elif m.type == "Sequential":
+            code = _call("nn.Sequential", self._indexed_children(m), inner)
+        else:
+            code = _call("nn.ModuleList", [_list(self._indexed_children(m))], inner)
+        return self._kept(m, code, room) if m.kept else code
 
     def _child_name(self, child: ModuleSpec) -> str:
         name = _identifier(child.name, "the module name")
@@ -454,7 +532,7 @@ class _Renderer:
         """Children of a Sequential/ModuleList at their indices; holes become Identity."""
         by_index: dict[int, ModuleSpec] = {}
         for child in m.children:
-            if not child.name.isdigit():
+            if not names.is_index(child.name):
                 raise BuildError(
                     f"{m.path or '(root)'} is a {m.type} but its child {child.name!r} is not "
                     "an index; it cannot be rebuilt as one."
@@ -486,8 +564,15 @@ class _Renderer:
             parts.append(_PARAMETER_FREE_HELPER)
         if "conv_padding" in self.helpers:
             parts.append(_PADDING_HELPER)
+        if self.helpers & {"container", "kept", "register"}:
+            parts.append(_REGISTER_HELPER)
         if "container" in self.helpers:
             parts.append(_CONTAINER_HELPER)
+        if "kept" in self.helpers:
+            parts.append(_KEPT_HELPER)
+        for type_name, source in FAMILY_CLASSES.items():
+            if type_name in self.helpers:
+                parts.append(source)
         if "causal" in self.helpers:
             parts.append(_CAUSAL_HELPER)
         for buffer, persistent in sorted(self.pe_buffers):
@@ -515,21 +600,34 @@ class _Renderer:
         return "\n".join(lines)
 
     def _init_body(self, root: ModuleSpec) -> tuple[list[str], str]:
+        kept = [self._kept(root, "self", _LINE - 8)] if root.kept else []
         if root.type == "Module":
-            if root.keys:
-                self._container(root)  # raises with the sentence
             lines = ["super().__init__()"]
             for child in root.children:
-                target = f"self.{self._child_name(child)} = "
-                lines.append(target + self.expr(child, _LINE - 8 - len(target)))
-            return lines, "nn.Module"
+                if names.is_plain_attribute(child.name) and child.name not in _RESERVED:
+                    target = f"self.{child.name} = "
+                    lines.append(target + self.expr(child, _LINE - 8 - len(target)))
+                else:  # `self`, `class`, `²`, `forward`: registered under the very name
+                    self.helpers.add("register")
+                    name = _registrable(child.name, child.path)
+                    lines.append(_call("register", ["self", name, self.expr(child)], _LINE - 8))
+            return lines + kept, "nn.Module"
         if root.type in ("Sequential", "ModuleList"):
             items = self._indexed_children(root)
             if root.type == "ModuleList":
                 items = [_list(items)]
-            return [_call("super().__init__", items, _LINE - 8)], f"nn.{root.type}"
-        if root.type in _LEAF_TYPES:
-            return [_call("super().__init__", self._keywords(root), _LINE - 8)], f"nn.{root.type}"
+            return [_call("super().__init__", items, _LINE - 8), *kept], f"nn.{root.type}"
+        if root.type in _STACKS:
+            init = _call("super().__init__", self._stack_words(root), _LINE - 8)
+            return [init], f"nn.{root.type}"
+        if root.type in _LEAF_TYPES or root.type in FAMILY_CLASSES:
+            base = root.type if root.type in FAMILY_CLASSES else f"nn.{root.type}"
+            if root.type in FAMILY_CLASSES:
+                self.helpers.add(root.type)
+            lines = [_call("super().__init__", self._keywords(root), _LINE - 8)]
+            if root.weight_norm is not None:  # applied to the model itself, in place
+                lines.append(self._with_weight_norm(root, "self", _LINE - 8))
+            return lines, base
         raise BuildError(
             f"the checkpoint's root is a {root.type}, which cannot be rebuilt on its own; "
             "wrap it in a container."
@@ -739,14 +837,47 @@ def padding_for(kernel_size: tuple, mode: Any) -> Any:
     return mode
 '''
 
+_REGISTER_HELPER = '''
+def register(owner: nn.Module, name: str, value: Any) -> None:
+    """Adds a child, parameter or buffer under the checkpoint's own name, even one that is
+    not a Python name (`self`, `class`, `²`) or that nn.Module also uses (`forward`), so
+    every state-dict key stays exactly as the checkpoint spells it."""
+    if isinstance(value, nn.Module):
+        table = owner._modules
+    elif isinstance(value, nn.Parameter):
+        table = owner._parameters
+    else:
+        table = owner._buffers
+    if hasattr(type(owner), name):  # a method's name: add_module and friends refuse it
+        table[name] = value
+    elif isinstance(value, nn.Module):
+        owner.add_module(name, value)
+    elif isinstance(value, nn.Parameter):
+        owner.register_parameter(name, value)
+    else:
+        owner.register_buffer(name, value)
+'''
+
 _CONTAINER_HELPER = '''
 class Container(nn.Module):
     """Holds named submodules as the original model did; it is never called itself."""
 
-    def __init__(self, **children: nn.Module) -> None:
+    def __init__(self, /, **children: nn.Module) -> None:
         super().__init__()
         for name, child in children.items():
-            self.add_module(name, child)
+            register(self, name, child)
+'''
+
+_KEPT_HELPER = '''
+def kept(owner: nn.Module, tensors: list) -> nn.Module:
+    """Registers tensors no known layer type explains under their names and shapes;
+    load_state_dict fills in their values. Integer and boolean ones are buffers."""
+    for kind, name, shape, dtype in tensors:
+        value = torch.zeros(shape, dtype=dtype)
+        if kind == "parameter":
+            value = nn.Parameter(value, requires_grad=value.is_floating_point())
+        register(owner, name, value)
+    return owner
 '''
 
 _CAUSAL_HELPER = '''

@@ -1,7 +1,8 @@
 """What a person sees first: the key/shape table and the inferred layer tree.
 
 Inspecting costs O(keys): shapes come from the checkpoint's index, roles (parameter or
-buffer) from the module type that owns each key.
+buffer) from the module type that owns each key. A key no layer type explains is kept
+as is on its module (infer/kept.py), which also says whether it is a buffer and why.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ BUFFERS_BY_TYPE: dict[str, frozenset[str] | None] = {
     "BatchNorm1d": _BATCHNORM_BUFFERS,
     "BatchNorm2d": _BATCHNORM_BUFFERS,
     "BatchNorm3d": _BATCHNORM_BUFFERS,
+    "InstanceNorm1d": _BATCHNORM_BUFFERS,
+    "InstanceNorm2d": _BATCHNORM_BUFFERS,
+    "InstanceNorm3d": _BATCHNORM_BUFFERS,
     "PositionalEncoding": None,  # None: every key of the module is a buffer
 }
-# For keys no detector explains, only the name can tell.
-_BUFFER_NAMES = _BATCHNORM_BUFFERS | {"pe"}
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,14 @@ class TensorRow:
     numel: int
     nbytes: int
     role: str  # "parameter" or "buffer"
-    module: str  # path of the module that owns it ("" when unexplained)
+    module: str  # path of the module that owns it ("" for the root)
     module_type: str
+    why: str = ""  # for a tensor kept as is: why it is a parameter or a buffer
+
+    @property
+    def kept(self) -> bool:
+        """True when no layer type explains it: it is kept as is on its module."""
+        return bool(self.why)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,6 +58,8 @@ class TensorRow:
             "role": self.role,
             "module": self.module,
             "module_type": self.module_type,
+            "kept_as_is": self.kept,
+            "why": self.why,
         }
 
 
@@ -68,7 +78,7 @@ class Inspection:
         """Parameters under each module path (its own and its descendants'), in one pass."""
         counts: dict[str, int] = {}
         for row in self.rows:
-            if row.role != "parameter" or not row.module and row.module_type == "unexplained":
+            if row.role != "parameter":
                 continue
             path = row.module
             while True:
@@ -135,9 +145,10 @@ class Inspection:
                 )
         if self.spec.wiring is not None:
             lines += ["", f"FORWARD: {self.spec.wiring.kind}: {self.spec.wiring.description}"]
-        if self.spec.unexplained_keys:
-            lines += ["", "UNEXPLAINED KEYS (no detector recognised them)"]
-            lines += [f"  {k}" for k in self.spec.unexplained_keys]
+        kept = [r for r in self.rows if r.kept]
+        if kept:
+            lines += ["", "KEPT AS IS (no layer type explains them; rebuilt under their own names)"]
+            lines += [f"  {r.name}  {r.role}: {r.why}" for r in kept]
         if self.spec.notes:
             lines += ["", "NOTES"] + [f"  {n}" for n in self.spec.notes]
         return "\n".join(lines) + "\n"
@@ -152,6 +163,11 @@ class Inspection:
         if module.alternatives:
             label += f"  (or {', '.join(module.alternatives)}: {module.note})"
         out = [label]
+        pad = "  " * (depth + 1)
+        out += [
+            f"{pad}{t.name}: kept as is, {t.kind} {humanize.shape(t.shape)} {t.dtype}"
+            for t in module.kept
+        ]
         for child in module.children:
             out += self._tree_lines(child, depth + 1)
         return out
@@ -160,8 +176,11 @@ class Inspection:
 def tensor_role(key: str, owner: ModuleSpec | None) -> str:
     """ "parameter" or "buffer", as the owning module type registers it."""
     leaf = key.rsplit(".", 1)[-1]
-    if owner is None:
-        return "buffer" if leaf in _BUFFER_NAMES else "parameter"
+    if owner is None:  # only in a hand-made spec: inference gives every key an owner
+        return "parameter"
+    kept = next((t for t in owner.kept if t.name == leaf), None)
+    if kept is not None:
+        return kept.kind
     if owner.type not in BUFFERS_BY_TYPE:
         return "parameter"
     buffers = BUFFERS_BY_TYPE[owner.type]
@@ -171,6 +190,9 @@ def tensor_role(key: str, owner: ModuleSpec | None) -> str:
 def describe(checkpoint: Checkpoint, spec: ArchSpec | None = None) -> Inspection:
     spec = spec if spec is not None else infer_spec(checkpoint)
     owners = {key: m for m in spec.modules() for key in m.keys}
+    reasons = {
+        (f"{m.path}.{t.name}" if m.path else t.name): t.why for m in spec.modules() for t in m.kept
+    }
     rows = []
     for t in checkpoint.tensors:
         owner = owners.get(t.name)
@@ -184,6 +206,7 @@ def describe(checkpoint: Checkpoint, spec: ArchSpec | None = None) -> Inspection
                 role=tensor_role(t.name, owner),
                 module=owner.path if owner else "",
                 module_type=owner.type if owner else "unexplained",
+                why=reasons.get(t.name, ""),
             )
         )
     return Inspection(checkpoint, spec, tuple(rows))

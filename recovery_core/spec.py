@@ -54,6 +54,39 @@ class Hyperparameter:
 
 
 @dataclass(frozen=True)
+class KeptTensor:
+    """A tensor no known layer explains, kept as is on its owning module (name and shape
+    exact, values from the checkpoint) so every key still loads."""
+
+    name: str  # the attribute name on its module: "class_token", "relative_position_index"
+    shape: tuple[int, ...]
+    dtype: str  # torch dtype name without "torch.": "float32", "int64", "bool"
+    kind: str  # "parameter" or "buffer"
+    why: str  # why this kind: "an integer tensor: a buffer", "a layer scale: a parameter"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "kind": self.kind,
+            "why": self.why,
+        }
+
+
+@dataclass(frozen=True)
+class WeightNorm:
+    """A weight stored as magnitude and direction (torch's weight_norm)."""
+
+    parameter: str  # the reparametrised tensor: "weight"
+    dim: int | None  # the dimension kept by the magnitude; None: one magnitude for all
+    style: str  # "parametrization" (`parametrizations.weight.original0/1`) or "hook" (`_g`/`_v`)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"parameter": self.parameter, "dim": self.dim, "style": self.style}
+
+
+@dataclass(frozen=True)
 class ModuleSpec:
     """One module of the recovered tree.
 
@@ -76,6 +109,8 @@ class ModuleSpec:
     evidence: str = ""
     alternatives: tuple[str, ...] = ()  # other types the shapes equally allow, e.g. ("RMSNorm",)
     note: str = ""  # why the type is uncertain, when alternatives is not empty
+    kept: tuple[KeptTensor, ...] = ()  # tensors of its own no layer type explains
+    weight_norm: WeightNorm | None = None  # how its weight is reparametrised, if it is
 
     @property
     def name(self) -> str:
@@ -100,6 +135,8 @@ class ModuleSpec:
             "evidence": self.evidence,
             "alternatives": list(self.alternatives),
             "note": self.note,
+            "kept": [k.to_json() for k in self.kept],
+            "weight_norm": None if self.weight_norm is None else self.weight_norm.to_json(),
         }
 
 

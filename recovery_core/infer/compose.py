@@ -5,6 +5,11 @@ parameter-less modules such as activations). Each path is offered to the detecto
 a composite that matches claims its subtree (children are explained for display only);
 a path no detector explains is a container whose children are explained in turn.
 
+Keys no detector explains are kept as is on their owning module (`infer/kept.py`): a
+parameter or buffer of that name and shape, so the rebuilt model still loads them.
+A weight-normed module is shown to the detectors as if it held its plain weight
+(`infer/weight_norm.py`).
+
 Container rule: a module whose children are all integer-named is a Sequential when
 parameter-less children sit among them (seen in `_metadata`, or as gaps in the
 numbering: 0, 3, 5 means 1, 2 and 4 hold no weights), else a ModuleList (with Sequential
@@ -15,13 +20,18 @@ their path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from recovery_core.checkpoint import Checkpoint, TensorInfo
-from recovery_core.infer.detection import Detection, Group, fmt
-from recovery_core.infer.linear import transposed_linear_note
+from recovery_core.infer.detection import Detection, Group
+from recovery_core.infer.hf_conv1d import proves_transposed
+from recovery_core.infer.kept import kept_tensor
 from recovery_core.infer.registry import DETECTORS
+from recovery_core.infer.weight_norm import unwrap_weight_norm
+from recovery_core.names import is_index
 from recovery_core.spec import ModuleSpec
+
+MAX_GAPS = 10_000  # parameter-less children inferred from holes in one numbering, at most
 
 
 def parent_of(path: str) -> str:
@@ -42,11 +52,26 @@ class KeyTree:
     listed: set[str] = field(default_factory=set)  # paths seen in `_metadata`
     _convs: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # per parent, cached
     _position: dict[str, int] = field(default_factory=dict)  # path -> index among its siblings
+    tied: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key -> keys sharing storage
+    order: dict[str, int] = field(default_factory=dict)  # key -> position in the file
+    transposed_names: frozenset[str] = frozenset()  # module names proven to store (in, out)
+    _widths: dict[str, int | None] = field(default_factory=dict)  # path -> its output width
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> KeyTree:
         tree = cls(infos={t.name: t for t in checkpoint.tensors})
         tree.listed = set(checkpoint.module_paths)
+        tree.order = {name: i for i, name in enumerate(tree.infos)}
+        for key, first in checkpoint.tied.items():
+            tree.tied[key] = (*tree.tied.get(key, ()), first)
+            tree.tied[first] = (*tree.tied.get(first, ()), key)
+        tree.transposed_names = frozenset(
+            parent_of(name).rsplit(".", 1)[-1]
+            for name, info in tree.infos.items()
+            if name.endswith("bias")
+            and (weight := tree.infos.get(name[: -len("bias")] + "weight")) is not None
+            and proves_transposed(weight.shape, info.shape)
+        )
         # `_metadata` order is definition order, parameter-less modules included.
         for path in checkpoint.module_paths:
             tree._add_path(path)
@@ -88,6 +113,35 @@ class KeyTree:
         )
         return None if nearest is None else nearest[2]
 
+    def input_width(self, path: str) -> int | None:
+        """The output width of the nearest module defined before `path` (climbing to the
+        parent's earlier siblings when it is the first child), if one shows a width."""
+        while path:
+            parent = parent_of(path)
+            siblings = self.children.get(parent, [])
+            index = self._index_among_siblings(path)
+            for earlier in reversed(siblings[:index]):
+                width = self._output_width(join(parent, earlier))
+                if width is not None:
+                    return width
+            path = parent
+        return None
+
+    def _index_among_siblings(self, path: str) -> int:
+        if path not in self._position:
+            for i, name in enumerate(self.children.get(parent_of(path), [])):
+                self._position[join(parent_of(path), name)] = i
+        return self._position.get(path, 0)
+
+    def _output_width(self, path: str) -> int | None:
+        """The length of the last 1-D tensor under `path`: its last bias, norm or scale."""
+        if path not in self._widths:
+            keys = self.under.get(path, {})
+            self._widths[path] = next(
+                (info.shape[0] for info in reversed(keys.values()) if len(info.shape) == 1), None
+            )
+        return self._widths[path]
+
     def _conv_siblings(self, parent: str) -> list[tuple[int, int]]:
         """(position, spatial dims) of the children of `parent` with a 3-5-D weight."""
         found = []
@@ -125,7 +179,24 @@ class Composer:
             keys=keys,
             children=tuple(self.tree.children.get(path, ())),
             neighbour_conv_dims=self.tree.neighbour_conv_dims(path),
+            width_of=self.tree.input_width,
+            tied=self.tree.tied,
+            order=self.tree.order,
+            transposed_names=self.tree.transposed_names,
         )
+        unwrapped = unwrap_weight_norm(group)
+        if unwrapped is not None:
+            plain, norm, why = unwrapped
+            for detector in DETECTORS:
+                detection = detector(plain)
+                if detection is not None and not detection.composite:
+                    spec = self._detected(plain, detection, inside_composite)
+                    return replace(
+                        spec,
+                        keys=tuple(join(path, k) for k in keys),
+                        weight_norm=norm,
+                        evidence=f"{why}; {spec.evidence}",
+                    )
         for detector in DETECTORS:
             detection = detector(group)
             if detection is not None:
@@ -157,36 +228,39 @@ class Composer:
         direct = group.direct
         for key in direct:
             self.unexplained.append(join(group.path, key))
+        kept = tuple(kept_tensor(name, info) for name, info in direct.items())
         names = list(group.children)
-        numbered = bool(names) and all(n.isdigit() for n in names)
+        numbered = bool(names) and all(is_index(n) for n in names)
         if numbered and not inside_composite:
             # A gap in the numbering (0, 3, 5) is a parameter-less child, even without `_metadata`.
             present = set(names)  # a set: containers can hold many thousands of children
-            gaps = [str(i) for i in range(max(map(int, names))) if str(i) not in present]
+            # A huge index ("net.99999999999") is not a list with billions of holes to fill.
+            top = min(max(map(int, names)), len(names) + MAX_GAPS)
+            gaps = [str(i) for i in range(top) if str(i) not in present]
             names = sorted(names + gaps, key=int)
         children = tuple(
             spec
             for name in names
             if (spec := self.explain(join(group.path, name), inside_composite)) is not None
         )
-        note = ""
-        if direct:
-            listed = ", ".join(f"{k} {fmt(v.shape)}" for k, v in direct.items())
-            note = (
-                transposed_linear_note(group) or f"No detector explains {listed}; left unexplained."
-            )
+        keys = tuple(join(group.path, k) for k in direct)
         if numbered:
-            return self._numbered(group, children, note, inside_composite)
+            spec = self._numbered(group, children, inside_composite)
+            return replace(spec, keys=keys, kept=kept)
+        evidence = "a container: its keys belong to its children"
+        if kept:
+            evidence = "a container holding tensors no layer type explains, kept as is"
         return ModuleSpec(
             path=group.path,
             type="Module",
+            keys=keys,
             children=children,
-            evidence="a container: its keys belong to its children",
-            note=note,
+            evidence=evidence,
+            kept=kept,
         )
 
     def _numbered(
-        self, group: Group, children: tuple[ModuleSpec, ...], note: str, inside_composite: bool
+        self, group: Group, children: tuple[ModuleSpec, ...], inside_composite: bool
     ) -> ModuleSpec:
         empty = [c.name for c in children if c.type == "Unknown"]
         names = [c.name for c in children] or list(group.children)
@@ -205,7 +279,6 @@ class Composer:
                 children=children,
                 evidence=f"children {span} are numbered and parameter-less ones "
                 f"({', '.join(empty)}) sit among them → Sequential",
-                note=note,
             )
         return ModuleSpec(
             path=group.path,
@@ -213,8 +286,7 @@ class Composer:
             children=children,
             evidence=f"children {span} are numbered and all hold weights → ModuleList",
             alternatives=("Sequential",),
-            note=note
-            or "Numbered children without parameter-less ones between them may be a ModuleList or a Sequential.",
+            note="Numbered children without parameter-less ones between them may be a ModuleList or a Sequential.",
         )
 
 

@@ -2,6 +2,12 @@
 
 Conv stores (out, in, *kernel), ConvTranspose (in, out, *kernel): the same shapes, so
 a bias whose length matches only the second dimension is the one thing that decides.
+
+Grouped and depthwise convolutions store (out, in / groups, *kernel). The input width
+comes from the layer before (the last 1-D tensor of the nearest earlier module: a bias,
+a norm, a layer scale); when it divides by the second dimension, groups is that
+quotient. When nothing comes before, groups is a free hyperparameter `<path>.groups`
+whose candidates are the divisors of out_channels.
 """
 
 from __future__ import annotations
@@ -12,6 +18,35 @@ from recovery_core.infer.detection import Detection, Group, call, fmt
 
 TRANSPOSED_NAME = re.compile(r"deconv|transpose|convt|upconv|upsample", re.IGNORECASE)
 CONV_HIDDEN = ("conv_padding", "conv_stride")
+GROUPS = "groups"
+
+
+def groups_name(path: str) -> str:
+    """The free hyperparameter holding a convolution's groups: "blocks.0.dwconv.groups"."""
+    return f"{path}.{GROUPS}" if path else GROUPS
+
+
+def _groups(group: Group, out_channels: int, per_group: int) -> tuple[int, str, bool]:
+    """(groups, evidence, determined) for a convolution storing (out, per_group, *k).
+
+    Only a depthwise layout (one input channel per group) is read from the layer before:
+    a shortcut convolution (ResNet's downsample) also follows a layer of another width,
+    so a quotient of 2 or 4 proves nothing. Wide quotients (8 and more, ResNeXt's 32) are
+    proposed as a free value."""
+    width = group.input_width
+    if per_group == 1 and out_channels > 1:
+        if width is not None and out_channels % width == 0:
+            if width == 1:
+                return 1, "", True
+            return width, f"the layer before gives {width} channels: depthwise", True
+        if group.order.get(group.full("weight")) == min(group.order.values(), default=0):
+            return 1, "the first layer of the checkpoint: one input channel", True
+        return out_channels, "nothing before shows its input width; depthwise is usual", False
+    if width is not None and width % per_group == 0:
+        quotient = width // per_group
+        if quotient >= 8 and out_channels % quotient == 0:
+            return quotient, f"the layer before gives {width} channels", False
+    return 1, "", True
 
 
 def detect_conv(group: Group) -> Detection | None:
@@ -35,30 +70,36 @@ def detect_conv(group: Group) -> Detection | None:
         transposed, decided = bool(TRANSPOSED_NAME.search(group.name)), False
 
     conv, transpose = f"Conv{dims}d", f"ConvTranspose{dims}d"
+    hidden = CONV_HIDDEN
+    groups, groups_why, groups_known = 1, "", True
     if transposed:
         type_name, other = transpose, conv
         in_channels, out_channels = first, second
     else:
         type_name, other = conv, transpose
-        in_channels, out_channels = second, first
+        out_channels = first
+        groups, groups_why, groups_known = _groups(group, first, second)
+        in_channels = second * groups
+        if not groups_known:
+            hidden = (*CONV_HIDDEN, groups_name(group.path))
     args = {
         "in_channels": in_channels,
         "out_channels": out_channels,
         "kernel_size": kernel,
         "bias": bias is not None,
     }
+    if groups != 1 or not groups_known:
+        args[GROUPS] = groups
     evidence = f"weight {fmt(weight.shape)}"
     evidence += f" and bias {fmt(bias.shape)}" if bias is not None else " without bias"
+    if groups_why and (groups != 1 or not groups_known):
+        evidence += f"; {groups_why}"
     evidence += f" → {call(type_name, args)}"
     if decided:
-        return Detection(type_name, args, evidence, hidden=CONV_HIDDEN)
+        return Detection(type_name, args, evidence, hidden=hidden)
     note = (
         f"{conv} stores (out, in, *kernel) and {transpose} (in, out, *kernel): the shapes "
         f"allow both; chose {type_name} from "
         + ("the name." if transposed else "the more common case.")
     )
-    if not transposed and second == 1 and first > 1:
-        note += f" in_channels=1 may also be a depthwise convolution (groups={first})."
-    return Detection(
-        type_name, args, evidence, hidden=CONV_HIDDEN, alternatives=(other,), note=note
-    )
+    return Detection(type_name, args, evidence, hidden=hidden, alternatives=(other,), note=note)

@@ -9,7 +9,7 @@ claim the whole subtree and check every key in it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from recovery_core.checkpoint import TensorInfo
@@ -25,6 +25,23 @@ class Group:
         str, ...
     ] = ()  # immediate child names, definition order, parameter-less ones included
     neighbour_conv_dims: int | None = None  # spatial dims (1-3) of the nearest sibling convolution
+    # path -> output width of the nearest earlier module showing one (asked lazily: it walks)
+    width_of: Callable[[str], int | None] | None = field(default=None, repr=False)
+    # Evidence from the whole checkpoint, shared by every group (never copied):
+    tied: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # key -> keys sharing storage
+    order: Mapping[str, int] = field(default_factory=dict)  # full key -> position in the file
+    transposed_names: frozenset[str] = frozenset()  # module names proven to store (in, out)
+
+    @property
+    def input_width(self) -> int | None:
+        return None if self.width_of is None else self.width_of(self.path)
+
+    def full(self, relative: str) -> str:
+        return f"{self.path}.{relative}" if self.path else relative
+
+    def partners(self, relative: str) -> tuple[str, ...]:
+        """Full keys elsewhere that share this key's storage (tied weights)."""
+        return self.tied.get(self.full(relative), ())
 
     @property
     def name(self) -> str:

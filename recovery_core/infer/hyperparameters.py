@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from recovery_core.infer.compose import join
+from recovery_core.infer.conv import GROUPS, groups_name
 from recovery_core.infer.detection import fmt
 from recovery_core.infer.unknown import UNKNOWN_CHOICES, name_hint
 from recovery_core.spec import (
@@ -217,6 +218,21 @@ def _num_groups(root: ModuleSpec) -> tuple[tuple[int, ...], int, str]:
     return candidates, default, f"num_groups must divide {' and '.join(map(str, widths))} channels"
 
 
+def _conv_groups(name: str, root: ModuleSpec) -> FreeValue | None:
+    """A convolution's groups the shapes leave open (infer/conv.py): any divisor of
+    out_channels keeps every shape, with in_channels = groups × the stored input width."""
+    owner = next((m for m in root.walk() if name in m.hidden and name == groups_name(m.path)), None)
+    if owner is None:
+        return None
+    default = owner.args[GROUPS]
+    return FreeValue(
+        _divisors(owner.args["out_channels"]),
+        default,
+        f"groups must divide out_channels={owner.args['out_channels']}; "
+        + ("depthwise is usual" if default > 1 else "an ordinary convolution is usual"),
+    )
+
+
 def _batch_first(root: ModuleSpec) -> tuple[tuple[bool, ...], bool, str]:
     for m in root.walk():
         shape = m.args.get("shape") if m.type == "PositionalEncoding" else None
@@ -322,6 +338,9 @@ def _free_value(
         return FreeValue(*_nhead(root))
     if name == "num_groups":
         return FreeValue(*_num_groups(root))
+    conv_groups = _conv_groups(name, root)
+    if conv_groups is not None:
+        return conv_groups
     if name == "batch_first":
         return FreeValue(*_batch_first(root))
     if name in guesses:

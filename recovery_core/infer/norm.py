@@ -2,8 +2,9 @@
 
 BatchNorm1d/2d/3d store the same keys; the neighbouring convolution's dimensionality
 picks one. A 1-D weight and bias is LayerNorm or GroupNorm; a weight alone is
-LayerNorm(bias=False) or RMSNorm. Names and neighbours decide, and the other type is
-always listed as an alternative.
+LayerNorm(bias=False), RMSNorm or PReLU (one slope per channel, or one for all).
+InstanceNorm with running statistics stores exactly BatchNorm's keys. Names, neighbours
+and what the keys leave out decide, and the other types are listed as alternatives.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ BATCHNORM_KEYS = frozenset({"weight", "bias", "running_mean", "running_var", "nu
 GROUPNORM_NAME = re.compile(r"(^|_)gn\d*($|_)|group", re.IGNORECASE)
 LAYERNORM_NAME = re.compile(r"(^|_)ln\d*($|_)|layer_?norm", re.IGNORECASE)
 RMSNORM_NAME = re.compile(r"rms", re.IGNORECASE)
+PRELU_NAME = re.compile(r"prelu|act|relu", re.IGNORECASE)
+INSTANCENORM_NAME = re.compile(r"instance|(^|_)in\d*($|_)|inorm", re.IGNORECASE)
 
 
 def detect_batchnorm(group: Group) -> Detection | None:
@@ -31,20 +34,31 @@ def detect_batchnorm(group: Group) -> Detection | None:
     if affine and (direct["weight"].shape != mean.shape or direct["bias"].shape != mean.shape):
         return None
     dims = group.neighbour_conv_dims or 1
-    type_name = f"BatchNorm{dims}d"
+    by_name = bool(INSTANCENORM_NAME.search(group.name))
+    # InstanceNorm tracks statistics only when asked and is rarely affine then; BatchNorm
+    # is almost always affine. So the name decides, else a missing weight and bias.
+    instance = by_name or not affine
+    kind, other = ("InstanceNorm", "BatchNorm") if instance else ("BatchNorm", "InstanceNorm")
+    type_name = f"{kind}{dims}d"
     args = {"num_features": mean.shape[0], "affine": affine, "track_running_stats": True}
     why = (
         f"the neighbouring convolution is Conv{dims}d"
         if group.neighbour_conv_dims
         else "no neighbouring convolution, so the 1-d case"
     )
+    kind_why = (
+        "of its name" if by_name else "it has no weight and bias" if instance else "it is affine"
+    )
     return Detection(
         type_name,
         args,
         f"running_mean {fmt(mean.shape)} → {call(type_name, args)}",
         hidden=("eps",),
-        alternatives=tuple(f"BatchNorm{d}d" for d in (1, 2, 3) if d != dims),
-        note=f"BatchNorm1d/2d/3d store the same keys; chose {type_name} because {why}.",
+        alternatives=(f"{other}{dims}d",) + tuple(f"{kind}{d}d" for d in (1, 2, 3) if d != dims),
+        note=(
+            f"BatchNorm and InstanceNorm with running statistics, 1d/2d/3d, store the same "
+            f"keys; chose {kind} because {kind_why}, and {dims}d because {why}."
+        ),
     )
 
 
@@ -95,8 +109,31 @@ def _weight_and_bias(group: Group, shape: tuple[int, ...]) -> Detection:
     )
 
 
+def _prelu(group: Group, shape: tuple[int, ...]) -> Detection | None:
+    """PReLU when the evidence says so: its name, a single slope, or a feature map around it."""
+    if shape == (1,):
+        why = "a single value normalises nothing, but is PReLU's one shared slope"
+    elif PRELU_NAME.search(group.name) and not RMSNORM_NAME.search(group.name):
+        why = f"its name '{group.name}'"
+    elif group.neighbour_conv_dims is not None and not LAYERNORM_NAME.search(group.name):
+        why = "it sits next to a convolution, where channels are not the last dimension"
+    else:
+        return None
+    args = {"num_parameters": shape[0]}
+    return Detection(
+        "PReLU",
+        args,
+        f"weight {fmt(shape)} without bias → {call('PReLU', args)}",
+        alternatives=("LayerNorm", "RMSNorm"),
+        note=f"PReLU, LayerNorm(bias=False) and RMSNorm store the same key; chose PReLU because {why}.",
+    )
+
+
 def _weight_only(group: Group, shape: tuple[int, ...]) -> Detection:
     evidence = f"weight {fmt(shape)} without bias"
+    prelu = _prelu(group, shape) if len(shape) == 1 else None
+    if prelu is not None:
+        return prelu
     if RMSNORM_NAME.search(group.name):
         args = {"normalized_shape": shape, "elementwise_affine": True}
         return Detection(
@@ -104,8 +141,8 @@ def _weight_only(group: Group, shape: tuple[int, ...]) -> Detection:
             args,
             f"{evidence} named '{group.name}' → {call('RMSNorm', args)}",
             hidden=("layer_norm_eps",),
-            alternatives=("LayerNorm",),
-            note="RMSNorm and LayerNorm(bias=False) store the same keys; chose RMSNorm because of its name.",
+            alternatives=("LayerNorm", "PReLU"),
+            note="RMSNorm, LayerNorm(bias=False) and PReLU store the same key; chose RMSNorm because of its name.",
         )
     args = {"normalized_shape": shape, "elementwise_affine": True, "bias": False}
     return Detection(
@@ -113,6 +150,9 @@ def _weight_only(group: Group, shape: tuple[int, ...]) -> Detection:
         args,
         f"{evidence} → {call('LayerNorm', args)}",
         hidden=("layer_norm_eps",),
-        alternatives=("RMSNorm",),
-        note="LayerNorm(bias=False) and RMSNorm store the same keys; chose LayerNorm because the name does not say rms.",
+        alternatives=("RMSNorm", "PReLU"),
+        note=(
+            "LayerNorm(bias=False), RMSNorm and PReLU store the same key; chose LayerNorm "
+            "because neither the name nor a neighbouring convolution suggests another."
+        ),
     )

@@ -157,6 +157,6 @@ def test_text_from_the_checkpoint_cannot_become_code():
 
 
 def test_a_spec_that_cannot_be_built_raises_a_build_error():
-    spec = ArchSpec(ModuleSpec("", "Module", children=(ModuleSpec("x", "Bilinear"),)), (), None)
+    spec = ArchSpec(ModuleSpec("", "Module", children=(ModuleSpec("x", "Frobnicator"),)), (), None)
     with pytest.raises(BuildError, match="cannot be rebuilt"):
         generate_code(spec)

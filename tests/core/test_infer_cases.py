@@ -84,7 +84,7 @@ def test_batchnorm_without_a_convolution_is_1d_with_the_others_as_alternatives()
     spec = infer(nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2)))
     bn = spec.module("1")
     assert bn.type == "BatchNorm1d"
-    assert set(bn.alternatives) == {"BatchNorm2d", "BatchNorm3d"}
+    assert set(bn.alternatives) == {"InstanceNorm1d", "BatchNorm2d", "BatchNorm3d"}
     assert set(bn.keys) == {
         f"1.{k}" for k in nn.BatchNorm1d(6).state_dict()
     }  # num_batches_tracked too
@@ -103,29 +103,64 @@ def test_groupnorm_by_name_and_layernorm_otherwise():
 
 def test_layernorm_without_bias_names_rmsnorm_as_the_alternative():
     spec = infer(ZOO_BY_NAME["layernorm_no_bias"].make())
-    assert spec.module("1").alternatives == ("RMSNorm",)
+    assert spec.module("1").alternatives == ("RMSNorm", "PReLU")
     assert any("RMSNorm" in note for note in spec.notes)
 
 
-def test_hugging_face_conv1d_names_are_flagged_as_possibly_transposed():
-    square = infer_shapes({"c_proj.weight": (16, 16), "c_proj.bias": (16,)})
-    c_proj = square.module("c_proj")
-    assert c_proj.type == "Linear" and c_proj.alternatives and "transposed" in c_proj.note
-
-    transposed = infer_shapes({"c_attn.weight": (16, 48), "c_attn.bias": (48,), "ln.weight": (16,)})
-    assert set(transposed.unexplained_keys) == {"c_attn.weight", "c_attn.bias"}
-    assert any("transposed" in note and "in=16, out=48" in note for note in transposed.notes)
-    assert transposed.wiring is None
+def test_a_bias_fitting_only_the_second_dimension_proves_a_transposed_conv1d():
+    transposed = infer_shapes({"qkv.weight": (16, 48), "qkv.bias": (48,), "ln.weight": (16,)})
+    qkv = transposed.module("qkv")
+    assert (qkv.type, dict(qkv.args), qkv.alternatives) == ("HFConv1D", {"nf": 48, "nx": 16}, ())
+    assert transposed.unexplained_keys == ()
 
 
-def test_keys_no_detector_explains_are_reported_not_dropped():
+def test_a_square_weight_is_conv1d_only_where_a_namesake_proves_the_layout():
+    shapes = {
+        "mlp.out.weight": (64, 16),  # bias (16,) fits only dim 1: stored (in, out)
+        "mlp.out.bias": (16,),
+        "attn.out.weight": (16, 16),
+        "attn.out.bias": (16,),
+        "other.weight": (16, 16),
+        "other.bias": (16,),
+    }
+    spec = infer_shapes(shapes)
+    assert spec.module("mlp.out").type == "HFConv1D" and spec.module("mlp.out").alternatives == ()
+    square = spec.module("attn.out")
+    assert square.type == "HFConv1D" and square.alternatives == ("Linear",) and square.note
+    assert spec.module("other").type == "Linear"
+
+
+def test_keys_no_detector_explains_are_kept_as_is_on_their_module():
     spec = infer_shapes(
         {"cls_token": (1, 1, 8), "blocks.0.weight": (8, 8), "odd.scale": (2, 3, 4, 5, 6, 7)}
     )
     assert set(spec.unexplained_keys) == {"cls_token", "odd.scale"}
-    explained = {k for m in spec.modules() for k in m.keys}
-    assert explained == {"blocks.0.weight"}
+    owned = {k for m in spec.modules() for k in m.keys}
+    assert owned == {"cls_token", "blocks.0.weight", "odd.scale"}
+    (token,) = spec.root.kept
+    assert (token.name, token.shape, token.kind) == ("cls_token", (1, 1, 8), "parameter")
+    assert "learned token" in token.why
+    assert spec.module("odd").kept[0].kind == "parameter"
     assert spec.wiring is None
+
+
+def test_integer_tensors_and_buffer_names_are_kept_as_buffers():
+    state = {
+        "table": torch.zeros(9, 2),
+        "index": torch.zeros(4, 4, dtype=torch.int64),
+        "flags": torch.zeros(3, dtype=torch.bool),
+        "stats.running_mean": torch.zeros(5),
+        "stats.extra": torch.zeros(5),
+    }
+    spec = infer_spec(Checkpoint.from_state_dict(state))
+    kinds = {t.name: t.kind for m in spec.modules() for t in m.kept}
+    assert kinds == {
+        "table": "parameter",
+        "index": "buffer",
+        "flags": "buffer",
+        "running_mean": "buffer",
+        "extra": "parameter",
+    }
 
 
 @pytest.mark.filterwarnings("ignore:enable_nested_tensor")

@@ -31,10 +31,19 @@ def test_each_module_counts_the_parameters_beneath_it(case):
             assert inspection.module_parameter_count(module) == expected, module.path
 
 
-def test_unexplained_keys_are_rows_too():
-    state = {"0.weight": torch.zeros(3, 4), "mystery": torch.zeros(2, 2, 2, 2, 2, 2)}
+def test_keys_no_layer_explains_are_rows_kept_as_is_with_their_role_and_why():
+    state = {
+        "0.weight": torch.zeros(3, 4),
+        "mystery": torch.zeros(2, 2, 2, 2, 2, 2),
+        "position_index": torch.zeros(4, 4, dtype=torch.int64),
+    }
     inspection = describe(Checkpoint.from_state_dict(state))
-    mystery = next(r for r in inspection.rows if r.name == "mystery")
-    assert mystery.module_type == "unexplained"
-    assert "mystery" in inspection.spec.unexplained_keys
-    assert "UNEXPLAINED KEYS" in inspection.to_text()
+    rows = {r.name: r for r in inspection.rows}
+    assert rows["mystery"].kept and rows["mystery"].role == "parameter"
+    assert rows["position_index"].kept and rows["position_index"].role == "buffer"
+    assert "int64" in rows["position_index"].why
+    assert not rows["0.weight"].kept
+    # buffers kept as is are not parameters
+    assert inspection.parameter_count == 3 * 4 + 2**6
+    text = inspection.to_text()
+    assert "KEPT AS IS" in text and "mystery: kept as is, parameter" in text
