@@ -6,8 +6,8 @@ a bias whose length matches only the second dimension is the one thing that deci
 Grouped and depthwise convolutions store (out, in / groups, *kernel). The input width
 comes from the layer before (the last 1-D tensor of the nearest earlier module: a bias,
 a norm, a layer scale); when it divides by the second dimension, groups is that
-quotient. When nothing comes before, groups is a free hyperparameter `<path>.groups`
-whose candidates are the divisors of out_channels.
+quotient. When the width before does not settle it, groups is a free hyperparameter
+`<path>.groups` whose candidates are the divisors of out_channels.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ def _groups(group: Group, out_channels: int, per_group: int) -> tuple[int, str, 
             if width == 1:
                 return 1, "", True
             return width, f"the layer before gives {width} channels: depthwise", True
-        if group.order.get(group.full("weight")) == min(group.order.values(), default=0):
-            return 1, "the first layer of the checkpoint: one input channel", True
-        return out_channels, "nothing before shows its input width; depthwise is usual", False
+        if width is None:  # nothing with weights comes before: it reads the model's input
+            return 1, "", True  # a one-channel input (audio, grayscale), not a depthwise layer
+        return out_channels, "the layer before shows no fitting width; depthwise is usual", False
     if width is not None and width % per_group == 0:
         quotient = width // per_group
         if quotient >= 8 and out_channels % quotient == 0:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from recovery_core.build import build_model
 from recovery_core.checkpoint import Checkpoint, TensorInfo
 from recovery_core.errors import InferenceError, RecoveryError
 from recovery_core.infer import infer_spec
@@ -270,3 +271,134 @@ def test_a_feature_map_meets_a_linear_only_through_a_possible_flatten():
     assert flattened.wiring.kind == "sequential"
     assert flattened.wiring.inputs[0].shape == (2, 3, 8, 8)  # the side comes from fc's 256 inputs
     assert flattened.value("between") == "Flatten"
+
+
+# ---------------------------------------------------------------- ranked leaf types (issue 10)
+
+
+def test_an_embedding_tied_to_a_decoder_with_bias_is_the_embedding_whatever_its_name():
+    class LanguageModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Embedding(30, 12)
+            self.decoder = nn.Linear(12, 30)
+            self.decoder.weight = self.encoder.weight
+
+    spec = infer(LanguageModel())
+    encoder, decoder = spec.module("encoder"), spec.module("decoder")
+    assert (encoder.type, encoder.alternatives) == ("Embedding", ())
+    assert "tied to decoder.weight" in encoder.evidence
+    assert decoder.type == "Linear"
+
+
+def test_two_bias_free_tied_weights_rank_the_first_as_embedding_and_say_so():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Embedding(30, 12)
+            self.out = nn.Linear(12, 30, bias=False)
+            self.out.weight = self.table.weight
+
+    spec = infer(Tied())
+    table, out = spec.module("table"), spec.module("out")
+    assert (table.type, table.alternatives) == ("Embedding", ("Linear",)) and table.note
+    assert (out.type, out.alternatives) == ("Linear", ("Embedding",)) and "tied" in out.note
+
+
+def test_a_module_named_like_a_bias_holding_a_table_is_an_embedding():
+    spec = infer_shapes({"attn.q.weight": (8, 8), "attn.relative_attention_bias.weight": (32, 2)})
+    assert spec.module("attn.relative_attention_bias").type == "Embedding"
+
+
+def test_a_3d_weight_away_from_convolutions_is_bilinear_with_conv1d_as_runner_up():
+    spec = infer(Named(text=nn.Linear(6, 5), fuse=nn.Bilinear(5, 4, 3)))
+    fuse = spec.module("fuse")
+    assert fuse.type == "Bilinear" and fuse.alternatives == ("Conv1d",)
+    assert dict(fuse.args) == {
+        "in1_features": 5,
+        "in2_features": 4,
+        "out_features": 3,
+        "bias": True,
+    }
+    # in a sequence (Bilinear takes two inputs) or beside convolutions it stays a Conv1d
+    stacked = infer(nn.Sequential(nn.Conv1d(3, 4, 3), nn.ReLU(), nn.Conv1d(4, 4, 3)))
+    assert stacked.module("0").type == "Conv1d"
+
+
+def test_prelu_is_chosen_on_evidence_and_layernorm_keeps_it_as_an_alternative():
+    spec = infer(nn.Sequential(nn.Conv2d(3, 8, 3), nn.PReLU(8), nn.Linear(8, 8), nn.PReLU()))
+    assert spec.module("1").type == "PReLU" and "convolution" in spec.module("1").note
+    assert spec.module("3").type == "PReLU" and dict(spec.module("3").args) == {"num_parameters": 1}
+    norm = infer(Named(fc=nn.Linear(4, 8), norm=nn.LayerNorm(8, bias=False))).module("norm")
+    assert norm.type == "LayerNorm" and "PReLU" in norm.alternatives
+
+
+def test_running_statistics_without_affine_read_as_instance_norm():
+    spec = infer(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3),
+            nn.InstanceNorm2d(8, track_running_stats=True),
+            nn.Conv2d(8, 8, 3),
+            nn.BatchNorm2d(8),
+        )
+    )
+    assert (
+        spec.module("1").type == "InstanceNorm2d" and "BatchNorm2d" in spec.module("1").alternatives
+    )
+    assert (
+        spec.module("3").type == "BatchNorm2d" and "InstanceNorm2d" in spec.module("3").alternatives
+    )
+
+
+# ---------------------------------------------------------------- new families (issue 10)
+
+
+@pytest.mark.parametrize(
+    ("wrap", "dim", "style"),
+    [
+        (lambda m: nn.utils.parametrizations.weight_norm(m, dim=2), 2, "parametrization"),
+        (lambda m: nn.utils.parametrizations.weight_norm(m, dim=None), None, "parametrization"),
+        (lambda m: nn.utils.weight_norm(m), 0, "hook"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:torch.nn.utils.weight_norm is deprecated")
+def test_weight_norm_in_both_forms_is_the_layer_it_wraps(wrap, dim, style):
+    spec = infer(Named(conv=wrap(nn.Conv1d(4, 6, 5))))
+    conv = spec.module("conv")
+    assert conv.type == "Conv1d" and conv.args["out_channels"] == 6
+    assert (conv.weight_norm.dim, conv.weight_norm.style) == (dim, style)
+    assert spec.unexplained_keys == ()
+
+
+def test_depthwise_groups_come_from_the_layer_before():
+    spec = infer(
+        nn.Sequential(nn.Conv2d(3, 16, 1), nn.BatchNorm2d(16), nn.Conv2d(16, 16, 3, groups=16))
+    )
+    dw = spec.module("2")
+    assert (dw.args["in_channels"], dw.args["groups"]) == (16, 16)
+    assert all(not hp.name.endswith("groups") for hp in spec.free)
+
+
+def test_groups_the_shapes_leave_open_are_a_free_value_with_candidates():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.squeeze = nn.Conv2d(8, 64, 1)
+            self.grouped = nn.Conv2d(64, 64, 3, groups=32)  # stores (64, 2, 3, 3)
+
+    spec = infer(Block())
+    groups = spec.hyperparameter("grouped.groups")
+    assert not groups.determined and groups.value == 32 and 1 in groups.candidates
+    model = build_model(spec.with_values({"grouped.groups": 1}))  # every candidate loads
+    model.load_state_dict(Block().state_dict())
+    assert model.grouped.in_channels == 2 and model.grouped.groups == 1
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
+def test_a_bare_transformer_decoder_is_the_root_and_rebuilds():
+    decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(16, 2, 32), 2, norm=nn.LayerNorm(16))
+    spec = infer(decoder)
+    assert spec.root.type == "TransformerDecoder"
+    model = build_model(spec)
+    assert isinstance(model, nn.TransformerDecoder)
+    model.load_state_dict(decoder.state_dict(), strict=True)
