@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 
 from recovery_core.checkpoint import TensorInfo
-from recovery_core.infer.detection import fmt
 from recovery_core.spec import KeptTensor
 
 _FLOATING = frozenset({"float16", "bfloat16", "float32", "float64"}) | {
@@ -53,18 +52,11 @@ def meaning(name: str) -> str:
 
 def kept_tensor(name: str, info: TensorInfo) -> KeptTensor:
     """How a tensor no layer explains is registered, with the reason."""
-    what = meaning(name)
-    prefix = f"{what} " if what else ""
+    what = meaning(name) or "a tensor"
     if info.dtype not in _FLOATING and info.dtype not in _COMPLEX:
-        kind, why = "buffer", f"{prefix}of {info.dtype}: not trainable, so a buffer"
+        kind, why = "buffer", f"{what}; {info.dtype} cannot take gradients, so a buffer"
     elif BUFFER_NAME.search(name):
-        kind, why = "buffer", f"{prefix}named like a buffer ('{name}')"
+        kind, why = "buffer", f"{what}; '{name}' is a buffer's name by convention"
     else:
-        kind, why = "parameter", f"{prefix}of {info.dtype}: a learned tensor, so a parameter"
-    return KeptTensor(
-        name=name,
-        shape=info.shape,
-        dtype=info.dtype,
-        kind=kind,
-        why=f"{fmt(info.shape)} {why.strip()}",
-    )
+        kind, why = "parameter", f"{what}; {info.dtype}, so a trainable parameter"
+    return KeptTensor(name=name, shape=info.shape, dtype=info.dtype, kind=kind, why=why)
