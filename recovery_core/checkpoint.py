@@ -139,6 +139,9 @@ class Checkpoint:
     warnings: tuple[str, ...] = ()
     # Tied weights: key -> the first key (in file order) sharing its storage.
     tied: Mapping[str, str] = field(default_factory=dict)
+    # Every file read (real paths: the file, or the index and each shard); empty for
+    # uploads. Outputs are compared with all of them, never only with the path given.
+    source_files: tuple[str, ...] = ()
     # Bounds statistics and histograms too (their time, over the real bytes).
     limits: LoadLimits = field(default=DEFAULT_LIMITS, repr=False, compare=False)
 
@@ -241,7 +244,7 @@ def load_checkpoint(
                     f"{display} could not be stored for reading (is the server's disk full?)."
                 ) from None
             # Memory maps keep the data alive after the folder is removed.
-            return _load_isolated(path, display, limits)
+            return replace(_load_isolated(path, display, limits), source_files=())
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     try:
@@ -292,7 +295,10 @@ def plan_checkpoint(path_text: str, display: str, limits: LoadLimits) -> tuple[d
             limit="max_text_chars",
         )
     part["tied"] = _tied(part["tensors"])
-    return {"format": fmt, "files": files, **part}, blobs
+    read = [os.path.realpath(f["path"]) for f in files]
+    if fmt == "sharded":
+        read.append(os.path.realpath(find_shard_index(path, display) if path.is_dir() else path))
+    return {"format": fmt, "files": files, "read": read, **part}, blobs
 
 
 def _plan_file(
@@ -460,7 +466,7 @@ def _from_plan(plan: dict, blobs: list[bytes], display: str, limits: LoadLimits)
         module_paths=tuple(plan["module_paths"]),
         warnings=tuple(plan["warnings"]),
     )
-    return _finish(part, plan["format"], display, limits)
+    return replace(_finish(part, plan["format"], display, limits), source_files=tuple(plan["read"]))
 
 
 def _dtype(name: str, display: str) -> torch.dtype:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 
 from recovery_core import humanize
-from recovery_core.errors import RecoveryError
+from recovery_core.errors import RecoveryError, printable
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -140,14 +139,14 @@ def _inspect(args: argparse.Namespace) -> int:
         json.dump(report.to_json(), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(report.to_text())
+        sys.stdout.write(printable(report.to_text(), keep_newlines=True))
     return 0
 
 
 def _codegen(args: argparse.Namespace) -> int:
     from recovery_core.code_check import check_generated_code
     from recovery_core.codegen import generate_code
-    from recovery_core.export import refuse_overwriting_input
+    from recovery_core.export import refuse_overwriting_input, write_atomic
     from recovery_core.inspect import inspect_checkpoint
 
     refuse_overwriting_input([args.output], args.checkpoint)
@@ -159,10 +158,9 @@ def _codegen(args: argparse.Namespace) -> int:
     if not fit.ok:  # never write a file whose strict load would fail
         print(f"error: the generated model would not load: {fit.message}", file=sys.stderr)
         return 1
-    tmp = f"{args.output}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(source)
-    os.replace(tmp, args.output)
+    # Every file read (shards, index), not just the path given; written atomically.
+    refuse_overwriting_input([args.output], [args.checkpoint, *inspection.checkpoint.source_files])
+    write_atomic(args.output, source.encode())
     print(
         f"wrote {args.output} ({len(source.splitlines())} lines): class RecoveredModel",
         file=sys.stderr,
@@ -206,14 +204,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except RecoveryError as error:
-        print(f"error: {humanize.one_line(str(error))}", file=sys.stderr)
+        _error_line(str(error))
         return 2
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
-        print(f"error: {error.strerror}: {error.filename}", file=sys.stderr)
+    except OSError as error:
+        _error_line(f"{error.strerror or type(error).__name__}: {error.filename or ''}")
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - one line, never a traceback, for any input
+        _error_line(f"could not process the input ({type(error).__name__}: {error})")
+        return 2
+
+
+def _error_line(message: str) -> None:
+    """One line on stderr; text from a file cannot drive the terminal."""
+    print(f"error: {printable(humanize.one_line(message))[:2000]}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,22 @@ class LimitExceededError(UnsafeCheckpointError):
 
 class ReaderCrashedError(CheckpointFormatError):
     """The isolated reader process died on the file (a signal); the app itself is unaffected."""
+
+
+def printable(text: str, *, keep_newlines: bool = False) -> str:
+    """Text from a file made safe for a terminal: control characters (ESC, NUL, BEL, ...)
+    and lone surrogates become visible escapes such as \\x1b, so a key name cannot
+    move the cursor, retitle the window or fail the encoder."""
+    kept = "\n\t" if keep_newlines else ""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in kept:
+            out.append(ch)
+        elif code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif 0xD800 <= code < 0xE000 or code in (0x2028, 0x2029):
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)

@@ -157,33 +157,62 @@ def frozen_unchanged(changes: Sequence[TensorChange]) -> Check:
 # ---------------------------------------------------------------- atomic writes
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`."""
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename it over `path`.
+
+    The temporary name is random and created with O_EXCL (mkstemp) in the target's own
+    folder, so a planted file or symlink is never written through; a `path` that is a
+    symlink is refused rather than replaced or followed. Disk errors become ExportError.
+    """
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    if os.path.islink(path):
+        raise ExportError(
+            f"Refusing to write {name}: it is a symbolic link; choose a plain file name."
+        )
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except OSError as e:
+        raise ExportError(
+            f"Could not write {name}: {e.strerror or type(e).__name__}; choose another folder."
+        ) from None
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
             os.unlink(tmp)
-        raise
+
+
+_atomic_write = write_atomic
+
+
 
 
 def _refuse_input(path: str, input_path: str | os.PathLike[str] | None) -> None:
-    if input_path is None:
-        return
-    same = os.path.realpath(path) == os.path.realpath(input_path)
-    if not same and os.path.exists(path) and os.path.exists(input_path):
-        same = os.path.samefile(path, input_path)
-    if same:
-        raise ExportError(
-            f"Refusing to write {os.path.basename(path)}: it is the checkpoint you loaded; choose another output name."
-        )
+    for each in _input_list(input_path):
+        same = os.path.realpath(path) == os.path.realpath(each)
+        if not same and os.path.exists(path) and os.path.exists(each):
+            same = os.path.samefile(path, each)
+        if same:
+            raise ExportError(
+                f"Refusing to write {os.path.basename(path)}: it is the checkpoint you loaded, "
+                "or a file read with it (a shard, its index or the dataset); choose another "
+                "output name."
+            )
+
+
+def _input_list(inputs: Any) -> list[str]:
+    if inputs is None:
+        return []
+    if isinstance(inputs, (str, os.PathLike)):
+        return [os.fspath(inputs)]
+    return [os.fspath(i) for i in inputs if i is not None]
 
 
 def _to_bytes(save: Callable[[io.BytesIO], None]) -> bytes:
@@ -506,9 +535,12 @@ def export_paths(out_dir: str | os.PathLike[str], stem: str, *, with_code: bool)
 
 
 def refuse_overwriting_input(
-    paths: Iterable[str], input_path: str | os.PathLike[str] | None
+    paths: Iterable[str],
+    input_path: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None,
 ) -> None:
-    """ExportError when any of `paths` is the checkpoint the person loaded."""
+    """ExportError when any of `paths` is a file that was read: `input_path` is one path
+    or all of them (checkpoint, shards, index, dataset). Compared by real path and by
+    samefile, so links and other spellings of the same file are caught."""
     for path in paths:
         _refuse_input(path, input_path)
 

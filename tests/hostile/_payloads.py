@@ -164,3 +164,71 @@ def nested(depth: int, leaf: object) -> object:
     for _ in range(depth):
         obj = {"inner": obj}
     return obj
+
+
+# --- round two: archive records, uninitialised storage, budgets ------------------------
+
+
+def with_record(path: Path, record: str, value: bytes, obj: object | None = None) -> Path:
+    """A torch zip (two storages) whose `<root>/<record>` holds `value`."""
+    src = torch_zip(path.with_suffix(".src"), obj or {"w": torch.ones(3), "b": torch.ones(2)})
+
+    def edit(name: str, data: bytes):
+        return keep(name, value if name.split("/", 1)[-1] == record else data)
+
+    return rewrite_zip(src, path, edit)
+
+
+class Calls:
+    """Pickles as `func(*args)` (GLOBAL + REDUCE)."""
+
+    def __init__(self, func: object, *args: object) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return (self.func, self.args)
+
+
+def uninitialised_tensors(numel: int = 1 << 16) -> dict[str, object]:
+    """Values that ask the weights-only unpickler for memory no record holds."""
+    return {
+        "FloatTensor(N)": Calls(torch.FloatTensor, numel),
+        "DoubleTensor(N)": Calls(torch.DoubleTensor, numel),
+        "Tensor(N)": Calls(torch.Tensor, numel),
+        "UntypedStorage(N)": Calls(torch.UntypedStorage, numel),
+        "bytearray(N)": Calls(bytearray, numel),
+        "rebuild_from_type": Calls(
+            torch._tensor._rebuild_from_type_v2, torch.FloatTensor, torch.Tensor, (numel,), {}
+        ),
+    }
+
+
+def uninitialised_pickles(numel: int = 1 << 16) -> dict[str, bytes]:
+    """data.pkl bodies `{"w": <uninitialised tensor>}`, including forms pickle never writes
+    for these classes: NEWOBJ, and a class memoized once and fetched again to be called."""
+    made = {k: pickle.dumps({"w": v}, protocol=2) for k, v in uninitialised_tensors(numel).items()}
+    n = b"J" + struct.pack("<i", numel)
+    made["NEWOBJ Tensor"] = b"\x80\x02}X\x01\x00\x00\x00wctorch\nTensor\n" + n + b"\x85\x81s."
+    made["memoized FloatTensor"] = (
+        b"\x80\x02}X\x01\x00\x00\x00wctorch\nFloatTensor\nq\x050h\x05" + n + b"\x85Rs."
+    )
+    return made
+
+
+def raw_data_pkl(path: Path, pickle_bytes: bytes) -> Path:
+    """A torch zip whose data.pkl is exactly `pickle_bytes` (no storages)."""
+    src = torch_zip(path.with_suffix(".src"), {"w": torch.ones(1)})
+
+    def edit(name: str, data: bytes):
+        if name.endswith("/data.pkl"):
+            return keep(name, pickle_bytes)
+        return [] if "/data/" in name else keep(name, data)
+
+    return rewrite_zip(src, path, edit)
+
+
+def crash_with_sigfpe(*_: object) -> None:
+    """A parse target that dies as the alignment bug made torch die."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGFPE)
