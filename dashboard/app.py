@@ -28,6 +28,13 @@ torch.set_num_threads(int(os.environ.get("RECOVERY_TORCH_THREADS", "1")))
 
 st.set_page_config(page_title="Model Recovery Studio", page_icon="🛠️", layout="wide")
 
+# Hardening that holds wherever the server starts (config.toml is read only from the
+# working directory): visitors never see tracebacks, and an exposed server does not serve.
+st.set_option("client.showErrorDetails", "none")
+if (_exposed := sources.exposure_problem()) is not None:
+    st.error(_exposed)
+    st.stop()
+
 studio = state.studio()
 sources.ensure_loaded(studio)
 

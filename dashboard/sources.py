@@ -8,6 +8,8 @@ checkpoint in place and says why in one sentence.
 
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 from dashboard import datasets, state, ui
@@ -15,6 +17,32 @@ from dashboard import format as fmt
 
 UPLOAD_KEY = "source_upload"
 PATH_KEY = "source_path"
+
+
+# Addresses reachable only from this machine.
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_problem() -> str | None:
+    """Why this server must not serve as it was started, or None.
+
+    `.streamlit/config.toml` applies only when the server starts in the repository root;
+    started elsewhere, Streamlit listens on every interface. The app reads untrusted
+    files, so it checks the settings itself: loopback only (unless RECOVERY_ALLOW_REMOTE=1,
+    for a deployment behind a proxy you trust) and XSRF protection on.
+    """
+    remote_ok = os.environ.get("RECOVERY_ALLOW_REMOTE", "").lower() in ("1", "on", "true", "yes")
+    address = st.get_option("server.address") or ""
+    if not remote_ok and address not in LOOPBACK:
+        shown = address or "every network interface"
+        return (
+            f"This server listens on {shown}, so other machines could reach it. Start it with "
+            "--server.address 127.0.0.1, or set RECOVERY_ALLOW_REMOTE=1 if a proxy you trust "
+            "sits in front of it."
+        )
+    if not st.get_option("server.enableXsrfProtection"):
+        return "XSRF protection is off; start the server with --server.enableXsrfProtection true."
+    return None
 
 
 def open_source(studio: state.Studio, source: state.Source) -> bool:

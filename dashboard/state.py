@@ -74,10 +74,9 @@ def upload_source(name: str, data: bytes) -> Source:
 
 
 def server_paths_allowed() -> bool:
-    """Opening files by their path on the server suits a personal, local server (the
-    default). On a shared server set RECOVERY_SERVER_PATHS=off: visitors then cannot
-    read the server's files by name."""
-    return os.environ.get("RECOVERY_SERVER_PATHS", "on").lower() not in ("off", "0", "false")
+    """Opening files by their path on the server suits a personal, local server only: any
+    visitor could probe which paths exist. Off unless RECOVERY_SERVER_PATHS=on."""
+    return os.environ.get("RECOVERY_SERVER_PATHS", "off").lower() in ("on", "1", "true", "yes")
 
 
 def path_source(path: str) -> Source:

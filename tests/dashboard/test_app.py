@@ -369,6 +369,7 @@ def test_choosing_the_target_updates_the_mapping_or_explains_why_not():
 
 
 def test_a_path_on_the_server_opens_lazily_and_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("RECOVERY_SERVER_PATHS", "on")  # off by default
     at = open_app()
     at.sidebar.text_input(key="source_path").set_value(str(DEMO)).run()
     at.sidebar.button(key="source_open_path").click().run()
