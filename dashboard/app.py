@@ -17,7 +17,7 @@ if _REPO not in sys.path:
 import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
-from dashboard import sources, state, ui  # noqa: E402
+from dashboard import datasets, layout, plans, scoring, sources, state, status, ui  # noqa: E402
 
 # One server trains for several sessions at once, each in its own thread; letting every
 # tensor operation fan out over all cores as well oversubscribes the CPU (on a busy 2-core
@@ -35,8 +35,11 @@ if (_exposed := sources.exposure_problem()) is not None:
     st.error(_exposed)
     st.stop()
 
+layout.narrow_window_rules()
 studio = state.studio()
 sources.ensure_loaded(studio)
+datasets.ensure_demo_data(studio)
+scoring.maybe_start(studio)  # unverified settings and mapped data: score them meanwhile
 
 _ICONS = (
     ":material/search:",
@@ -55,9 +58,11 @@ page = st.navigation(pages)
 
 with st.sidebar:
     sources.sidebar(studio)
+    plans.sidebar(studio)
 
 if studio.opened is None:
     st.title("Model Recovery Studio")
     st.info("Open a checkpoint in the sidebar to begin.")
 else:
+    status.banner(studio)
     page.run()

@@ -150,12 +150,66 @@ def candidate_ranking(
 
 
 def loss_curves(
-    series: Sequence[LossSeries], baseline: float | None = None, *, title: str = "Training loss"
+    series: Sequence[LossSeries],
+    baseline: float | None = None,
+    *,
+    title: str = "Training loss",
+    baselines: Sequence[tuple[str, float]] = (),
 ) -> go.Figure:
-    """One line per run; the baseline (the original weights' loss) as a dashed line."""
+    """One line per run; the baseline (the original weights' loss) as a dashed line. Runs
+    measured on different data each have their own: `baselines` as (label, value) pairs."""
     fig = go.Figure()
     for s in series:
         fig.add_trace(go.Scatter(x=list(s.steps), y=list(s.losses), mode="lines", name=s.name))
+    lines = list(baselines) or ([("baseline", baseline)] if baseline is not None else [])
+    for i, (label, value) in enumerate(lines):
+        fig.add_hline(
+            y=value,
+            line_dash="dash" if i == 0 else "dot",
+            line_color="#d62728",
+            annotation_text=f"{label} {fmt.loss(value)}",
+            annotation_position="top right" if i % 2 == 0 else "bottom right",
+        )
+    fig.update_layout(
+        title=title,
+        xaxis_title="training step",
+        yaxis_title="loss",
+        legend={"orientation": "h", "y": -0.25},
+        **_LAYOUT,
+    )
+    return fig
+
+
+def training_chart(
+    evaluation: LossSeries,
+    training: LossSeries,
+    baseline: float | None = None,
+    *,
+    title: str = "Loss while training",
+) -> go.Figure:
+    """A run as it trains: the evaluation loss (the measure of the baseline and the verdict)
+    as the main line, each batch's training loss faint behind it."""
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=list(training.steps),
+            y=list(training.losses),
+            mode="lines",
+            name=training.name,
+            line={"color": "#9db4c0", "width": 1},
+            opacity=0.45,
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=list(evaluation.steps),
+            y=list(evaluation.losses),
+            mode="lines+markers",
+            name=evaluation.name,
+            line={"color": "#1f77b4", "width": 3},
+            marker={"size": 5},
+        )
+    )
     if baseline is not None:
         fig.add_hline(
             y=baseline,
@@ -168,7 +222,8 @@ def loss_curves(
         title=title,
         xaxis_title="training step",
         yaxis_title="loss",
-        legend={"orientation": "h", "y": -0.25},
+        height=360,
+        legend={"orientation": "h", "y": -0.3},
         **_LAYOUT,
     )
     return fig

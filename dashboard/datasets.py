@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import streamlit as st
+
 import recovery_core as rc
 from dashboard import state, ui
+
+MAPPING_WIDGETS = ("data_input_", "data_target", "data_loss")
 
 
 def open_data(studio: state.Studio, source: state.Source) -> bool:
@@ -14,12 +18,28 @@ def open_data(studio: state.Studio, source: state.Source) -> bool:
     try:
         dataset = state.open_dataset(source)
     except Exception as exc:  # noqa: BLE001 - shown as a sentence, the app goes on
-        studio.data_error = f"Could not use {source.label}: {ui.sentence(exc, 'reading the data')}"
+        studio.data_error = ui.problem(
+            exc,
+            "reading the data",
+            prefix=f"Could not use {source.label}: ",
+            hint="Use a dict of tensors (.pt), a .safetensors or a .npz file.",
+        )
         return False
     studio.dataset_source = replace(source, payload=None)  # the bytes are not needed any more
     studio.dataset = dataset
+    forget_mapping_widgets()
     remap(studio)
     return True
+
+
+def forget_mapping_widgets() -> None:
+    """Another dataset: the entry and loss boxes start from its own guess, not the last one's."""
+    try:
+        keys = [k for k in st.session_state if str(k).startswith(MAPPING_WIDGETS)]
+    except Exception:  # noqa: BLE001 - outside a script run there are no widgets to forget
+        return
+    for key in keys:
+        del st.session_state[key]
 
 
 def guess(studio: state.Studio, dataset: rc.Dataset) -> rc.DataMapping:
@@ -36,9 +56,11 @@ def remap(studio: state.Studio) -> None:
         studio.mapping = guess(studio, studio.dataset)
     except Exception as exc:  # noqa: BLE001 - shown as a sentence, the app goes on
         studio.mapping = None
-        studio.data_error = (
-            f"The inputs and target of {studio.dataset.source_name} could not be guessed: "
-            f"{ui.sentence(exc, 'matching the data to the model')} Choose them below."
+        studio.data_error = ui.problem(
+            exc,
+            "matching the data to the model",
+            prefix=f"The inputs and target of {studio.dataset.source_name} could not be guessed: ",
+            hint="Choose them below.",
         )
         return
     studio.data_error = None

@@ -50,7 +50,12 @@ def open_source(studio: state.Studio, source: state.Source) -> bool:
     try:
         opened = state.open_checkpoint(source)
     except Exception as exc:  # noqa: BLE001 - shown as a sentence, the app goes on
-        studio.load_error = f"Could not open {source.label}: {ui.sentence(exc, 'reading the file')}"
+        studio.load_error = ui.problem(
+            exc,
+            "reading the file",
+            prefix=f"Could not open {source.label}: ",
+            hint="Check that it is a PyTorch or safetensors weights file, or open another one.",
+        )
         return False
     studio.use(opened)
     datasets.remap(studio)  # the data this session kept, matched to the new model's inputs
@@ -94,7 +99,7 @@ def sidebar(studio: state.Studio) -> None:
     else:
         st.markdown("**No checkpoint open.**")
     if studio.load_error:
-        st.error(studio.load_error, icon=ui.ERROR_ICON)
+        ui.show(studio.load_error)
 
     with st.expander("Open another checkpoint", expanded=opened is None or bool(studio.load_error)):
         names = ["Upload", "Server path", "Demo"]

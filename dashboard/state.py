@@ -5,17 +5,22 @@ Two kinds of memory, kept apart on purpose:
   the loaded `Checkpoint` with its inferred `ArchSpec` (frozen dataclasses), keyed by
   a digest of the file, and rebuild checks keyed by digest + hyperparameter values
   (their tensors are read from the file on demand, never handed out for changing);
-- per session (`st.session_state[STUDIO]`): one `Studio` object holding the choices,
-  the dataset, the models that train and the run history. Nothing in it is shared.
+- per session: one `Studio` object holding the choices, the dataset, the models that
+  train and the run history. Nothing in it is shared between people. It is kept on the
+  server under a random token that the page's URL carries (`?session=…`), so a reload
+  finds it again; a session not seen for `SESSION_TTL_SECONDS` is let go.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
+import secrets
 import shutil
 import tempfile
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field, replace
@@ -33,6 +38,14 @@ DEMO_DATA = REPO / "assets" / "demo_data.pt"
 
 # Session-state keys (widget keys live next to their widgets, prefixed by step).
 STUDIO = "studio"
+SESSION_PARAM = "session"  # the URL's query parameter holding this session's token
+# How long the server keeps a session nobody has looked at (a reload within it restores it).
+SESSION_TTL_SECONDS = float(os.environ.get("RECOVERY_SESSION_TTL", 4 * 3600))
+MAX_KEPT_SESSIONS = 64  # beyond this, the longest-unseen session is let go first
+# Part of the data held out for evaluation: the chart's main line, the baseline and the
+# verdict are all this part's loss, so a run cannot look good by memorising its batches.
+HELD_OUT_FRACTION = 0.2
+MIN_HELD_OUT_SAMPLES = 8  # fewer examples than 5x this: evaluate on all the data
 
 
 # ---------------------------------------------------------------- sources
@@ -109,7 +122,9 @@ def _open_checkpoint(key: str, _source: Source) -> Opened:
     checkpoint = rc.load_checkpoint(_source.payload, name=_source.label)
     spec = rc.infer_spec(checkpoint)
     # Keep no uploaded bytes in the shared cache: the checkpoint reads from its own copy.
-    return Opened(replace(_source, payload=None), checkpoint, spec, rc.describe(checkpoint, spec))
+    # A path (demo or server file) stays: a saved plan names the file by its hash.
+    kept = _source.payload if isinstance(_source.payload, str) else None
+    return Opened(replace(_source, payload=kept), checkpoint, spec, rc.describe(checkpoint, spec))
 
 
 def open_checkpoint(source: Source) -> Opened:
@@ -172,9 +187,15 @@ class RunRecord:
     mapping: rc.DataMapping | None = None
     data_name: str | None = None
     example_inputs: tuple[torch.Tensor, ...] = ()  # two samples: what exports are checked on
+    held_out: float = 0.0  # the fraction of the data it was evaluated on
+    states: dict[str, str] = field(default_factory=dict)  # each free setting's state then
+    unchecked: tuple[str, ...] = ()  # settings the data could have checked and did not
+    seed: int = 0
     started: float = field(default_factory=time.time)
-    steps: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)  # every training step (the faint line)
     losses: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)  # evaluation points (the main line)
+    eval_losses: list[float] = field(default_factory=list)
     finished_at: float | None = None
     announced: bool = False  # the page was redrawn once after the run ended
 
@@ -187,8 +208,19 @@ class RunRecord:
         for event in self.run.events_since(len(self.steps)):
             self.steps.append(event.step)
             self.losses.append(float(event.loss))
+            monitor = getattr(event, "monitor_loss", None)
+            if monitor is None:
+                monitor = event.eval_loss
+            if monitor is not None:
+                self.eval_steps.append(event.step)
+                self.eval_losses.append(float(monitor))
         if self.finished_at is None and not self.running:
             self.finished_at = time.time()
+
+    @property
+    def unverified(self) -> tuple[str, ...]:
+        """Settings the run used unchecked although the data could have checked them."""
+        return self.unchecked
 
     @property
     def running(self) -> bool:
@@ -210,12 +242,12 @@ class Studio:
     opened: Opened | None = None
     spec: rc.ArchSpec | None = None  # the inferred spec with this person's choices applied
     spec_version: int = 0  # bumped on every change, so hyperparameter widgets pick it up
-    load_error: str | None = None
+    load_error: object | None = None  # a ui.Problem
     handled_uploads: set[str] = field(default_factory=set)
     search: rc.SearchResult | None = None  # for the current checkpoint
     dataset_source: Source | None = None
     dataset: rc.Dataset | None = None
-    data_error: str | None = None
+    data_error: object | None = None  # a ui.Problem
     mapping: rc.DataMapping | None = None
     reference: tuple[str, nn.Module] | None = None  # (spec key, model with the original weights)
     baselines: dict[str, float] = field(default_factory=dict)
@@ -224,6 +256,23 @@ class Studio:
     runs: list[RunRecord] = field(default_factory=list)
     exports: dict[int, rc.ExportBundle] = field(default_factory=dict)  # by run number
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="recovery-session-"))
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    # Hidden settings: the background scoring job, and the person's explicit "use the
+    # unverified settings" (without it nothing runs on settings nobody checked).
+    scoring: object | None = None  # a dashboard.scoring.ScoringJob
+    scoring_error: object | None = None  # a ui.Problem
+    auto_scored: set[str] = field(default_factory=set)  # (spec, data) keys already tried
+    scored_names: set[str] = field(default_factory=set)  # settings the data has checked
+    accept_unverified: bool = False
+    plan_message: tuple[str, object] | None = None  # the last plan load's outcome
+    training: rc.plan.TrainingSettings = field(
+        default_factory=lambda: rc.plan.TrainingSettings(
+            lr=1e-2, epochs=30, val_fraction=HELD_OUT_FRACTION
+        )
+    )
+    forwards: dict[str, tuple[bool, tuple[int, ...] | None, str | None]] = field(
+        default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         # When Streamlit drops a closed session's state, its runs stop and its files go.
@@ -238,6 +287,11 @@ class Studio:
         self.set_spec(opened.spec)
         self.load_error = None
         self.search = None
+        self.scoring, self.scoring_error = None, None
+        self.auto_scored.clear()
+        self.scored_names.clear()
+        self.accept_unverified = False
+        self.forwards.clear()
         self.mapping = None
         self.reference = None
         self.baselines.clear()
@@ -277,15 +331,90 @@ class Studio:
         assert self.dataset is not None and self.mapping is not None
         return rc.mapped_tensors(self.dataset, self.mapping)
 
+    @property
+    def held_out(self) -> float:
+        """The fraction held out for evaluation (0 when the data is too small to split)."""
+        n = self.dataset.n_samples if self.dataset is not None else 0
+        wanted = self.training.val_fraction
+        return wanted if wanted > 0 and n * wanted >= MIN_HELD_OUT_SAMPLES else 0.0
+
+    def eval_tensors(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The held-out examples: the same ones a training run evaluates on (same seeded split)."""
+        inputs, target = self.tensors()
+        if not self.held_out:
+            return inputs, target
+        _, val = rc.split_indices(target.shape[0], self.held_out, self.training.seed)
+        return tuple(t[val] for t in inputs), target[val]
+
+    def baseline_key(self) -> str:
+        assert self.spec is not None
+        return f"{spec_key(self.spec)}|{self.mapping!r}|{self.held_out}|{self.training.seed}"
+
     def baseline(self) -> float:
-        """Loss with the original weights on this data; computed once per spec and mapping."""
+        """Loss with the original weights on the held-out data; once per spec and mapping."""
         assert self.spec is not None and self.mapping is not None
-        key = spec_key(self.spec) + repr(self.mapping)
+        key = self.baseline_key()
         if key not in self.baselines:
-            inputs, target = self.tensors()
+            inputs, target = self.eval_tensors()
             loss_fn = rc.loss_function(self.mapping)
-            self.baselines[key] = rc.baseline_loss(self.reference_model(), inputs, target, loss_fn)
+            value = rc.baseline_loss(self.reference_model(), inputs, target, loss_fn)
+            if not math.isfinite(value):
+                raise rc.DataError(
+                    f"The loss of the original weights on this data is {value}; check which "
+                    "entries are the inputs and the target, and the loss."
+                )
+            self.baselines[key] = value
         return self.baselines[key]
+
+    def forward_on_data(self) -> tuple[bool, tuple[int, ...] | None, str | None]:
+        """Does the rebuilt model run on two of the data's own examples? (ok, output shape,
+        the error in its own words); once per spec and mapping."""
+        assert self.spec is not None and self.mapping is not None
+        key = f"{spec_key(self.spec)}|{self.mapping!r}"
+        if key not in self.forwards:
+            try:
+                inputs, _ = self.tensors()
+                with torch.no_grad():
+                    out = self.reference_model()(*(t[:2] for t in inputs))
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+                self.forwards[key] = (True, shape, None)
+            except Exception as exc:  # noqa: BLE001 - the answer shown is "it does not run"
+                self.forwards[key] = (False, None, f"{type(exc).__name__}: {exc}"[:400])
+        return self.forwards[key]
+
+    # -- hidden settings
+
+    def states(self) -> dict[str, str]:
+        """Each free setting's state. A setting the data was scored on but could not tell
+        apart (any value gives the same loss) counts as found: the data checked it."""
+        assert self.spec is not None
+        scored = self.scored_names
+        out = {}
+        for hp in self.spec.free:
+            st_ = rc.plan.setting_state(hp) or rc.plan.CHOSEN
+            if st_ == rc.plan.UNVERIFIED and hp.name in scored:
+                st_ = rc.plan.FOUND
+            out[hp.name] = st_
+        return out
+
+    def unchecked(self) -> tuple[str, ...]:
+        """Unverified settings the data could decide: what must be scored (or accepted)."""
+        if self.spec is None:
+            return ()
+        states = self.states()
+        return tuple(
+            n for n in rc.searchable_names(self.spec) if states.get(n) == rc.plan.UNVERIFIED
+        )
+
+    def settings_ok(self) -> bool:
+        """May baseline, training and export run? Only on checked settings, or when the
+        person chose to use the unverified ones."""
+        return self.accept_unverified or not self.unchecked()
+
+    @property
+    def scoring_running(self) -> bool:
+        job = self.scoring
+        return job is not None and getattr(job, "running", False)
 
     # -- runs
 
@@ -300,6 +429,8 @@ class Studio:
         for record in self.runs:
             if record.running:
                 record.run.stop()
+        if self.scoring is not None:
+            self.scoring.stop()
 
 
 def _end_session(runs: list[RunRecord], workdir: str) -> None:
@@ -312,8 +443,48 @@ def _end_session(runs: list[RunRecord], workdir: str) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+@dataclass
+class _Kept:
+    studio: Studio
+    last_seen: float
+
+
+@st.cache_resource
+def _kept_sessions() -> tuple[dict[str, _Kept], threading.Lock]:
+    """token -> session, for every browser session of this server process."""
+    return {}, threading.Lock()
+
+
+def _keep(s: Studio) -> None:
+    """Remember this session under its token; let go of the ones nobody has seen in a while
+    (when no open tab holds them either, their runs stop and their files go)."""
+    kept, lock = _kept_sessions()
+    now = time.time()
+    with lock:
+        kept[s.token] = _Kept(s, now)
+        for token in [t for t, k in kept.items() if now - k.last_seen > SESSION_TTL_SECONDS]:
+            del kept[token]
+        while len(kept) > MAX_KEPT_SESSIONS:
+            del kept[min(kept, key=lambda t: kept[t].last_seen)]
+
+
+def _claim(token: str | None) -> Studio | None:
+    if not token:
+        return None
+    kept, lock = _kept_sessions()
+    with lock:
+        entry = kept.get(token)
+        if entry is None or time.time() - entry.last_seen > SESSION_TTL_SECONDS:
+            return None
+        return entry.studio
+
+
 def studio() -> Studio:
-    """This session's Studio, created on first use."""
+    """This session's Studio: the one its URL's token names (a reload), else a new one."""
     if STUDIO not in st.session_state:
-        st.session_state[STUDIO] = Studio()
-    return st.session_state[STUDIO]
+        st.session_state[STUDIO] = _claim(st.query_params.get(SESSION_PARAM)) or Studio()
+    s = st.session_state[STUDIO]
+    _keep(s)
+    if st.query_params.get(SESSION_PARAM) != s.token:
+        st.query_params[SESSION_PARAM] = s.token
+    return s

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import streamlit as st
 
@@ -36,22 +37,61 @@ def header(number: int, intro: str) -> None:
     st.markdown(intro)
 
 
-def sentence(exc: BaseException, doing: str) -> str:
-    """One sentence for a person. Our own errors already are one; anything else is a bug
-    we describe without a traceback (the traceback goes to the server log)."""
+# What to try when something we did not foresee fails, by what was being done.
+DEFAULT_HINT = "Try other settings (step 2), other data (step 3) or another file."
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A failure as a person reads it: what failed and what to try (`text`), and the
+    technical message for whoever helps them (`detail`, shown folded)."""
+
+    text: str
+    detail: str | None = None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def technical(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
+
+
+def sentence(exc: BaseException, doing: str, hint: str = DEFAULT_HINT) -> str:
+    """One sentence for a person. Our own errors already are one; anything else is
+    described by what failed and what to try (the technical message goes with `problem`)."""
     if isinstance(exc, rc.RecoveryError):
         return str(exc)
     log.exception("unexpected error while %s", doing)
-    return (
-        f"Something unexpected went wrong while {doing} ({type(exc).__name__}). "
-        "Try other settings or another file; the details are in the server log."
-    )
+    return f"{doing[:1].upper()}{doing[1:]} did not work. {hint}"
+
+
+def problem(exc: BaseException, doing: str, prefix: str = "", hint: str = DEFAULT_HINT) -> Problem:
+    return Problem(prefix + sentence(exc, doing, hint), technical(exc))
+
+
+def show(p: Problem | str | None) -> None:
+    """An error box with the plain sentence, the technical message folded beneath it."""
+    if p is None:
+        return
+    if isinstance(p, str):
+        p = Problem(p)
+    st.error(p.text, icon=ERROR_ICON)
+    if p.detail:
+        with st.expander("Technical details"):
+            st.code(p.detail, language=None, wrap_lines=True)
+
+
+def disabled_reason(reason: str | None) -> None:
+    """Beside a disabled button: why it cannot be used now."""
+    if reason:
+        st.caption(f":material/block: {reason}")
 
 
 @contextmanager
-def reported(doing: str) -> Iterator[None]:
-    """Run a step's action; a failure becomes an `st.error` sentence and the page goes on."""
+def reported(doing: str, hint: str = DEFAULT_HINT) -> Iterator[None]:
+    """Run a step's action; a failure is shown with what to try and the page goes on."""
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - shown to the person, logged for us
-        st.error(sentence(exc, doing), icon=ERROR_ICON)
+        show(problem(exc, doing, hint=hint))

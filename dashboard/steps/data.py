@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 
@@ -52,7 +54,7 @@ def choose_source(studio: state.Studio) -> None:
         with tabs["Demo data"]:
             st.button("Use the demo data", on_click=_on_demo, key="data_open_demo")
     if studio.data_error:
-        st.error(studio.data_error, icon=ui.ERROR_ICON)
+        ui.show(studio.data_error)
 
 
 def describe(dataset: rc.Dataset) -> None:
@@ -80,7 +82,9 @@ def _set_mapping() -> None:
         )
         studio.data_error = None
     except Exception as exc:  # noqa: BLE001 - the previous mapping stays; the sentence says why
-        studio.data_error = ui.sentence(exc, "choosing the data")
+        studio.data_error = ui.problem(
+            exc, "choosing the data", hint="Choose other entries or another loss."
+        )
 
 
 def mapping(studio: state.Studio) -> None:
@@ -128,14 +132,54 @@ def mapping(studio: state.Studio) -> None:
         st.button("Use these entries", key="data_use_mapping", on_click=_set_mapping)
 
 
+def _on_held_out() -> None:
+    studio = state.studio()
+    percent = int(st.session_state["data_held_out"])
+    studio.training = replace(studio.training, val_fraction=percent / 100)
+
+
+def held_out(studio: state.Studio) -> None:
+    st.number_input(
+        "Examples held out for evaluation (%)",
+        0,
+        50,
+        round(studio.training.val_fraction * 100),
+        step=5,
+        key="data_held_out",
+        on_change=_on_held_out,
+        help="Training never sees these examples; the baseline, the chart's main line and "
+        "the verdict are all the loss on them. 0 evaluates on the training examples.",
+    )
+    if studio.training.val_fraction and not studio.held_out:
+        st.caption(
+            f"Too few examples to hold some out (fewer than {state.MIN_HELD_OUT_SAMPLES}): "
+            "the loss is measured on all of them."
+        )
+
+
 def baseline(studio: state.Studio) -> None:
     st.subheader("Baseline")
-    with ui.reported("computing the baseline"):
+    held_out(studio)
+    if not studio.settings_ok():
+        ui.disabled_reason(
+            "The baseline waits for the hidden settings: a model built on unverified "
+            "defaults can give a wrong number. Score them or choose to use them (top of the page)."
+        )
+        return
+    with ui.reported(
+        "computing the baseline",
+        hint="Check which entries are the inputs and the target above, or try other settings in step 2.",
+    ):
         value = studio.baseline()
         st.metric("Loss with the original weights", fmt.loss(value))
+        where = (
+            f"the {studio.held_out:.0%} of the examples held out for evaluation"
+            if studio.held_out
+            else "all the examples (the ones training uses)"
+        )
         st.caption(
-            "Measured on the same examples training will use. Lower is better; a good "
-            "retraining ends below this line."
+            f"Measured on {where}, in evaluation mode: the same measure as the training "
+            "chart's main line and the verdict. Lower is better; a good retraining ends below it."
         )
 
 
@@ -147,7 +191,6 @@ def render() -> None:
         "weights, on these examples: the number retraining has to beat.",
     )
     studio = state.studio()
-    datasets.ensure_demo_data(studio)
     choose_source(studio)
     if studio.dataset is None:
         st.info("Open a dataset to continue.")

@@ -9,7 +9,7 @@ import streamlit as st
 
 import recovery_core as rc
 from dashboard import format as fmt
-from dashboard import state, ui
+from dashboard import state, status, ui
 
 # What each exported file is, in words, and its download type.
 KIND_WORDS = {
@@ -38,7 +38,17 @@ def export(studio: state.Studio, record: state.RunRecord) -> None:
         "checkpoint": studio.opened.source.label,
         "data": record.data_name,
         "mapping": {"inputs": list(mapping.inputs), "target": mapping.target, "loss": mapping.loss},
-        "hyperparameters": [hp.to_json() for hp in record.spec.hyperparameters],
+        "hyperparameters": [
+            hp.to_json() | {"state": record.states.get(hp.name, "read from the weights")}
+            for hp in record.spec.hyperparameters
+        ],
+        "settings": [
+            {**row, "state": record.states.get(row["name"], row["state"])}
+            for row in rc.plan.settings_report(record.spec)
+        ],
+        "unverified_settings": list(record.unverified),
+        "wiring": record.spec.wiring.description if record.spec.wiring else None,
+        "evaluated_on": f"{record.held_out:.0%} held out" if record.held_out else "training data",
         "freeze": {
             "patterns": list(record.plan.patterns),
             "trainable_modules": list(record.plan.trainable_modules),
@@ -85,12 +95,27 @@ def checklist(bundle: rc.ExportBundle, record: state.RunRecord) -> None:
     if bundle.frozen_check is not None:
         check = bundle.frozen_check
         lines.append(f"{_mark(check.passed)} **Frozen layers untouched**: {check.detail}.")
+    if record.unverified:
+        names = ", ".join(status.label(n) for n in record.unverified)
+        lines.insert(
+            0,
+            f"{ui.FAILED} **Hidden settings checked on data**: no: {names} stayed unverified "
+            "defaults (your choice); the report records it.",
+        )
+    else:
+        lines.insert(0, f"{ui.PASSED} **Hidden settings checked on data**: yes.")
     st.markdown("\n".join(f"- {line}" for line in lines))
     with st.expander("Every check in detail"):
         st.markdown(
             "\n".join(f"- {_mark(c.passed)} **{c.name}**: {c.detail}" for c in bundle.checks)
         )
-    if bundle.passed and below:
+    if bundle.passed and below and record.unverified:
+        st.warning(
+            "The files hold the model you trained, but it was built on unverified settings: "
+            "it may be worse than the original weights correctly rebuilt. Score the settings "
+            "(step 2) and train again to be sure."
+        )
+    elif bundle.passed and below:
         required = "required " if any(not e.passed for e in bundle.exports) else ""
         st.success(f"Every {required}check passed: the files hold the model you trained.")
     elif bundle.passed:

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import time
-from collections import Counter
-
 import pandas as pd
 import streamlit as st
 
 import recovery_core as rc
-from dashboard import charts, datasets, state, ui
+from dashboard import charts, datasets, scoring, state, status, ui
 from dashboard import format as fmt
 
-SEARCH_BUDGET_SECONDS = 60.0
-SEARCH_SAMPLES = 128  # enough examples to rank settings; more only makes the wait longer
-# Off by default: it moves the loss only in the last digits, and scoring it triples the wait.
+# Off by default when scoring by hand: it moves the loss only in the last digits.
 RARELY_MATTERS = ("layer_norm_eps",)
 
 # What each free setting means, in a sentence a person who does not program can follow.
@@ -32,16 +27,18 @@ MEANINGS = {
 SOURCE_WORDS = {
     "shape": "read from a weight's shape",
     "checkpoint metadata": "stored in the file",
-    "default": "usual default (not in the weights)",
-    "search": "chosen by scoring on your data",
-    "user": "chosen by you",
+}
+STATE_MARKS = {
+    rc.plan.FOUND: ":green[:material/check_circle:]",
+    rc.plan.CHOSEN: ":blue[:material/person:]",
+    rc.plan.UNVERIFIED: ":orange[:material/help:]",
 }
 
 
 def determined_table(spec: rc.ArchSpec) -> None:
     rows = [
         {
-            "setting": hp.name,
+            "setting": status.label(hp.name),
             "value": fmt.value(hp.value),
             "where it came from": SOURCE_WORDS.get(hp.source, hp.source),
             "evidence": hp.evidence,
@@ -49,15 +46,25 @@ def determined_table(spec: rc.ArchSpec) -> None:
         for hp in spec.hyperparameters
         if hp.determined
     ]
-    if rows:
+    if rows:  # a heading with nothing under it says nothing
+        st.subheader("Settings read from the file")
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
 def _choose(name: str, key: str) -> None:
     studio = state.studio()
     assert studio.spec is not None
-    with ui.reported(f"setting {name}"):
+    with ui.reported(f"setting {status.label(name)}"):
         studio.set_spec(studio.spec.with_values({name: st.session_state[key]}))
+
+
+def state_words(studio: state.Studio, name: str) -> str:
+    st_ = studio.states().get(name, rc.plan.CHOSEN)
+    words = rc.plan.STATE_WORDS[st_]
+    if st_ == rc.plan.UNVERIFIED and studio.spec is not None:
+        if name not in rc.searchable_names(studio.spec):
+            words += " (the data cannot check it: it only matters while training)"
+    return f"{STATE_MARKS[st_]} {words}"
 
 
 def free_choices(studio: state.Studio) -> None:
@@ -68,81 +75,91 @@ def free_choices(studio: state.Studio) -> None:
     if not free:
         st.success("The weights determine every setting: nothing to choose.")
         return
-    counts = Counter(SOURCE_WORDS.get(hp.source, hp.source) for hp in free)
-    st.caption("Now: " + " · ".join(f"{n} {words}" for words, n in counts.items()))
+    st.subheader("Settings to choose")
     cols = st.columns(3)
     for i, hp in enumerate(free):
         key = f"recover_hp_{hp.name}_{studio.spec_version}"
         options = list(hp.candidates)
-        cols[i % 3].selectbox(
-            hp.name,
-            options,
-            index=options.index(hp.value) if hp.value in options else 0,
-            format_func=fmt.value,
-            key=key,
-            on_change=_choose,
-            args=(hp.name, key),
-            help=f"{MEANINGS.get(hp.name, hp.evidence)} Now: {SOURCE_WORDS.get(hp.source, hp.source)}.",
-        )
+        with cols[i % 3]:
+            st.selectbox(
+                status.label(hp.name),
+                options,
+                index=options.index(hp.value) if hp.value in options else 0,
+                format_func=fmt.value,
+                key=key,
+                on_change=_choose,
+                args=(hp.name, key),
+                help=MEANINGS.get(hp.name, hp.evidence),
+                disabled=studio.scoring_running,
+            )
+            st.caption(state_words(studio, hp.name))
+
+
+def _values(values: dict, names: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(f"{status.label(n)} {fmt.value(values[n])}" for n in names if n in values)
 
 
 def _label(values: dict, names: list[str]) -> str:
     return ", ".join(f"{n}={fmt.value(values[n])}" for n in names if n in values) or "(defaults)"
 
 
-def scoring(studio: state.Studio) -> None:
+def verdict(result: rc.SearchResult) -> str:
+    """The search's outcome in the page's words (yes/no, plain labels)."""
+    best = result.best
+    if best is None:
+        return "No combination could be scored on this data."
+    text = f"Best: {_values(best.values, result.names)} (loss {fmt.loss(best.loss)})."
+    if result.tied_names:
+        tied = ", ".join(status.label(n) for n in result.tied_names)
+        text += f" The data cannot tell these apart, any value fits: {tied}."
+    elif result.relative_margin is not None:
+        text += f" The runner-up is {result.relative_margin:.1%} worse."
+    return text
+
+
+def _score() -> None:
+    studio = state.studio()
+    names = tuple(st.session_state.get("recover_search_names") or ())
+    if names:
+        studio.accept_unverified = False
+        scoring.start(studio, names, automatic=False)
+
+
+def search_panel(studio: state.Studio) -> None:
     st.subheader("Let your data choose")
     st.markdown(
         "Each combination of the free settings is tried with the original weights; the one "
         "whose loss on your data is lowest is most likely how the model was built."
     )
-    if not datasets.ready(studio):
-        st.info("Open a dataset in step 3 first; then come back to score the choices.")
-        return
     assert studio.spec is not None
     searchable = list(rc.searchable_names(studio.spec))
+    if not searchable:
+        return
     names = st.multiselect(
         "Settings to score",
         searchable,
         default=[n for n in searchable if n not in RARELY_MATTERS],
+        format_func=status.label,
         key="recover_search_names",
         help="Only these are tried; the other settings keep the values shown above.",
     )
-    if st.button(
-        "Score the choices on data", type="primary", key="recover_score", disabled=not names
-    ):
-        spec = studio.spec
-        assert studio.opened is not None
-        fixed = {
-            hp.name: hp.value for hp in spec.free if hp.source == "user" and hp.name not in names
-        }
-        bar = st.progress(0.0, text="Scoring…")
-        started = time.monotonic()
-
-        def progress(done: int, total: int) -> None:
-            bar.progress(
-                min(done / max(total, 1), 1.0), text=f"Scored {done} of {total} combinations"
-            )
-
-        with ui.reported("scoring the choices"):
-            inputs, target = studio.tensors()
-            result = rc.score_candidates(
-                spec,
-                studio.opened.checkpoint.state_dict(),
-                inputs,
-                target,
-                rc.loss_function(studio.mapping),
-                fixed=fixed,
-                names=names,
-                budget_seconds=SEARCH_BUDGET_SECONDS,
-                max_samples=SEARCH_SAMPLES,
-                progress=progress,
-            )
-            studio.search = result
-            studio.set_spec(result.apply(spec))
-            st.toast(f"Scored in {fmt.seconds(time.monotonic() - started)}")
-            st.rerun()  # redraw the choices above with the values the data picked
-        bar.empty()
+    reason = None
+    if not datasets.ready(studio):
+        reason = "Open a dataset in step 3 first: scoring needs examples."
+    elif studio.scoring_running:
+        reason = "Scoring is running (progress at the top of the page)."
+    elif not names:
+        reason = "Choose at least one setting to score."
+    cols = st.columns([1, 2], vertical_alignment="center")
+    cols[0].button(
+        "Score the choices on data",
+        type="primary",
+        key="recover_score",
+        disabled=reason is not None,
+        on_click=_score,
+    )
+    with cols[1]:
+        ui.disabled_reason(reason)
     result = studio.search
     if result is None:
         return
@@ -159,40 +176,116 @@ def scoring(studio: state.Studio) -> None:
         [c.loss for c in comparable],
     )
     st.plotly_chart(fig, width="stretch")
-    if result.separable:
-        st.success(result.message)
-    else:
-        st.warning(result.message)
+    (st.success if result.separable or result.tied_names else st.warning)(verdict(result))
+
+
+def _dot_text(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def wiring_dot(wiring: rc.Wiring) -> str:
+    """The forward as a left-to-right chain of its steps, read from the wiring alone."""
+    steps = getattr(wiring, "steps", None)
+    parts = (
+        list(steps())
+        if callable(steps)
+        else [p.strip() for p in wiring.description.split("→") if p.strip()]
+    )
+    lines = [
+        "digraph {",
+        'rankdir=LR; node [shape=box, style="rounded,filled", fillcolor="#eef3fb", '
+        'fontname="sans-serif", fontsize=11]; edge [color="#888888"];',
+    ]
+    inputs = [i.name for i in wiring.inputs]
+    for i, name in enumerate(inputs):
+        lines.append(f'in{i} [label="{_dot_text(name)}", shape=ellipse, fillcolor="#ffffff"];')
+    for i, part in enumerate(parts):
+        lines.append(f's{i} [label="{_dot_text(part)}"];')
+        if i:
+            lines.append(f"s{i - 1} -> s{i};")
+    if parts and inputs and not any(name in parts[0] for name in inputs):
+        lines += [f"in{i} -> s0;" for i in range(len(inputs))]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def data_flow(studio: state.Studio) -> None:
+    """How data flows through the model: the spec's wiring as a diagram, and the other
+    forwards that fit the weights, best first."""
+    spec = studio.spec
+    assert spec is not None
+    wiring = spec.wiring
+    if wiring is None:
+        return
+    st.subheader("How data flows")
+    alternatives = tuple(getattr(spec, "wirings", ()) or ())
+    left, right = st.columns([3, 2]) if len(alternatives) > 1 else (st.container(), None)
+    with left:
+        st.graphviz_chart(wiring_dot(wiring), width="stretch")
+        st.caption(wiring.description)
+    if right is not None:
+        with right:
+            st.markdown("**Forwards that fit these weights**, best first:")
+            current = getattr(wiring, "name", "")
+            for rank, alt in enumerate(alternatives, start=1):
+                name = getattr(alt, "name", "") or f"forward {rank}"
+                mark = " ← in use" if name == current else ""
+                reason = getattr(alt, "reason", "")
+                st.markdown(f"{rank}. **{name}**{mark}: {alt.description}")
+                if reason:
+                    st.caption(reason)
 
 
 def rebuild(studio: state.Studio) -> None:
     st.subheader("Does it rebuild?")
     assert studio.opened is not None and studio.spec is not None
-    status = state.rebuild_status(studio.opened, studio.spec)
+    status_ = state.rebuild_status(studio.opened, studio.spec)
     left, right = st.columns(2)
     with left:
-        if status.strict_load_ok:
+        if status_.strict_load_ok:
             st.success(":material/check: Every weight fits the rebuilt network exactly.")
         else:
             st.error(":material/close: The weights do not fit the rebuilt network.")
-            if status.missing_keys:
-                st.markdown("Missing: " + ", ".join(f"`{k}`" for k in status.missing_keys[:20]))
-            if status.unexpected_keys:
+            if status_.missing_keys:
+                st.markdown("Missing: " + ", ".join(f"`{k}`" for k in status_.missing_keys[:20]))
+            if status_.unexpected_keys:
                 st.markdown(
-                    "Unexpected: " + ", ".join(f"`{k}`" for k in status.unexpected_keys[:20])
+                    "Unexpected: " + ", ".join(f"`{k}`" for k in status_.unexpected_keys[:20])
                 )
     with right:
-        if status.forward_ok is None:
+        if status_.forward_ok is None and studio.spec.wiring is None:
             st.info(
                 "No forward pass was recognised, so the model cannot be run on data here; "
                 "its weights and code can still be downloaded."
             )
-        elif status.forward_ok:
-            shape = fmt.shape(status.output_shape) if status.output_shape else ""
-            st.success(f":material/check: It runs on an example input; output shape {shape}.")
+        elif datasets.ready(studio) and status_.strict_load_ok:
+            # The data's own shapes decide: the same examples baseline and training use.
+            ok, shape, error = studio.forward_on_data()
+            if ok:
+                shown = f"; output shape {fmt.shape(shape)}" if shape else ""
+                st.success(f":material/check: It runs on two examples of your data{shown}.")
+            else:
+                ui.show(
+                    ui.Problem(
+                        ":material/close: It does not run on your data. Try other settings "
+                        "above (for example the layout or the number of heads), or check "
+                        "which entries feed the model in step 3.",
+                        error,
+                    )
+                )
+        elif status_.forward_ok:
+            shape = fmt.shape(status_.output_shape) if status_.output_shape else ""
+            st.success(
+                f":material/check: It runs on an example input of its own; output shape "
+                f"{shape}. Open data in step 3 to check it on your examples."
+            )
         else:
-            st.error(
-                f":material/close: It does not run yet: {status.error or 'no forward was recognised.'}"
+            ui.show(
+                ui.Problem(
+                    ":material/close: It does not run on an example input of its own. Open "
+                    "data in step 3 to check it on your examples, or try other settings.",
+                    status_.error,
+                )
             )
 
 
@@ -221,12 +314,11 @@ def render() -> None:
     studio = state.studio()
     if studio.spec is None:
         return
-    datasets.ensure_demo_data(studio)
-    st.subheader("Settings read from the file")
     determined_table(studio.spec)
-    st.subheader("Settings to choose")
     free_choices(studio)
-    scoring(studio)
+    search_panel(studio)
+    with ui.reported("drawing how data flows"):
+        data_flow(studio)
     with ui.reported("rebuilding the model"):
         rebuild(studio)
     code(studio)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import streamlit as st
 
 import recovery_core as rc
-from dashboard import charts, datasets, state, ui
+from dashboard import charts, datasets, state, status, ui
 from dashboard import format as fmt
 
 # Module types we open up to offer their parts; anything else is one tickable unit.
@@ -39,6 +41,14 @@ ROLE_WORDS = {
     "decoder": "writes the output",
     "rnn": "the recurrent network",
 }
+SCROLL_KEY = "train_scroll_to_run"
+SCROLL_TO_RUN = """<script>
+(function bring(tries) {
+  const run = document.querySelector(".st-key-train_live");
+  if (run) { run.scrollIntoView({block: "start"}); }
+  else if (tries > 0) { setTimeout(() => bring(tries - 1), 100); }
+})(30);
+</script>"""
 PRESET_WORDS = {
     "output_layer": "Only the output layer",
     "last_blocks": "Last N blocks",
@@ -143,31 +153,87 @@ def freeze_choice(studio: state.Studio) -> rc.FreezePlan | None:
         st.info("Tick at least one layer to train.")
         return None
     plan = rc.plan_freeze(studio.reference_model(), sorted(chosen))
-    st.progress(
-        plan.fraction,
-        text=f"Training {fmt.count(plan.trainable_params)} of {fmt.count(plan.total_params)} "
-        f"parameters ({plan.fraction:.1%}); everything else stays frozen.",
-    )
+    if plan.trainable_params >= plan.total_params:
+        text = f"Training all {fmt.count(plan.total_params)} parameters: nothing is frozen."
+    else:
+        text = (
+            f"Training {fmt.count(plan.trainable_params)} of {fmt.count(plan.total_params)} "
+            f"parameters ({plan.fraction:.1%}); everything else stays frozen."
+        )
+    st.progress(plan.fraction, text=text)
     return plan
 
 
-def settings() -> rc.TrainingConfig:
+def _on_setting(field_name: str, key: str, kind: type) -> None:
+    studio = state.studio()
+    studio.training = replace(studio.training, **{field_name: kind(st.session_state[key])})
+
+
+def settings(studio: state.Studio) -> rc.TrainingConfig:
+    """The training settings, kept in the session (a reload finds them again)."""
+    t = studio.training
     cols = st.columns(4)
-    method = cols[0].selectbox(
+    methods = list(METHOD_WORDS)
+    cols[0].selectbox(
         "Method",
-        list(METHOD_WORDS),
+        methods,
+        index=methods.index(t.method) if t.method in methods else 0,
         format_func=METHOD_WORDS.get,
         key="train_method",
         help=METHOD_HELP,
+        on_change=_on_setting,
+        args=("method", "train_method", str),
     )
-    lr = cols[1].number_input(
-        "Learning rate", 1e-6, 1.0, 1e-2, format="%.4f", step=1e-3, key="train_lr"
+    cols[1].number_input(
+        "Learning rate",
+        1e-6,
+        1.0,
+        float(t.lr),
+        format="%.4f",
+        step=1e-3,
+        key="train_lr",
+        on_change=_on_setting,
+        args=("lr", "train_lr", float),
     )
-    epochs = cols[2].number_input(
-        "Epochs (passes over the data)", 1, 10_000, 30, key="train_epochs"
+    cols[2].number_input(
+        "Epochs (passes over the data)",
+        1,
+        10_000,
+        int(t.epochs),
+        key="train_epochs",
+        on_change=_on_setting,
+        args=("epochs", "train_epochs", int),
     )
-    batch = cols[3].number_input("Batch size", 1, 65_536, 32, key="train_batch")
-    return rc.TrainingConfig(method=method, lr=float(lr), epochs=int(epochs), batch_size=int(batch))
+    cols[3].number_input(
+        "Batch size",
+        1,
+        65_536,
+        int(t.batch_size),
+        key="train_batch",
+        on_change=_on_setting,
+        args=("batch_size", "train_batch", int),
+    )
+    # The widgets' values win on this run (a test or a fast click may not fire on_change).
+    t = studio.training = replace(
+        t,
+        method=st.session_state["train_method"],
+        lr=float(st.session_state["train_lr"]),
+        epochs=int(st.session_state["train_epochs"]),
+        batch_size=int(st.session_state["train_batch"]),
+    )
+    return config_of(studio)
+
+
+def config_of(studio: state.Studio) -> rc.TrainingConfig:
+    t = studio.training
+    return rc.TrainingConfig(
+        method=t.method,
+        lr=t.lr,
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        seed=t.seed,
+        val_fraction=studio.held_out,
+    )
 
 
 def start(studio: state.Studio, plan: rc.FreezePlan, config: rc.TrainingConfig) -> None:
@@ -189,13 +255,61 @@ def start(studio: state.Studio, plan: rc.FreezePlan, config: rc.TrainingConfig) 
         mapping=studio.mapping,
         data_name=studio.dataset.source_name if studio.dataset is not None else None,
         example_inputs=tuple(t[:2] for t in inputs),
+        held_out=config.val_fraction,
+        states=studio.states(),
+        unchecked=studio.unchecked(),
+        seed=config.seed,
     )
     run.start()
     studio.runs.append(record)
 
 
+def run_chart(record: state.RunRecord) -> None:
+    where = "held-out examples" if record.held_out else "the examples"
+    st.plotly_chart(
+        charts.training_chart(
+            charts.LossSeries("evaluation loss", record.eval_steps, record.eval_losses),
+            charts.LossSeries("training loss (each batch)", record.steps, record.losses),
+            record.baseline,
+            title=f"{record.name}: loss on {where} (evaluation mode) while training",
+        ),
+        width="stretch",
+        key="train_chart",
+    )
+
+
+def verdict(record: state.RunRecord) -> None:
+    result = record.result
+    if result is None:
+        if not record.running:
+            ui.show(
+                ui.Problem(
+                    f"{record.name} failed: {record.run.message} Try a lower learning rate, "
+                    "other layers, or check the data in step 3.",
+                    None,
+                )
+            )
+        return
+    better = result.final_loss < result.baseline_loss
+    where = "held-out " if record.held_out else ""
+    text = (
+        f"{record.name} {record.run.status}: {where}loss {fmt.loss(result.baseline_loss)} → "
+        f"**{fmt.loss(result.final_loss)}** (baseline → best kept, the chart's main line; "
+        f"{result.method_used}, {fmt.seconds(result.seconds)})."
+    )
+    if result.stopped_early:
+        text += f" {result.message}"
+    if record.unverified:
+        names = ", ".join(status.label(n) for n in record.unverified)
+        st.warning(
+            text + f" Trained on unverified settings ({names}): the model may be rebuilt wrongly."
+        )
+    else:
+        (st.success if better else st.warning)(text)
+
+
 def live(studio: state.Studio) -> None:
-    """The latest run's chart, progress and Stop, refreshed about once a second while it runs."""
+    """The latest run's progress, Stop and chart, refreshed about once a second while it runs."""
     record = studio.runs[-1]
 
     @st.fragment(run_every=1.0 if record.running else None)
@@ -203,35 +317,36 @@ def live(studio: state.Studio) -> None:
         record.poll()
         fraction, eta = record.run.progress
         if record.running:
-            left = f" · about {fmt.seconds(eta)} left" if eta is not None else ""
-            st.progress(min(fraction, 1.0), text=f"{record.name}: {fraction:.0%}{left}")
-            st.button("Stop", key="train_stop", on_click=record.run.stop, type="primary")
-        series = [charts.LossSeries(record.name, record.steps, record.losses)]
-        st.plotly_chart(
-            charts.loss_curves(
-                series, record.baseline, title=f"{record.name}: loss while training"
-            ),
-            width="stretch",
-            key="train_chart",
-        )
+            left = f" · about {fmt.seconds(eta)} left" if eta else ""
+            cols = st.columns([5, 1], vertical_alignment="center")
+            cols[0].progress(min(fraction, 1.0), text=f"{record.name}: {fraction:.0%}{left}")
+            cols[1].button("Stop", key="train_stop", on_click=record.run.stop, type="primary")
+        run_chart(record)
         if not record.running and not record.announced:
             # The run ended between refreshes: redraw the whole page (history, buttons).
             record.announced = True
             st.rerun(scope="app")
 
-    panel()
-    result = record.result
-    if result is not None:
-        better = result.final_loss < result.baseline_loss
-        text = (
-            f"{record.name} {record.run.status}: loss {fmt.loss(result.baseline_loss)} → "
-            f"**{fmt.loss(result.final_loss)}** ({result.method_used}, {fmt.seconds(result.seconds)})."
-        )
-        if result.stopped_early:
-            text += f" {result.message}"
-        (st.success if better else st.warning)(text)
-    elif not record.running:
-        st.error(f"{record.name} failed: {record.run.message}")
+    with st.container(key="train_live"):
+        panel()
+        verdict(record)
+
+
+def blocked(studio: state.Studio, plan: rc.FreezePlan | None) -> str | None:
+    """Why training cannot start now, in words; None when it can."""
+    if studio.active_run is not None:
+        return "A run is going on: stop it or wait for it to end."
+    if studio.scoring_running:
+        return "The hidden settings are being scored; training starts on their result."
+    if not studio.settings_ok():
+        return "Some hidden settings are unverified: score them or choose to use them (top of the page)."
+    if plan is None:
+        return "Tick at least one layer to train."
+    try:
+        studio.baseline()
+    except Exception as exc:  # noqa: BLE001 - the reason is shown beside the button
+        return f"The original weights cannot be evaluated on this data ({ui.sentence(exc, 'computing the baseline')}); fix the data in step 3."
+    return None
 
 
 def render() -> None:
@@ -242,30 +357,37 @@ def render() -> None:
         "often enough when the task is close to the original one.",
     )
     studio = state.studio()
-    datasets.ensure_demo_data(studio)
     if not datasets.ready(studio) or studio.spec is None or studio.spec.wiring is None:
         st.info("Open a dataset in step 3 first.")
         return
+    # The latest run first: after Start, its chart and Stop are in view without scrolling.
+    if studio.runs:
+        live(studio)
     plan = None
     with ui.reported("choosing what trains"):
         plan = freeze_choice(studio)
     st.subheader("How to train")
     config = None
     with ui.reported("checking the settings"):
-        config = settings()
-    active = studio.active_run
-    if st.button(
+        config = settings(studio)
+    reason = blocked(studio, plan) or (None if config is not None else "Fix the settings above.")
+    cols = st.columns([1, 3], vertical_alignment="center")
+    if cols[0].button(
         "Start training",
         type="primary",
         key="train_start",
-        disabled=active is not None or plan is None or config is None,
+        disabled=reason is not None,
         help="Runs in the background: you can look at other steps meanwhile.",
     ):
         with ui.reported("starting the training"):
             start(studio, plan, config)
+            st.session_state[SCROLL_KEY] = True
             st.rerun()
-    if studio.runs:
-        live(studio)
+    with cols[1]:
+        ui.disabled_reason(reason)
+    if st.session_state.pop(SCROLL_KEY, False):
+        # Start is at the bottom of a long page: bring the new run's chart and Stop into view.
+        st.html(SCROLL_TO_RUN, unsafe_allow_javascript=True)
 
 
 render()

@@ -1,0 +1,147 @@
+"""Scoring the hidden settings on data, in the background, for one session.
+
+When data is mapped and some settings are still unverified defaults, scoring starts by
+itself (`maybe_start`); every page shows its progress and a Stop. The result is applied
+by the page's own script run (`collect`), never from the job's thread, and only if the
+settings it scored are still the ones the session has.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import recovery_core as rc
+from dashboard import state, ui
+
+BUDGET_SECONDS = 60.0
+SAMPLES = 128  # enough examples to rank settings; more only makes the wait longer
+
+
+class _Stopped(Exception):
+    """Raised inside the search's progress callback when the person pressed Stop."""
+
+
+@dataclass
+class ScoringJob:
+    spec_key: str  # the settings it started from: its result applies only to these
+    names: tuple[str, ...]
+    automatic: bool
+    done: int = 0
+    total: int = 0
+    started: float = field(default_factory=time.monotonic)
+    result: rc.SearchResult | None = None
+    error: BaseException | None = None
+    stopped: bool = False
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def fraction(self) -> float:
+        return min(self.done / self.total, 1.0) if self.total else 0.0
+
+
+def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> ScoringJob:
+    """Score `names` on this session's data in a daemon thread; settings the person chose
+    and did not ask to score stay fixed."""
+    assert studio.spec is not None and studio.opened is not None
+    spec = studio.spec
+    fixed = {hp.name: hp.value for hp in spec.free if hp.source == "user" and hp.name not in names}
+    inputs, target = studio.tensors()
+    loss_fn = rc.loss_function(studio.mapping)
+    weights = studio.opened.checkpoint.state_dict()
+    job = ScoringJob(state.spec_key(spec), tuple(names), automatic)
+
+    def progress(done: int, total: int) -> None:
+        job.done, job.total = done, total
+        if job._stop.is_set():
+            raise _Stopped
+
+    def work() -> None:
+        try:
+            job.result = rc.score_candidates(
+                spec,
+                weights,
+                inputs,
+                target,
+                loss_fn,
+                fixed=fixed,
+                names=list(names),
+                budget_seconds=BUDGET_SECONDS,
+                max_samples=SAMPLES,
+                progress=progress,
+            )
+        except _Stopped:
+            job.stopped = True
+        except Exception as exc:  # noqa: BLE001 - shown to the person by `collect`
+            job.error = exc
+
+    if studio.scoring is not None:
+        studio.scoring.stop()
+    job._thread = threading.Thread(target=work, name="scoring", daemon=True)
+    studio.scoring, studio.scoring_error = job, None
+    job._thread.start()
+    return job
+
+
+def _data_key(studio: state.Studio) -> str:
+    assert studio.spec is not None
+    source = studio.dataset_source.key if studio.dataset_source is not None else ""
+    return f"{state.spec_key(studio.spec)}|{source}|{studio.mapping!r}"
+
+
+def maybe_start(studio: state.Studio) -> None:
+    """Data mapped, settings unverified, nobody chose to use them as they are: score them.
+    Once per settings and data (a Stop is respected; a change of either starts again)."""
+    if (
+        studio.spec is None
+        or studio.dataset is None
+        or studio.mapping is None
+        or studio.accept_unverified
+        or studio.scoring_running
+        or any(r.running for r in studio.runs)  # never compete with a run for the CPU
+    ):
+        return
+    names = studio.unchecked()
+    key = _data_key(studio)
+    if not names or key in studio.auto_scored:
+        return
+    studio.auto_scored.add(key)
+    # Score every setting the data can decide, so the ones already chosen stay consistent.
+    start(studio, tuple(rc.searchable_names(studio.spec)), automatic=True)
+
+
+def collect(studio: state.Studio) -> bool:
+    """Apply a finished job's result (from the page's script run). True when a job ended
+    (applied, stopped or failed): the page should be drawn again."""
+    job = studio.scoring
+    if not isinstance(job, ScoringJob) or job.running:
+        return False
+    studio.scoring = None
+    if job.error is not None:
+        studio.scoring_error = ui.problem(
+            job.error,
+            "scoring the settings on your data",
+            hint="Check the data's mapping in step 3, or choose the settings yourself in step 2.",
+        )
+        return True
+    if job.result is None or studio.spec is None:
+        return True  # stopped
+    if state.spec_key(studio.spec) != job.spec_key:
+        return True  # the person changed a setting meanwhile: their choice wins
+    studio.search = job.result
+    studio.scored_names.update(job.result.names)
+    studio.set_spec(job.result.apply(studio.spec))
+    return True
