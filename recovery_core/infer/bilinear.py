@@ -3,8 +3,9 @@
 Conv1d stores exactly the same shapes (out, in, kernel). Evidence decides, strongest
 first: the name (bilinear vs conv); a neighbouring convolution or a place in a numbered
 sequence (Bilinear takes two inputs, so a Sequential cannot call it) means Conv1d, and
-the Conv detector takes it; a named module away from any convolution is a Bilinear,
-with Conv1d as the runner-up. A lone 3-D root is left to the Conv detector.
+the Conv detector takes it, as it does a second dimension of 1 (a depthwise layout; a
+Bilinear of one feature is useless); a named module away from any convolution is a
+Bilinear, with Conv1d as the runner-up. A lone 3-D root is left to the Conv detector.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from recovery_core.infer.detection import Detection, Group, call, fmt
 from recovery_core.names import is_index
 
 BILINEAR_NAME = re.compile(r"bilin", re.IGNORECASE)
-CONV_NAME = re.compile(r"conv|downsample|stem|patch|tcn|wav|feature", re.IGNORECASE)
+CONV_NAME = re.compile(r"conv|(^|_)(dw|pw)|depthwise|downsample|stem|patch", re.IGNORECASE)
 
 
 def detect_bilinear(group: Group) -> Detection | None:
@@ -27,7 +28,8 @@ def detect_bilinear(group: Group) -> Detection | None:
         return None
     by_name = bool(BILINEAR_NAME.search(group.name))
     if not by_name and (
-        not group.path
+        weight.shape[1] == 1  # one input channel per group: a depthwise convolution's layout
+        or not group.path
         or is_index(group.name)
         or CONV_NAME.search(group.name)
         or group.neighbour_conv_dims is not None

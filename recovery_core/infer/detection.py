@@ -8,6 +8,7 @@ claim the whole subtree and check every key in it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,11 +48,11 @@ class Group:
     def name(self) -> str:
         return self.path.rsplit(".", 1)[-1]
 
-    @property
+    @functools.cached_property  # every detector asks; a frozen group computes it once
     def direct(self) -> dict[str, TensorInfo]:
         return {k: v for k, v in self.keys.items() if "." not in k}
 
-    @property
+    @functools.cached_property
     def is_leaf(self) -> bool:
         """True when every key sits directly on this module (no child owns weights)."""
         return all("." not in k for k in self.keys)
@@ -61,6 +62,11 @@ class Group:
         return None if info is None else info.shape
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every key's shape; the same dict on each call, so callers must not change it."""
+        return self._shapes
+
+    @functools.cached_property
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: v.shape for k, v in self.keys.items()}
 
     def sub(self, prefix: str) -> dict[str, tuple[int, ...]]:

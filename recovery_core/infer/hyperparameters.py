@@ -10,6 +10,8 @@ own `hyper_parameters` wins over a default.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -218,10 +220,30 @@ def _num_groups(root: ModuleSpec) -> tuple[tuple[int, ...], int, str]:
     return candidates, default, f"num_groups must divide {' and '.join(map(str, widths))} channels"
 
 
+# Convolutions with free groups by hyperparameter name, indexed once per tree: a tree with
+# thousands of them would otherwise be walked once per name. Keyed by the tree's identity
+# (a weak reference confirms it), locked because dashboard sessions infer in threads.
+_GROUPS_INDEX: dict[int, tuple[weakref.ref[ModuleSpec], dict[str, ModuleSpec]]] = {}
+_GROUPS_LOCK = threading.Lock()
+
+
+def _groups_owner(root: ModuleSpec, name: str) -> ModuleSpec | None:
+    with _GROUPS_LOCK:
+        entry = _GROUPS_INDEX.get(id(root))
+        if entry is None or entry[0]() is not root:
+            index = {groups_name(m.path): m for m in root.walk() if groups_name(m.path) in m.hidden}
+            if len(_GROUPS_INDEX) >= 8:
+                _GROUPS_INDEX.clear()
+            entry = _GROUPS_INDEX[id(root)] = (weakref.ref(root), index)
+        return entry[1].get(name)
+
+
 def _conv_groups(name: str, root: ModuleSpec) -> FreeValue | None:
     """A convolution's groups the shapes leave open (infer/conv.py): any divisor of
     out_channels keeps every shape, with in_channels = groups × the stored input width."""
-    owner = next((m for m in root.walk() if name in m.hidden and name == groups_name(m.path)), None)
+    if name != GROUPS and not name.endswith(f".{GROUPS}"):
+        return None
+    owner = _groups_owner(root, name)
     if owner is None:
         return None
     default = owner.args[GROUPS]
@@ -249,10 +271,14 @@ def _batch_first(root: ModuleSpec) -> tuple[tuple[bool, ...], bool, str]:
 
 def free_names(root: ModuleSpec, wiring: Wiring | None) -> list[str]:
     names: list[str] = []
-    for module in root.walk():
-        names.extend(h for h in module.hidden if h not in names)
+    seen: set[str] = set()  # a set: a tree can hide thousands of names (one per Unknown module)
+    hidden = [h for module in root.walk() for h in module.hidden]
     if wiring is not None and wiring.kind in ("encoder", "seq2seq"):
-        names.extend(h for h in ("scale_embedding", "causal_mask") if h not in names)
+        hidden += ["scale_embedding", "causal_mask"]
+    for name in hidden:
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
     return names
 
 
