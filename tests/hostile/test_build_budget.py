@@ -16,9 +16,7 @@ from tests.hostile import _payloads as p
 @pytest.mark.parametrize("kind", ["meta", "zero-stride"])
 def test_a_tiny_file_declaring_a_huge_linear_is_not_rebuilt(tmp_path, kind) -> None:
     n = 23_000
-    weight = (
-        torch.empty(n, n, device="meta") if kind == "meta" else torch.zeros(1, 1).expand(n, n)
-    )
+    weight = torch.empty(n, n, device="meta") if kind == "meta" else torch.zeros(1, 1).expand(n, n)
     path = p.torch_zip(tmp_path / "huge.pt", {"weight": weight, "bias": torch.zeros(n)})
     assert path.stat().st_size < 200_000
     checkpoint = load_checkpoint(path)
