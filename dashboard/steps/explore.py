@@ -98,7 +98,8 @@ def tensor_table(opened: state.Opened) -> str | None:
         frame,
         key=TABLE_KEY,
         on_select="rerun",
-        selection_mode="single-row",
+        # A click on any cell picks its row (the checkbox at the left does too).
+        selection_mode=["single-row", "single-cell"],
         hide_index=True,
         width="stretch",
         column_config={
@@ -114,8 +115,20 @@ def tensor_table(opened: state.Opened) -> str | None:
         f"{len(shown)} of {len(rows)} tensors · {fmt.count(opened.inspection.parameter_count)} "
         "learned parameters. Click a row to see its values; click a column title to sort."
     )
-    selected = event.selection.rows if event is not None else []
-    return shown[selected[0]].name if selected and selected[0] < len(shown) else None
+    selected = clicked_row(event)
+    return shown[selected].name if selected is not None and selected < len(shown) else None
+
+
+def clicked_row(event) -> int | None:
+    """The row picked by its checkbox or by a click on one of its cells."""
+    if event is None:
+        return None
+    selection = event.selection
+    rows = list(selection.get("rows", []))
+    if rows:
+        return rows[0]
+    cells = list(selection.get("cells", []))
+    return cells[0][0] if cells else None
 
 
 def tensor_details(opened: state.Opened, name: str) -> None:
@@ -213,8 +226,10 @@ def render() -> None:
         with ui.reported(f"reading {selected}"):
             tensor_details(opened, selected)
     st.subheader("Layers we recognised")
-    if opened.spec.wiring is not None:
-        st.markdown(f"How data flows: {opened.spec.wiring.description}")
+    # The data flow as the session's settings have it (the wiring can be one of them).
+    spec = state.studio().spec or opened.spec
+    if spec.wiring is not None:
+        st.markdown(f"How data flows: {spec.wiring.description}")
     layer_tree(opened)
     icicle(opened)
 

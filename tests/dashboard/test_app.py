@@ -89,6 +89,16 @@ def test_clicking_a_tensor_shows_its_statistics_and_histogram():
     assert [m.label for m in at.metric][:2] == ["mean", "spread (std)"]
 
 
+def test_a_click_on_any_cell_of_a_row_selects_that_row():
+    at = open_app()
+    name = at.dataframe[0].value["name"].iloc[2]
+    at.session_state["explore_table"] = {
+        "selection": {"rows": [], "columns": [], "cells": [(2, "shape")]}
+    }
+    at.run()
+    assert any(f"Values of `{name}`" in s.value for s in at.subheader)
+
+
 def test_ticking_a_checkbox_neither_rereads_the_file_nor_reinfers(monkeypatch):
     calls = {"load": 0, "infer": 0}
     load, infer = rc.load_checkpoint, rc.infer_spec
