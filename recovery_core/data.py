@@ -24,11 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from recovery_core.container import check_torch_zip
+from recovery_core.container import check_torch_zip, open_regular
 from recovery_core.errors import DataError, RecoveryError
 from recovery_core.freeze import eval_mode
 from recovery_core.limits import LoadLimits
+from recovery_core.sandbox import run_isolated
 from recovery_core.spec import ModelInput
+from recovery_core.torch_file import load_torch_legacy, load_torch_zip
 
 LOSSES = ("mse", "cross_entropy")
 
@@ -118,8 +120,13 @@ def load_dataset(source: str | PathLike[str] | bytes, *, name: str | None = None
             return load_dataset(path, name=name or "uploaded dataset")
     path = os.fspath(source)
     display = name or os.path.basename(path)
-    if not os.path.isfile(path):
-        raise DataError(f"The dataset {display} does not exist or is not a file.")
+    try:  # a regular file of bounded size, never a FIFO, device or /proc entry
+        with open_regular(Path(path), f"The dataset {display}") as (_, size):
+            pass
+    except RecoveryError as e:
+        raise DataError(str(e)) from None
+    if size > LoadLimits().max_file_bytes:
+        raise DataError(f"The dataset {display} is {size} bytes, above this tool's limit.")
     fmt = _sniff(path, display)
     if fmt == "npz":
         tensors = _read_npz(path, display)
@@ -208,6 +215,19 @@ def _read_safetensors(path: str, display: str) -> dict[str, Tensor]:
 def _read_torch(path: str, display: str) -> tuple[str, dict[str, Tensor]]:
     if zipfile.is_zipfile(path):
         _check_torch_zip(path, display)
+    # The same checks as a checkpoint's, in the killable, limited child: records, the
+    # pickle scan (no uninitialised-memory constructors) and torch's own parse on the
+    # meta device. Only a file that passed is unpickled here, onto the CPU.
+    try:
+        run_isolated(
+            check_torch_dataset,
+            (path, display, LoadLimits()),
+            display=display,
+            seconds=LoadLimits().time_budget_seconds,
+            memory_bytes=LoadLimits().parse_memory_bytes,
+        )
+    except RecoveryError as e:
+        raise DataError(f"The dataset could not be loaded safely: {e}") from None
     try:
         # Only TensorDataset is allowed beyond plain tensors and containers.
         with torch.serialization.safe_globals([TensorDataset]):
@@ -230,6 +250,16 @@ def _read_torch(path: str, display: str) -> tuple[str, dict[str, Tensor]]:
             "torch.save({'x': x, 'y': y}, path)."
         )
     raise DataError(f"{display} holds a {type(obj).__name__}, not a dict or tuple of tensors.")
+
+
+def check_torch_dataset(path: str, display: str, limits: LoadLimits) -> tuple[None, list[bytes]]:
+    """In the parsing child: everything `_read_torch` will meet, on the meta device."""
+    with torch.serialization.safe_globals([TensorDataset]):
+        if zipfile.is_zipfile(path):
+            load_torch_zip(Path(path), display, limits)
+        else:
+            load_torch_legacy(Path(path), display, limits, read_values=False)
+    return None, []
 
 
 def _from_mapping(obj: Mapping[Any, Any], display: str) -> dict[str, Tensor]:

@@ -110,7 +110,9 @@ def load_torch_zip(path: Path, display: str, limits: LoadLimits) -> LoadedPickle
     return LoadedPickle(skeleton, storages, [], index)
 
 
-def load_torch_legacy(path: Path, display: str, limits: LoadLimits) -> LoadedPickle:
+def load_torch_legacy(
+    path: Path, display: str, limits: LoadLimits, *, read_values: bool = True
+) -> LoadedPickle:
     with open_regular(path, display) as (f, size):
         # magic number, protocol, system info, the object, the storage keys
         opcodes = 0
@@ -126,6 +128,8 @@ def load_torch_legacy(path: Path, display: str, limits: LoadLimits) -> LoadedPic
                 f"{display} declares {total} bytes of tensor data but the file has only "
                 f"{size}; it was refused."
             )
+        if not read_values:  # the checks alone (a dataset, loaded by its own reader)
+            return LoadedPickle(skeleton, [], [], {})
         f.seek(0)
         loaded = _weights_only_load(f, path, display, map_location="cpu")
     storages: list[tuple[int, int]] = []

@@ -382,3 +382,28 @@ def test_files_are_not_unpickled_in_this_process(tmp_path, monkeypatch) -> None:
     legacy = p.torch_legacy(tmp_path / "l.pt", p.small_state_dict())
     assert load_checkpoint(path).names == load_checkpoint(legacy).names == ("weight", "bias")
     json.dumps(load_checkpoint(path).hyper_parameters)
+
+
+# --- datasets go through the same checks -------------------------------------------------
+
+
+def test_dataset_files_get_the_checkpoint_checks(tmp_path) -> None:
+    from recovery_core.data import load_dataset
+    from recovery_core.errors import DataError
+
+    crash = p.with_record(
+        tmp_path / "a.pt", ".storage_alignment", b"0", {"x": torch.ones(4, 2), "y": torch.ones(4)}
+    )
+    with pytest.raises(DataError, match="storage alignment of 0"):
+        load_dataset(crash)
+    uninit = p.torch_zip(
+        tmp_path / "b.pt", {"x": p.uninitialised_tensors()["FloatTensor(N)"], "y": torch.ones(4)}
+    )
+    with pytest.raises(DataError, match="uninitialised memory"):
+        load_dataset(uninit)
+    fifo = tmp_path / "data.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        within(20, lambda: load_dataset(fifo))
+    good = p.torch_zip(tmp_path / "c.pt", {"x": torch.ones(4, 2), "y": torch.ones(4)})
+    assert load_dataset(good).n_samples == 4
