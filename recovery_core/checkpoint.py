@@ -488,6 +488,7 @@ class _FileStorages:
             None if first_blob is None else blobs[first_blob : first_blob + len(self._ranges)]
         )
         self._whole = None
+        self._size, self._display = plan["size"], display
         if self._blobs is None and plan["size"]:
             with open_regular(Path(plan["path"]), display) as (_, size):
                 if size != plan["size"]:
@@ -506,6 +507,8 @@ class _FileStorages:
                 )
             else:
                 offset, nbytes = self._ranges[index]
+                if not 0 <= offset <= offset + nbytes <= self._size:  # the child's word, checked
+                    raise CheckpointFormatError(f"{self._display} has a storage outside the file.")
                 assert self._whole is not None or nbytes == 0
                 whole = self._whole if self._whole is not None else torch.UntypedStorage(0)
                 self._cache[index] = whole[offset : offset + nbytes]
