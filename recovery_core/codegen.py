@@ -221,6 +221,13 @@ def _argument_name(name: str) -> str:
     return names.argument_name(name)
 
 
+def _registrable_key(key: str) -> str:
+    """A whole state-dict key as a string literal, each of its parts checked."""
+    for part in key.split("."):
+        _registrable(part, key)
+    return _literal(key)
+
+
 def _registrable(name: str, where: str) -> str:
     """A checkpoint name for a child, parameter or buffer, as a string literal."""
     if not names.is_registrable(name):
@@ -443,6 +450,16 @@ class _Renderer:
             )
         return _call("kept", [owner, _list(items)], room)
 
+    def _ties(self, root: ModuleSpec) -> list[str]:
+        """`tie(self, key, source)` for weights the checkpoint stores once for two keys."""
+        if not root.ties:
+            return []
+        self.helpers.add("tie")
+        return [
+            _call("tie", ["self", _registrable_key(key), _registrable_key(source)], _LINE - 8)
+            for key, source in root.ties
+        ]
+
     def _named_children(self, m: ModuleSpec) -> list[str]:
         """`name=expr` for plain names, `**{"self": expr}` for the rest (Container's)."""
         words = []
@@ -564,12 +581,14 @@ class _Renderer:
             parts.append(_PARAMETER_FREE_HELPER)
         if "conv_padding" in self.helpers:
             parts.append(_PADDING_HELPER)
-        if self.helpers & {"container", "kept", "register"}:
+        if self.helpers & {"container", "kept", "register", "tie"}:
             parts.append(_REGISTER_HELPER)
         if "container" in self.helpers:
             parts.append(_CONTAINER_HELPER)
         if "kept" in self.helpers:
             parts.append(_KEPT_HELPER)
+        if "tie" in self.helpers:
+            parts.append(_TIE_HELPER)
         for type_name, source in FAMILY_CLASSES.items():
             if type_name in self.helpers:
                 parts.append(source)
@@ -611,12 +630,13 @@ class _Renderer:
                     self.helpers.add("register")
                     name = _registrable(child.name, child.path)
                     lines.append(_call("register", ["self", name, self.expr(child)], _LINE - 8))
-            return lines + kept, "nn.Module"
+            return lines + kept + self._ties(root), "nn.Module"
         if root.type in ("Sequential", "ModuleList"):
             items = self._indexed_children(root)
             if root.type == "ModuleList":
                 items = [_list(items)]
-            return [_call("super().__init__", items, _LINE - 8), *kept], f"nn.{root.type}"
+            init = _call("super().__init__", items, _LINE - 8)
+            return [init, *kept, *self._ties(root)], f"nn.{root.type}"
         if root.type in _STACKS:
             init = _call("super().__init__", self._stack_words(root), _LINE - 8)
             return [init], f"nn.{root.type}"
@@ -866,6 +886,18 @@ class Container(nn.Module):
         super().__init__()
         for name, child in children.items():
             register(self, name, child)
+'''
+
+_TIE_HELPER = '''
+def tie(owner: nn.Module, key: str, source: str) -> None:
+    """Makes `key` the very parameter at `source`, as the checkpoint stored them once
+    (a decoder reusing its embedding table): training updates both together."""
+    parameters = dict(owner.named_parameters(remove_duplicate=False))
+    shared, own = parameters.get(source), parameters.get(key)
+    if shared is None or own is None or shared.shape != own.shape:
+        return  # a buffer, or shapes that differ: nothing to share
+    module, _, name = key.rpartition(".")
+    register(owner.get_submodule(module), name, shared)
 '''
 
 _KEPT_HELPER = '''

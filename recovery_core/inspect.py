@@ -71,17 +71,37 @@ class Inspection:
 
     @property
     def parameter_count(self) -> int:
-        return sum(r.numel for r in self.rows if r.role == "parameter")
+        """Distinct parameters, as `model.parameters()` counts them: a tied weight once."""
+        shared = self._shared_parameters
+        return sum(r.numel for r in self.rows if r.role == "parameter" and r.name not in shared)
+
+    @functools.cached_property
+    def _shared_parameters(self) -> dict[str, str]:
+        """key -> the module path below which it is a second name for another parameter."""
+        modules = {r.name: r.module for r in self.rows if r.role == "parameter"}
+        shared = {}
+        for key, source in self.checkpoint.tied.items():
+            if key in modules and source in modules:
+                mine, theirs = modules[key].split("."), modules[source].split(".")
+                common = 0
+                while common < min(len(mine), len(theirs)) and mine[common] == theirs[common]:
+                    common += 1
+                shared[key] = ".".join(mine[:common]) if modules[key] else ""
+        return shared
 
     @functools.cached_property
     def _parameters_by_module(self) -> dict[str, int]:
-        """Parameters under each module path (its own and its descendants'), in one pass."""
+        """Parameters under each module path (its own and its descendants'), in one pass.
+        A tied weight counts once: its second name only below where the two names meet."""
         counts: dict[str, int] = {}
+        shared = self._shared_parameters
         for row in self.rows:
             if row.role != "parameter":
                 continue
             path = row.module
             while True:
+                if row.name in shared and path == shared[row.name]:
+                    break  # from here up, the tied weight is already counted
                 counts[path] = counts.get(path, 0) + row.numel
                 if not path:
                     break

@@ -111,6 +111,9 @@ class ModuleSpec:
     note: str = ""  # why the type is uncertain, when alternatives is not empty
     kept: tuple[KeptTensor, ...] = ()  # tensors of its own no layer type explains
     weight_norm: WeightNorm | None = None  # how its weight is reparametrised, if it is
+    # On the root only: (key, source) pairs stored as one tensor in the checkpoint (tied
+    # weights, e.g. a decoder reusing its embedding table), to be shared again when rebuilt.
+    ties: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -137,6 +140,7 @@ class ModuleSpec:
             "note": self.note,
             "kept": [k.to_json() for k in self.kept],
             "weight_norm": None if self.weight_norm is None else self.weight_norm.to_json(),
+            "ties": [list(pair) for pair in self.ties],
         }
 
 

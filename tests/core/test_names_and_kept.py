@@ -18,6 +18,7 @@ from recovery_core.codegen import generate_code
 from recovery_core.errors import BuildError
 from recovery_core.infer import compose, infer_spec
 from recovery_core.infer.detection import Detection
+from recovery_core.inspect import describe
 from recovery_core.names import is_identifier, is_index, is_plain_attribute
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
@@ -159,3 +160,25 @@ def test_codegen_exits_1_naming_the_keys_when_its_file_would_not_load(
     assert code == 1
     assert "would not load" in err and "0.weight" in err
     assert not out.exists()
+
+
+def test_tied_weights_are_shared_again_and_counted_once():
+    class LanguageModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Embedding(30, 12)
+            self.decoder = nn.Linear(12, 30)
+            self.decoder.weight = self.encoder.weight
+
+    original = LanguageModel()
+    state = original.state_dict()
+    spec = infer_spec(Checkpoint.from_state_dict(state))
+    assert spec.root.ties == (("decoder.weight", "encoder.weight"),)
+    assert 'tie(self, "decoder.weight", "encoder.weight")' in generate_code(spec)
+    model = rebuilt(state)
+    assert model.decoder.weight is model.encoder.weight
+    assert sum(p.numel() for p in model.parameters()) == 30 * 12 + 30
+
+    inspection = describe(Checkpoint.from_state_dict(state), spec)
+    assert inspection.parameter_count == 30 * 12 + 30
+    assert inspection.module_parameter_count(spec.module("decoder")) == 30 * 12 + 30
