@@ -54,9 +54,19 @@ def output_chain(model: nn.Module, probe_inputs: Sequence[Tensor]) -> tuple[list
     finally:
         for h in handles:
             h.remove()
-    chain = [p for p in outputs if outputs[p] is result and isinstance(result, Tensor)]
+    chain = [p for p in outputs if _same_values(outputs[p], result)]
     chain.sort(key=lambda p: (p.count(".") + 1) if p else 0)
     return chain, calls
+
+
+def _same_values(out: Any, result: Any) -> bool:
+    """`out` is the model's output, or a view of it (a model that moves its batch
+    dimension for the caller returns its last module's output as a view)."""
+    if not isinstance(result, Tensor) or not isinstance(out, Tensor):
+        return False
+    return out is result or (
+        out.data_ptr() == result.data_ptr() and out.numel() == result.numel()
+    )
 
 
 def find_suffix(
@@ -107,20 +117,34 @@ def _join(path: str, name: str) -> str:
 
 
 class CachedFeatures:
-    """The entry module's inputs for every sample, batched along dimension 0.
+    """The entry module's inputs for every sample, stored with the samples along dimension 0.
 
-    Tensors that do not follow the batch (a causal mask, a flag) are kept as constants.
+    A sequence model built with batch_first=False keeps its samples along dimension 1;
+    `dims` records where each input holds them, and `take` puts them back there. Tensors
+    that do not follow the batch (a causal mask, a flag) are kept as constants.
     """
 
     def __init__(
-        self, batched: dict[int | str, Tensor], constants: dict[int | str, Any], n_args: int
+        self,
+        batched: dict[int | str, Tensor],
+        constants: dict[int | str, Any],
+        n_args: int,
+        dims: dict[int | str, int] | None = None,
     ):
         self.batched = batched
         self.constants = constants
         self.n_args = n_args
+        self.dims = dims or {}
+
+    @property
+    def sample_dim(self) -> int:
+        """Where the entry's (first) input holds the samples; its output keeps them there."""
+        return next(iter(self.dims.values()), 0)
 
     def take(self, idx: Tensor) -> tuple[list[Any], dict[str, Any]]:
-        values = {k: t[idx] for k, t in self.batched.items()} | self.constants
+        values = {
+            k: t[idx].movedim(0, self.dims.get(k, 0)) for k, t in self.batched.items()
+        } | self.constants
         args = [values[i] for i in range(self.n_args)]
         kwargs = {k: v for k, v in values.items() if isinstance(k, str)}
         return args, kwargs
@@ -166,12 +190,15 @@ def cache_features(
     a = dict(enumerate(args_a)) | kw_a
     b = dict(enumerate(args_b)) | kw_b
     batched_keys: list[int | str] = []
+    dims: dict[int | str, int] = {}
     constants: dict[int | str, Any] = {}
     for key, va in a.items():
         vb = b.get(key)
         if isinstance(va, Tensor) and isinstance(vb, Tensor):
-            if va.dim() > 0 and va.shape[0] == 2 and vb.shape[0] == 3:
+            dim = _sample_dim(va, vb)
+            if dim is not None:
                 batched_keys.append(key)
+                dims[key] = dim
             elif va.shape == vb.shape and torch.equal(va, vb):
                 constants[key] = va
             else:
@@ -187,8 +214,18 @@ def cache_features(
         values = dict(enumerate(args)) | kwargs
         for key in batched_keys:
             parts[key].append(values[key].detach())
-    batched = {k: torch.cat(v) for k, v in parts.items()}
-    return CachedFeatures(batched, constants, n_args=len(args_a)), ""
+    batched = {k: torch.cat(v, dims[k]).movedim(dims[k], 0) for k, v in parts.items()}
+    return CachedFeatures(batched, constants, n_args=len(args_a), dims=dims), ""
+
+
+def _sample_dim(a: Tensor, b: Tensor) -> int | None:
+    """The one dimension that held 2 samples in `a` and 3 in `b` (the rest equal), if any."""
+    if a.dim() != b.dim():
+        return None
+    differing = [d for d in range(a.dim()) if a.shape[d] != b.shape[d]]
+    if len(differing) == 1 and (a.shape[differing[0]], b.shape[differing[0]]) == (2, 3):
+        return differing[0]
+    return None
 
 
 def cached_forward(suffix: Suffix, features: CachedFeatures) -> Callable[[Tensor], Tensor]:
@@ -196,7 +233,9 @@ def cached_forward(suffix: Suffix, features: CachedFeatures) -> Callable[[Tensor
 
     def forward(idx: Tensor) -> Tensor:
         args, kwargs = features.take(idx)
-        return suffix.runner(*args, **kwargs)
+        out = suffix.runner(*args, **kwargs)
+        dim = features.sample_dim
+        return out.movedim(dim, 0) if dim and out.dim() > dim else out
 
     return forward
 

@@ -103,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
         help="time allowed for scoring hidden hyperparameters",
     )
     recover.add_argument("--report", default=None, help="also write the JSON report here")
+    recover.add_argument(
+        "--wiring",
+        default=None,
+        metavar="NAME",
+        help="use this forward (a name `inspect` lists under FORWARD) instead of scoring them",
+    )
     return parser
 
 
@@ -184,6 +190,7 @@ def _recover(args: argparse.Namespace) -> int:
         seed=args.seed,
         loss=args.loss,
         search_budget_seconds=args.search_budget,
+        wiring=args.wiring,
     )
     result = recover(
         args.checkpoint,

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from recovery_core import names
+from recovery_core import forwards, names
 from recovery_core.errors import BuildError
 from recovery_core.infer import hf_conv1d
 from recovery_core.infer.conv import GROUPS, groups_name
@@ -35,7 +35,7 @@ from recovery_core.spec import (
 
 # Attributes of RecoveredModel read only by its forward: the search may change them on a
 # built model instead of building a new one.
-FORWARD_ONLY = frozenset({"scale_embedding", "causal_mask"})
+FORWARD_ONLY = frozenset({"scale_embedding", "causal_mask", "reduce", "pos_dim"})
 
 # Parameter-less modules a placeholder ("Unknown") may stand for, and which may appear
 # as types of their own: the choices inference offers for them.
@@ -111,7 +111,8 @@ _SUPPORTED = (
 # Names our RecoveredModel uses itself, plus nn.Module's own API: a checkpoint child
 # with one of these names cannot become an attribute.
 _RESERVED = frozenset(
-    {"scale_embedding", "causal_mask", "batch_first", "d_model", "forward", "training"}
+    {"scale_embedding", "causal_mask", "batch_first", "d_model", "reduce", "pos_dim"}
+    | {"forward", "training"}
     | {name for name in dir(object) if not name.startswith("__")}
     | {
         "add_module",
@@ -319,10 +320,8 @@ class _Renderer:
                 if name in self._hp_names() or m.type == "Unknown":
                     self._add_hidden(name)
 
-    def _wiring_hidden(self) -> list[str]:
-        if self.wiring is None or self.wiring.kind not in ("encoder", "seq2seq"):
-            return []
-        return ["scale_embedding", "causal_mask", "batch_first"]
+    def _wiring_hidden(self) -> tuple[str, ...]:
+        return forwards.wiring_hidden(self)
 
     def _hp_names(self) -> set[str]:
         return {hp.name for hp in self.spec.hyperparameters}
@@ -359,8 +358,8 @@ class _Renderer:
     def _convention_default(self, name: str) -> Any:
         if name == "causal_mask":
             return self.wiring is not None and self.wiring.kind == "seq2seq"
-        if name in ("scale_embedding", "batch_first"):
-            return False
+        if name in forwards.DEFAULTS:
+            return forwards.DEFAULTS[name]
         if self._has_module(name) and self.spec.module(name).type == "Unknown":
             return "Identity"
         raise BuildError(f"hyperparameter {name!r} has no value; set it before rebuilding.")
@@ -492,12 +491,8 @@ class _Renderer:
                     f"the positional encoding {m.path} has shape {shape}; "
                     "only [L, d], [1, L, d] and [L, 1, d] tables can be added to a sequence."
                 )
-            batch_first = self._arg("batch_first") if "batch_first" in self.hidden else "False"
-            return _call(
-                self._pe_class(buffer, persistent),
-                [f"shape={_literal(shape)}", f"batch_first={batch_first}"],
-                room,
-            )
+            self.helpers.add("positions")
+            return _call(self._pe_class(buffer, persistent), [f"shape={_literal(shape)}"], room)
         if m.type in ("TransformerEncoder", "TransformerDecoder"):
             return self._stack(m, room)
         return self._container(m, room)
@@ -593,10 +588,14 @@ class _Renderer:
             if type_name in self.helpers:
                 parts.append(source)
         if "causal" in self.helpers:
-            parts.append(_CAUSAL_HELPER)
+            parts.append(forwards.CAUSAL_HELPER)
+        if "positions" in self.helpers:
+            parts.append(forwards.POSITIONS_HELPER)
+        if "reduce" in self.helpers:
+            parts.append(forwards.REDUCE_HELPER)
         for buffer, persistent in sorted(self.pe_buffers):
             parts.append(
-                _PE_TEMPLATE.format(
+                forwards.PE_TEMPLATE.format(
                     cls=self._pe_class(buffer, persistent),
                     buffer=buffer,
                     persistent=persistent,
@@ -677,11 +676,7 @@ class _Renderer:
         kind = self.wiring.kind
         if kind == "sequential":
             return self._forward_sequential(root)
-        if kind == "rnn":
-            return self._forward_rnn()
-        if kind in ("encoder", "seq2seq"):
-            return self._forward_transformer(kind)
-        raise BuildError(f"the wiring {kind!r} is not one we can write a forward for.")
+        return forwards.write_forward(self)
 
     def _role(self, role: str, required: bool = True) -> str | None:
         path = self.wiring.roles.get(role) if self.wiring else None
@@ -719,100 +714,10 @@ class _Renderer:
         lines.append(f"    return {x}")
         return "\n".join(lines)
 
-    def _forward_rnn(self) -> str:
-        (x,) = self._input_names(("x",))
-        embedding, rnn, head = (
-            self._role("embedding", False),
-            self._role("rnn"),
-            self._role("head", False),
-        )
-        lines = [f"def forward(self, {x}: Tensor) -> Tensor:"]
-        if embedding:
-            lines.append(f"    x = {embedding}({x})")
-        elif x != "x":
-            lines.append(f"    x = {x}")
-        lines.append(
-            f"    x = {rnn}(x)[0]  # the outputs at every step; the final states are dropped"
-        )
-        lines.append(f"    return {head}(x)" if head else "    return x")
-        return "\n".join(lines)
+    def _tensor(self, path: str) -> str:
+        """`self.a.pe` for a tensor kept as is at the path "a.pe"."""
+        return _access(path)
 
-    def _forward_transformer(self, kind: str) -> str:
-        self.helpers.add("causal")
-        scale, causal, batch_first = (
-            f"self.{n}" for n in ("scale_embedding", "causal_mask", "batch_first")
-        )
-        head = self._role("head", False)
-        if kind == "encoder":
-            (tokens,) = self._input_names(("tokens",))
-            embedding = self._role("embedding")
-            pe = self._role("pos_encoding", False)
-            lines = [
-                f"def forward(self, {tokens}: Tensor) -> Tensor:",
-                f"    x = {embedding}({tokens})",
-                f"    if {scale}:",
-                "        x = x * math.sqrt(self.d_model)",
-            ]
-            if pe:
-                lines.append(f"    x = {pe}(x)")
-            lines += [
-                "    mask: Optional[Tensor] = None",
-                f"    if {causal}:",
-                f"        mask = causal_mask(x.size(1) if {batch_first} else x.size(0), x.device)",
-                f"    x = {self._role('encoder')}(x, mask=mask, is_causal={causal})",
-            ]
-            lines.append(f"    return {head}(x)" if head else "    return x")
-            return self._with_attributes("embedding", lines)
-        src, tgt = self._input_names(("src", "tgt"))
-        src_embedding, tgt_embedding = self._role("src_embedding"), self._role("tgt_embedding")
-        shared_pe = self._role("pos_encoding", False)
-        src_pe = self._role("src_pos_encoding", False) or shared_pe
-        tgt_pe = self._role("tgt_pos_encoding", False) or shared_pe
-        lines = [
-            f"def forward(self, {src}: Tensor, {tgt}: Tensor) -> Tensor:",
-            f"    s = {src_embedding}({src})",
-            f"    t = {tgt_embedding}({tgt})",
-            f"    if {scale}:",
-            "        s = s * math.sqrt(self.d_model)",
-            "        t = t * math.sqrt(self.d_model)",
-        ]
-        if src_pe:
-            lines.append(f"    s = {src_pe}(s)")
-        if tgt_pe:
-            lines.append(f"    t = {tgt_pe}(t)")
-        lines += [
-            "    tgt_mask: Optional[Tensor] = None",
-            f"    if {causal}:",
-            f"        tgt_mask = causal_mask(t.size(1) if {batch_first} else t.size(0), t.device)",
-        ]
-        transformer = self._role("transformer", False)
-        if transformer:
-            # Saying the mask is causal spares nn.Transformer a look at its values (torch.export).
-            lines.append(
-                f"    out = {transformer}(s, t, tgt_mask=tgt_mask, tgt_is_causal={causal})"
-            )
-        else:
-            encoder, decoder = self._role("encoder"), self._role("decoder")
-            lines += [
-                f"    memory = {encoder}(s)",
-                f"    out = {decoder}(t, memory, tgt_mask=tgt_mask, tgt_is_causal={causal})",
-            ]
-        lines.append(f"    return {head}(out)" if head else "    return out")
-        return self._with_attributes("src_embedding", lines)
-
-    def _with_attributes(self, embedding_role: str, forward_lines: list[str]) -> str:
-        """Records the forward-only settings for __init__ and returns the forward."""
-        path = self.wiring.roles[embedding_role]
-        d_model = self.spec.module(path).args.get("embedding_dim")
-        if d_model is None:
-            raise BuildError(f"{path} is not an Embedding, so the model width is unknown.")
-        self.extra_init = [
-            f"self.d_model = {_literal(d_model)}",
-            f"self.scale_embedding = {self._arg('scale_embedding')}",
-            f"self.causal_mask = {self._arg('causal_mask')}",
-            f"self.batch_first = {self._arg('batch_first')}",
-        ]
-        return "\n".join(forward_lines)
 
 
 _HEADER = '''
@@ -912,34 +817,7 @@ def kept(owner: nn.Module, tensors: list) -> nn.Module:
     return owner
 '''
 
-_CAUSAL_HELPER = '''
-def causal_mask(size: int, device: torch.device) -> Tensor:
-    """Position i may attend to positions 0..i only."""
-    return torch.triu(torch.full((size, size), float("-inf"), device=device), diagonal=1)
-'''
 
-_PE_TEMPLATE = '''
-class {cls}(nn.Module):
-    """Adds the checkpoint's positional table (buffer `{buffer}`) to a sequence.
-
-    [1, L, d] adds along dimension 1 and [L, 1, d] along dimension 0; an [L, d] table
-    follows batch_first.
-    """
-
-    def __init__(self, shape: tuple, batch_first: bool) -> None:
-        super().__init__()
-        self.register_buffer("{buffer}", torch.zeros(shape), persistent={persistent})
-        batch_major = len(shape) == 3 and shape[0] == 1
-        self.seq_dim = 1 if batch_major or (len(shape) == 2 and batch_first) else 0
-
-    def forward(self, x: Tensor) -> Tensor:
-        n = x.size(self.seq_dim)
-        if self.{buffer}.dim() == 2 and self.seq_dim == 0:
-            return x + self.{buffer}[:n].unsqueeze(1)
-        if self.{buffer}.dim() == 3 and self.seq_dim == 1:
-            return x + self.{buffer}[:, :n]
-        return x + self.{buffer}[:n]
-'''
 
 _MAIN = """
 if __name__ == "__main__":

@@ -276,9 +276,9 @@ def _loads_original(load: Callable[[], Any]) -> Check:
     return Check("loads the original weights", True, "load_state_dict(original) succeeded")
 
 
-def _varied_batch(example_inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
-    """The example inputs with one more sample: checks a dynamic batch dimension."""
-    return tuple(torch.cat([t, t[:1]]) for t in example_inputs)
+def _varied_batch(example_inputs: Sequence[Tensor], batch_dim: int = 0) -> tuple[Tensor, ...]:
+    """The example inputs with one more sample along the model's batch dimension."""
+    return tuple(torch.cat([t, t.narrow(batch_dim, 0, 1)], dim=batch_dim) for t in example_inputs)
 
 
 # ---------------------------------------------------------------- TorchScript
@@ -291,6 +291,7 @@ def export_torchscript(
     original_state_dict: Mapping[str, Tensor],
     *,
     input_path: str | os.PathLike[str] | None = None,
+    batch_dim: int = 0,
 ) -> ExportCheck:
     """Script the model (trace only where scripting fails), save atomically, verify."""
     path = os.fspath(path)
@@ -332,7 +333,12 @@ def export_torchscript(
         checks.append(Check("reloads", True, "torch.jit.load succeeded"))
         # A trace may bake the example's shapes in: then say whether another batch size works.
         checks += _verify_reloaded(
-            model, loaded, example_inputs, original_state_dict, other_batch=method == "trace"
+            model,
+            loaded,
+            example_inputs,
+            original_state_dict,
+            other_batch=method == "trace",
+            batch_dim=batch_dim,
         )
     return ExportCheck(path, "torchscript", method, tuple(checks), note)
 
@@ -344,6 +350,7 @@ def _verify_reloaded(
     original_state_dict: Mapping[str, Tensor],
     *,
     other_batch: bool,
+    batch_dim: int = 0,
 ) -> list[Check]:
     """What every reloaded export must show: the model's outputs, the original's keys and
     shapes, and that the original weights load into it."""
@@ -353,7 +360,7 @@ def _verify_reloaded(
             _compare_outputs("outputs match", model(*example_inputs), loaded(*example_inputs))
         )
         if other_batch:
-            varied = _varied_batch(example_inputs)
+            varied = _varied_batch(example_inputs, batch_dim)
             try:
                 checks.append(_compare_outputs("other batch size", model(*varied), loaded(*varied)))
             except Exception as e:
@@ -373,6 +380,7 @@ def export_program(
     original_state_dict: Mapping[str, Tensor],
     *,
     input_path: str | os.PathLike[str] | None = None,
+    batch_dim: int = 0,
 ) -> ExportCheck:
     """A `torch.export` program (`.pt2`) with a dynamic batch dimension, verified.
 
@@ -383,7 +391,7 @@ def export_program(
     example_inputs = tuple(example_inputs)
     with eval_mode(model):
         batch = torch.export.Dim("batch")
-        dynamic = tuple({0: batch} for _ in example_inputs)
+        dynamic = tuple({batch_dim: batch} for _ in example_inputs)
         note = ""
         try:
             with _quiet_torch():
@@ -423,7 +431,12 @@ def export_program(
         # may take PyTorch's fused fast path, which differs by ~2e-5. Compare like with like.
         with _standard_attention_path():
             checks += _verify_reloaded(
-                model, loaded, example_inputs, original_state_dict, other_batch=True
+                model,
+                loaded,
+                example_inputs,
+                original_state_dict,
+                other_batch=True,
+                batch_dim=batch_dim,
             )
     return ExportCheck(path, "torch.export", "export", tuple(checks), note, optional=True)
 
@@ -556,6 +569,7 @@ def export_all(
     input_path: str | os.PathLike[str] | None = None,
     stem: str = "model",
     trainable_keys: Sequence[str] | None = None,
+    batch_dim: int = 0,
 ) -> ExportBundle:
     """Write and verify `<stem>.pt` (TorchScript), `<stem>.pt2`, `<stem>_state_dict.pt`,
     `<stem>.safetensors`, `<stem>.py` (when `code` is given) and `report.json`.
@@ -569,9 +583,15 @@ def export_all(
     refuse_overwriting_input(paths.values(), input_path)  # before writing anything
     os.makedirs(out, exist_ok=True)
 
-    exports = [export_torchscript(model, example_inputs, paths["torchscript"], original_state_dict)]
+    exports = [
+        export_torchscript(
+            model, example_inputs, paths["torchscript"], original_state_dict, batch_dim=batch_dim
+        )
+    ]
     exports.append(
-        export_program(model, example_inputs, paths["torch.export"], original_state_dict)
+        export_program(
+            model, example_inputs, paths["torch.export"], original_state_dict, batch_dim=batch_dim
+        )
     )
     exports.extend(export_state_dict(model, paths["state_dict"], paths["safetensors"]))
     if code is not None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from recovery_core import humanize
 from recovery_core.build import build_model, load_weights
 from recovery_core.checkpoint import load_checkpoint
@@ -25,12 +27,20 @@ from recovery_core.data import (
     loss_function,
     make_mapping,
 )
-from recovery_core.errors import BuildError, ExportError
+from recovery_core.errors import BuildError, DataError, ExportError, TrainingError
 from recovery_core.export import ExportBundle, export_all, export_paths, refuse_overwriting_input
-from recovery_core.freeze import plan_freeze, preset_patterns
+from recovery_core.freeze import FreezePlan, plan_freeze, preset_patterns
 from recovery_core.infer import infer_spec
+from recovery_core.infer.wiring import output_module
+from recovery_core.layout import (
+    batch_dims,
+    batch_major,
+    drop_batch_major,
+    take,
+    to_batch_major,
+)
 from recovery_core.search import SearchResult, score_candidates, searchable_names
-from recovery_core.spec import SOURCE_USER, ArchSpec
+from recovery_core.spec import SOURCE_USER, WIRING, ArchSpec
 from recovery_core.train import TrainingConfig, TrainingResult, TrainingRun
 
 Log = Callable[[str], None]
@@ -52,6 +62,7 @@ class RecoverOptions:
     seed: int = 0
     loss: str | None = None  # "mse" | "cross_entropy"; guessed from the target when None
     search_budget_seconds: float = 30.0
+    wiring: str | None = None  # the forward to use (a name from spec.wirings); scored when None
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,82 @@ def _progress_printer(log: Log, bar: bool) -> Callable[[TrainingRun], None]:
     return follow
 
 
+def choose_forward(spec: ArchSpec, name: str | None) -> ArchSpec:
+    """The spec with the named forward (when given); a typed error when none fits."""
+    if name is not None:
+        wiring = spec.wiring_named(name)
+        if WIRING in {hp.name for hp in spec.hyperparameters}:
+            spec = spec.with_values({WIRING: wiring.name}, source=SOURCE_USER)
+    if spec.wiring is None:
+        why = next((n for n in spec.notes if "forward" in n), "")
+        raise BuildError(
+            "no forward could be found for these weights, so the model cannot be run on data"
+            + (f" ({why.rstrip('.')})" if why else "")
+            + "; use `recovery codegen` and write the forward by hand"
+        )
+    return spec
+
+
+def _log_forwards(spec: ArchSpec, log: Log) -> None:
+    if len(spec.wirings) <= 1 or WIRING not in {hp.name for hp in spec.free}:
+        return
+    log(f"{len(spec.wirings)} forwards fit the weights; the data decides among them:")
+    for rank, wiring in enumerate(spec.wirings, start=1):
+        log(f"  {rank}. {wiring.name}")
+
+
+def _train(
+    model: torch.nn.Module,
+    head: str | None,
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    loss_fn: Callable,
+    options: RecoverOptions,
+    log: Log,
+    progress_bar: bool,
+) -> tuple[TrainingResult, FreezePlan]:
+    """Baseline, freeze plan and the training run, on batch-major data."""
+    try:
+        baseline = baseline_loss(model, inputs, target, loss_fn)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise DataError(
+            f"the model cannot run on this data ({str(exc).splitlines()[0]}); check which "
+            "entries are the inputs and the target (--input, --target), or fix the layout "
+            "with --set batch_first=..."
+        ) from exc
+    log(f"baseline loss with the original weights: {humanize.loss(baseline)}")
+    patterns = list(options.unfreeze) or [
+        head or preset_patterns(model, "only the output layer")[0]
+    ]
+    plan = plan_freeze(model, patterns)
+    log(
+        f"training {', '.join(plan.trainable_modules)}: "
+        f"{humanize.count(plan.trainable_params)} of {humanize.count(plan.total_params)} parameters"
+    )
+    config = TrainingConfig(
+        method=options.method,
+        lr=options.lr,
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        seed=options.seed,
+        device=options.device,
+    )
+    run = TrainingRun(model, plan, inputs, target, loss_fn, config)
+    run.start()
+    follower = threading.Thread(
+        target=_progress_printer(log, progress_bar), args=(run,), daemon=True
+    )
+    follower.start()
+    run.join()
+    follower.join()
+    training = run.result
+    if training is None:
+        raise TrainingError(run.message or "training stopped without a result")
+    if training.message:
+        log(training.message)
+    return training, plan
+
+
 def recover(
     checkpoint_path: str,
     data_path: str,
@@ -139,14 +226,13 @@ def recover(
     written = [*export_paths(out.parent, out.stem, with_code=True).values()]
     refuse_overwriting_input([*written, *([report_path] if report_path else [])], checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
-    spec = infer_spec(checkpoint)
-    spec = spec.with_values(dict(options.fixed), source=SOURCE_USER)
+    spec = choose_forward(infer_spec(checkpoint), options.wiring)
+    fixed = dict(options.fixed)
+    if options.wiring is not None and WIRING in {hp.name for hp in spec.free}:
+        fixed[WIRING] = spec.wiring.name  # as named: not scored again
+    spec = spec.with_values(fixed, source=SOURCE_USER)
     log(f"checkpoint: {len(checkpoint.tensors)} tensors ({checkpoint.format})")
-    if spec.wiring is None:
-        raise BuildError(
-            "no forward could be recognised for these weights, so the model cannot be run on data; "
-            "use `recovery codegen` and write the forward by hand"
-        )
+    _log_forwards(spec, log)
 
     dataset = load_dataset(data_path)
     if options.inputs and options.target:  # chosen by the person: nothing to guess
@@ -173,9 +259,9 @@ def recover(
 
     original = checkpoint.state_dict()
     search = None
-    searchable = [n for n in searchable_names(spec) if n not in options.fixed]
+    searchable = [n for n in searchable_names(spec) if n not in fixed]
     for hp in spec.free:
-        if hp.name not in searchable and hp.name not in options.fixed:
+        if hp.name not in searchable and hp.name not in fixed:
             log(
                 f"warning: {hp.name} stays at its default {hp.value!r}: the data cannot decide it "
                 "(it does not change the loss in eval mode); fix it with --set if you know it"
@@ -188,53 +274,48 @@ def recover(
             inputs,
             target,
             loss_fn,
-            fixed=dict(options.fixed),
+            fixed=fixed,
             budget_seconds=options.search_budget_seconds,
             progress=_search_progress(log),
         )
         for rank, candidate in enumerate(search.ranking[:5], start=1):
             log(f"  #{rank} loss {humanize.loss(candidate.loss)}  {candidate.values}")
         log(f"  {search.message}")
+        if search.best is None:
+            raise BuildError(
+                f"{search.message.rstrip('.')}; fix the values you know with --set, or pick "
+                "another forward with --wiring"
+            )
         spec = search.apply(spec)
 
+    assert spec.wiring is not None
+    log(f"forward: {spec.wiring.description}")
+    dims = batch_dims(spec)
+    if dims.moved:
+        log(f"layout: {dims.describe()}; every batch and split is cut along it")
+    given_inputs = inputs
+    inputs, target = to_batch_major(inputs, target, dims)
     model = build_model(spec)
     report = load_weights(model, original)
     if not report.ok:
         raise BuildError(report.message)
-    baseline = baseline_loss(model, inputs, target, loss_fn)
-    log(f"baseline loss with the original weights: {humanize.loss(baseline)}")
-
-    patterns = list(options.unfreeze) or preset_patterns(model, "only the output layer")
-    plan = plan_freeze(model, patterns)
-    log(
-        f"training {', '.join(plan.trainable_modules)}: "
-        f"{humanize.count(plan.trainable_params)} of {humanize.count(plan.total_params)} parameters"
-    )
-    config = TrainingConfig(
-        method=options.method,
-        lr=options.lr,
-        epochs=options.epochs,
-        batch_size=options.batch_size,
-        seed=options.seed,
-        device=options.device,
-    )
-    run = TrainingRun(model, plan, inputs, target, loss_fn, config)
-    run.start()
-    follower = threading.Thread(
-        target=_progress_printer(log, progress_bar), args=(run,), daemon=True
-    )
-    follower.start()
-    run.join()
-    follower.join()
-    training = run.result
-    if training.message:
-        log(training.message)
+    with batch_major(model, dims):
+        training, plan = _train(
+            model, output_module(spec.wiring), inputs, target, loss_fn, options, log, progress_bar
+        )
+    drop_batch_major(training.model)
 
     report = {
         "checkpoint": os.path.basename(checkpoint_path),
         "data": os.path.basename(data_path),
         "mapping": {"inputs": list(mapping.inputs), "target": mapping.target, "loss": mapping.loss},
         "hyperparameters": [hp.to_json() for hp in spec.hyperparameters],
+        "wiring": spec.wiring.to_json(),
+        "layout": {
+            "input_batch_dim": dims.inputs,
+            "target_batch_dim": dims.target,
+            "description": dims.describe(),
+        },
         "search": None if search is None else search.to_json(),
         "freeze": {
             "patterns": list(plan.patterns),
@@ -244,7 +325,7 @@ def recover(
         },
         "training": training.to_json(),
     }
-    example = tuple(t[:2] for t in inputs)
+    example = tuple(take(t, 2, dims.inputs) for t in given_inputs)
     bundle = export_all(
         training.model,
         example,
@@ -255,6 +336,7 @@ def recover(
         input_path=checkpoint_path,
         stem=out.stem,
         trainable_keys=plan.trainable_keys,
+        batch_dim=dims.inputs,
     )
     if report_path and os.path.realpath(report_path) != os.path.realpath(bundle.report_path):
         shutil.copyfile(bundle.report_path, report_path)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import itertools
 import math
 import time
@@ -32,7 +31,8 @@ import torch
 from recovery_core.build import check_fit, model_class
 from recovery_core.codegen import FORWARD_ONLY, hidden_arguments
 from recovery_core.errors import HyperparameterError
-from recovery_core.spec import SOURCE_SEARCH, SOURCE_USER, ArchSpec
+from recovery_core.layout import batch_dims, prune_by_data, take
+from recovery_core.spec import SOURCE_SEARCH, SOURCE_USER, WIRING, ArchSpec
 
 # Hyperparameters that cannot change an eval-mode forward, so the data cannot find them.
 NO_EFFECT_IN_EVAL = frozenset({"dropout"})
@@ -58,6 +58,12 @@ _RETUNABLE_TYPES = (
     torch.nn.RMSNorm,
     torch.nn.RNNBase,
 )
+
+# Up to this many combinations every one is screened; beyond, a beam search (`_beam`).
+EXHAUSTIVE_UP_TO = 1024
+BEAM_START = 48  # combinations a beam starts from per forward hypothesis
+BEAM_WIDTH = 6  # combinations kept between refinements
+MODELS_PER_GROUP = 4  # built models kept per forward hypothesis while screening
 
 RELATIVE_TIE = 1e-4  # losses closer than this (relative to the best) count as tied
 ABSOLUTE_TIE = 1e-9  # and this, for a best loss at or near zero
@@ -90,6 +96,8 @@ class SearchResult:
     seconds: float
     message: str
     fixed: dict[str, Any] = field(default_factory=dict)  # values the person set; not searched
+    strategy: str = "every combination"  # or "a beam refined one value at a time"
+    fully_scored: int = 0  # finalists scored on every sample (the rest on the screening ones)
 
     @property
     def best(self) -> Candidate | None:
@@ -115,6 +123,8 @@ class SearchResult:
             "complete": self.complete,
             "seconds": self.seconds,
             "message": self.message,
+            "strategy": self.strategy,
+            "fully_scored": self.fully_scored,
             "ranking": [
                 {
                     "values": dict(c.values),
@@ -131,21 +141,107 @@ class SearchResult:
         }
 
     def apply(self, spec: ArchSpec) -> ArchSpec:
-        """The spec with the chosen values; names the data cannot separate stay as they are."""
-        chosen = {n: v for n, v in self.best_values.items() if n not in self.tied_names}
-        return spec.with_values(self.fixed, source=SOURCE_USER).with_values(
-            chosen, source=SOURCE_SEARCH
-        )
+        """The spec with the chosen values. Where the data cannot separate some names, the
+        tied combination that keeps their current values is taken when there is one (the
+        guess stands), else the best one: either way a combination that was scored."""
+        spec = spec.with_values(self.fixed, source=SOURCE_USER)
+        chosen = dict(self.best_values)
+        if self.tied_names and self.best is not None:
+            best = self.best
+            current = {n: spec.value(n) for n in self.tied_names}
+            for candidate in self.ranking:
+                if candidate.error is not None or not _tied(candidate.loss, best.loss):
+                    break
+                if all(candidate.values.get(n) == v for n, v in current.items()):
+                    chosen = dict(candidate.values)
+                    break
+        if WIRING in chosen:  # the forward first: the other names may belong to it alone
+            spec = spec.with_values({WIRING: chosen.pop(WIRING)}, source=SOURCE_SEARCH)
+        return spec.with_values(chosen, source=SOURCE_SEARCH)
 
 
 def searchable_names(spec: ArchSpec) -> tuple[str, ...]:
     """Free hyperparameters with a choice to make that change the eval-mode forward."""
-    used = {h.name for h in hidden_arguments(spec)}
+    used = {h.name for h in hidden_arguments(spec)} | {WIRING}
     return tuple(
         hp.name
         for hp in spec.free
         if hp.name in used and hp.name not in NO_EFFECT_IN_EVAL and len(hp.candidates) > 1
     )
+
+
+@dataclass
+class _Group:
+    """The combinations of one forward hypothesis: one class, models cached by build key."""
+
+    spec: ArchSpec
+    names: tuple[str, ...]  # searched, structural names varying slowest
+    candidates: list[tuple[Any, ...]]
+    wiring: str | None  # the "wiring" value these combinations carry, when it is searched
+    weights: Mapping[str, torch.Tensor]
+    cls: type[torch.nn.Module] = field(init=False)
+    arguments: dict[str, str] = field(init=False)
+    structural: tuple[str, ...] = field(init=False)
+    rebuild_on: tuple[str, ...] = field(init=False)
+    models: dict[tuple[Any, ...], tuple[torch.nn.Module | None, str | None]] = field(
+        default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        self.cls = model_class(self.spec)
+        self.arguments = {h.name: h.argument for h in hidden_arguments(self.spec)}
+        self.structural = tuple(n for n in self.names if n not in FORWARD_ONLY)
+        self.rebuild_on = tuple(n for n in self.structural if n not in RETUNABLE)
+
+    @property
+    def total(self) -> int:
+        return math.prod(len(c) for c in self.candidates)
+
+    def values(self, combo: tuple[Any, ...]) -> dict[str, Any]:
+        values = dict(zip(self.names, combo, strict=True))
+        return values if self.wiring is None else {WIRING: self.wiring} | values
+
+    def model(self, values: Mapping[str, Any]) -> tuple[torch.nn.Module | None, str | None]:
+        """A loaded model switched to these values (built once per build key)."""
+        key = tuple(values[n] for n in self.rebuild_on)
+        if key not in self.models:
+            if len(self.models) >= MODELS_PER_GROUP:
+                self.models.pop(next(iter(self.models)))
+            self.models[key] = _build_and_load(
+                self.cls, self.arguments, values, self.structural, self.weights
+            )
+            model = self.models[key][0]
+            if model is not None and not _retunable(model):
+                self.rebuild_on = self.structural  # something else reads these: build each
+        model, error = self.models[key]
+        if model is not None:
+            _retune(model, values)
+            _set_forward_only(model, self.arguments, values)
+        return model, error
+
+    def fresh(self, values: Mapping[str, Any]) -> torch.nn.Module | None:
+        """A model built for exactly these values, nothing switched (finalists)."""
+        model, _ = _build_and_load(self.cls, self.arguments, values, self.structural, self.weights)
+        if model is not None:
+            _set_forward_only(model, self.arguments, values)
+        return model
+
+
+@dataclass
+class _Data:
+    inputs: tuple[torch.Tensor, ...]
+    target: torch.Tensor
+    samples: int = 0  # along the model's batch dimension
+
+    def first(self, spec: ArchSpec, values: Mapping[str, Any], count: int) -> _Data:
+        """The first `count` samples along the model's batch dimension for these values."""
+        dims = batch_dims(spec, values)
+        target = take(self.target, count, dims.target)
+        return _Data(
+            tuple(take(t, count, dims.inputs) for t in self.inputs),
+            target,
+            target.shape[dims.target] if target.dim() > dims.target else len(target),
+        )
 
 
 def score_candidates(
@@ -162,73 +258,171 @@ def score_candidates(
     max_samples: int = 256,
     screen_samples: int = 32,
     finalists: int = 12,
+    exhaustive_up_to: int = EXHAUSTIVE_UP_TO,
     progress: Callable[[int, int], None] | None = None,
 ) -> SearchResult:
-    """Score every combination of candidate values by loss_fn(model(*inputs), target)."""
+    """Score combinations of candidate values by loss_fn(model(*inputs), target).
+
+    Up to `exhaustive_up_to` combinations every one is screened; beyond that a beam of
+    the best combinations is refined one value at a time (see `_beam`), so the cost grows
+    with the number of values, not with their product.
+    """
     started = time.monotonic()
     fixed = dict(fixed or {})
     base = spec.with_values(fixed, source=SOURCE_USER)
-    searched = _names_to_search(base, names, fixed)
-    candidates = [base.hyperparameter(n).candidates for n in searched]
-    # Structural names vary slowest, so one built model serves every forward-only setting.
-    order = sorted(
-        range(len(searched)),
-        key=lambda i: (searched[i] in FORWARD_ONLY, searched[i] in RETUNABLE),
-    )
-    searched = tuple(searched[i] for i in order)
-    candidates = [candidates[i] for i in order]
-    structural = tuple(n for n in searched if n not in FORWARD_ONLY)  # constructor arguments
-    rebuild_on = tuple(n for n in structural if n not in RETUNABLE)  # the rest are switched
-    total = math.prod(len(c) for c in candidates)
-    to_score = min(total, max_combinations)
-
-    inputs = tuple(t[:max_samples] for t in inputs)
-    target = target[:max_samples]
-    # Screening on a few samples ranks combinations almost as well as all of them and
-    # costs a fraction; the finalists are then compared on every sample.
-    screen = min(screen_samples, len(target))
-    screen_inputs = tuple(t[:screen] for t in inputs)
-    screen_target = target[:screen]
     weights = {
         k: v.detach().float() if v.is_floating_point() else v.detach()
         for k, v in state_dict.items()
     }
-    cls = model_class(base)
-    arguments = {h.name: h.argument for h in hidden_arguments(base)}
+    pruned = prune_by_data(base, inputs, target)
+    groups = _groups(base, names, fixed, pruned, weights)
+    total = sum(g.total for g in groups)
+    data = _Data(tuple(inputs), target)
+    results: dict[tuple[int, tuple[Any, ...]], Candidate] = {}
+    to_score = min(total, max_combinations)
 
-    results: list[Candidate] = []
-    model: torch.nn.Module | None = None
-    built_for: tuple[Any, ...] | None = None
-    build_error: str | None = None
+    def score(index: int, combo: tuple[Any, ...]) -> Candidate | None:
+        """Screen one combination (once); None when the budget is spent."""
+        if (index, combo) in results:
+            return results[(index, combo)]
+        if len(results) >= max_combinations or time.monotonic() - started > budget_seconds:
+            return None
+        group = groups[index]
+        values = group.values(combo)
+        model, error = group.model(values)
+        if model is None:
+            candidate = Candidate(values, math.inf, error)
+        else:
+            part = data.first(group.spec, values, max_samples).first(
+                group.spec, values, screen_samples
+            )
+            candidate = _score(model, values, part.inputs, part.target, loss_fn, part.samples)
+        results[(index, combo)] = candidate
+        if progress is not None:
+            progress(len(results), to_score)
+        return candidate
+
     small = sum(v.numel() for v in weights.values()) < SINGLE_THREAD_BELOW
     with warnings.catch_warnings(), torch.no_grad(), _threads(1 if small else None):
         warnings.simplefilter("ignore")  # torch's fast-path notices, once per combination
-        for combo in itertools.product(*candidates):
-            if len(results) >= max_combinations or time.monotonic() - started > budget_seconds:
-                break
-            values = dict(zip(searched, combo, strict=True))
-            key = tuple(values[n] for n in rebuild_on)
-            if key != built_for:
-                built_for = key
-                model, build_error = _build_and_load(cls, arguments, values, structural, weights)
-                if model is not None and not _retunable(model):
-                    rebuild_on = structural  # something else reads these values: build each
-            if model is None:
-                results.append(Candidate(values, math.inf, build_error))
-            else:
-                _retune(model, values)
-                _set_forward_only(model, arguments, values)
-                results.append(_score(model, values, screen_inputs, screen_target, loss_fn))
-            if progress is not None:
-                progress(len(results), to_score)
-        if screen < len(target):
-            build = functools.partial(
-                _build_and_load, cls, arguments, structural=structural, weights=weights
+        if total <= exhaustive_up_to:
+            strategy = "every combination"
+            for index, group in enumerate(groups):
+                for combo in itertools.product(*group.candidates):
+                    if score(index, combo) is None:
+                        break
+        else:
+            strategy = "a beam refined one value at a time"
+            _beam(groups, score, results)
+        screened = list(results.items())
+        final = _rescore_finalists(screened, groups, finalists, data, max_samples, loss_fn)
+    union = _union(groups)
+    return _summarise(
+        tuple(union), list(union.values()), final, total, fixed, time.monotonic() - started,
+        base, strategy,
+    )  # fmt: skip
+
+
+def _groups(
+    base: ArchSpec,
+    names: Sequence[str] | None,
+    fixed: Mapping[str, Any],
+    pruned: Mapping[str, tuple[Any, ...]],
+    weights: Mapping[str, torch.Tensor],
+) -> list[_Group]:
+    """One group per forward hypothesis to score (one when the forward is fixed)."""
+    searched = _names_to_search(base, names, fixed)
+    if WIRING in searched:
+        specs = [(w.name, base.with_values({WIRING: w.name})) for w in base.wirings]
+    else:
+        specs = [(None, base)]
+    groups = []
+    for wiring, spec in specs:
+        own = searchable_names(spec) if wiring is not None else searched
+        own = tuple(n for n in own if n not in fixed and n != WIRING)
+        if names is not None:
+            own = tuple(n for n in own if n in names)
+        candidates = [pruned.get(n, spec.hyperparameter(n).candidates) for n in own]
+        # Structural names vary slowest, so one built model serves every forward-only setting.
+        order = sorted(range(len(own)), key=lambda i: (own[i] in FORWARD_ONLY, own[i] in RETUNABLE))
+        groups.append(
+            _Group(
+                spec=spec,
+                names=tuple(own[i] for i in order),
+                candidates=[candidates[i] for i in order],
+                wiring=wiring,
+                weights=weights,
             )
-            results = _rescore_finalists(
-                results, finalists, build, arguments, inputs, target, loss_fn
-            )
-    return _summarise(searched, candidates, results, total, fixed, time.monotonic() - started, base)
+        )
+    return groups
+
+
+def _union(groups: list[_Group]) -> dict[str, tuple[Any, ...]]:
+    """Every searched name with every candidate it took in some group ("wiring" first)."""
+    union: dict[str, list[Any]] = {}
+    if any(g.wiring is not None for g in groups):
+        union[WIRING] = [g.wiring for g in groups]
+    for group in groups:
+        for name, candidates in zip(group.names, group.candidates, strict=True):
+            known = union.setdefault(name, [])
+            known.extend(c for c in candidates if c not in known)
+    return {name: tuple(values) for name, values in union.items()}
+
+
+def _start(group: _Group) -> list[tuple[Any, ...]]:
+    """Where a beam starts: every value of the names with the most candidates (up to
+    BEAM_START combinations), the rest at the spec's current values."""
+    current = []
+    for name, candidates in zip(group.names, group.candidates, strict=True):
+        value = group.spec.value(name)
+        current.append(value if value in candidates else candidates[0])
+    widest = sorted(range(len(group.names)), key=lambda i: -len(group.candidates[i]))
+    varied: list[int] = []
+    for i in widest:
+        if math.prod(len(group.candidates[j]) for j in [*varied, i]) <= BEAM_START:
+            varied.append(i)
+    starts = []
+    for values in itertools.product(*(group.candidates[i] for i in varied)):
+        combo = list(current)
+        for i, value in zip(varied, values, strict=True):
+            combo[i] = value
+        starts.append(tuple(combo))
+    return starts
+
+
+def _beam(
+    groups: list[_Group],
+    score: Callable[[int, tuple[Any, ...]], Candidate | None],
+    results: Mapping[tuple[int, tuple[Any, ...]], Candidate],
+) -> None:
+    """Keep the BEAM_WIDTH best combinations; try every one-value change of each; repeat
+    until the beam stops changing. A wrong value costs its own few neighbours, not the
+    product of everything else."""
+    for index, group in enumerate(groups):
+        for combo in _start(group):
+            if score(index, combo) is None:
+                return
+    beam: list[tuple[int, tuple[Any, ...]]] = []
+    while True:
+        ranked = sorted(
+            (key for key, c in results.items() if c.error is None), key=lambda k: results[k].loss
+        )
+        # While nothing runs, the failures seed the beam: their neighbours (another layout,
+        # another reduction) are the likeliest to run.
+        failed = [key for key, c in results.items() if c.error is not None]
+        new_beam = (ranked or failed)[:BEAM_WIDTH]
+        if new_beam == beam:
+            return
+        beam = new_beam
+        for index, combo in beam:
+            group = groups[index]
+            for position, candidates in enumerate(group.candidates):
+                for value in candidates:
+                    if value == combo[position]:
+                        continue
+                    neighbour = combo[:position] + (value,) + combo[position + 1 :]
+                    if score(index, neighbour) is None:
+                        return
 
 
 def _retunable(model: torch.nn.Module) -> bool:
@@ -280,26 +474,26 @@ def _set_forward_only(
 
 
 def _rescore_finalists(
-    results: list[Candidate],
+    screened: list[tuple[tuple[int, tuple[Any, ...]], Candidate]],
+    groups: list[_Group],
     finalists: int,
-    build: Callable[..., tuple[torch.nn.Module | None, str | None]],
-    arguments: Mapping[str, str],
-    inputs: tuple[torch.Tensor, ...],
-    target: torch.Tensor,
+    data: _Data,
+    max_samples: int,
     loss_fn: LossFn,
 ) -> list[Candidate]:
     """The best screened combinations scored on every sample, ahead of the rest."""
-    screened = sorted((c for c in results if c.error is None), key=lambda c: c.loss)
-    rest = [c for c in results if c.error is not None]
+    ok = sorted((pair for pair in screened if pair[1].error is None), key=lambda p: p[1].loss)
+    rest = [c for _, c in screened if c.error is not None]
     final = []
     # Rebuilt rather than kept: holding every screened model could cost many copies.
-    for candidate in screened[:finalists]:
-        model, _ = build(values=candidate.values)
+    for (index, _), candidate in ok[:finalists]:
+        group = groups[index]
+        model = group.fresh(candidate.values)
         assert model is not None, "a finalist was built once already"
-        _set_forward_only(model, arguments, candidate.values)
-        scored = _score(model, candidate.values, inputs, target, loss_fn)
+        part = data.first(group.spec, candidate.values, max_samples)
+        scored = _score(model, candidate.values, part.inputs, part.target, loss_fn, part.samples)
         final.append(dataclasses.replace(scored, screen_loss=candidate.loss))
-    return final + screened[finalists:] + rest
+    return final + [c for _, c in ok[finalists:]] + rest
 
 
 @contextlib.contextmanager
@@ -359,8 +553,9 @@ def _score(
     inputs: tuple[torch.Tensor, ...],
     target: torch.Tensor,
     loss_fn: LossFn,
+    samples: int | None = None,
 ) -> Candidate:
-    samples = len(target)
+    samples = len(target) if samples is None else samples
     try:
         loss = float(loss_fn(model(*inputs), target))
     except Exception as exc:  # noqa: BLE001 - a failing combination is ruled out, with its reason
@@ -386,35 +581,45 @@ def _summarise(
     fixed: dict[str, Any],
     seconds: float,
     spec: ArchSpec,
+    strategy: str,
 ) -> SearchResult:
-    # Losses are comparable only on the same samples: the finalists (scored on the most
-    # samples) rank first, the screened-only combinations after them.
+    # Losses are comparable only on the same samples: the finalists (scored on every
+    # sample) rank first, the screened-only combinations after them.
     ok = [c for c in results if c.error is None]
-    most = max((c.samples for c in ok), default=0)
-    scored = sorted((c for c in ok if c.samples == most), key=lambda c: c.loss)
-    screened_only = sorted((c for c in ok if c.samples != most), key=lambda c: c.loss)
+    scored = sorted((c for c in ok if c.screen_loss is not None), key=lambda c: c.loss)
+    screened_only = sorted((c for c in ok if c.screen_loss is None), key=lambda c: c.loss)
     failed = [c for c in results if c.error is not None]
     complete = len(results) == total
     # Per value, the best loss on the screening samples, which every combination shares.
     screen_losses = [(c.values, c.loss if c.screen_loss is None else c.screen_loss) for c in ok]
     per_name = {
         name: tuple(
-            (value, min((loss for v, loss in screen_losses if v[name] == value), default=math.inf))
+            (
+                value,
+                min((loss for v, loss in screen_losses if v.get(name) == value), default=math.inf),
+            )
             for value in values
         )
         for name, values in zip(names, candidates, strict=True)
     }
-    progress_note = (
-        ""
-        if complete
-        else f" Scored {len(results)} of {total} combinations before the time budget or the "
-        "limit on combinations stopped the search."
-    )
+    if complete:
+        progress_note = ""
+    elif strategy == "every combination":
+        progress_note = (
+            f" Scored {len(results)} of {total} combinations before the time budget or the "
+            "limit on combinations stopped the search."
+        )
+    else:
+        progress_note = (
+            f" Scored {len(results)} of {total} combinations: the best ones refined one value "
+            "at a time, not every combination."
+        )
     if not scored:
         reason = failed[0].error if failed else "there was nothing to score"
         return SearchResult(
             names, tuple(failed), {}, None, None, False, (), per_name, len(results), total,
             complete, seconds, f"No combination could be scored: {reason}.{progress_note}", fixed,
+            strategy, 0,
         )  # fmt: skip
     best = scored[0]
     margin = relative = None
@@ -422,7 +627,7 @@ def _summarise(
         margin = scored[1].loss - best.loss
         relative = margin / max(abs(best.loss), ABSOLUTE_TIE)
     group = [c for c in scored if _tied(c.loss, best.loss)]
-    tied = tuple(n for n in names if len({repr(c.values[n]) for c in group}) > 1)
+    tied = tuple(n for n in names if len({repr(c.values.get(n)) for c in group}) > 1)
     separable = len(group) == 1
     if not separable:
         kept = ", ".join(f"{n} (stays {spec.value(n)!r})" for n in tied)
@@ -454,4 +659,6 @@ def _summarise(
         seconds=seconds,
         message=message + progress_note,
         fixed=fixed,
+        strategy=strategy,
+        fully_scored=len(scored),
     )

@@ -20,6 +20,9 @@ SOURCE_DEFAULT = "default"  # not determined: the usual default among the candid
 SOURCE_SEARCH = "search"  # not determined: chosen by scoring candidates on data
 SOURCE_USER = "user"  # not determined: fixed by the person
 
+# The hyperparameter that chooses among forward hypotheses (`ArchSpec.wirings`).
+WIRING = "wiring"
+
 
 def positional_length(shape: tuple[int, ...]) -> int:
     """How many positions a positional-encoding buffer covers: `[1, L, d]` holds them along
@@ -155,18 +158,42 @@ class ModelInput:
 
 @dataclass(frozen=True)
 class Wiring:
-    """A recognised forward: how the top-level modules are called.
+    """One hypothesis of how the top-level modules are called in the forward.
 
-    kind: "sequential" (a stack called in order), "encoder" (embedding -> positional
-    encoding -> TransformerEncoder -> head), "seq2seq" (encoder-decoder taking
-    (src, tgt)), "rnn" (embedding -> RNN -> head).
-    roles: role name -> module path, e.g. {"src_embedding": "src_tok_emb", "head": "generator"}.
+    kind: "sequential" (a stack called in order), "encoder" (a sequence model whose core
+    is a Transformer encoder stack), "rnn" (a sequence model whose core is an RNN),
+    "seq2seq" (an encoder-decoder taking (src, tgt)).
+    roles: role name -> module path, e.g. {"src_embedding": "proj", "head": "out"}; the
+    input adapters keep the role names "embedding" / "src_embedding" / "tgt_embedding"
+    whether they are an Embedding or a Linear, and one module may hold both
+    src_embedding and tgt_embedding (shared).
+    name: unique among an ArchSpec's `wirings`; the value of the "wiring" choice.
+    reason: why it is ranked where it is (construction order, names, widths).
     """
 
     kind: str
     roles: Mapping[str, str]
     inputs: tuple[ModelInput, ...]
     description: str
+    name: str = ""
+    reason: str = ""
+    hidden: tuple[str, ...] = ()  # forward-only choices this forward reads ("reduce", ...)
+
+    def steps(self) -> tuple[str, ...]:
+        """The forward as one line per step, for people (the diagram, inspect)."""
+        return tuple(part.strip() for part in self.description.split("→"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "roles": dict(self.roles),
+            "inputs": [
+                {"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in self.inputs
+            ],
+            "description": self.description,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)
@@ -176,6 +203,7 @@ class ArchSpec:
     wiring: Wiring | None
     unexplained_keys: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # anything a person should know: ambiguities, guesses
+    wirings: tuple[Wiring, ...] = ()  # every forward hypothesis that fits, best-ranked first
 
     def modules(self) -> Iterator[ModuleSpec]:
         return self.root.walk()
@@ -226,7 +254,19 @@ class ArchSpec:
             else hp
             for hp in self.hyperparameters
         )
-        return replace(self, hyperparameters=hps)
+        wiring = self.wiring
+        if WIRING in values:
+            wiring = next(w for w in self.wirings if w.name == values[WIRING])
+        return replace(self, hyperparameters=hps, wiring=wiring)
+
+    def wiring_named(self, name: str) -> Wiring:
+        for wiring in self.wirings:
+            if wiring.name == name:
+                return wiring
+        raise HyperparameterError(
+            f"there is no forward named {name!r}; the forwards that fit these weights are: "
+            + (", ".join(repr(w.name) for w in self.wirings) or "none")
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -234,15 +274,8 @@ class ArchSpec:
             "hyperparameters": [hp.to_json() for hp in self.hyperparameters],
             "wiring": None
             if self.wiring is None
-            else {
-                "kind": self.wiring.kind,
-                "roles": dict(self.wiring.roles),
-                "inputs": [
-                    {"name": i.name, "dtype": i.dtype, "shape": list(i.shape)}
-                    for i in self.wiring.inputs
-                ],
-                "description": self.wiring.description,
-            },
+            else self.wiring.to_json()
+            | {"candidates": [w.to_json() for w in self.wirings]},
             "unexplained_keys": list(self.unexplained_keys),
             "notes": list(self.notes),
         }

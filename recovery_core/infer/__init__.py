@@ -11,8 +11,8 @@ from recovery_core.infer.hyperparameters import (
     metadata_conflicts,
 )
 from recovery_core.infer.registry import DETECTORS
-from recovery_core.infer.wiring import recognise_wiring
-from recovery_core.spec import ArchSpec
+from recovery_core.infer.wiring import propose_wirings
+from recovery_core.spec import ArchSpec, ModuleSpec, Wiring
 
 __all__ = ["DETECTORS", "infer_spec"]
 
@@ -26,21 +26,15 @@ def infer_spec(checkpoint: Checkpoint) -> ArchSpec:
         )
     root, unexplained = compose_tree(checkpoint)
     notes = module_notes(root)
-    if unexplained:
-        wiring, why = (
-            None,
-            (
-                f"{len(unexplained)} key(s) are not explained by any known layer, so no forward "
-                "wiring is claimed."
-            ),
-        )
-    else:
-        wiring, why = recognise_wiring(root)
+    shapes = {t.name: t.shape for t in checkpoint.tensors}
+    wirings, why = _wirings(root, unexplained, shapes)
     if why:
         notes.append(why)
-    shapes = {t.name: t.shape for t in checkpoint.tensors}
+    wiring = wirings[0] if wirings else None
     determined = determined_hyperparameters(root, wiring, shapes)
-    free, metadata_notes = free_hyperparameters(root, wiring, checkpoint.hyper_parameters)
+    free, metadata_notes = free_hyperparameters(
+        root, wiring, checkpoint.hyper_parameters, wirings
+    )
     notes += metadata_notes + metadata_conflicts(determined, checkpoint.hyper_parameters)
     return ArchSpec(
         root=root,
@@ -48,4 +42,24 @@ def infer_spec(checkpoint: Checkpoint) -> ArchSpec:
         wiring=wiring,
         unexplained_keys=unexplained,
         notes=tuple(notes),
+        wirings=wirings,
     )
+
+
+def _wirings(
+    root: ModuleSpec, unexplained: tuple[str, ...], shapes: dict[str, tuple[int, ...]]
+) -> tuple[tuple[Wiring, ...], str]:
+    """The forward hypotheses; tensors kept as is on containers may be positional tables,
+    and a forward is proposed only when it uses every one of them."""
+    tables = {key: shapes[key] for key in unexplained if key in shapes}
+    for module in root.walk():
+        for kept in getattr(module, "kept", ()):
+            path = f"{module.path}.{kept.name}" if module.path else kept.name
+            tables[path] = tuple(kept.shape)
+    unusable = [k for k, shape in tables.items() if len(shape) not in (2, 3)]
+    if unusable:
+        return (), (
+            f"{len(unusable)} tensor(s) that no known layer explains ({', '.join(unusable[:3])}) "
+            "are used by a forward we cannot see, so no forward is proposed."
+        )
+    return propose_wirings(root, tables)

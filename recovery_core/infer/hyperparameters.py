@@ -20,10 +20,12 @@ from recovery_core.infer.compose import join
 from recovery_core.infer.conv import GROUPS, groups_name
 from recovery_core.infer.detection import fmt
 from recovery_core.infer.unknown import UNKNOWN_CHOICES, name_hint
+from recovery_core.infer.wiring import POS_DIM
 from recovery_core.spec import (
     SOURCE_DEFAULT,
     SOURCE_METADATA,
     SOURCE_SHAPE,
+    WIRING,
     Hyperparameter,
     ModuleSpec,
     Wiring,
@@ -57,6 +59,8 @@ FREE_TABLE: dict[str, tuple[tuple[Any, ...], Any]] = {
     "conv_stride": ((1, 2), 1),
     "eps": ((1e-5, 1e-3), 1e-5),
     "rnn_nonlinearity": (("tanh", "relu"), "tanh"),
+    # How a sequence model turns its per-step outputs into one per sample (none: per step).
+    "reduce": (("none", "mean", "first", "last", "max"), "none"),
 }
 # Entry names in a checkpoint's hyper_parameters that carry each free value.
 METADATA_NAMES: dict[str, tuple[str, ...]] = {
@@ -269,12 +273,13 @@ def _batch_first(root: ModuleSpec) -> tuple[tuple[bool, ...], bool, str]:
     return (False, True), False, "PyTorch's default"
 
 
-def free_names(root: ModuleSpec, wiring: Wiring | None) -> list[str]:
-    names: list[str] = []
-    seen: set[str] = set()  # a set: a tree can hide thousands of names (one per Unknown module)
+def free_names(root: ModuleSpec, wirings: tuple[Wiring, ...] | list[Wiring]) -> list[str]:
+    """Hidden names some module or some proposed forward reads; "wiring" first when the
+    weights fit more than one forward."""
+    names: list[str] = [WIRING] if len(wirings) > 1 else []
     hidden = [h for module in root.walk() for h in module.hidden]
-    if wiring is not None and wiring.kind in ("encoder", "seq2seq"):
-        hidden += ["scale_embedding", "causal_mask"]
+    hidden += [h for wiring in wirings for h in wiring.hidden]
+    seen = set(names)  # a set: a tree can hide thousands of names (one per Unknown module)
     for name in hidden:
         if name not in seen:
             seen.add(name)
@@ -357,8 +362,38 @@ class FreeValue:
     reason: str
 
 
+def _pos_dim(root: ModuleSpec, wiring: Wiring | None) -> tuple[tuple[int, ...], int, str]:
+    """Which dimension of the tensor as given the positions run along: a [1, L, d] table
+    reads as dimension 1, [L, 1, d] as 0; else it follows the batch_first guess."""
+    batch_first = _batch_first(root)[1]
+    default = 1 if batch_first else 0
+    why = "it follows the batch_first guess"
+    roles = wiring.roles if wiring is not None else {}
+    for role in ("pos_encoding", "src_pos_encoding", "pos_table"):
+        path = roles.get(role)
+        if path is None:
+            continue
+        shape = None
+        for m in root.walk():
+            if m.path == path and m.type == "PositionalEncoding":
+                shape = tuple(m.args["shape"])
+            for kept in getattr(m, "kept", ()):
+                if (f"{m.path}.{kept.name}" if m.path else kept.name) == path:
+                    shape = tuple(kept.shape)
+        if shape is not None and len(shape) == 3 and shape[0] == 1:
+            default, why = 1, f"{path} is {fmt(shape)}: positions along dimension 1"
+        elif shape is not None and len(shape) == 3 and shape[1] == 1:
+            default, why = 0, f"{path} is {fmt(shape)}: positions along dimension 0"
+        break
+    return (0, 1), default, why
+
+
 def _free_value(
-    name: str, root: ModuleSpec, wiring: Wiring | None, guesses: dict[str, tuple[str, str]]
+    name: str,
+    root: ModuleSpec,
+    wiring: Wiring | None,
+    guesses: dict[str, tuple[str, str]],
+    wirings: tuple[Wiring, ...] | list[Wiring] = (),
 ) -> FreeValue:
     if name == "nhead":
         return FreeValue(*_nhead(root))
@@ -374,6 +409,15 @@ def _free_value(
         return FreeValue(
             UNKNOWN_CHOICES, choice, f"a parameter-less module; guessed {choice} from {why}"
         )
+    if name == WIRING:
+        assert wiring is not None  # listed only when there are forwards to choose from
+        return FreeValue(
+            tuple(w.name for w in wirings),
+            wiring.name,
+            f"{len(wirings)} forwards fit the weights; ranked first by {wiring.reason}",
+        )
+    if name == POS_DIM:
+        return FreeValue(*_pos_dim(root, wiring))
     if name == "causal_mask":
         seq2seq = wiring is not None and wiring.kind == "seq2seq"
         return FreeValue(
@@ -386,13 +430,18 @@ def _free_value(
 
 
 def free_hyperparameters(
-    root: ModuleSpec, wiring: Wiring | None, metadata: Mapping[str, Any]
+    root: ModuleSpec,
+    wiring: Wiring | None,
+    metadata: Mapping[str, Any],
+    wirings: tuple[Wiring, ...] | list[Wiring] | None = None,
 ) -> tuple[list[Hyperparameter], list[str]]:
+    if wirings is None:
+        wirings = (wiring,) if wiring is not None else ()
     guesses = _unknown_guesses(root)
     entries = _flat_metadata(metadata)
     hyperparameters, notes = [], []
-    for name in free_names(root, wiring):
-        free = _free_value(name, root, wiring, guesses)
+    for name in free_names(root, wirings):
+        free = _free_value(name, root, wiring, guesses, wirings)
         hp = Hyperparameter(
             name=name,
             value=free.default,

@@ -1,14 +1,31 @@
-"""Recognise a forward wiring from the module tree (docs/spec-conventions.md, "Wiring").
+"""Propose forward hypotheses from the module tree (docs/spec-conventions.md, "Wiring").
 
-The modules a forward would call ("parts") are found by opening plain containers.
-A wiring is recognised only when every part has a role and the sizes agree (an
-embedding as wide as the encoder, a head that reads the encoder's output, ...); when
-anything is left over, no wiring is claimed and the reason is returned as a note.
+A forward is a hypothesis, like `nhead`: proposed from the weights, ranked, decided on
+the data. Roles come from types and widths, never from names alone:
+
+- the **core** is what the rest is arranged around: an nn.Transformer, an encoder stack
+  and/or a decoder stack (TransformerEncoder/Decoder, or a ModuleList of their layers)
+  under any names, or an RNN;
+- every other top-level module must take exactly one role whose widths chain with the
+  core: an **input adapter** (a Linear or an Embedding whose output is the core's width;
+  shared by source and target, or one each), a **positional table** (a PositionalEncoding
+  module, a learned position Embedding, or a raw [1, L, d] / [L, 1, d] / [L, d] tensor),
+  a **final norm** (as wide as the core's output), a **head** (a Linear or a Sequential
+  MLP reading the core's output; or none, or tied to the token embedding);
+- a model whose children are called in order is a **stack** (`sequential`).
+
+Every consistent assignment is a `Wiring`. Construction order and names rank them (a
+small prior; neither decides alone); the data decides among them in the search, where
+the wiring is one more hidden choice ("wiring"). When nothing fits, the reason names the
+parts that were found and the sizes that do not chain.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 
 from recovery_core.infer.unknown import name_hint
 from recovery_core.spec import ModelInput, ModuleSpec, Wiring, positional_length
@@ -17,12 +34,28 @@ RNN_TYPES = frozenset({"LSTM", "GRU", "RNN"})
 NORM_TYPES = frozenset(
     {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "RMSNorm"}
 )
-SOURCE_NAME = re.compile(r"src|source|enc|input", re.IGNORECASE)
-TARGET_NAME = re.compile(r"tgt|target|dec|output", re.IGNORECASE)
+SEQUENCE_NORMS = frozenset({"LayerNorm", "RMSNorm"})
 EXAMPLE_BATCH = 2
 EXAMPLE_SEQUENCE = 7  # short, and cut to the positional table's length
 EXAMPLE_TARGET_SEQUENCE = 5
 EXAMPLE_SPATIAL = 8
+MAX_PARTS = 10  # sequence hypotheses are enumerated over at most this many modules
+
+# Weak name hints for the prior (a hint adds to a hypothesis' rank, never decides it).
+HINTS = {
+    "adapter": re.compile(
+        r"emb|tok|proj|input|inp|in_|src|tgt|encode|lookup|vocab|word|stem", re.I
+    ),
+    "positional": re.compile(r"pos|pe$|^pe|position|time", re.I),
+    "norm": re.compile(r"norm|ln", re.I),
+    "head": re.compile(r"head|out|fc|classif|readout|generator|logit|pred|decode|final|lm", re.I),
+}
+SOURCE_NAME = re.compile(r"src|source|enc|input", re.IGNORECASE)
+TARGET_NAME = re.compile(r"tgt|target|dec|output", re.IGNORECASE)
+
+# Forward-only choices a sequence forward reads (see free hyperparameters).
+REDUCE = "reduce"
+POS_DIM = "pos_dim"
 
 
 def parts_of(root: ModuleSpec) -> list[ModuleSpec]:
@@ -40,8 +73,11 @@ def parts_of(root: ModuleSpec) -> list[ModuleSpec]:
     return found
 
 
-def _layer_width(module: ModuleSpec) -> int | None:
-    """d_model of a Transformer / TransformerEncoder / TransformerDecoder."""
+# ---------------------------------------------------------------- widths of the families
+
+
+def layer_width(module: ModuleSpec) -> int | None:
+    """d_model of a Transformer, an encoder/decoder stack or a layer list."""
     if "d_model" in module.args:
         return module.args["d_model"]
     for inner in module.walk():
@@ -50,157 +86,478 @@ def _layer_width(module: ModuleSpec) -> int | None:
     return None
 
 
-def _head_width(module: ModuleSpec) -> int | None:
-    """in_features of a head: a Linear, or the first Linear of a Sequential."""
-    for inner in module.walk():
-        if inner.type == "Linear":
-            return inner.args["in_features"]
-        if inner.type not in ("Sequential", "ModuleList", "Unknown"):
+def mlp_widths(module: ModuleSpec) -> tuple[int, int] | None:
+    """(in, out) of a Linear, or of a Sequential whose Linears chain; else None."""
+    if module.type == "Linear":
+        return module.args["in_features"], module.args["out_features"]
+    if module.type != "Sequential":
+        return None
+    linears = [m for m in module.children if m.type == "Linear"]
+    others = [m for m in module.children if m.type not in ("Linear", "Unknown")]
+    if not linears or any(m.type not in SEQUENCE_NORMS for m in others):
+        return None
+    for a, b in itertools.pairwise(linears):
+        if a.args["out_features"] != b.args["in_features"]:
             return None
+    return linears[0].args["in_features"], linears[-1].args["out_features"]
+
+
+def _norm_width(module: ModuleSpec) -> int | None:
+    if module.type not in SEQUENCE_NORMS:
+        return None
+    shape = module.args.get("normalized_shape")
+    return shape[-1] if shape and len(shape) == 1 else None
+
+
+@dataclass(frozen=True)
+class Core:
+    """What a sequence forward is arranged around."""
+
+    kind: str  # "transformer", "encoder+decoder", "encoder", "rnn"
+    modules: tuple[ModuleSpec, ...]  # the transformer; or encoder, decoder; or the stack / RNN
+    width_in: int
+    width_out: int
+
+    @property
+    def wiring_kind(self) -> str:
+        return {"transformer": "seq2seq", "encoder+decoder": "seq2seq"}.get(self.kind, self.kind)
+
+
+def _stack_kind(module: ModuleSpec) -> str | None:
+    """ "encoder" / "decoder" for an encoder or decoder stack (or one layer), else None."""
+    if module.type in ("TransformerEncoder", "TransformerEncoderLayer"):
+        return "encoder"
+    if module.type in ("TransformerDecoder", "TransformerDecoderLayer"):
+        return "decoder"
+    if module.type in ("ModuleList", "Sequential") and module.children:
+        types = {c.type for c in module.children}
+        if types == {"TransformerEncoderLayer"}:
+            return "encoder"
+        if types == {"TransformerDecoderLayer"}:
+            return "decoder"
     return None
 
 
-def _positional_length(modules: list[ModuleSpec]) -> int | None:
-    lengths = []
-    for pe in modules:
-        lengths.append(positional_length(tuple(pe.args["shape"])))
-    return min(lengths) if lengths else None
-
-
-def _sequence(length: int | None, wanted: int) -> int:
-    return wanted if length is None else max(1, min(wanted, length))
-
-
-def _src_tgt(
-    a: ModuleSpec, b: ModuleSpec, head: ModuleSpec | None
-) -> tuple[ModuleSpec, ModuleSpec]:
-    """Order two embeddings as (source, target): by name, then by the head's vocabulary."""
-    for first, second in ((a, b), (b, a)):
-        if SOURCE_NAME.search(first.path) and not SOURCE_NAME.search(second.path):
-            return first, second
-        if TARGET_NAME.search(second.path) and not TARGET_NAME.search(first.path):
-            return first, second
-    if head is not None and head.type == "Linear":
-        vocab = head.args["out_features"]
-        if b.args["num_embeddings"] == vocab != a.args["num_embeddings"]:
-            return a, b
-        if a.args["num_embeddings"] == vocab != b.args["num_embeddings"]:
-            return b, a
-    return a, b
-
-
-def _split(parts: list[ModuleSpec], width: int) -> tuple[list, list, list, list] | None:
-    """(embeddings, positional encodings, heads, leftovers) for a transformer of `width`."""
-    embeddings = [p for p in parts if p.type == "Embedding"]
-    encodings = [p for p in parts if p.type == "PositionalEncoding"]
-    heads = [p for p in parts if p.type in ("Linear", "Sequential")]
-    taken = {id(p) for p in embeddings + encodings + heads}
-    leftovers = [p for p in parts if id(p) not in taken]
-    if any(e.args["embedding_dim"] != width for e in embeddings):
-        return None
-    if any(pe.args["shape"][-1] != width for pe in encodings):
-        return None
-    if any(_head_width(h) != width for h in heads):
-        return None
-    return embeddings, encodings, heads, leftovers
-
-
-def _encoder(parts: list[ModuleSpec]) -> Wiring | None:
-    encoders = [p for p in parts if p.type == "TransformerEncoder"]
-    if len(encoders) != 1:
-        return None
-    encoder = encoders[0]
-    split = _split(parts, _layer_width(encoder))
-    if split is None:
-        return None
-    embeddings, encodings, heads, leftovers = split
-    if leftovers != [encoder] or len(embeddings) != 1 or len(encodings) > 1 or len(heads) > 1:
-        return None
-    roles = {"embedding": embeddings[0].path, "encoder": encoder.path}
-    if encodings:
-        roles["pos_encoding"] = encodings[0].path
-    if heads:
-        roles["head"] = heads[0].path
-    length = _sequence(_positional_length(encodings), EXAMPLE_SEQUENCE)
-    return Wiring(
-        kind="encoder",
-        roles=roles,
-        inputs=(ModelInput("tokens", "long", (EXAMPLE_BATCH, length)),),
-        description="tokens → embedding → + positional encoding → TransformerEncoder → head",
-    )
-
-
-def _seq2seq(parts: list[ModuleSpec]) -> Wiring | None:
+def _cores(parts: list[ModuleSpec]) -> tuple[Core | None, str]:
     transformers = [p for p in parts if p.type == "Transformer"]
-    encoders = [p for p in parts if p.type == "TransformerEncoder"]
-    decoders = [p for p in parts if p.type == "TransformerDecoder"]
-    if len(transformers) == 1 and not encoders and not decoders:
-        core = {"transformer": transformers[0]}
-    elif not transformers and len(encoders) == 1 and len(decoders) == 1:
-        core = {"encoder": encoders[0], "decoder": decoders[0]}
-        if _layer_width(encoders[0]) != _layer_width(decoders[0]):
-            return None
+    encoders = [p for p in parts if _stack_kind(p) == "encoder"]
+    decoders = [p for p in parts if _stack_kind(p) == "decoder"]
+    rnns = [p for p in parts if p.type in RNN_TYPES]
+    found = len(transformers) + len(encoders) + len(decoders) + len(rnns)
+    if found == 0:
+        return None, "no Transformer, encoder or decoder stack or RNN to arrange a forward around"
+    if len(transformers) == 1 and found == 1:
+        d = layer_width(transformers[0])
+        return Core("transformer", (transformers[0],), d, d), ""
+    if len(encoders) == 1 and len(decoders) == 1 and found == 2:
+        d_enc, d_dec = layer_width(encoders[0]), layer_width(decoders[0])
+        if d_enc != d_dec:
+            return None, (
+                f"the encoder {encoders[0].path} is {d_enc} wide but the decoder "
+                f"{decoders[0].path} is {d_dec} wide"
+            )
+        return Core("encoder+decoder", (encoders[0], decoders[0]), d_enc, d_enc), ""
+    if len(encoders) == 1 and found == 1:
+        d = layer_width(encoders[0])
+        return Core("encoder", (encoders[0],), d, d), ""
+    if len(rnns) == 1 and found == 1:
+        args = rnns[0].args
+        out = (args.get("proj_size") or args["hidden_size"]) * (2 if args["bidirectional"] else 1)
+        return Core("rnn", (rnns[0],), args["input_size"], out), ""
+    names = ", ".join(f"{p.path} ({p.type})" for p in transformers + encoders + decoders + rnns)
+    return None, f"more cores than one forward can arrange: {names}"
+
+
+# ---------------------------------------------------------------- roles of the other parts
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A module or a raw tensor that can take a role."""
+
+    path: str
+    type: str  # the module type, or "tensor" for a raw table
+    order: int  # construction order among the parts
+    module: ModuleSpec | None = None
+    shape: tuple[int, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit(".", 1)[-1]
+
+
+def _roles_for(slot: Slot, core: Core) -> list[str]:
+    """Every role the slot's type and widths allow around this core."""
+    roles: list[str] = []
+    m, args = slot.module, (slot.module.args if slot.module is not None else {})
+    attention = core.kind != "rnn"
+    if slot.type == "Embedding":
+        if args["embedding_dim"] == core.width_in:
+            roles.append("adapter")
+            if attention:
+                roles.append("positional")
+    elif slot.type == "Linear" and args["out_features"] == core.width_in:
+        roles.append("adapter")
+    if attention and slot.type == "PositionalEncoding" and args["shape"][-1] == core.width_in:
+        roles.append("positional")
+    if attention and slot.type == "tensor" and _is_table(slot.shape, core.width_in):
+        roles.append("positional")
+    if m is not None and _norm_width(m) == core.width_out:
+        roles.append("norm")
+    widths = mlp_widths(m) if m is not None else None
+    if widths is not None and widths[0] == core.width_out:
+        roles.append("head")
+    return roles
+
+
+def _is_table(shape: tuple[int, ...], width: int) -> bool:
+    if len(shape) == 3:
+        return shape[-1] == width and (shape[0] == 1 or shape[1] == 1)
+    return len(shape) == 2 and shape[-1] == width
+
+
+@dataclass(frozen=True)
+class Assignment:
+    adapters: tuple[Slot, ...]
+    positional: tuple[Slot, ...]
+    norm: Slot | None
+    head: Slot | None
+
+
+def _assignments(slots: list[Slot], core: Core) -> Iterator[Assignment]:
+    options = [_roles_for(s, core) for s in slots]
+    seq2seq = core.wiring_kind == "seq2seq"
+    for combo in itertools.product(*options):
+        by_role: dict[str, list[Slot]] = {}
+        for slot, role in zip(slots, combo, strict=True):
+            by_role.setdefault(role, []).append(slot)
+        adapters = tuple(by_role.get("adapter", ()))
+        positional = tuple(by_role.get("positional", ()))
+        if len(adapters) > (2 if seq2seq else 1) or len(positional) > (2 if seq2seq else 1):
+            continue
+        if len(by_role.get("norm", ())) > 1 or len(by_role.get("head", ())) > 1:
+            continue
+        kinds = {_adapter_dtype(a) for a in adapters}
+        if seq2seq and len(adapters) == 2 and len(kinds) > 1:
+            continue  # source and target are both tokens or both vectors
+        if any(p.type == "Embedding" for p in positional) and not adapters:
+            continue  # learned positions are added to something an adapter made
+        if len(positional) == 2 and {p.type for p in positional} != {"PositionalEncoding"}:
+            continue
+        norm = by_role.get("norm", [None])[0]
+        head = by_role.get("head", [None])[0]
+        yield Assignment(adapters, positional, norm, head)
+
+
+def _adapter_dtype(slot: Slot) -> str:
+    return "long" if slot.type == "Embedding" else "float"
+
+
+# ---------------------------------------------------------------- building the hypotheses
+
+
+def _prior(assignment: Assignment, core: Core, order: Mapping[str, int]) -> tuple[float, str]:
+    """A small score from construction order and names, with the reasons for it."""
+    score, reasons = 0.0, []
+    core_order = min(order[m.path] for m in core.modules)
+    placed = [(s, "adapter") for s in assignment.adapters]
+    placed += [(s, "positional") for s in assignment.positional]
+    placed += [(assignment.norm, "norm"), (assignment.head, "head")]
+    for slot, role in placed:
+        if slot is None:
+            continue
+        if HINTS[role].search(slot.name):
+            score += 2
+            reasons.append(f"'{slot.name}' is named like a {role}")
+        before = slot.order < core_order
+        if before == (role in ("adapter", "positional")):
+            score += 1
+        if role == "head" and slot.type == "Embedding":
+            score -= 3
+    if assignment.head is not None:
+        score += 1  # a model usually ends in a layer of its own
+    if len(assignment.adapters) == 1 and core.wiring_kind == "seq2seq":
+        score += 0.5  # one adapter shared by source and target is the usual pattern
+    return score, "; ".join(reasons)
+
+
+def _head_variants(assignment: Assignment, core: Core) -> list[str | None]:
+    """ "part" when a head module is assigned; else "none", and "tied" when an embedding fits."""
+    if assignment.head is not None:
+        return ["part"]
+    variants: list[str | None] = [None]
+    tokens = [a for a in assignment.adapters if a.type == "Embedding"]
+    if tokens and tokens[-1].module.args["embedding_dim"] == core.width_out:
+        variants.insert(0, "tied")
+    return variants
+
+
+def _sequence_wirings(
+    parts: list[ModuleSpec], tables: Mapping[str, tuple[int, ...]]
+) -> tuple[list[tuple[float, Wiring]], str]:
+    core, why = _cores(parts)
+    if core is None:
+        return [], why
+    core_paths = {m.path for m in core.modules}
+    slots = [
+        Slot(p.path, p.type, i, module=p) for i, p in enumerate(parts) if p.path not in core_paths
+    ]
+    slots += [
+        Slot(path, "tensor", len(parts) + i, shape=shape)
+        for i, (path, shape) in enumerate(tables.items())
+    ]
+    if len(slots) > MAX_PARTS:
+        return [], f"{len(slots)} modules besides the core are more than a forward is guessed for"
+    order = {p.path: i for i, p in enumerate(parts)}
+    unplaceable = [s for s in slots if s.type != "tensor" and not _roles_for(s, core)]
+    if unplaceable:
+        width = (
+            f"{core.width_in}"
+            if core.width_in == core.width_out
+            else f"{core.width_in} in, {core.width_out} out"
+        )
+        listed = ", ".join(f"{s.path} ({_describe(s)})" for s in unplaceable)
+        return [], (
+            f"found {_core_text(core)} ({width} wide), but {listed} cannot feed it, follow it "
+            "or be its positions: the sizes do not chain"
+        )
+    found: list[tuple[float, Wiring]] = []
+    for assignment in _assignments(slots, core):
+        used_tables = {s.path for s in assignment.positional if s.type == "tensor"}
+        if any(s.type == "tensor" and s.path not in used_tables for s in slots):
+            continue  # every raw tensor must be used by the forward
+        prior, reason = _prior(assignment, core, order)
+        for head in _head_variants(assignment, core):
+            for bonus, wiring in _wirings_for(assignment, core, head, reason):
+                bonus += 0.5 if head == "tied" else 0.0
+                # Ties keep the order of discovery (construction order first).
+                found.append((prior + bonus - 0.001 * len(found), wiring))
+    if not found:
+        return [], f"found {_core_text(core)}, but its neighbours cannot be arranged around it"
+    return found, ""
+
+
+def _describe(slot: Slot) -> str:
+    m = slot.module
+    if m is None:
+        return f"tensor {slot.shape}"
+    if m.type == "Linear":
+        return f"Linear {m.args['in_features']} → {m.args['out_features']}"
+    if m.type == "Embedding":
+        return f"Embedding {m.args['num_embeddings']} × {m.args['embedding_dim']}"
+    return m.type
+
+
+def _core_text(core: Core) -> str:
+    if core.kind == "encoder+decoder":
+        return f"an encoder ({core.modules[0].path}) and a decoder ({core.modules[1].path})"
+    what = {"transformer": "a Transformer", "encoder": "an encoder stack", "rnn": "an RNN"}
+    return f"{what[core.kind]} ({core.modules[0].path or 'the root'})"
+
+
+def _wirings_for(
+    assignment: Assignment, core: Core, head: str | None, reason: str
+) -> Iterator[tuple[float, Wiring]]:
+    """One wiring, or one per order of two separate source/target modules, with a bonus
+    for the order that names and the head's vocabulary suggest."""
+    seq2seq = core.wiring_kind == "seq2seq"
+    adapter_orders: list[tuple[Slot, ...]] = [assignment.adapters]
+    if seq2seq and len(assignment.adapters) == 2:
+        adapter_orders = [assignment.adapters, assignment.adapters[::-1]]
+    positional_orders: list[tuple[Slot, ...]] = [assignment.positional]
+    if seq2seq and len(assignment.positional) == 2:
+        positional_orders = [assignment.positional, assignment.positional[::-1]]
+    for adapters in adapter_orders:
+        for positional in positional_orders:
+            bonus = _source_first(adapters, assignment.head) + _source_first(positional, None)
+            wiring = _wiring(
+                core, adapters, positional, assignment.norm, assignment.head, head, reason
+            )
+            yield bonus, wiring
+
+
+def _source_first(pair: tuple[Slot, ...], head: Slot | None) -> float:
+    """How well (pair[0], pair[1]) reads as (source, target): by names, then by the head's
+    vocabulary matching the target embedding."""
+    if len(pair) != 2:
+        return 0.0
+    first, second = pair
+    bonus = 0.0
+    if SOURCE_NAME.search(first.name) and not SOURCE_NAME.search(second.name):
+        bonus += 1
+    if TARGET_NAME.search(second.name) and not TARGET_NAME.search(first.name):
+        bonus += 1
+    if head is not None and head.type == "Linear" and first.type == second.type == "Embedding":
+        vocab = head.module.args["out_features"]
+        sizes = (first.module.args["num_embeddings"], second.module.args["num_embeddings"])
+        if sizes[1] == vocab != sizes[0]:
+            bonus += 1
+    return bonus
+
+
+def _wiring(
+    core: Core,
+    adapters: tuple[Slot, ...],
+    positional: tuple[Slot, ...],
+    norm: Slot | None,
+    head_slot: Slot | None,
+    head: str | None,
+    reason: str,
+) -> Wiring:
+    roles: dict[str, str] = {}
+    seq2seq = core.wiring_kind == "seq2seq"
+    if seq2seq:
+        if adapters:
+            roles["src_embedding"] = adapters[0].path
+            roles["tgt_embedding"] = adapters[-1].path
+        if len(positional) == 2:
+            roles["src_pos_encoding"], roles["tgt_pos_encoding"] = (p.path for p in positional)
+        if core.kind == "transformer":
+            roles["transformer"] = core.modules[0].path
+        else:
+            roles["encoder"], roles["decoder"] = (m.path for m in core.modules)
     else:
-        return None
-    split = _split(parts, _layer_width(next(iter(core.values()))))
-    if split is None:
-        return None
-    embeddings, encodings, heads, leftovers = split
-    if {id(p) for p in leftovers} != {id(p) for p in core.values()}:
-        return None
-    if len(embeddings) != 2 or len(heads) != 1 or len(encodings) > 2:
-        return None
-    src, tgt = _src_tgt(*embeddings, heads[0])
-    roles = {"src_embedding": src.path, "tgt_embedding": tgt.path}
-    roles |= {role: module.path for role, module in core.items()}
-    if len(encodings) == 1:
-        roles["pos_encoding"] = encodings[0].path
-    elif len(encodings) == 2:
-        src_pe, tgt_pe = _src_tgt(*encodings, None)
-        roles |= {"src_pos_encoding": src_pe.path, "tgt_pos_encoding": tgt_pe.path}
-    roles["head"] = heads[0].path
-    length = _positional_length(encodings)
-    inputs = (
-        ModelInput("src", "long", (EXAMPLE_BATCH, _sequence(length, EXAMPLE_SEQUENCE))),
-        ModelInput("tgt", "long", (EXAMPLE_BATCH, _sequence(length, EXAMPLE_TARGET_SEQUENCE))),
-    )
-    middle = "Transformer" if "transformer" in core else "TransformerEncoder / TransformerDecoder"
+        if adapters:
+            roles["embedding"] = adapters[0].path
+        roles["encoder" if core.kind == "encoder" else "rnn"] = core.modules[0].path
+    if len(positional) == 1:
+        slot = positional[0]
+        role = {"Embedding": "pos_embedding", "tensor": "pos_table"}.get(slot.type, "pos_encoding")
+        roles[role] = slot.path
+    if norm is not None:
+        roles["final_norm"] = norm.path
+    if head == "part" and head_slot is not None:
+        roles["head"] = head_slot.path
+    elif head == "tied":
+        roles["tied_head"] = adapters[-1].path
+    hidden = _forward_choices(core, adapters, positional)
+    inputs = _inputs(core, adapters, positional)
     return Wiring(
-        kind="seq2seq",
+        kind=core.wiring_kind,
         roles=roles,
         inputs=inputs,
-        description=f"(src, tgt) → embeddings → + positional encoding → {middle} → head",
+        description=_flow(core, adapters, positional, norm, head_slot, head, inputs),
+        name=_name(core, adapters, positional, norm, head_slot, head),
+        reason=reason or "types and widths chain",
+        hidden=hidden,
     )
 
 
-def _rnn(parts: list[ModuleSpec]) -> Wiring | None:
-    rnns = [p for p in parts if p.type in RNN_TYPES]
-    if len(rnns) != 1:
-        return None
-    rnn = rnns[0]
-    args = rnn.args
-    width = (args.get("proj_size") or args["hidden_size"]) * (2 if args["bidirectional"] else 1)
-    embeddings = [p for p in parts if p.type == "Embedding"]
-    heads = [p for p in parts if p.type in ("Linear", "Sequential")]
-    if len(embeddings) > 1 or len(heads) != 1 or len(parts) != 2 + len(embeddings):
-        return None
-    if _head_width(heads[0]) != width:
-        return None
-    roles = {"rnn": rnn.path, "head": heads[0].path}
-    length = EXAMPLE_SEQUENCE - 1
-    if embeddings:
-        if embeddings[0].args["embedding_dim"] != args["input_size"]:
-            return None
-        roles = {"embedding": embeddings[0].path} | roles
-        model_input = ModelInput("tokens", "long", (EXAMPLE_BATCH, length))
+def _forward_choices(
+    core: Core, adapters: tuple[Slot, ...], positional: tuple[Slot, ...]
+) -> tuple[str, ...]:
+    names = ["batch_first"]
+    if core.kind != "rnn":
+        names.append("causal_mask")
+        if adapters:
+            names.append("scale_embedding")
+        if positional:
+            names.append(POS_DIM)
+    if core.wiring_kind != "seq2seq":
+        names.append(REDUCE)
+    return tuple(names)
+
+
+def _inputs(
+    core: Core, adapters: tuple[Slot, ...], positional: tuple[Slot, ...]
+) -> tuple[ModelInput, ...]:
+    lengths = [positional_length(_table_shape(p)) for p in positional if _table_shape(p)]
+    limit = min(lengths) if lengths else None
+
+    def one(name: str, adapter: Slot | None, wanted: int) -> ModelInput:
+        length = wanted if limit is None else max(1, min(wanted, limit))
+        if adapter is not None and adapter.type == "Embedding":
+            return ModelInput(name, "long", (EXAMPLE_BATCH, length))
+        width = adapter.module.args["in_features"] if adapter is not None else core.width_in
+        return ModelInput(name, "float", (EXAMPLE_BATCH, length, width))
+
+    if core.wiring_kind == "seq2seq":
+        src = adapters[0] if adapters else None
+        tgt = adapters[-1] if adapters else None
+        return (
+            one("src", src, EXAMPLE_SEQUENCE),
+            one("tgt", tgt, EXAMPLE_TARGET_SEQUENCE),
+        )
+    adapter = adapters[0] if adapters else None
+    name = "tokens" if adapter is not None and adapter.type == "Embedding" else "x"
+    return (one(name, adapter, EXAMPLE_SEQUENCE - (1 if core.kind == "rnn" else 0)),)
+
+
+def _table_shape(slot: Slot) -> tuple[int, ...] | None:
+    if slot.type == "tensor":
+        return slot.shape
+    if slot.type == "PositionalEncoding":
+        return tuple(slot.module.args["shape"])
+    if slot.type == "Embedding":
+        return (slot.module.args["num_embeddings"], slot.module.args["embedding_dim"])
+    return None
+
+
+def _name(
+    core: Core,
+    adapters: tuple[Slot, ...],
+    positional: tuple[Slot, ...],
+    norm: Slot | None,
+    head_slot: Slot | None,
+    head: str | None,
+) -> str:
+    pieces = []
+    if adapters:
+        if len(adapters) == 2:
+            pieces.append(f"{adapters[0].path} (src) + {adapters[1].path} (tgt)")
+        elif core.wiring_kind == "seq2seq":
+            pieces.append(f"{adapters[0].path} (shared)")
+        else:
+            pieces.append(adapters[0].path)
+    if positional:
+        pieces.append("+" + " / ".join(p.path for p in positional))
+    pieces.append(" / ".join(m.path for m in core.modules))
+    if norm is not None:
+        pieces.append(norm.path)
+    if head == "part" and head_slot is not None:
+        pieces.append(head_slot.path)
+    elif head == "tied":
+        pieces.append(f"tied to {adapters[-1].path}")
     else:
-        model_input = ModelInput("x", "float", (EXAMPLE_BATCH, length, args["input_size"]))
-    return Wiring(
-        kind="rnn",
-        roles=roles,
-        inputs=(model_input,),
-        description=f"{'tokens → embedding → ' if embeddings else 'x → '}{rnn.type} → output[0] → head",
-    )
+        pieces.append("no head")
+    return " → ".join(pieces)
+
+
+def _flow(
+    core: Core,
+    adapters: tuple[Slot, ...],
+    positional: tuple[Slot, ...],
+    norm: Slot | None,
+    head_slot: Slot | None,
+    head: str | None,
+    inputs: tuple[ModelInput, ...],
+) -> str:
+    steps = ["(" + ", ".join(i.name for i in inputs) + ")"]
+    if adapters:
+        shared = core.wiring_kind == "seq2seq" and len(adapters) == 1
+        steps.append(
+            " / ".join(f"{a.path} ({_describe(a)})" for a in adapters)
+            + (" shared by both inputs" if shared else "")
+        )
+    if positional:
+        steps.append("+ positions from " + " / ".join(p.path for p in positional))
+    core_types = {
+        "transformer": "Transformer",
+        "encoder+decoder": "encoder / decoder",
+        "encoder": "encoder stack",
+        "rnn": core.modules[0].type,
+    }[core.kind]
+    steps.append(" / ".join(m.path for m in core.modules) + f" ({core_types})")
+    if norm is not None:
+        steps.append(f"{norm.path} ({norm.type})")
+    if head == "part" and head_slot is not None:
+        steps.append(f"{head_slot.path} ({_describe(head_slot)})")
+    elif head == "tied":
+        steps.append(f"output layer tied to {adapters[-1].path}")
+    return " → ".join(steps)
+
+
+# ---------------------------------------------------------------- stacks called in order
 
 
 def _stack(module: ModuleSpec) -> list[ModuleSpec] | None:
@@ -303,29 +660,67 @@ def _sequential(root: ModuleSpec) -> Wiring | None:
         roles={},
         inputs=(model_input,),
         description="x → each child in order (a ModuleList's items in order)",
+        name="each child in order",
+        reason="every child is a layer and their sizes chain",
     )
 
 
-def recognise_wiring(root: ModuleSpec) -> tuple[Wiring | None, str]:
-    """The wiring, or None with a sentence saying why none was recognised."""
-    parts = parts_of(root)
+# ---------------------------------------------------------------- entry points
+
+
+def propose_wirings(
+    root: ModuleSpec, tables: Mapping[str, tuple[int, ...]] | None = None
+) -> tuple[tuple[Wiring, ...], str]:
+    """Every forward that fits, best-ranked first; or none, with a sentence saying why.
+
+    `tables` are raw tensors held directly by containers (path -> shape): they may be
+    positional tables that a forward adds.
+    """
     if (
         root.type in RNN_TYPES
         or root.type.startswith("Transformer")
         or root.type == "MultiheadAttention"
     ):
-        return None, f"The root itself is a {root.type}; no surrounding forward to recognise."
-    for recognise in (_seq2seq, _encoder, _rnn):
-        wiring = recognise(parts)
-        if wiring is not None:
-            return wiring, ""
-    wiring = _sequential(root)
-    if wiring is not None:
-        return wiring, ""
-    if root.type in ("Module", "Sequential", "ModuleList"):
-        return None, (
-            "No forward wiring recognised (not a chain of layers, an embedding → encoder → head "
-            "model, an encoder-decoder or an embedding → RNN → head model); the rebuilt model "
-            "loads the weights but has no forward."
+        return (), f"The root itself is a {root.type}; it keeps its own forward."
+    tables = dict(tables or {})
+    parts = parts_of(root)
+    scored, why = _sequence_wirings(parts, tables)
+    wirings = [w for _, w in sorted(scored, key=lambda pair: -pair[0])]
+    sequential = _sequential(root) if not tables else None
+    if sequential is not None:
+        # A stack competes with the sequence hypotheses; it is the usual reading of a
+        # Sequential root, and the last resort of a container.
+        if root.type == "Sequential" or not wirings:
+            wirings.insert(0, sequential)
+        else:
+            wirings.append(sequential)
+    if not wirings:
+        if root.type not in ("Module", "Sequential", "ModuleList"):
+            return (), f"The root is a single {root.type}; no forward around it was recognised."
+        return (), (
+            f"No forward wiring fits these weights: {why or 'not a chain of layers'}; the rebuilt "
+            "model loads the weights but has no forward."
         )
-    return None, f"The root is a single {root.type}; no forward wiring around it was recognised."
+    return tuple(_unique_names(wirings)), ""
+
+
+def _unique_names(wirings: list[Wiring]) -> Iterator[Wiring]:
+    seen: dict[str, int] = {}
+    for wiring in wirings:
+        count = seen.get(wiring.name, 0)
+        seen[wiring.name] = count + 1
+        yield wiring if not count else replace(wiring, name=f"{wiring.name} #{count + 1}")
+
+
+def output_module(wiring: Wiring | None) -> str | None:
+    """The module that makes the forward's output (the head, or the embedding a tied head
+    reads); None for a stack, whose last layer is its output."""
+    if wiring is None:
+        return None
+    return wiring.roles.get("head") or wiring.roles.get("tied_head")
+
+
+def recognise_wiring(root: ModuleSpec) -> tuple[Wiring | None, str]:
+    """The best-ranked wiring, or None with a sentence saying why none was recognised."""
+    wirings, why = propose_wirings(root)
+    return (wirings[0] if wirings else None), why

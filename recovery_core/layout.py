@@ -1,0 +1,132 @@
+"""Which dimension of the data, as the user gives it, is the model's batch.
+
+A sequence model built with `batch_first=False` reads dimension 0 as the sequence, so
+its batch is dimension 1 of the tensors it is given, whether they are [seq, batch, ...]
+as intended or [batch, seq, ...] fed as they come (then attention mixes samples, and a
+slice along dimension 0 would change what the model computes). Everything that cuts the
+data into pieces (the search's samples, evaluation batches, training's mini-batches and
+its train/validation split, the frozen-prefix cache) cuts along this dimension, so that
+the model computes on every piece exactly what it computes on the whole.
+
+`batch_major` presents such a model to the training machinery, which cuts dimension 0,
+with its batch first: the data is moved once, and forward hooks move it back for the
+model, leaving module names and weights untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from recovery_core.spec import ArchSpec
+
+
+@dataclass(frozen=True)
+class BatchDims:
+    inputs: int  # the model's batch dimension in each input tensor as given
+    target: int  # and in its output / the target
+
+    @property
+    def moved(self) -> bool:
+        return self.inputs != 0 or self.target != 0
+
+    def describe(self) -> str:
+        if not self.moved:
+            return "samples along dimension 0"
+        return (
+            f"samples along dimension {self.inputs} of the inputs and {self.target} of the "
+            "target (the model reads dimension 0 as its sequence)"
+        )
+
+
+def batch_dims(spec: ArchSpec, values: Mapping[str, Any] | None = None) -> BatchDims:
+    """The model's batch dimension in the data, for the spec's forward and these values."""
+    values = values or {}
+    wiring = spec.wiring
+    if wiring is None or wiring.kind == "sequential":
+        return BatchDims(0, 0)
+
+    def value(name: str, default: Any) -> Any:
+        return values[name] if name in values else spec.value(name, default)
+
+    dim = 0 if value("batch_first", False) else 1
+    reduces = "reduce" in wiring.hidden and value("reduce", "none") != "none"
+    return BatchDims(dim, 0 if reduces else dim)
+
+
+def take(tensor: Tensor, count: int, dim: int) -> Tensor:
+    """The first `count` samples along `dim` (the whole tensor when it has fewer)."""
+    if tensor.dim() <= dim:
+        return tensor
+    return tensor.narrow(dim, 0, min(count, tensor.shape[dim]))
+
+
+def samples(tensors: Sequence[Tensor], dim: int) -> int:
+    return min((t.shape[dim] if t.dim() > dim else t.shape[0]) for t in tensors)
+
+
+def to_batch_major(
+    inputs: Sequence[Tensor], target: Tensor, dims: BatchDims
+) -> tuple[tuple[Tensor, ...], Tensor]:
+    """The data with the model's batch along dimension 0 (views, no copies)."""
+    moved = tuple(t.movedim(dims.inputs, 0) if t.dim() > dims.inputs else t for t in inputs)
+    return moved, (target.movedim(dims.target, 0) if target.dim() > dims.target else target)
+
+
+@contextlib.contextmanager
+def batch_major(model: nn.Module, dims: BatchDims) -> Iterator[nn.Module]:
+    """While inside, `model` takes and returns batch-major tensors (see `to_batch_major`)."""
+    if not dims.moved:
+        yield model
+        return
+
+    def before(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(
+            a.movedim(0, dims.inputs) if isinstance(a, Tensor) and a.dim() > dims.inputs else a
+            for a in args
+        )
+
+    def after(_module: nn.Module, _args: Any, output: Any) -> Any:
+        if isinstance(output, Tensor) and output.dim() > dims.target:
+            return output.movedim(dims.target, 0)
+        return output
+
+    before.batch_major = after.batch_major = True  # type: ignore[attr-defined]
+    handles = [model.register_forward_pre_hook(before), model.register_forward_hook(after)]
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def drop_batch_major(model: nn.Module) -> nn.Module:
+    """Remove the hooks of `batch_major` from a copy of the model made inside it (a copy
+    keeps its original's hooks), so it takes the data as given again."""
+    for hooks in (model._forward_pre_hooks, model._forward_hooks):
+        for key in [k for k, hook in hooks.items() if getattr(hook, "batch_major", False)]:
+            del hooks[key]
+    return model
+
+
+def prune_by_data(spec: ArchSpec, inputs: Sequence[Tensor], target: Tensor) -> dict[str, tuple]:
+    """Candidates the data's shapes rule out before anything is scored.
+
+    A sequence model's per-step output is [batch, step, features]; class labels drop the
+    features ([batch, step]). A target with one dimension fewer than that wants one
+    output per sample, so the steps must be reduced; one with as many keeps every step.
+    """
+    pruned: dict[str, tuple] = {}
+    if not inputs:
+        return pruned
+    per_step_rank = 3 if target.is_floating_point() else 2
+    for hp in spec.free:
+        if hp.name == "reduce" and len(hp.candidates) > 1:
+            per_step = target.dim() >= per_step_rank
+            keep = tuple(c for c in hp.candidates if (c == "none") == per_step)
+            pruned[hp.name] = keep or hp.candidates
+    return pruned
