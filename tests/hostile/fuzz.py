@@ -175,9 +175,14 @@ def run(count: int | None, seconds: float | None, seed: int = 0, log=None) -> Re
         if took > BUDGET_SECONDS + GRACE_SECONDS:
             report.slow.append(_save_finding(data, f"took {took:.1f} s"))
         if log is not None and report.mutants % 1000 == 0:
+            report.peak_rss_mib = _peak_rss_mib()
             log(report.summary())
-    report.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report.peak_rss_mib = _peak_rss_mib()
     return report
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _save_finding(data: bytes, what: str) -> str:
