@@ -702,7 +702,7 @@ class _Renderer:
         (x,) = self._input_names(("x",))
         lines = [f"def forward(self, {x}: Tensor) -> Tensor:"]
         for child in root.children:
-            access = f"self.{self._child_name(child)}"
+            access = _access(child.path)  # `getattr(self, "class")` for names Python refuses
             if child.type == "ModuleList":
                 lines += [f"    for layer in {access}:", f"        {x} = layer({x})"]
             elif child.type == "Module":

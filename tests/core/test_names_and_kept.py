@@ -182,3 +182,17 @@ def test_tied_weights_are_shared_again_and_counted_once():
     inspection = describe(Checkpoint.from_state_dict(state), spec)
     assert inspection.parameter_count == 30 * 12 + 30
     assert inspection.module_parameter_count(spec.module("decoder")) == 30 * 12 + 30
+
+
+def test_a_recognised_forward_reaches_children_whatever_their_names():
+    original = nn.Module()
+    original.add_module("class", nn.Linear(4, 4))
+    original.add_module("²", nn.Linear(4, 3))
+    state = original.state_dict()
+    spec = infer_spec(Checkpoint.from_state_dict(state))
+    assert spec.wiring is not None and spec.wiring.kind == "sequential"
+    model = rebuilt(state).eval()
+    x = torch.randn(2, 4)
+    expected = getattr(original, "²")(getattr(original, "class")(x))
+    assert torch.equal(model(x), expected)
+    assert torch.equal(torch.jit.script(model)(x), expected)
