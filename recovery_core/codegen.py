@@ -745,10 +745,17 @@ PARAMETER_FREE_LAYERS = {
     "Identity": nn.Identity,
     "Dropout": nn.Dropout,
     "Flatten": nn.Flatten,
+    "MaxPool1d": lambda: nn.MaxPool1d(2),
+    "MaxPool2d": lambda: nn.MaxPool2d(2),
+    "MaxPool3d": lambda: nn.MaxPool3d(2),
+    "AvgPool1d": lambda: nn.AvgPool1d(2),
+    "AvgPool2d": lambda: nn.AvgPool2d(2),
+    "AvgPool3d": lambda: nn.AvgPool3d(2),
 }
 
 
 def parameter_free_layer(name: str) -> nn.Module:
+    # A fresh module for a parameter-less slot ("MaxPool2d": kernel 2, stride 2).
     return PARAMETER_FREE_LAYERS[name]()
 """
 

@@ -31,6 +31,7 @@ import torch
 from recovery_core.build import check_fit, model_class
 from recovery_core.codegen import FORWARD_ONLY, hidden_arguments
 from recovery_core.errors import HyperparameterError
+from recovery_core.infer.unknown import shape_class
 from recovery_core.layout import batch_dims, prune_by_data, take
 from recovery_core.spec import SOURCE_SEARCH, SOURCE_USER, WIRING, ArchSpec
 
@@ -63,6 +64,7 @@ _RETUNABLE_TYPES = (
 EXHAUSTIVE_UP_TO = 1024
 BEAM_START = 48  # combinations a beam starts from per forward hypothesis
 BEAM_WIDTH = 6  # combinations kept between refinements
+MAX_SKELETONS = 4096  # shape skeletons a stack's beam may start from
 MODELS_PER_GROUP = 4  # built models kept per forward hypothesis while screening
 
 RELATIVE_TIE = 1e-4  # losses closer than this (relative to the best) count as tied
@@ -191,7 +193,11 @@ class _Group:
         self.cls = model_class(self.spec)
         self.arguments = {h.name: h.argument for h in hidden_arguments(self.spec)}
         self.structural = tuple(n for n in self.names if n not in FORWARD_ONLY)
-        self.rebuild_on = tuple(n for n in self.structural if n not in RETUNABLE)
+        # Parameter-less slots hold no weights: a built model swaps them in place.
+        self.slots = frozenset(n for n in self.names if _is_slot(self.spec, n))
+        self.rebuild_on = tuple(
+            n for n in self.structural if n not in RETUNABLE and n not in self.slots
+        )
 
     @property
     def total(self) -> int:
@@ -212,12 +218,20 @@ class _Group:
             )
             model = self.models[key][0]
             if model is not None and not _retunable(model):
-                self.rebuild_on = self.structural  # something else reads these: build each
+                # Something else reads these: build each (slots are still swapped).
+                self.rebuild_on = tuple(n for n in self.structural if n not in self.slots)
         model, error = self.models[key]
         if model is not None:
             _retune(model, values)
             _set_forward_only(model, self.arguments, values)
+            self._swap_slots(model, values)
         return model, error
+
+    def _swap_slots(self, model: torch.nn.Module, values: Mapping[str, Any]) -> None:
+        make = self.cls.__init__.__globals__.get("parameter_free_layer")
+        for name in self.slots & values.keys():
+            parent, _, child = name.rpartition(".")
+            model.get_submodule(parent)._modules[child] = make(values[name]).eval()
 
     def fresh(self, values: Mapping[str, Any]) -> torch.nn.Module | None:
         """A model built for exactly these values, nothing switched (finalists)."""
@@ -369,13 +383,59 @@ def _union(groups: list[_Group]) -> dict[str, tuple[Any, ...]]:
     return {name: tuple(values) for name, values in union.items()}
 
 
-def _start(group: _Group) -> list[tuple[Any, ...]]:
-    """Where a beam starts: every value of the names with the most candidates (up to
-    BEAM_START combinations), the rest at the spec's current values."""
+def _current(group: _Group) -> list[Any]:
     current = []
     for name, candidates in zip(group.names, group.candidates, strict=True):
         value = group.spec.value(name)
         current.append(value if value in candidates else candidates[0])
+    return current
+
+
+def _is_slot(spec: ArchSpec, name: str) -> bool:
+    try:
+        return spec.module(name).type == "Unknown"
+    except KeyError:
+        return False
+
+
+def _skeletons(group: _Group) -> list[tuple[Any, ...]] | None:
+    """For a stack with parameter-less slots: every way their shapes can go (keep, pool,
+    flatten: one representative value each) crossed with the other constructor values of
+    few candidates (stride, padding). Only combinations whose shapes chain run, and a
+    beam that starts from every one of them can reach pooling placements one value at a
+    time could not. None when there are no slots or too many skeletons."""
+    slots = [i for i, n in enumerate(group.names) if n in group.slots]
+    if not slots:
+        return None
+    current = _current(group)
+    axes: list[list[tuple[int, Any]]] = []
+    for i, (name, candidates) in enumerate(zip(group.names, group.candidates, strict=True)):
+        if i in slots:
+            by_class: dict[str, Any] = {}
+            for value in [current[i], *candidates]:
+                by_class.setdefault(shape_class(value), value)
+            axes.append([(i, v) for v in by_class.values()])
+        elif name in group.structural and len(candidates) <= 3:
+            axes.append([(i, v) for v in candidates])
+    if math.prod(len(a) for a in axes) > MAX_SKELETONS:
+        return None
+    starts = []
+    for choice in itertools.product(*axes):
+        combo = list(current)
+        for i, value in choice:
+            combo[i] = value
+        starts.append(tuple(combo))
+    return starts
+
+
+def _start(group: _Group) -> list[tuple[Any, ...]]:
+    """Where a beam starts: the shape skeletons of a stack with parameter-less slots, else
+    every value of the names with the most candidates (up to BEAM_START combinations),
+    the rest at the spec's current values."""
+    skeletons = _skeletons(group)
+    if skeletons is not None:
+        return skeletons
+    current = _current(group)
     widest = sorted(range(len(group.names)), key=lambda i: -len(group.candidates[i]))
     varied: list[int] = []
     for i in widest:
@@ -630,10 +690,10 @@ def _summarise(
     tied = tuple(n for n in names if len({repr(c.values.get(n)) for c in group}) > 1)
     separable = len(group) == 1
     if not separable:
-        kept = ", ".join(f"{n} (stays {spec.value(n)!r})" for n in tied)
         message = (
             f"The data cannot tell apart {len(group)} combinations within {RELATIVE_TIE:g} of the "
-            f"best loss {best.loss:.6g}; tied: {kept or 'none of the searched names'}."
+            f"best loss {best.loss:.6g}; tied: {', '.join(tied) or 'none of the searched names'}"
+            " (the current values are kept where they are among the tied, else the first)."
         )
     elif margin is None:
         message = f"Only one combination could be scored: {_describe(best.values)} (loss {best.loss:.6g})."

@@ -19,7 +19,7 @@ from typing import Any
 from recovery_core.infer.compose import join
 from recovery_core.infer.conv import GROUPS, groups_name
 from recovery_core.infer.detection import fmt
-from recovery_core.infer.unknown import UNKNOWN_CHOICES, name_hint
+from recovery_core.infer.unknown import POOLS, UNKNOWN_CHOICES, name_hint
 from recovery_core.infer.wiring import POS_DIM
 from recovery_core.spec import (
     SOURCE_DEFAULT,
@@ -287,6 +287,26 @@ def free_names(root: ModuleSpec, wirings: tuple[Wiring, ...] | list[Wiring]) -> 
     return names
 
 
+def _feature_map_dims(root: ModuleSpec, path: str) -> int | None:
+    """Spatial dims of the feature map a parameter-less slot sees: the nearest earlier
+    layer among its siblings is a convolution (or a norm of one); None elsewhere."""
+    for container in root.walk():
+        children = list(container.children)
+        for index, child in enumerate(children):
+            if child.path != path:
+                continue
+            earlier = [c for c in children[:index] if c.type != "Unknown"]
+            if not earlier:
+                return None
+            previous = earlier[-1].type
+            if previous.startswith(("Conv", "ConvTranspose", "BatchNorm", "InstanceNorm")):
+                dims = previous[-2]
+                if dims.isdigit() and not previous.startswith("BatchNorm1d"):
+                    return int(dims)
+            return None
+    return None
+
+
 def _unknown_guesses(root: ModuleSpec) -> dict[str, tuple[str, str]]:
     """path -> (guessed module name, why), from the name or the neighbours."""
     guesses: dict[str, tuple[str, str]] = {}
@@ -406,8 +426,10 @@ def _free_value(
         return FreeValue(*_batch_first(root))
     if name in guesses:
         choice, why = guesses[name]
+        dims = _feature_map_dims(root, name)
+        choices = UNKNOWN_CHOICES + (POOLS[dims] if dims in POOLS else ())
         return FreeValue(
-            UNKNOWN_CHOICES, choice, f"a parameter-less module; guessed {choice} from {why}"
+            choices, choice, f"a parameter-less module; guessed {choice} from {why}"
         )
     if name == WIRING:
         assert wiring is not None  # listed only when there are forwards to choose from
