@@ -1,7 +1,7 @@
 """Conv1d/2d/3d (and ConvTranspose*): `weight` with 3-5 dims, optional `bias`.
 
 Conv stores (out, in, *kernel), ConvTranspose (in, out, *kernel): the same shapes, so
-a bias whose length matches only the second dimension is the one thing that decides.
+a bias whose length matches only one of the first two dimensions is what decides.
 
 Grouped and depthwise convolutions store (out, in / groups, *kernel). The input width
 comes from the layer before (the last 1-D tensor of the nearest earlier module: a bias,
@@ -66,6 +66,8 @@ def detect_conv(group: Group) -> Detection | None:
         if bias_len != second:
             return None
         transposed, decided = True, True  # bias fits only (in, out, *kernel)
+    elif bias_len is not None and first != second:
+        transposed, decided = False, True  # bias fits only (out, in, *kernel)
     else:
         transposed, decided = bool(TRANSPOSED_NAME.search(group.name)), False
 

@@ -8,8 +8,9 @@ from torch import nn
 
 from recovery_core.build import build_model
 from recovery_core.checkpoint import Checkpoint, TensorInfo
-from recovery_core.errors import InferenceError, RecoveryError
+from recovery_core.errors import HyperparameterError, InferenceError, RecoveryError
 from recovery_core.infer import infer_spec
+from recovery_core.infer.retype import choose_type
 from tests.zoo import ZOO_BY_NAME
 
 
@@ -402,3 +403,36 @@ def test_a_bare_transformer_decoder_is_the_root_and_rebuilds():
     model = build_model(spec)
     assert isinstance(model, nn.TransformerDecoder)
     model.load_state_dict(decoder.state_dict(), strict=True)
+
+
+# ---------------------------------------------------------------- choosing the runner-up
+
+
+@pytest.mark.parametrize(
+    ("model", "path", "choice"),
+    [
+        (Named(fc=nn.Linear(4, 8), norm=nn.LayerNorm(8, bias=False)), "norm", "PReLU"),
+        (Named(fc=nn.Linear(4, 8), norm=nn.LayerNorm(8, bias=False)), "norm", "RMSNorm"),
+        (Named(up=nn.Conv2d(4, 6, 3, bias=False)), "up", "ConvTranspose2d"),
+        (Named(text=nn.Linear(6, 5), fuse=nn.Bilinear(5, 4, 3)), "fuse", "Conv1d"),
+        (nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)), "1", "InstanceNorm2d"),
+        (Named(fc=nn.Linear(4, 8), table=nn.Linear(8, 30, bias=False)), "table", "Embedding"),
+        (nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), "", "Sequential"),
+    ],
+)
+def test_the_runner_up_can_be_chosen_and_still_loads(model, path, choice):
+    state = model.state_dict()
+    checkpoint = Checkpoint.from_state_dict(state, module_paths=())
+    spec = infer_spec(checkpoint)
+    before = spec.module(path).type
+    chosen = choose_type(spec, path, choice, checkpoint.shapes)
+    module = chosen.module(path)
+    assert module.type == choice and before in module.alternatives and module.note
+    build_model(chosen).load_state_dict(state, strict=True)
+
+
+def test_a_type_the_shapes_do_not_allow_is_refused_with_the_choices():
+    checkpoint = Checkpoint.from_state_dict(Named(fc=nn.Linear(4, 8)).state_dict())
+    spec = infer_spec(checkpoint)
+    with pytest.raises(HyperparameterError, match="allow one type only"):
+        choose_type(spec, "fc", "Embedding", checkpoint.shapes)

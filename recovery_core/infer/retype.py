@@ -1,0 +1,140 @@
+"""A person's choice among the types a module's shapes allow: the runner-up made the type.
+
+Inference ranks the candidate types of an ambiguous module and lists the others in
+`ModuleSpec.alternatives`. `choose_type` rebuilds that module as one of them: the same
+keys, the constructor arguments that type reads from the same shapes, and the hidden
+values it needs (added with their usual defaults when the spec has none). Nothing
+else in the tree changes, so the rebuilt model still strict-loads the checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from recovery_core.errors import HyperparameterError
+from recovery_core.infer.conv import CONV_HIDDEN
+from recovery_core.infer.hf_conv1d import TYPE as HF_CONV1D
+from recovery_core.infer.hyperparameters import FREE_TABLE, NOT_DETERMINED
+from recovery_core.spec import SOURCE_DEFAULT, ArchSpec, Hyperparameter, ModuleSpec
+
+Shape = tuple[int, ...]
+_CONTAINERS = ("Sequential", "ModuleList")
+
+
+def _args_for(type_name: str, shapes: Mapping[str, Shape]) -> tuple[dict[str, Any], tuple] | None:
+    """(constructor args, hidden names) of `type_name` for these keys, or None if it
+    cannot hold them."""
+    weight, bias = shapes.get("weight"), shapes.get("bias")
+    has_bias = bias is not None
+    if type_name in ("Linear", "Embedding", HF_CONV1D) and weight is not None and len(weight) == 2:
+        out, inp = weight
+        if type_name == "Embedding" and not has_bias and set(shapes) == {"weight"}:
+            return {"num_embeddings": out, "embedding_dim": inp}, ()
+        if type_name == "Linear" and bias in (None, (out,)):
+            return {"in_features": inp, "out_features": out, "bias": has_bias}, ()
+        if type_name == HF_CONV1D and bias == (inp,):
+            return {"nf": inp, "nx": out}, ()
+        return None
+    if type_name.startswith(("Conv", "ConvTranspose")) and weight is not None:
+        dims = int(type_name[-2]) if type_name[-1] == "d" and type_name[-2].isdigit() else 0
+        if len(weight) != dims + 2:
+            return None
+        transposed = type_name.startswith("ConvTranspose")
+        inp, out = (weight[0], weight[1]) if transposed else (weight[1], weight[0])
+        if bias not in (None, (out,)):
+            return None
+        kernel = tuple(weight[2:])
+        return {"in_channels": inp, "out_channels": out, "kernel_size": kernel, "bias": has_bias}, (
+            CONV_HIDDEN
+        )
+    if type_name == "Bilinear" and weight is not None and len(weight) == 3:
+        if bias not in (None, weight[:1]):
+            return None
+        out, in1, in2 = weight
+        return {"in1_features": in1, "in2_features": in2, "out_features": out, "bias": has_bias}, ()
+    if type_name.startswith(("BatchNorm", "InstanceNorm")) and "running_mean" in shapes:
+        (features,) = shapes["running_mean"]
+        args = {"num_features": features, "affine": weight is not None, "track_running_stats": True}
+        return args, ("eps",)
+    if weight is not None and len(weight) >= 1 and bias in (None, weight):
+        if type_name == "LayerNorm":
+            args = {"normalized_shape": weight, "elementwise_affine": True, "bias": has_bias}
+            return args, ("layer_norm_eps",)
+        if type_name == "RMSNorm" and not has_bias:
+            return {"normalized_shape": weight, "elementwise_affine": True}, ("layer_norm_eps",)
+        if type_name == "GroupNorm" and has_bias and len(weight) == 1:
+            return {"num_channels": weight[0], "affine": True}, ("num_groups",)
+        if type_name == "PReLU" and not has_bias and len(weight) == 1:
+            return {"num_parameters": weight[0]}, ()
+    return None
+
+
+def _default(name: str, module: ModuleSpec) -> Hyperparameter:
+    """A free value the chosen type needs and the spec did not have yet."""
+    if name == "num_groups":
+        channels = module.args["num_channels"]
+        candidates = tuple(d for d in range(1, channels + 1) if channels % d == 0)
+        default = max(d for d in candidates if d <= 32)
+    else:
+        candidates, default = FREE_TABLE[name]
+    return Hyperparameter(
+        name=name,
+        value=default,
+        determined=False,
+        source=SOURCE_DEFAULT,
+        evidence=f"{NOT_DETERMINED}; the usual default for a {module.type}",
+        candidates=candidates,
+    )
+
+
+def choose_type(spec: ArchSpec, path: str, type_name: str, shapes: Mapping[str, Shape]) -> ArchSpec:
+    """The spec with the module at `path` rebuilt as `type_name`, one of its alternatives.
+
+    `shapes` are the checkpoint's (`Checkpoint.shapes`). Raises HyperparameterError with
+    the choices when the type is not one the module's shapes allow."""
+    try:
+        module = spec.module(path)
+    except KeyError:
+        raise HyperparameterError(f"there is no module {path or '(root)'!r} to retype.") from None
+    if type_name == module.type:
+        return spec
+    if type_name not in module.alternatives:
+        choices = ", ".join(module.alternatives) or "none: its shapes allow one type only"
+        raise HyperparameterError(
+            f"{path or '(root)'} cannot be a {type_name}; the types its shapes allow besides "
+            f"{module.type} are: {choices}."
+        )
+    prefix = f"{path}." if path else ""
+    own = {key[len(prefix) :]: shapes[key] for key in module.keys if key in shapes}
+    if module.type in _CONTAINERS and type_name in _CONTAINERS:
+        found: tuple[dict[str, Any], tuple] | None = ({}, ())
+    else:
+        found = _args_for(type_name, own)
+    if found is None:
+        raise HyperparameterError(f"{path or '(root)'}'s keys do not fit a {type_name}.")
+    args, hidden = found
+    others = tuple(t for t in (module.type, *module.alternatives) if t != type_name)
+    chosen = replace(
+        module,
+        type=type_name,
+        args=args if module.type not in _CONTAINERS else module.args,
+        hidden=hidden if module.type not in _CONTAINERS else module.hidden,
+        alternatives=others,
+        note=f"{type_name} chosen over {module.type}, which inference had ranked first.",
+        evidence=f"chosen by hand among the types its shapes allow; {module.evidence}",
+    )
+    root = _replaced(spec.root, chosen)
+    known = {hp.name for hp in spec.hyperparameters}
+    added = tuple(_default(name, chosen) for name in chosen.hidden if name not in known)
+    return replace(spec, root=root, hyperparameters=spec.hyperparameters + added)
+
+
+def _replaced(node: ModuleSpec, new: ModuleSpec) -> ModuleSpec:
+    if node.path == new.path:
+        return new
+    prefix = f"{node.path}." if node.path else ""
+    if not new.path.startswith(prefix):
+        return node
+    return replace(node, children=tuple(_replaced(c, new) for c in node.children))
