@@ -1,0 +1,73 @@
+"""Issue 11 on a real server: the file that killed the process (storage alignment 0) and
+the file that read another session's memory (an uninitialised `torch.FloatTensor(N)`),
+uploaded while another session is open. The server stays up, the other session keeps its
+checkpoint and keeps working, and both files are refused in one sentence each."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.e2e.harness import chromium, go_to, healthy, open_page, streamlit_server, wait_idle
+from tests.hostile import _payloads as p
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    with streamlit_server(log) as (url, proc):
+        yield url, proc
+
+
+def upload(page, path: Path) -> None:
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_text("Open another checkpoint").click()
+    # the checkpoint box (the sidebar may hold other uploaders)
+    sidebar.get_by_test_id("stTabs").locator("input[type=file]").set_input_files(str(path))
+    wait_idle(page)
+
+
+def test_crashing_and_uninitialised_uploads_leave_the_server_and_other_sessions_alone(
+    server, tmp_path
+) -> None:
+    from playwright.sync_api import expect
+
+    url, proc = server
+    torch.manual_seed(0)
+    other = tmp_path / "their_model.pt"
+    torch.save(
+        torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 2)).state_dict(), other
+    )
+    crash = p.with_record(tmp_path / "crash.pt", ".storage_alignment", b"0")
+    leak = p.raw_data_pkl(tmp_path / "leak.pt", p.uninitialised_pickles(1 << 18)["FloatTensor(N)"])
+    with chromium() as browser:
+        theirs = open_page(browser, url)
+        wait_idle(theirs)
+        upload(theirs, other)
+        their_sidebar = theirs.get_by_test_id("stSidebar")
+        expect(their_sidebar).to_contain_text("their_model.pt")
+
+        attacker = open_page(browser, url)
+        wait_idle(attacker)
+        sidebar = attacker.get_by_test_id("stSidebar")
+        upload(attacker, crash)
+        expect(sidebar).to_contain_text("Could not open crash.pt")
+        assert healthy(url) and proc.poll() is None
+        upload(attacker, leak)
+        expect(sidebar).to_contain_text("Could not open leak.pt")
+        expect(sidebar).to_contain_text("uninitialised memory")
+        assert healthy(url) and proc.poll() is None
+
+        # The other session still has its own checkpoint and still works.
+        theirs.reload()
+        wait_idle(theirs)
+        expect(their_sidebar).to_contain_text("their_model.pt")
+        go_to(theirs, "Explore")
+        expect(theirs.get_by_test_id("stMain").get_by_test_id("stDataFrame").first).to_be_visible()
+        expect(theirs.get_by_test_id("stMain")).to_contain_text("0.weight")
+    assert healthy(url) and proc.poll() is None
