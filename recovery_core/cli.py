@@ -153,12 +153,16 @@ def _codegen(args: argparse.Namespace) -> int:
     from recovery_core.code_check import check_generated_code
     from recovery_core.codegen import generate_code
     from recovery_core.export import refuse_overwriting_input, write_atomic
+    from recovery_core.infer.retype import apply_type_choices
     from recovery_core.inspect import inspect_checkpoint
 
     refuse_overwriting_input([args.output], args.checkpoint)
     inspection = inspect_checkpoint(args.checkpoint)
-    spec = inspection.spec
-    spec = spec.with_values(parse_assignments(args.set))
+    # `--set norm=PReLU` picks one of a module's alternative types; the rest are values.
+    spec, values = apply_type_choices(
+        inspection.spec, parse_assignments(args.set), inspection.checkpoint.shapes
+    )
+    spec = spec.with_values(values)
     source = generate_code(spec)
     fit = check_generated_code(spec, inspection.checkpoint)
     if not fit.ok:  # never write a file whose strict load would fail

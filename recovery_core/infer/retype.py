@@ -138,3 +138,19 @@ def _replaced(node: ModuleSpec, new: ModuleSpec) -> ModuleSpec:
     if not new.path.startswith(prefix):
         return node
     return replace(node, children=tuple(_replaced(c, new) for c in node.children))
+
+
+def apply_type_choices(
+    spec: ArchSpec, values: Mapping[str, Any], shapes: Mapping[str, Shape]
+) -> tuple[ArchSpec, dict[str, Any]]:
+    """`--set norm=PReLU`: values naming a module with alternatives (and no hyperparameter
+    of that name) choose its type; the rest are returned for `ArchSpec.with_values`."""
+    hyperparameters = {hp.name for hp in spec.hyperparameters}
+    ambiguous = {m.path for m in spec.modules() if m.alternatives and m.path}
+    rest = {}
+    for name, value in values.items():
+        if name in ambiguous and name not in hyperparameters and isinstance(value, str):
+            spec = choose_type(spec, name, value, shapes)
+        else:
+            rest[name] = value
+    return spec, rest

@@ -196,3 +196,18 @@ def test_a_recognised_forward_reaches_children_whatever_their_names():
     expected = getattr(original, "²")(getattr(original, "class")(x))
     assert torch.equal(model(x), expected)
     assert torch.equal(torch.jit.script(model)(x), expected)
+
+
+def test_codegen_set_chooses_a_runner_up_type(tmp_path, capsys):
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 8)
+            self.norm = nn.LayerNorm(8, bias=False)
+
+    path, out = tmp_path / "model.pt", tmp_path / "model.py"
+    torch.save(Model().state_dict(), path)
+    assert main(["codegen", str(path), "-o", str(out), "--set", "norm=PReLU"]) == 0
+    assert "nn.PReLU(num_parameters=8)" in out.read_text()
+    assert main(["codegen", str(path), "-o", str(out), "--set", "norm=Embedding"]) == 2
+    assert "the types its shapes allow" in capsys.readouterr().err
