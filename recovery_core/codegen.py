@@ -14,7 +14,6 @@ are flattened to one line. Nothing the checkpoint says can become code.
 
 from __future__ import annotations
 
-import keyword
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -694,7 +693,7 @@ class _Renderer:
     def _input_names(self, defaults: tuple[str, ...]) -> tuple[str, ...]:
         given = tuple(i.name for i in self.wiring.inputs) if self.wiring else ()
         ok = len(given) == len(defaults) and all(
-            n.isidentifier() and not keyword.iskeyword(n) and n != "self" for n in given
+            names.is_identifier(n) and n != "self" for n in given
         )
         return given if ok and len(set(given)) == len(given) else defaults
 

@@ -38,7 +38,7 @@ def _args_for(type_name: str, shapes: Mapping[str, Shape]) -> tuple[dict[str, An
             return {"nf": inp, "nx": out}, ()
         return None
     if type_name.startswith(("Conv", "ConvTranspose")) and weight is not None:
-        dims = int(type_name[-2]) if type_name[-1] == "d" and type_name[-2].isdigit() else 0
+        dims = int(type_name[-2]) if type_name[-1] == "d" and type_name[-2] in "123" else 0
         if len(weight) != dims + 2:
             return None
         transposed = type_name.startswith("ConvTranspose")
