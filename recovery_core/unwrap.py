@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from recovery_core.errors import CheckpointFormatError, LimitExceededError, UnsafeCheckpointError
+from recovery_core.errors import CheckpointFormatError, LimitExceededError
 from recovery_core.limits import LoadLimits
 
 # Where training code nests the weights, in order of preference on a tie in tensor count.
@@ -66,9 +66,10 @@ def walk(obj: Any, limits: LoadLimits, display: str) -> Iterator[tuple[str, Any]
         yield path, value
         budget -= 1
         if budget < 0:
-            raise UnsafeCheckpointError(
+            raise LimitExceededError(
                 f"{display} holds more than {20 * limits.max_keys + 1000} objects, above this "
-                "loader's limit; it was refused."
+                "loader's limit (20 x max_keys); it was refused.",
+                limit="max_keys",
             )
         if isinstance(value, Mapping):
             children = [(_key_text(k, limits, display), v) for k, v in value.items()]
@@ -77,9 +78,11 @@ def walk(obj: Any, limits: LoadLimits, display: str) -> Iterator[tuple[str, Any]
         else:
             continue
         if depth >= limits.max_depth and children:
-            raise UnsafeCheckpointError(
+            raise LimitExceededError(
                 f"{display} nests containers deeper than {limits.max_depth} levels (at "
-                f"{path or 'the top'!r}); checkpoints never need that, so it was refused."
+                f"{path or 'the top'!r}, max_depth); checkpoints never need that, so it was "
+                "refused.",
+                limit="max_depth",
             )
         for key, child in reversed(children):
             stack.append((f"{path}.{key}" if path else key, child, depth + 1))
@@ -146,9 +149,10 @@ def unwrap(obj: Any, display: str, limits: LoadLimits) -> Unwrapped:
         )
     tensor_count = sum(isinstance(v, torch.Tensor) for _, v in walk(obj, limits, display))
     if tensor_count > limits.max_keys:
-        raise UnsafeCheckpointError(
+        raise LimitExceededError(
             f"{display} holds {tensor_count} tensors, more than this loader's limit of "
-            f"{limits.max_keys}; it was refused."
+            f"{limits.max_keys} (max_keys); it was refused.",
+            limit="max_keys",
         )
     path, chosen = _choose_state_dict(obj, limits)
     if _direct_tensor_count(chosen) == 0:
