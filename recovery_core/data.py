@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from recovery_core.container import check_torch_zip, open_regular
+from recovery_core.container import check_safetensors_header, check_torch_zip, open_regular
 from recovery_core.errors import DataError, RecoveryError
 from recovery_core.freeze import eval_mode
 from recovery_core.limits import LoadLimits
@@ -52,6 +52,8 @@ INPUT_NAMES = ("x", "inputs", "input", "src", "tgt", "features", "data")
 # Bound the work on untrusted files (zip members, entries).
 MAX_ZIP_MEMBERS = 10_000
 MAX_ENTRIES = 1_000
+# A compressed member may inflate more than 100x only below this size (a compression bomb).
+MAX_INFLATED_BYTES = 64 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -174,13 +176,23 @@ def _zip_members(path: str, display: str) -> list[str]:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DataError(f"{display} is a damaged zip archive ({e}).") from None
+    except Exception as e:  # noqa: BLE001 - zipfile raises many types on damaged archives
+        raise DataError(f"{display} is a damaged zip archive ({type(e).__name__}).") from None
     names = [i.filename for i in infos]
     if len(infos) > MAX_ZIP_MEMBERS or len(set(names)) != len(names):
         raise DataError(f"{display} has too many or duplicate archive members; it was refused.")
     if sum(i.file_size for i in infos) > LoadLimits().max_file_bytes:
         raise DataError(f"{display} would unpack to more than this loader allows; it was refused.")
+    for info in infos:  # numpy.savez_compressed deflates; zeros shrink ~1000x, data ~2x
+        inflated = info.file_size > MAX_INFLATED_BYTES and info.file_size > 100 * max(
+            info.compress_size, 1
+        )
+        if info.compress_type != zipfile.ZIP_STORED and inflated:
+            raise DataError(
+                f"{display}: member {info.filename!r} would inflate {info.compress_size} bytes "
+                f"to {info.file_size}; a compression bomb is refused (save it uncompressed "
+                "with numpy.savez)."
+            )
     return names
 
 
@@ -198,8 +210,10 @@ def _read_npz(path: str, display: str) -> dict[str, Tensor]:
             return {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in arrays.files}
     except ValueError as e:  # object arrays need pickle: refused
         raise DataError(f"{display} holds arrays numpy can only read with pickle ({e}).") from None
-    except (OSError, TypeError) as e:
-        raise DataError(f"{display} could not be read as a .npz file ({e}).") from None
+    except Exception as e:  # noqa: BLE001 - numpy and zipfile raise many types on bad files
+        raise DataError(
+            f"{display} could not be read as a .npz file ({type(e).__name__})."
+        ) from None
 
 
 def _read_safetensors(path: str, display: str) -> dict[str, Tensor]:
@@ -207,7 +221,10 @@ def _read_safetensors(path: str, display: str) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
     try:
+        check_safetensors_header(Path(path), display, LoadLimits())  # bounded JSON first
         return load_file(path)
+    except RecoveryError as e:
+        raise DataError(str(e)) from None
     except (SafetensorError, OSError, ValueError) as e:
         raise DataError(f"{display} could not be read as a safetensors file ({e}).") from None
 

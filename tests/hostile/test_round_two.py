@@ -407,3 +407,30 @@ def test_dataset_files_get_the_checkpoint_checks(tmp_path) -> None:
         within(20, lambda: load_dataset(fifo))
     good = p.torch_zip(tmp_path / "c.pt", {"x": torch.ones(4, 2), "y": torch.ones(4)})
     assert load_dataset(good).n_samples == 4
+
+
+def test_dataset_compression_bomb_and_damaged_archives_are_typed(tmp_path) -> None:
+    import numpy as np
+
+    from recovery_core.data import load_dataset
+    from recovery_core.errors import DataError
+
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, x=np.zeros((96 * 2**20,), dtype=np.uint8), y=np.zeros(1))
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(DataError, match="compression bomb"):
+        load_dataset(bomb)
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.ones((4, 2)), y=np.ones(4))
+    damaged = bytearray(good.read_bytes())
+    cd = damaged.rfind(b"PK\x01\x02")
+    damaged[cd + 10 : cd + 12] = struct.pack("<H", 99)  # a method zipfile does not know
+    (tmp_path / "damaged.npz").write_bytes(bytes(damaged))
+    with pytest.raises(DataError):
+        load_dataset(tmp_path / "damaged.npz")
+    deep = tmp_path / "deep.safetensors"
+    raw = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
+    deep.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(DataError, match="max_json_depth"):
+        load_dataset(deep)
+    assert load_dataset(good).n_samples == 4
