@@ -1,12 +1,12 @@
 """Embedding: a 2-D `weight` (num_embeddings, embedding_dim) and nothing else.
 
 Shapes alone cannot tell an Embedding from a bias-free Linear, so this detector runs
-before the Linear one and takes the module only on evidence, strongest first:
-- tied storage: a weight shared with a Linear that has a bias (a language model's
-  decoder reusing its input table) is the table; of two bias-free tied weights the
-  first in the file is (the input comes before the output projection);
+before the Linear one and takes the module only on evidence:
 - the name: `emb`, `wte`, `lookup`, `shared`, or a module named like a bias that holds
-  a 2-D table (T5's `relative_attention_bias`: one bias per bucket and head, looked up).
+  a 2-D table (T5's `relative_attention_bias`: one bias per bucket and head, looked up);
+- tied storage: a weight shared with a Linear that has a bias (a language model's
+  decoder reusing its input table) is the table; of bias-free tied weights the first
+  in the file is (the input comes before the output projection).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ EMBEDDING_NAME = re.compile(r"emb|wte|wpe|lookup|^shared$|bias$", re.IGNORECASE)
 
 def _tied_evidence(group: Group) -> tuple[str, bool] | None:
     """(why, certain) when tied storage says this weight is an Embedding table."""
-    key = group.full("weight")
-    for partner in group.partners("weight"):
+    partners = group.partners("weight")
+    for partner in partners:
         owner = partner.rpartition(".")[0]
-        partner_bias = f"{owner}.bias" if owner else "bias"
-        if partner_bias in group.order:
+        if (f"{owner}.bias" if owner else "bias") in group.order:
             return f"tied to {partner}, whose module has a bias: that one is the Linear", True
-        if group.order.get(key, 0) < group.order.get(partner, 0):
-            return f"tied to {partner} and first in the file: the input table", False
+    mine = group.order.get(group.full("weight"), 0)
+    if partners and all(mine < group.order.get(p, 0) for p in partners):
+        return f"tied to {', '.join(partners)} and first in the file: the input table", False
     return None
 
 
@@ -39,18 +39,20 @@ def detect_embedding(group: Group) -> Detection | None:
     num_embeddings, embedding_dim = weight.shape
     args = {"num_embeddings": num_embeddings, "embedding_dim": embedding_dim}
     seen = f"weight {fmt(weight.shape)}"
-    tied = _tied_evidence(group)
-    if tied is not None:
-        why, certain = tied
+    if EMBEDDING_NAME.search(group.name):
         return Detection(
-            "Embedding",
-            args,
-            f"{seen} {why} → {call('Embedding', args)}",
-            alternatives=() if certain else ("Linear",),
-            note=""
-            if certain
-            else "Two bias-free tied 2-D weights: the first is taken as the Embedding table.",
+            "Embedding", args, f"{seen} named '{group.name}' → {call('Embedding', args)}"
         )
-    if not EMBEDDING_NAME.search(group.name):
+    tied = _tied_evidence(group)
+    if tied is None:
         return None
-    return Detection("Embedding", args, f"{seen} named '{group.name}' → {call('Embedding', args)}")
+    why, certain = tied
+    return Detection(
+        "Embedding",
+        args,
+        f"{seen} {why} → {call('Embedding', args)}",
+        alternatives=() if certain else ("Linear",),
+        note=""
+        if certain
+        else "Bias-free tied 2-D weights: the first is taken as the Embedding table.",
+    )
