@@ -295,9 +295,7 @@ def plan_checkpoint(path_text: str, display: str, limits: LoadLimits) -> tuple[d
             limit="max_text_chars",
         )
     part["tied"] = _tied(part["tensors"])
-    read = [os.path.realpath(f["path"]) for f in files]
-    if fmt == "sharded":
-        read.append(os.path.realpath(find_shard_index(path, display) if path.is_dir() else path))
+    read = [os.path.realpath(f["path"]) for f in files] + part.pop("index", [])
     return {"format": fmt, "files": files, "read": read, **part}, blobs
 
 
@@ -432,7 +430,12 @@ def _plan_sharded(
     if unlisted:
         warnings.append(f"ignored {unlisted} tensors that the shards hold but the index omits")
     metadata = {k: v for p in parts.values() for k, v in p["metadata"].items()}
-    return _part(tensors, metadata={**metadata, **index_metadata}, warnings=warnings)
+    return _part(
+        tensors,
+        metadata={**metadata, **index_metadata},
+        warnings=warnings,
+        index=[os.path.realpath(index)],
+    )
 
 
 # --- in the caller's process: plan -> Checkpoint ----------------------------------------

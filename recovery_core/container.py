@@ -183,20 +183,15 @@ class TorchZipLayout:
         return {r.data_offset: r for r in self.records}
 
 
-def check_torch_zip(path: Path, display: str, limits: LoadLimits) -> TorchZipLayout:
+def check_torch_zip_file(
+    f: IO[bytes], file_size: int, display: str, limits: LoadLimits
+) -> TorchZipLayout:
     """Refuse compressed, duplicated or out-of-file members, code archives and bad records.
 
     This must pass before torch.load: a storage is then a window on the mapped file, so
     every record must be stored raw and lie inside the file, and torch's own reader
     divides by, trusts or switches on the small records checked in `_archive_settings`.
     """
-    with open_regular(path, display) as (f, size):
-        return check_torch_zip_file(f, size, display, limits)
-
-
-def check_torch_zip_file(
-    f: IO[bytes], file_size: int, display: str, limits: LoadLimits
-) -> TorchZipLayout:
     try:
         with zipfile.ZipFile(f) as zf:
             infos = zf.infolist()

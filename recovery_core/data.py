@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from recovery_core.container import check_safetensors_header, check_torch_zip, open_regular
+from recovery_core.container import check_safetensors_header, open_regular
 from recovery_core.errors import DataError, RecoveryError
 from recovery_core.freeze import eval_mode
 from recovery_core.limits import LoadLimits
@@ -196,14 +196,6 @@ def _zip_members(path: str, display: str) -> list[str]:
     return names
 
 
-def _check_torch_zip(path: str, display: str) -> None:
-    """The checkpoint loader's structural zip check (stored members only, no code archives)."""
-    try:
-        check_torch_zip(Path(path), display, LoadLimits())
-    except RecoveryError as e:
-        raise DataError(str(e)) from None
-
-
 def _read_npz(path: str, display: str) -> dict[str, Tensor]:
     try:
         with np.load(path, allow_pickle=False) as arrays:
@@ -230,8 +222,6 @@ def _read_safetensors(path: str, display: str) -> dict[str, Tensor]:
 
 
 def _read_torch(path: str, display: str) -> tuple[str, dict[str, Tensor]]:
-    if zipfile.is_zipfile(path):
-        _check_torch_zip(path, display)
     # The same checks as a checkpoint's, in the killable, limited child: records, the
     # pickle scan (no uninitialised-memory constructors) and torch's own parse on the
     # meta device. Only a file that passed is unpickled here, onto the CPU.
