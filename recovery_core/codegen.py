@@ -20,8 +20,8 @@ from typing import Any
 
 from recovery_core import forwards, names
 from recovery_core.errors import BuildError
-from recovery_core.infer import hf_conv1d
 from recovery_core.infer.conv import GROUPS, groups_name
+from recovery_core.infer.registry import ARGUMENT_NAMES, CLASS_SOURCES
 from recovery_core.infer.unknown import UNKNOWN_CHOICES
 from recovery_core.spec import (
     SOURCE_DEFAULT,
@@ -41,24 +41,8 @@ FORWARD_ONLY = frozenset({"scale_embedding", "causal_mask", "reduce", "pos_dim"}
 PARAMETER_FREE = UNKNOWN_CHOICES
 
 # Constructor argument names of the hidden hyperparameters, where torch spells them
-# differently from our global names.
-_RENAMED = {
-    "MultiheadAttention": {"nhead": "num_heads"},
-    "LayerNorm": {"layer_norm_eps": "eps"},
-    "RMSNorm": {"layer_norm_eps": "eps"},
-    "RNN": {"rnn_nonlinearity": "nonlinearity"},
-    **{
-        conv: {"conv_padding": "padding", "conv_stride": "stride"}
-        for conv in (
-            "Conv1d",
-            "Conv2d",
-            "Conv3d",
-            "ConvTranspose1d",
-            "ConvTranspose2d",
-            "ConvTranspose3d",
-        )
-    },
-}
+# differently from our global names (each family declares its own; infer/registry.py).
+_RENAMED = ARGUMENT_NAMES
 
 _LEAF_TYPES = frozenset(
     {
@@ -92,7 +76,7 @@ _LEAF_TYPES = frozenset(
     }
 )
 # Layer types torch.nn lacks: the generated file defines each class (infer/<family>.py).
-FAMILY_CLASSES = {hf_conv1d.TYPE: hf_conv1d.CLASS_SOURCE}
+FAMILY_CLASSES = CLASS_SOURCES
 _STACKS = frozenset({"TransformerEncoder", "TransformerDecoder"})
 _CONTAINERS = frozenset({"Sequential", "ModuleList", "Module"})
 _SUPPORTED = (

@@ -15,20 +15,8 @@ from typing import Any
 from recovery_core import humanize
 from recovery_core.checkpoint import Checkpoint, load_checkpoint
 from recovery_core.infer import infer_spec
+from recovery_core.infer.registry import BUFFERS_BY_TYPE
 from recovery_core.spec import ArchSpec, ModuleSpec
-
-# The buffers of the module types inference recognises; torch.nn registers every other
-# tensor of theirs as a parameter (a test holds this table to the real modules).
-_BATCHNORM_BUFFERS = frozenset({"running_mean", "running_var", "num_batches_tracked"})
-BUFFERS_BY_TYPE: dict[str, frozenset[str] | None] = {
-    "BatchNorm1d": _BATCHNORM_BUFFERS,
-    "BatchNorm2d": _BATCHNORM_BUFFERS,
-    "BatchNorm3d": _BATCHNORM_BUFFERS,
-    "InstanceNorm1d": _BATCHNORM_BUFFERS,
-    "InstanceNorm2d": _BATCHNORM_BUFFERS,
-    "InstanceNorm3d": _BATCHNORM_BUFFERS,
-    "PositionalEncoding": None,  # None: every key of the module is a buffer
-}
 
 
 @dataclass(frozen=True)
@@ -194,7 +182,8 @@ class Inspection:
 
 
 def tensor_role(key: str, owner: ModuleSpec | None) -> str:
-    """ "parameter" or "buffer", as the owning module type registers it."""
+    """ "parameter" or "buffer", as the owning module type registers it: its family
+    declares its buffers (infer/registry.py), every other tensor of it is a parameter."""
     leaf = key.rsplit(".", 1)[-1]
     if owner is None:  # only in a hand-made spec: inference gives every key an owner
         return "parameter"

@@ -14,6 +14,7 @@ from recovery_core.infer.detection import Detection, Group, call, fmt
 Shapes = Mapping[str, tuple[int, ...]]
 
 ATTENTION_HIDDEN = ("nhead", "dropout", "batch_first")
+ARGUMENT_NAMES = {"MultiheadAttention": {"nhead": "num_heads"}}  # read by codegen
 
 
 def packed_attention_shapes(embed_dim: int, bias: bool) -> dict[str, tuple[int, ...]]:

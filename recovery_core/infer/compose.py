@@ -295,7 +295,9 @@ def compose_tree(checkpoint: Checkpoint) -> tuple[ModuleSpec, tuple[str, ...]]:
     composer = Composer(KeyTree.from_checkpoint(checkpoint))
     root = composer.explain("")
     assert root is not None  # the root always has keys: the checkpoint has tensors
-    ties = tuple((key, first) for key, first in checkpoint.tied.items() if key in composer.tree.infos)
+    ties = tuple(
+        (key, first) for key, first in checkpoint.tied.items() if key in composer.tree.infos
+    )
     return replace(root, ties=ties), tuple(composer.unexplained)
 
 

@@ -18,6 +18,12 @@ from recovery_core.infer.detection import Detection, Group, call, fmt
 
 TRANSPOSED_NAME = re.compile(r"deconv|transpose|convt|upconv|upsample", re.IGNORECASE)
 CONV_HIDDEN = ("conv_padding", "conv_stride")
+# Family parts read by codegen: the constructor's own names for our hidden values.
+ARGUMENT_NAMES = {
+    f"{kind}{dims}d": {"conv_padding": "padding", "conv_stride": "stride"}
+    for kind in ("Conv", "ConvTranspose")
+    for dims in (1, 2, 3)
+}
 GROUPS = "groups"
 
 

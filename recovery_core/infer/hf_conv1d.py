@@ -31,6 +31,9 @@ class HFConv1D(nn.Module):
 '''
 
 
+CLASS_SOURCES = {TYPE: CLASS_SOURCE}  # read by codegen
+
+
 def proves_transposed(weight: tuple[int, ...], bias: tuple[int, ...]) -> bool:
     """A bias that fits only the second dimension of a 2-D weight."""
     return len(weight) == 2 and len(bias) == 1 and bias[0] == weight[1] != weight[0]

@@ -14,6 +14,18 @@ import re
 from recovery_core.infer.detection import Detection, Group, call, fmt
 
 BATCHNORM_KEYS = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
+RUNNING_STATISTICS = frozenset({"running_mean", "running_var", "num_batches_tracked"})
+# Family parts read by inspect and codegen: which keys torch registers as buffers, and
+# the constructor's own names for our hidden values.
+BUFFERS = {
+    f"{kind}{dims}d": RUNNING_STATISTICS
+    for kind in ("BatchNorm", "InstanceNorm")
+    for dims in (1, 2, 3)
+}
+ARGUMENT_NAMES = {
+    "LayerNorm": {"layer_norm_eps": "eps"},
+    "RMSNorm": {"layer_norm_eps": "eps"},
+}
 GROUPNORM_NAME = re.compile(r"(^|_)gn\d*($|_)|group", re.IGNORECASE)
 LAYERNORM_NAME = re.compile(r"(^|_)ln\d*($|_)|layer_?norm", re.IGNORECASE)
 RMSNORM_NAME = re.compile(r"rms", re.IGNORECASE)

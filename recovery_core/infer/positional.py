@@ -6,6 +6,8 @@ import re
 
 from recovery_core.infer.detection import Detection, Group, call, fmt
 
+BUFFERS = {"PositionalEncoding": None}  # None: every key of the module is a buffer
+
 POSITIONAL_NAME = re.compile(
     r"^(pe|pos_?emb(edding)?s?|pos(itional)?_?enc(oding)?s?|position(al)?_?(embedding|encoding)s?)$",
     re.IGNORECASE,

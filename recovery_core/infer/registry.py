@@ -12,6 +12,7 @@ plus one line here.
 
 from __future__ import annotations
 
+from recovery_core.infer import attention, conv, hf_conv1d, norm, positional, rnn
 from recovery_core.infer.attention import detect_attention
 from recovery_core.infer.bilinear import detect_bilinear
 from recovery_core.infer.conv import detect_conv
@@ -47,3 +48,16 @@ DETECTORS: tuple[Detector, ...] = (
     detect_linear,
     detect_affine_norm,
 )
+
+# What families declare besides detection, gathered once for the readers:
+# type -> keys torch registers as buffers (None: all of them); inspect reads it.
+BUFFERS_BY_TYPE: dict[str, frozenset[str] | None] = {**norm.BUFFERS, **positional.BUFFERS}
+# type -> {our hidden name: the constructor's argument name}; codegen reads it.
+ARGUMENT_NAMES: dict[str, dict[str, str]] = {
+    **attention.ARGUMENT_NAMES,
+    **conv.ARGUMENT_NAMES,
+    **norm.ARGUMENT_NAMES,
+    **rnn.ARGUMENT_NAMES,
+}
+# type -> the class a generated file defines because torch.nn has none; codegen reads it.
+CLASS_SOURCES: dict[str, str] = {**hf_conv1d.CLASS_SOURCES}

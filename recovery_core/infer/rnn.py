@@ -12,6 +12,7 @@ from recovery_core.infer.detection import Detection, Group, call, fmt
 
 RNN_KEY = re.compile(r"^(weight|bias)_(ih|hh|hr)_l(\d+)(_reverse)?$")
 TYPE_BY_GATES = {4: "LSTM", 3: "GRU", 1: "RNN"}
+ARGUMENT_NAMES = {"RNN": {"rnn_nonlinearity": "nonlinearity"}}  # read by codegen
 
 
 def _expected(
