@@ -230,7 +230,12 @@ def _access(path: str) -> str:
             code += f"[{part}]"
         elif names.is_plain_attribute(part) and part not in _RESERVED:
             code += "." + part
-        else:  # `self`, `class`, `²`, `forward`: reached by name, as TorchScript allows
+        elif names.shadows_module_attribute(part):
+            raise BuildError(
+                f"a forward cannot reach {path}: nn.Module itself answers to the name "
+                f"{part!r}; the model loads without a forward, or rename the keys."
+            )
+        else:  # `self`, `class`, `²`, `a b`: reached by name, as TorchScript allows
             code = f"getattr({code}, {_registrable(part, path)})"
     return code
 

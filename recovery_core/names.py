@@ -66,3 +66,10 @@ def dtype_expression(dtype: str) -> str:
     ):
         raise ValueError(f"{dtype!r} is not a torch dtype")
     return f"torch.{dtype}"
+
+
+def shadows_module_attribute(name: str) -> bool:
+    """True for `forward`, `state_dict`, `__class__`, `training`: nn.Module itself answers
+    `getattr(module, name)`, so code can reach a child of that name only through the
+    module's tables, which TorchScript cannot read."""
+    return name in MODULE_STATE or hasattr(nn.Module, name)

@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from recovery_core import names
 from recovery_core.build import build_model, check_rebuild, example_inputs, load_weights
 from recovery_core.checkpoint import Checkpoint
+from recovery_core.codegen import generate_code
 from recovery_core.errors import BuildError
 from recovery_core.infer import infer_spec
 from recovery_core.spec import (
@@ -183,11 +185,20 @@ def linear_spec(name: str, module_type: str = "Linear") -> ArchSpec:
     return ArchSpec(ModuleSpec("", "Module", children=(child,)), (), wiring)
 
 
-@pytest.mark.parametrize(
-    "name", ["os; import os", "a b", "__class__", "forward", "state_dict", "lambda"]
-)
-def test_names_that_cannot_be_attributes_are_refused(name: str):
-    with pytest.raises(BuildError, match="name"):
+@pytest.mark.parametrize("name", ["os; import os", "a b", "lambda", "self", "²"])
+def test_names_that_cannot_be_attributes_are_kept_exactly_and_never_become_code(name: str):
+    spec = linear_spec(name)
+    source = generate_code(spec)
+    if not names.is_plain_attribute(name):  # only ever inside a string literal
+        assert repr(name) in source.replace('"', "'") and f"self.{name}" not in source
+    model = build_model(spec)
+    assert list(model.state_dict()) == [f"{name}.weight", f"{name}.bias"]
+    assert model(torch.randn(2, 2)).shape == (2, 2)
+
+
+@pytest.mark.parametrize("name", ["__class__", "forward", "state_dict"])
+def test_a_forward_refuses_children_named_like_nn_modules_own_attributes(name: str):
+    with pytest.raises(BuildError, match="nn.Module itself answers"):
         build_model(linear_spec(name))
 
 
