@@ -6,6 +6,7 @@ two sides; what must not be timed (building models, making data) happens before 
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -278,6 +279,9 @@ def dashboard_on_train_page(checkpoint: Path, data: Path) -> Any:
     and shows step 4 (freeze and train): what a person has done before ticking a box."""
     from streamlit.testing.v1 import AppTest
 
+    # Opening by server path is off by default (a visitor could probe paths); a local
+    # benchmark turns it on for its own process.
+    os.environ["RECOVERY_SERVER_PATHS"] = "on"
     at = AppTest.from_file(str(APP), default_timeout=900)
     at.run()
     at.text_input(key="source_path").input(str(checkpoint))
