@@ -199,8 +199,9 @@ def unexplained(opened: state.Opened) -> None:
     keys = opened.spec.unexplained_keys
     if keys:
         st.warning(
-            f"{len(keys)} tensors do not match any layer we know, so they cannot be rebuilt "
-            "automatically: " + ", ".join(f"`{k}`" for k in keys)
+            f"{len(keys)} tensors do not match any layer we know; they are kept as is, "
+            "rebuilt under their own names and shapes and loaded with their values: "
+            + ", ".join(f"`{k}`" for k in keys)
         )
     else:
         st.success("Every tensor in the file is explained by a recognised layer.")
