@@ -65,6 +65,8 @@ EXHAUSTIVE_UP_TO = 1024
 BEAM_START = 48  # combinations a beam starts from per forward hypothesis
 BEAM_WIDTH = 6  # combinations kept between refinements
 MAX_SKELETONS = 4096  # shape skeletons a stack's beam may start from
+# Samples are screened and scored within this many input elements each (at least one).
+ELEMENTS_PER_SAMPLE = 1024
 MODELS_PER_GROUP = 4  # built models kept per forward hypothesis while screening
 
 RELATIVE_TIE = 1e-4  # losses closer than this (relative to the best) count as tied
@@ -247,6 +249,17 @@ class _Data:
     target: torch.Tensor
     samples: int = 0  # along the model's batch dimension
 
+    def affordable(self, spec: ArchSpec, values: Mapping[str, Any], count: int) -> int:
+        """`count` samples, fewer when each is large: a model that reads dimension 0 as its
+        sequence sees the whole of it in every sample (see layout.py), so samples are
+        counted by their elements, ELEMENTS_PER_SAMPLE each, and at least one is taken."""
+        dims = batch_dims(spec, values)
+        per_sample = sum(
+            t.numel() // max(1, t.shape[dims.inputs]) if t.dim() > dims.inputs else 1
+            for t in self.inputs
+        )
+        return max(1, min(count, count * ELEMENTS_PER_SAMPLE // max(1, per_sample)))
+
     def first(self, spec: ArchSpec, values: Mapping[str, Any], count: int) -> _Data:
         """The first `count` samples along the model's batch dimension for these values."""
         dims = batch_dims(spec, values)
@@ -307,9 +320,8 @@ def score_candidates(
         if model is None:
             candidate = Candidate(values, math.inf, error)
         else:
-            part = data.first(group.spec, values, max_samples).first(
-                group.spec, values, screen_samples
-            )
+            count = data.affordable(group.spec, values, min(screen_samples, max_samples))
+            part = data.first(group.spec, values, count)
             candidate = _score(model, values, part.inputs, part.target, loss_fn, part.samples)
         results[(index, combo)] = candidate
         if progress is not None:
@@ -319,22 +331,42 @@ def score_candidates(
     small = sum(v.numel() for v in weights.values()) < SINGLE_THREAD_BELOW
     with warnings.catch_warnings(), torch.no_grad(), _threads(1 if small else None):
         warnings.simplefilter("ignore")  # torch's fast-path notices, once per combination
-        if total <= exhaustive_up_to:
-            strategy = "every combination"
-            for index, group in enumerate(groups):
-                for combo in itertools.product(*group.candidates):
-                    if score(index, combo) is None:
-                        break
-        else:
+        strategy = "every combination"
+        if total > exhaustive_up_to or not _exhaustive(groups, score, started, budget_seconds):
             strategy = "a beam refined one value at a time"
-            _beam(groups, score, results)
+            cost = (time.monotonic() - started) / max(1, len(results))
+            _beam(groups, score, results, cost, budget_seconds)
         screened = list(results.items())
-        final = _rescore_finalists(screened, groups, finalists, data, max_samples, loss_fn)
+        deadline = started + budget_seconds * 1.5  # finalists may finish what screening began
+        final = _rescore_finalists(
+            screened, groups, finalists, data, max_samples, loss_fn, deadline
+        )
     union = _union(groups)
     return _summarise(
         tuple(union), list(union.values()), final, total, fixed, time.monotonic() - started,
         base, strategy,
     )  # fmt: skip
+
+
+def _exhaustive(
+    groups: list[_Group],
+    score: Callable[[int, tuple[Any, ...]], Candidate | None],
+    started: float,
+    budget: float,
+) -> bool:
+    """Screen every combination; False (stopped early) as soon as doing so would take more
+    than half the budget at the pace so far, so the beam can take over."""
+    total = sum(g.total for g in groups)
+    done = 0
+    for index, group in enumerate(groups):
+        for combo in itertools.product(*group.candidates):
+            if score(index, combo) is None:
+                return True  # the budget or the count is spent: say so, as before
+            done += 1
+            elapsed = time.monotonic() - started
+            if done >= 3 and done < total and elapsed / done * total > budget / 2:
+                return False
+    return True
 
 
 def _groups(
@@ -428,10 +460,10 @@ def _skeletons(group: _Group) -> list[tuple[Any, ...]] | None:
     return starts
 
 
-def _start(group: _Group) -> list[tuple[Any, ...]]:
+def _start(group: _Group, limit: int = BEAM_START) -> list[tuple[Any, ...]]:
     """Where a beam starts: the shape skeletons of a stack with parameter-less slots, else
-    every value of the names with the most candidates (up to BEAM_START combinations),
-    the rest at the spec's current values."""
+    every value of the names with the most candidates (up to `limit` combinations), the
+    rest at the spec's current values (which come first)."""
     skeletons = _skeletons(group)
     if skeletons is not None:
         return skeletons
@@ -439,9 +471,9 @@ def _start(group: _Group) -> list[tuple[Any, ...]]:
     widest = sorted(range(len(group.names)), key=lambda i: -len(group.candidates[i]))
     varied: list[int] = []
     for i in widest:
-        if math.prod(len(group.candidates[j]) for j in [*varied, i]) <= BEAM_START:
+        if math.prod(len(group.candidates[j]) for j in [*varied, i]) <= limit:
             varied.append(i)
-    starts = []
+    starts = [tuple(current)]
     for values in itertools.product(*(group.candidates[i] for i in varied)):
         combo = list(current)
         for i, value in zip(varied, values, strict=True):
@@ -454,12 +486,18 @@ def _beam(
     groups: list[_Group],
     score: Callable[[int, tuple[Any, ...]], Candidate | None],
     results: Mapping[tuple[int, tuple[Any, ...]], Candidate],
+    cost: float,
+    budget: float,
 ) -> None:
-    """Keep the BEAM_WIDTH best combinations; try every one-value change of each; repeat
-    until the beam stops changing. A wrong value costs its own few neighbours, not the
-    product of everything else."""
+    """Keep the best few combinations; try every one-value change of each; repeat until
+    the beam stops changing. A wrong value costs its own few neighbours, not the product
+    of everything else. Where one combination costs much (`cost` seconds so far), the
+    beam starts from fewer combinations and keeps fewer (down to coordinate descent)."""
+    affordable = budget / max(cost, 1e-6)
+    limit = int(min(BEAM_START, max(2, affordable / (4 * len(groups)))))
+    width = BEAM_WIDTH if affordable >= 40 * BEAM_WIDTH * len(groups) else 1
     for index, group in enumerate(groups):
-        for combo in _start(group):
+        for combo in _start(group, limit):
             if score(index, combo) is None:
                 return
     beam: list[tuple[int, tuple[Any, ...]]] = []
@@ -470,7 +508,7 @@ def _beam(
         # While nothing runs, the failures seed the beam: their neighbours (another layout,
         # another reduction) are the likeliest to run.
         failed = [key for key, c in results.items() if c.error is not None]
-        new_beam = (ranked or failed)[:BEAM_WIDTH]
+        new_beam = (ranked or failed)[:width]
         if new_beam == beam:
             return
         beam = new_beam
@@ -540,17 +578,24 @@ def _rescore_finalists(
     data: _Data,
     max_samples: int,
     loss_fn: LossFn,
+    deadline: float = math.inf,
 ) -> list[Candidate]:
-    """The best screened combinations scored on every sample, ahead of the rest."""
+    """The best screened combinations scored on every sample, ahead of the rest (the best
+    always; the others while the deadline allows)."""
     ok = sorted((pair for pair in screened if pair[1].error is None), key=lambda p: p[1].loss)
     rest = [c for _, c in screened if c.error is not None]
     final = []
     # Rebuilt rather than kept: holding every screened model could cost many copies.
-    for (index, _), candidate in ok[:finalists]:
+    for rank, ((index, _), candidate) in enumerate(ok[:finalists]):
+        if rank and time.monotonic() > deadline:
+            finalists = rank
+            break
         group = groups[index]
         model = group.fresh(candidate.values)
         assert model is not None, "a finalist was built once already"
-        part = data.first(group.spec, candidate.values, max_samples)
+        part = data.first(
+            group.spec, candidate.values, data.affordable(group.spec, candidate.values, max_samples)
+        )
         scored = _score(model, candidate.values, part.inputs, part.target, loss_fn, part.samples)
         final.append(dataclasses.replace(scored, screen_loss=candidate.loss))
     return final + [c for _, c in ok[finalists:]] + rest
