@@ -116,6 +116,23 @@ class Inspection:
             **spec_json,
         }
 
+    def _forward_lines(self) -> list[str]:
+        """The forward used, and every other that fits, ranked (a name for --wiring)."""
+        spec = self.spec
+        if spec.wiring is None:
+            why = next((n for n in spec.notes if "forward" in n.lower()), "none fits")
+            return ["", f"FORWARD: none. {why}"]
+        lines = ["", f"FORWARD: {spec.wiring.kind}: {spec.wiring.description}"]
+        if len(spec.wirings) > 1:
+            lines.append(
+                f"  {len(spec.wirings)} forwards fit the weights (recover scores them on data; "
+                "--wiring NAME picks one):"
+            )
+            for rank, wiring in enumerate(spec.wirings, start=1):
+                mark = " (used)" if wiring.name == spec.wiring.name else ""
+                lines.append(f"  {rank}. {wiring.name}{mark}: {wiring.reason}")
+        return lines
+
     def to_text(self) -> str:
         ckpt = self.checkpoint
         lines = [
@@ -151,8 +168,7 @@ class Inspection:
                     f"  {hp.name} = {hp.value!r}   (not determined by the weights; "
                     f"candidates: {', '.join(map(repr, hp.candidates))}; {hp.source})"
                 )
-        if self.spec.wiring is not None:
-            lines += ["", f"FORWARD: {self.spec.wiring.kind}: {self.spec.wiring.description}"]
+        lines += self._forward_lines()
         kept = [r for r in self.rows if r.kept]
         if kept:
             lines += ["", "KEPT AS IS (no layer type explains them; rebuilt under their own names)"]

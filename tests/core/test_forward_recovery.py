@@ -145,3 +145,16 @@ def test_when_nothing_fits_the_message_names_the_parts_and_sizes():
         from recovery_core.recover import choose_forward
 
         choose_forward(spec, None)
+
+
+def test_inspect_text_lists_the_forwards_that_fit(tmp_path: Path):
+    case = FORWARD_BY_NAME["tiny_lm_tied"]
+    weights = tmp_path / "lm.pt"
+    torch.save(case.make().state_dict(), weights)
+
+    from recovery_core.inspect import inspect_checkpoint
+
+    text = inspect_checkpoint(str(weights)).to_text()
+
+    assert "forwards fit the weights" in text and "--wiring NAME" in text
+    assert "tied to wte (used)" in text
