@@ -228,12 +228,18 @@ def _tag_for(
         module, attr = (
             c if isinstance(c, str) and c.startswith("str:") else "str:?" for c in consumed
         )
-        full = f"{module[4:]}.{attr[4:]}"
+        full = f"{_RENAMED_MODULES.get(module[4:], module[4:])}.{attr[4:]}"
         return [full if full in dangerous else _PLAIN]
     _refuse_misuse(consumed, name, display, dangerous)
     if name in _TUPLE_OPS:
-        # A class may sit in a tuple only to become a persistent id (checked at BINPERSID).
-        return [_PERSID if any(c in dangerous for c in consumed) else _UNHASHABLE_KEY]
+        # A class may sit in a tuple only as the type of a storage record:
+        # ('storage', <class>, key, location, numel, ...), which BINPERSID must consume.
+        classes = [i for i, c in enumerate(consumed) if c in dangerous]
+        if not classes:
+            return [_UNHASHABLE_KEY]
+        if classes != [1] or consumed[0] != "str:storage":
+            _refuse_class(str(consumed[classes[0]]), name, display)
+        return [_PERSID]
     if name in _STRING_OPS and isinstance(arg, str) and len(arg) <= 200:
         return [f"str:{arg}"]  # STACK_GLOBAL reads module and name from these
     if name in _INT_OPS:
@@ -260,12 +266,17 @@ def _refuse_misuse(
 ) -> None:
     for tag in consumed:
         if tag == _PERSID and op != "BINPERSID" or tag in dangerous and op not in _TUPLE_OPS:
-            what = "a storage class inside a value" if tag == _PERSID else f"{tag}"
-            raise UnsafeCheckpointError(
-                f"{display} uses {what} outside a storage record (pickle instruction {op}): "
-                "that would make a tensor from uninitialised memory instead of the file's "
-                "bytes, so it was refused."
+            _refuse_class(
+                "a storage class inside a value" if tag == _PERSID else f"{tag}", op, display
             )
+
+
+def _refuse_class(what: str, op: str, display: str) -> None:
+    raise UnsafeCheckpointError(
+        f"{display} uses {what} outside a storage record (pickle instruction {op}): "
+        "that would make a tensor from uninitialised memory instead of the file's "
+        "bytes, so it was refused."
+    )
 
 
 def _check_keys(op: str, consumed: list[object], display: str) -> None:

@@ -232,3 +232,19 @@ def crash_with_sigfpe(*_: object) -> None:
     import signal
 
     os.kill(os.getpid(), signal.SIGFPE)
+
+
+def class_in_a_module_persistent_id(path: Path, numel: int = 1 << 16) -> Path:
+    """A legacy file whose persistent id is ('module', torch.FloatTensor, None, None): the
+    legacy loader hands data[0] back, a class the pickle could then call."""
+    from torch.serialization import MAGIC_NUMBER, PROTOCOL_VERSION
+
+    info = {"protocol_version": PROTOCOL_VERSION, "little_endian": True,
+            "type_sizes": {"short": 2, "int": 4, "long": 4}}  # fmt: skip
+    main = (
+        b"\x80\x02}X\x01\x00\x00\x00w(X\x06\x00\x00\x00modulectorch\nFloatTensor\nNNtQ"
+        + b"J" + struct.pack("<i", numel) + b"\x85Rs."
+    )
+    parts = [pickle.dumps(v, protocol=2) for v in (MAGIC_NUMBER, PROTOCOL_VERSION, info)]
+    path.write_bytes(b"".join(parts) + main + pickle.dumps([], protocol=2))
+    return path

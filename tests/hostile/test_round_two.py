@@ -115,6 +115,11 @@ def test_constructors_of_uninitialised_memory_are_refused_in_legacy_files(
     refused(path, UnsafeCheckpointError, "uninitialised memory", canary)
 
 
+def test_a_class_may_only_name_a_storage_type_in_a_persistent_id(tmp_path, canary) -> None:
+    path = p.class_in_a_module_persistent_id(tmp_path / "module-pid.pt")
+    refused(path, UnsafeCheckpointError, "torch.FloatTensor outside a storage record", canary)
+
+
 def test_attributes_shadowing_tensor_methods_do_not_break_loading(tmp_path, canary) -> None:
     shadowed = p.Calls(
         torch._utils._rebuild_parameter_with_state,
