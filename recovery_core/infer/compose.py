@@ -31,6 +31,8 @@ from recovery_core.infer.weight_norm import unwrap_weight_norm
 from recovery_core.names import is_index
 from recovery_core.spec import ModuleSpec
 
+# Leaf names of a convolution's weight: plain, or weight-normed (infer/weight_norm.py).
+CONV_WEIGHTS = frozenset({"weight", "original1", "weight_v"})
 MAX_GAPS = 10_000  # parameter-less children inferred from holes in one numbering, at most
 
 
@@ -56,12 +58,18 @@ class KeyTree:
     order: dict[str, int] = field(default_factory=dict)  # key -> position in the file
     transposed_names: frozenset[str] = frozenset()  # module names proven to store (in, out)
     _widths: dict[str, int | None] = field(default_factory=dict)  # path -> its output width
+    conv_before: list[int | None] = field(default_factory=list)  # key position -> earlier conv dims
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> KeyTree:
         tree = cls(infos={t.name: t for t in checkpoint.tensors})
         tree.listed = set(checkpoint.module_paths)
         tree.order = {name: i for i, name in enumerate(tree.infos)}
+        last = None  # spatial dims of the last convolution weight seen, in file order
+        for name, info in tree.infos.items():
+            tree.conv_before.append(last)
+            if 3 <= len(info.shape) <= 5 and name.rsplit(".", 1)[-1] in CONV_WEIGHTS:
+                last = len(info.shape) - 2
         for key, first in checkpoint.tied.items():
             tree.tied[key] = (*tree.tied.get(key, ()), first)
             tree.tied[first] = (*tree.tied.get(first, ()), key)
@@ -127,6 +135,25 @@ class KeyTree:
             path = parent
         return None
 
+    def next_linear_width(self, path: str) -> int | None:
+        """in_features of the Linear defined right after `path` among its siblings (its
+        first key a 2-D weight), if the next module with weights is one."""
+        if not path:
+            return None
+        parent = parent_of(path)
+        siblings = self.children.get(parent, [])
+        for later in siblings[self._index_among_siblings(path) + 1 :]:
+            keys = self.under.get(join(parent, later))
+            if keys:
+                first = next(iter(keys.values()))
+                return first.shape[1] if len(first.shape) == 2 else None
+        return None
+
+    def conv_dims_before(self, keys: dict[str, TensorInfo]) -> int | None:
+        """Spatial dims of the last convolution defined before these keys in the file."""
+        first = min((self.order[info.name] for info in keys.values()), default=None)
+        return None if first is None else self.conv_before[first]
+
     def _index_among_siblings(self, path: str) -> int:
         if path not in self._position:
             for i, name in enumerate(self.children.get(parent_of(path), [])):
@@ -180,6 +207,8 @@ class Composer:
             children=tuple(self.tree.children.get(path, ())),
             neighbour_conv_dims=self.tree.neighbour_conv_dims(path),
             width_of=self.tree.input_width,
+            next_linear_of=self.tree.next_linear_width,
+            conv_dims_before=self.tree.conv_dims_before(keys),
             tied=self.tree.tied,
             order=self.tree.order,
             transposed_names=self.tree.transposed_names,

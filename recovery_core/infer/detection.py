@@ -28,6 +28,9 @@ class Group:
     neighbour_conv_dims: int | None = None  # spatial dims (1-3) of the nearest sibling convolution
     # path -> output width of the nearest earlier module showing one (asked lazily: it walks)
     width_of: Callable[[str], int | None] | None = field(default=None, repr=False)
+    # path -> in_features of a Linear defined right after it, if that is what follows
+    next_linear_of: Callable[[str], int | None] | None = field(default=None, repr=False)
+    conv_dims_before: int | None = None  # spatial dims of the last convolution earlier in the file
     # Evidence from the whole checkpoint, shared by every group (never copied):
     tied: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # key -> keys sharing storage
     order: Mapping[str, int] = field(default_factory=dict)  # full key -> position in the file
@@ -36,6 +39,10 @@ class Group:
     @property
     def input_width(self) -> int | None:
         return None if self.width_of is None else self.width_of(self.path)
+
+    @property
+    def next_linear_width(self) -> int | None:
+        return None if self.next_linear_of is None else self.next_linear_of(self.path)
 
     def full(self, relative: str) -> str:
         return f"{self.path}.{relative}" if self.path else relative

@@ -45,7 +45,7 @@ def detect_batchnorm(group: Group) -> Detection | None:
         return None
     if affine and (direct["weight"].shape != mean.shape or direct["bias"].shape != mean.shape):
         return None
-    dims = group.neighbour_conv_dims or 1
+    dims = group.neighbour_conv_dims or group.conv_dims_before or 1
     by_name = bool(INSTANCENORM_NAME.search(group.name))
     # InstanceNorm tracks statistics only when asked and is rarely affine then; BatchNorm
     # is almost always affine. So the name decides, else a missing weight and bias.
@@ -53,11 +53,12 @@ def detect_batchnorm(group: Group) -> Detection | None:
     kind, other = ("InstanceNorm", "BatchNorm") if instance else ("BatchNorm", "InstanceNorm")
     type_name = f"{kind}{dims}d"
     args = {"num_features": mean.shape[0], "affine": affine, "track_running_stats": True}
-    why = (
-        f"the neighbouring convolution is Conv{dims}d"
-        if group.neighbour_conv_dims
-        else "no neighbouring convolution, so the 1-d case"
-    )
+    if group.neighbour_conv_dims:
+        why = f"the neighbouring convolution is Conv{dims}d"
+    elif group.conv_dims_before:
+        why = f"the last convolution before it is Conv{dims}d"
+    else:
+        why = "no convolution comes before it, so the 1-d case"
     kind_why = (
         "of its name" if by_name else "it has no weight and bias" if instance else "it is affine"
     )
@@ -100,7 +101,10 @@ def _weight_and_bias(group: Group, shape: tuple[int, ...]) -> Detection:
         )
     by_name = GROUPNORM_NAME.search(group.name) and not LAYERNORM_NAME.search(group.name)
     after_conv = group.neighbour_conv_dims is not None and not LAYERNORM_NAME.search(group.name)
-    if by_name or after_conv:
+    # A Linear over the same features right after it reads them channels-last, as a
+    # LayerNorm leaves them (ConvNeXt's norm between a depthwise conv and its MLP).
+    channels_last = group.next_linear_width == shape[0]
+    if (by_name or after_conv) and not (channels_last and not by_name):
         args = {"num_channels": shape[0], "affine": True}
         why = "its name" if by_name else "it sits next to a convolution"
         return Detection(
@@ -117,7 +121,13 @@ def _weight_and_bias(group: Group, shape: tuple[int, ...]) -> Detection:
         f"{evidence} → {call('LayerNorm', layer_norm_args)}",
         hidden=("layer_norm_eps",),
         alternatives=("GroupNorm",),
-        note="LayerNorm and GroupNorm store the same keys; chose LayerNorm, the more common one away from convolutions.",
+        note=(
+            "LayerNorm and GroupNorm store the same keys; chose LayerNorm because a Linear "
+            f"over the same {shape[0]} features follows it."
+            if channels_last and group.neighbour_conv_dims is not None
+            else "LayerNorm and GroupNorm store the same keys; chose LayerNorm, the more "
+            "common one away from convolutions."
+        ),
     )
 
 

@@ -436,3 +436,18 @@ def test_a_type_the_shapes_do_not_allow_is_refused_with_the_choices():
     spec = infer_spec(checkpoint)
     with pytest.raises(HyperparameterError, match="allow one type only"):
         choose_type(spec, "fc", "Embedding", checkpoint.shapes)
+
+
+def test_a_norm_feeding_a_linear_over_its_features_is_a_layernorm_even_beside_a_conv():
+    spec = infer(Named(dw=nn.Conv2d(8, 8, 7, groups=8), norm=nn.LayerNorm(8), fc=nn.Linear(8, 32)))
+    norm = spec.module("norm")
+    assert norm.type == "LayerNorm" and norm.alternatives == ("GroupNorm",)
+    assert "Linear" in norm.note
+
+
+def test_batchnorm_dims_follow_the_last_convolution_before_it_in_the_file():
+    spec = infer(
+        Named(stage=nn.Sequential(nn.Conv2d(3, 8, 3)), norm=nn.BatchNorm2d(8), head=nn.Linear(8, 2))
+    )
+    assert spec.module("norm").type == "BatchNorm2d"
+    assert "last convolution before it" in spec.module("norm").note
