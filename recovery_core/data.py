@@ -299,12 +299,23 @@ def _make_dataset(tensors: dict[str, Tensor], display: str, fmt: str) -> Dataset
                 f"{display}: {name} is a {t.dtype} {t.layout} tensor; use dense real tensors."
             )
     counts = {t.shape[0] for t in tensors.values()}
+    layout: tuple[str, ...] = ()
     if len(counts) != 1:
-        shapes = ", ".join(f"{k} {tuple(t.shape)}" for k, t in tensors.items())
-        raise DataError(
-            f"The entries of {display} disagree on the number of samples (dimension 0): {shapes}."
+        # Sequence-first data ([seq, batch, ...]) agrees on dimension 1 instead; the model's
+        # layout decides how it is cut (layout.py).
+        second = {t.shape[1] if t.dim() > 1 else -1 for t in tensors.values()}
+        if len(second) != 1 or -1 in second:
+            shapes = ", ".join(f"{k} {tuple(t.shape)}" for k, t in tensors.items())
+            raise DataError(
+                f"The entries of {display} disagree on the number of samples (dimension 0): "
+                f"{shapes}."
+            )
+        counts = second
+        layout = (
+            "The entries agree on dimension 1, not 0: read as sequence-first data with "
+            f"{next(iter(second))} samples along dimension 1.",
         )
-    warnings = tuple(
+    warnings = layout + tuple(
         f"{name} contains {n_bad} NaN or Inf values; training will refuse to start on it."
         for name, t in tensors.items()
         if t.is_floating_point() and (n_bad := int((~torch.isfinite(t)).sum())) > 0

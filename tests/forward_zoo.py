@@ -320,7 +320,7 @@ FORWARD_ZOO: tuple[ForwardCase, ...] = (
     ForwardCase(
         "vector_seq2seq_sequence_first",
         lambda: VectorSeq2Seq(batch_first=False, layout="seq"),
-        lambda n: (vectors(6, n, 12), vectors(6, n, 12)),  # samples along dimension 1
+        lambda n: (vectors(6, n, 12), vectors(5, n, 12)),  # samples along dimension 1
         sample_dim=1,
         head="out",
     ),
