@@ -10,23 +10,27 @@ What the loader guarantees
   (an nn.Module object, an argparse Namespace, NumPy arrays, `os.system`, ...) is
   refused with an `UnsafeCheckpointError` naming the global. No message suggests
   `weights_only=False`.
-- The format is sniffed from the first bytes, never from the extension.
+- Every parse happens in a limited child process (`sandbox.run_isolated`): sniffing,
+  headers, the archive's setting records, the pickle scan (`pickle_scan`: no tensor or
+  storage constructor outside a storage record, opcode and container budgets), torch's
+  meta-device pass and the checks. The child is killed when the time budget runs out and
+  cannot take this process down when it crashes; it sends back plain data (`plan_checkpoint`),
+  never a pickle.
+- The format is sniffed from the first bytes, never from the extension. Only regular
+  files are opened (no FIFOs, devices, folders or /proc entries).
 - Zip archives are checked before torch reads them: only uncompressed (STORED) members,
   no duplicate names, one data.pkl, every member inside the file, total size bounded.
-  The pickle is unpickled onto the meta device (no tensor data read); each storage it
-  declares is compared with the size of its zip record and each tensor's shape with its
-  storage. Only then are the tensors placed on a private memory map of the file, at
-  the offsets that were checked.
-- Inspecting reads no tensor data: zip files are memory-mapped, safetensors are read
-  from their header. Values are read when `tensor()`, `stats()` or `histogram()` asks.
-  (Measured: inspecting a 200 MB zip or safetensors file grows peak RSS by ~2 MB / ~0 MB.)
+  Each storage the pickle declares is compared with the size of its zip record and each
+  tensor's shape with its storage. Only then are the tensors placed on a private memory
+  map of the file, at the offsets that were checked.
+- Inspecting reads no tensor data: zip and safetensors files are memory-mapped. Values
+  are read when `tensor()`, `stats()` or `histogram()` asks; statistics follow the stored
+  bytes (stride-0 dimensions once) under a time budget.
 - The input file is never written (mmap is private copy-on-write). Uploaded bytes are
   written to a private temporary folder under a generated name and removed after
   loading; messages use the display name, never a server path.
-- Work is bounded by `LoadLimits`: file size, key count, nesting depth, objects walked
-  (shared-reference "billion laughs" pickles), safetensors header size, shard-index size,
-  and a wall-clock budget (the load runs in a worker thread; past the budget the call
-  raises at once while the worker finishes in the background and its result is dropped).
+- Work is bounded by `LoadLimits` (see `limits.py`); an exceeded bound raises
+  `LimitExceededError` naming the field.
 
 What it refuses (typed `RecoveryError`s with one actionable sentence)
 - TorchScript archives and torch.export `.pt2` files (they contain code).
@@ -40,9 +44,9 @@ What it refuses (typed `RecoveryError`s with one actionable sentence)
   are NaN).
 
 Tied weights (keys that are the same view of one storage) stay separate keys;
-`Checkpoint.tied` maps each later key to the first key sharing its storage. Legacy (non-zip) torch files
-cannot be memory-mapped: their declared storages are bounded by the file size and
-then read into memory.
+`Checkpoint.tied` maps each later key to the first key sharing its storage. Legacy
+(non-zip) torch files cannot be memory-mapped: their declared storages are bounded by the
+file size, read in the child and sent back as bytes.
 """
 
 from __future__ import annotations
