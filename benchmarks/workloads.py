@@ -322,3 +322,58 @@ def summarise_reruns(seconds: list[float]) -> dict[str, float]:
     # The first rerun after arriving on the page pays one-off costs (imports, caches).
     steady = seconds[1:] or seconds
     return {"median": statistics.median(steady), "max": max(steady), "first": seconds[0]}
+
+
+# --- 8. forward recovery on the seq2seq family ---------------------------------------------
+
+
+def forward_family_files(sequences: int, folder: str) -> tuple[str, str]:
+    """The family forward recovery was made for (a Linear shared by source and target, a
+    bare `pe` buffer, separately named encoder and decoder built batch_first=False and fed
+    [batch, seq, feature]): its weights, and data it fits (its outputs plus noise)."""
+    from tests.forward_zoo import FORWARD_BY_NAME
+
+    case = FORWARD_BY_NAME["vector_seq2seq_fed_as_is"]
+    model = case.make()
+    weights, data = Path(folder) / "weights.pt", Path(folder) / "data.pt"
+    torch.save(model.state_dict(), weights)
+    torch.save(case.data(model, sequences), data)
+    return str(weights), str(data)
+
+
+def whole_process(command: list[str]) -> dict[str, Any]:
+    """Wall time of a whole process (interpreter start and `import torch` included)."""
+    import subprocess
+    import sys
+
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, *command], capture_output=True, text=True, cwd=cases.ROOT, check=False
+    )
+    seconds = time.perf_counter() - started
+    if out.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed:\n{out.stderr[-3000:]}")
+    return {"seconds": seconds, "stdout": out.stdout, "stderr": out.stderr}
+
+
+def recover_family(weights: str, data: str, folder: str, fixed: bool) -> dict[str, Any]:
+    """`recovery recover` on the family, searching everything or with the values fixed."""
+    command = ["-m", "recovery_core", "recover", weights, "--data", data]
+    command += ["--out", str(Path(folder) / ("fixed.pt" if fixed else "searched.pt"))]
+    if fixed:
+        for value in ("nhead=4", "batch_first=False", "norm_first=False", "activation=relu",
+                      "layer_norm_eps=1e-5", "causal_mask=False", "scale_embedding=False",
+                      "pos_dim=1"):  # fmt: skip
+            command += ["--set", value]
+    run = whole_process(command)
+    line = next(ln for ln in run["stdout"].splitlines() if ln.startswith("loss: baseline"))
+    words = line.split()
+    return {"seconds": run["seconds"], "baseline": float(words[2]), "final": float(words[5])}
+
+
+def careful_family(weights: str, data: str, folder: str) -> dict[str, Any]:
+    script = str(cases.ROOT / "benchmarks" / "careful_seq2seq.py")
+    run = whole_process([script, weights, data, str(Path(folder) / "careful.pt")])
+    line = next(ln for ln in run["stdout"].splitlines() if ln.startswith("RESULT_MSE"))
+    before, after = (float(v) for v in line.split()[1:])
+    return {"seconds": run["seconds"], "baseline": before, "final": after}

@@ -31,7 +31,8 @@ def sinusoid(max_len: int, d: int) -> Tensor:
 
 
 def causal(size: int) -> Tensor:
-    return nn.Transformer.generate_square_subsequent_mask(size)
+    """nn.Transformer.generate_square_subsequent_mask, in a form TorchScript compiles."""
+    return torch.triu(torch.full((size, size), float("-inf")), diagonal=1)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,9 @@ class VectorSeq2Seq(nn.Module):
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
         s = self.positions(self.proj(src))
         t = self.positions(self.proj(tgt))
-        mask = causal(t.size(1)) if self.mask else None
+        mask: Tensor | None = None
+        if self.mask:
+            mask = causal(t.size(1))
         memory = self.transformer_encoder(s)
         return self.out(self.transformer_decoder(t, memory, tgt_mask=mask))
 
