@@ -97,6 +97,18 @@ def test_a_crash_while_parsing_is_contained_in_the_reader(tmp_path) -> None:
     assert load_checkpoint(path).names == ("weight", "bias")
 
 
+def test_a_parse_server_that_died_is_started_again(tmp_path) -> None:
+    from recovery_core import sandbox
+
+    path = p.torch_zip(tmp_path / "fine.pt", p.small_state_dict())
+    load_checkpoint(path)
+    server = sandbox._server()
+    server.process.kill()
+    server.process.wait()
+    assert load_checkpoint(path).names == ("weight", "bias")
+    assert sandbox._server() is not server
+
+
 # --- 2. every tensor's bytes come from a checked record ----------------------------------
 
 
