@@ -742,8 +742,19 @@ PARAMETER_FREE_LAYERS = {
 }
 
 
+ADAPTIVE_POOLS = {
+    "AdaptiveAvgPool1d": nn.AdaptiveAvgPool1d,
+    "AdaptiveAvgPool2d": nn.AdaptiveAvgPool2d,
+    "AdaptiveAvgPool3d": nn.AdaptiveAvgPool3d,
+}
+
+
 def parameter_free_layer(name: str) -> nn.Module:
-    # A fresh module for a parameter-less slot ("MaxPool2d": kernel 2, stride 2).
+    # A fresh module for a parameter-less slot: "MaxPool2d" pools with kernel 2, stride 2;
+    # "AdaptiveAvgPool2d(4)" pools to 4 x 4, whatever the input size.
+    if name.endswith(")"):
+        kind, size = name[:-1].split("(")
+        return ADAPTIVE_POOLS[kind](int(size))
     return PARAMETER_FREE_LAYERS[name]()
 """
 

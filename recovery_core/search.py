@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -63,14 +64,17 @@ _RETUNABLE_TYPES = (
 # Up to this many combinations every one is screened; beyond, a beam search (`_beam`).
 EXHAUSTIVE_UP_TO = 1024
 BEAM_START = 48  # combinations a beam starts from per forward hypothesis
-BEAM_WIDTH = 6  # combinations kept between refinements
+MAX_BEAM_WIDTH = 32  # combinations kept between refinements, when they are cheap
 MAX_SKELETONS = 4096  # shape skeletons a stack's beam may start from
+# Hidden values besides the parameter-less slots that change a feature map's size.
+SHAPE_NAMES = frozenset({"conv_padding", "conv_stride"})
 # Samples are screened and scored within this many input elements each (at least one).
 ELEMENTS_PER_SAMPLE = 1024
 MODELS_PER_GROUP = 4  # built models kept per forward hypothesis while screening
 
 RELATIVE_TIE = 1e-4  # losses closer than this (relative to the best) count as tied
 ABSOLUTE_TIE = 1e-9  # and this, for a best loss at or near zero
+NOISE_TIE = 0.01  # a gap above this (relative) is never put down to noise
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 
@@ -82,6 +86,8 @@ class Candidate:
     error: str | None = None  # why it failed: cannot load, forward raised, loss not finite
     samples: int = 0  # how many samples the loss is measured on (finalists: all scored)
     screen_loss: float | None = None  # a finalist's loss on the screening samples
+    # A finalist's loss on each sample, in order: tells a real difference from noise.
+    sample_losses: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -146,19 +152,23 @@ class SearchResult:
 
     def apply(self, spec: ArchSpec) -> ArchSpec:
         """The spec with the chosen values. Where the data cannot separate some names, the
-        tied combination that keeps their current values is taken when there is one (the
-        guess stands), else the best one: either way a combination that was scored."""
+        tied combination that keeps the most of their current values is taken (the guess
+        stands where the data cannot overrule it): always a combination that was scored."""
         spec = spec.with_values(self.fixed, source=SOURCE_USER)
         chosen = dict(self.best_values)
         if self.tied_names and self.best is not None:
             best = self.best
             current = {n: spec.value(n) for n in self.tied_names}
-            for candidate in self.ranking:
-                if candidate.error is not None or not _tied(candidate.loss, best.loss):
-                    break
-                if all(candidate.values.get(n) == v for n, v in current.items()):
-                    chosen = dict(candidate.values)
-                    break
+            tied = [
+                c
+                for c in self.ranking
+                if c.error is None and c.screen_loss is not None and _tied(c, best)
+            ]
+            # The tied combination that keeps the most current values (the guess stands
+            # where the data cannot overrule it); among equals, the better ranked.
+            keeps = [sum(c.values.get(n) == v for n, v in current.items()) for c in tied]
+            if tied:
+                chosen = dict(tied[keeps.index(max(keeps))].values)
         if WIRING in chosen:  # the forward first: the other names may belong to it alone
             spec = spec.with_values({WIRING: chosen.pop(WIRING)}, source=SOURCE_SEARCH)
         return spec.with_values(chosen, source=SOURCE_SEARCH)
@@ -281,7 +291,7 @@ def score_candidates(
     fixed: Mapping[str, Any] | None = None,
     names: Sequence[str] | None = None,
     budget_seconds: float = 30.0,
-    max_combinations: int = 4096,
+    max_combinations: int = 16384,
     max_samples: int = 256,
     screen_samples: int = 32,
     finalists: int = 12,
@@ -334,8 +344,7 @@ def score_candidates(
         strategy = "every combination"
         if total > exhaustive_up_to or not _exhaustive(groups, score, started, budget_seconds):
             strategy = "a beam refined one value at a time"
-            cost = (time.monotonic() - started) / max(1, len(results))
-            _beam(groups, score, results, cost, budget_seconds)
+            _beam(groups, score, results, _cost(groups, score, results), budget_seconds)
         screened = list(results.items())
         deadline = started + budget_seconds * 1.5  # finalists may finish what screening began
         final = _rescore_finalists(
@@ -346,6 +355,32 @@ def score_candidates(
         tuple(union), list(union.values()), final, total, fixed, time.monotonic() - started,
         base, strategy,
     )  # fmt: skip
+
+
+def _cost(
+    groups: list[_Group],
+    score: Callable[[int, tuple[Any, ...]], Candidate | None],
+    results: Mapping[tuple[int, tuple[Any, ...]], Candidate],
+) -> float:
+    """Seconds one combination takes: timed on the current values of each forward (the
+    first model of a group is built then, so the time is of a switch and a forward)."""
+    times = []
+    for index, group in enumerate(groups):
+        combo = tuple(_current(group))
+        if (index, combo) in results:
+            continue
+        score(index, combo)  # builds the group's first model
+        alternative = list(combo)
+        for position, candidates in enumerate(group.candidates):
+            others = [c for c in candidates if c != combo[position]]
+            name = group.names[position]
+            if others and (name in RETUNABLE | FORWARD_ONLY or name in group.slots):
+                alternative[position] = others[0]
+                break
+        started = time.monotonic()
+        score(index, tuple(alternative))
+        times.append(time.monotonic() - started)
+    return statistics.median(times) if times else 0.001
 
 
 def _exhaustive(
@@ -447,7 +482,7 @@ def _skeletons(group: _Group) -> list[tuple[Any, ...]] | None:
             for value in [current[i], *candidates]:
                 by_class.setdefault(shape_class(value), value)
             axes.append([(i, v) for v in by_class.values()])
-        elif name in group.structural and len(candidates) <= 3:
+        elif name in SHAPE_NAMES:
             axes.append([(i, v) for v in candidates])
     if math.prod(len(a) for a in axes) > MAX_SKELETONS:
         return None
@@ -495,7 +530,10 @@ def _beam(
     beam starts from fewer combinations and keeps fewer (down to coordinate descent)."""
     affordable = budget / max(cost, 1e-6)
     limit = int(min(BEAM_START, max(2, affordable / (4 * len(groups)))))
-    width = BEAM_WIDTH if affordable >= 40 * BEAM_WIDTH * len(groups) else 1
+    # A wider beam sees more of the near-ties (equal-loss variants crowd a narrow one);
+    # each state costs its neighbours per round, so the width follows what is affordable.
+    neighbours = max(sum(len(c) - 1 for c in g.candidates) for g in groups)
+    width = int(min(MAX_BEAM_WIDTH, max(1, affordable / (8 * neighbours * len(groups)))))
     for index, group in enumerate(groups):
         for combo in _start(group, limit):
             if score(index, combo) is None:
@@ -596,7 +634,10 @@ def _rescore_finalists(
         part = data.first(
             group.spec, candidate.values, data.affordable(group.spec, candidate.values, max_samples)
         )
-        scored = _score(model, candidate.values, part.inputs, part.target, loss_fn, part.samples)
+        dims = batch_dims(group.spec, candidate.values)
+        scored = _score(
+            model, candidate.values, part.inputs, part.target, loss_fn, part.samples, dims.target
+        )
         final.append(dataclasses.replace(scored, screen_loss=candidate.loss))
     return final + [c for _, c in ok[finalists:]] + rest
 
@@ -659,19 +700,43 @@ def _score(
     target: torch.Tensor,
     loss_fn: LossFn,
     samples: int | None = None,
+    per_sample_dim: int | None = None,
 ) -> Candidate:
+    """The loss of one combination; with `per_sample_dim` (finalists) also each sample's."""
     samples = len(target) if samples is None else samples
     try:
-        loss = float(loss_fn(model(*inputs), target))
+        output = model(*inputs)
+        loss = float(loss_fn(output, target))
+        each = None
+        if per_sample_dim is not None and math.isfinite(loss):
+            out_dim = per_sample_dim if output.dim() > per_sample_dim else 0
+            each = tuple(
+                float(loss_fn(output.narrow(out_dim, i, 1), target.narrow(per_sample_dim, i, 1)))
+                for i in range(min(output.shape[out_dim], target.shape[per_sample_dim]))
+            )
     except Exception as exc:  # noqa: BLE001 - a failing combination is ruled out, with its reason
         return Candidate(values, math.inf, f"the forward or the loss failed: {exc}", samples)
     if not math.isfinite(loss):
         return Candidate(values, math.inf, f"the loss is not finite ({loss})", samples)
-    return Candidate(values, loss, None, samples)
+    return Candidate(values, loss, None, samples, sample_losses=each)
 
 
-def _tied(loss: float, best: float) -> bool:
-    return loss - best <= max(RELATIVE_TIE * abs(best), ABSOLUTE_TIE)
+def _tied(candidate: Candidate, best: Candidate) -> bool:
+    """True when the data cannot tell `candidate` from `best`: the difference is within
+    RELATIVE_TIE, or it is small (within NOISE_TIE) and, both being scored on the same
+    samples, within two standard errors of the per-sample differences: noise in the
+    data, not a worse model."""
+    gap = candidate.loss - best.loss
+    if gap <= max(RELATIVE_TIE * abs(best.loss), ABSOLUTE_TIE):
+        return True
+    a, b = candidate.sample_losses, best.sample_losses
+    if gap > NOISE_TIE * abs(best.loss) or a is None or b is None or len(a) != len(b):
+        return False
+    if len(a) < 8:
+        return False
+    differences = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    standard_error = float(differences.std()) / math.sqrt(len(differences))
+    return float(differences.mean()) <= 2 * standard_error
 
 
 def _describe(values: Mapping[str, Any]) -> str:
@@ -731,14 +796,15 @@ def _summarise(
     if len(scored) > 1:
         margin = scored[1].loss - best.loss
         relative = margin / max(abs(best.loss), ABSOLUTE_TIE)
-    group = [c for c in scored if _tied(c.loss, best.loss)]
+    group = [c for c in scored if _tied(c, best)]
     tied = tuple(n for n in names if len({repr(c.values.get(n)) for c in group}) > 1)
     separable = len(group) == 1
     if not separable:
         message = (
-            f"The data cannot tell apart {len(group)} combinations within {RELATIVE_TIE:g} of the "
-            f"best loss {best.loss:.6g}; tied: {', '.join(tied) or 'none of the searched names'}"
-            " (the current values are kept where they are among the tied, else the first)."
+            f"The data cannot tell apart {len(group)} combinations (their losses differ by less "
+            f"than the noise between samples, from the best {best.loss:.6g}); tied: "
+            f"{', '.join(tied) or 'none of the searched names'} (the current values are kept "
+            "where they are among the tied, else the first)."
         )
     elif margin is None:
         message = f"Only one combination could be scored: {_describe(best.values)} (loss {best.loss:.6g})."

@@ -289,6 +289,23 @@ def pooled_cnn() -> nn.Module:
     )
 
 
+class GlobalPoolNet(nn.Module):
+    """Named stages, batch norm, a max pool, then global average pooling before the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2)
+        )
+        self.body = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.GELU())
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+        self.readout = nn.Linear(12, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.readout(self.flat(self.gap(self.body(self.stem(x)))))
+
+
 def mlp() -> nn.Module:
     return nn.Sequential(
         nn.Linear(10, 24), nn.Tanh(), nn.Linear(24, 24), nn.GELU(), nn.Linear(24, 3)
@@ -352,6 +369,9 @@ FORWARD_ZOO: tuple[ForwardCase, ...] = (
     ForwardCase("lstm_tagger", Tagger, lambda n: (vectors(n, 7, 5),), head="tag"),
     ForwardCase(
         "cnn_max_pool", pooled_cnn, lambda n: (vectors(n, 1, 16, 16),), head="7"
+    ),
+    ForwardCase(
+        "cnn_global_pool", GlobalPoolNet, lambda n: (vectors(n, 3, 12, 12),), head="readout"
     ),
     ForwardCase("mlp", mlp, lambda n: (vectors(n, 10),), head="4"),
 )

@@ -287,24 +287,42 @@ def free_names(root: ModuleSpec, wirings: tuple[Wiring, ...] | list[Wiring]) -> 
     return names
 
 
-def _feature_map_dims(root: ModuleSpec, path: str) -> int | None:
-    """Spatial dims of the feature map a parameter-less slot sees: the nearest earlier
-    layer among its siblings is a convolution (or a norm of one); None elsewhere."""
-    for container in root.walk():
-        children = list(container.children)
-        for index, child in enumerate(children):
-            if child.path != path:
-                continue
-            earlier = [c for c in children[:index] if c.type != "Unknown"]
-            if not earlier:
-                return None
-            previous = earlier[-1].type
-            if previous.startswith(("Conv", "ConvTranspose", "BatchNorm", "InstanceNorm")):
-                dims = previous[-2]
-                if dims.isdigit() and not previous.startswith("BatchNorm1d"):
-                    return int(dims)
-            return None
-    return None
+_CONTAINER_TYPES = frozenset({"Module", "Sequential", "ModuleList"})
+
+
+def _stack_leaves(root: ModuleSpec) -> list[ModuleSpec]:
+    """The modules a stack calls, in definition order (containers opened)."""
+    return [m for m in root.walk() if m.type not in _CONTAINER_TYPES]
+
+
+def _slot_choices(root: ModuleSpec, path: str, leaves: list[ModuleSpec]) -> tuple[str, ...]:
+    """Pooling a parameter-less slot may also do: when the nearest earlier layer is a
+    convolution (or a norm of one), Max/AvgPool of its dimensionality; and when a Linear
+    follows, the adaptive average pool to the size that Linear implies (its in_features
+    over the channels), e.g. AdaptiveAvgPool2d(1) before a global-average-pool head."""
+    index = next((i for i, m in enumerate(leaves) if m.path == path), None)
+    if index is None:
+        return ()
+    earlier = [m for m in leaves[:index] if m.type != "Unknown"]
+    later = [m for m in leaves[index + 1 :] if m.type != "Unknown"]
+    if not earlier:
+        return ()
+    previous = earlier[-1]
+    kind = previous.type
+    if not kind.startswith(("Conv", "ConvTranspose", "BatchNorm", "InstanceNorm")):
+        return ()
+    dims = int(kind[-2]) if kind[-2].isdigit() else 0
+    if dims not in POOLS or kind.startswith("BatchNorm1d"):
+        return ()
+    choices = POOLS[dims]
+    channels = previous.args.get("out_channels") or previous.args.get("num_features")
+    following = later[0] if later else None
+    if following is not None and following.type == "Linear" and channels:
+        per_channel, rest = divmod(following.args["in_features"], channels)
+        side = round(per_channel ** (1 / dims)) if per_channel > 0 and not rest else 0
+        if side and side**dims == per_channel:
+            choices += (f"AdaptiveAvgPool{dims}d({side})",)
+    return choices
 
 
 def _unknown_guesses(root: ModuleSpec) -> dict[str, tuple[str, str]]:
@@ -426,8 +444,7 @@ def _free_value(
         return FreeValue(*_batch_first(root))
     if name in guesses:
         choice, why = guesses[name]
-        dims = _feature_map_dims(root, name)
-        choices = UNKNOWN_CHOICES + (POOLS[dims] if dims in POOLS else ())
+        choices = UNKNOWN_CHOICES + _slot_choices(root, name, _stack_leaves(root))
         return FreeValue(
             choices, choice, f"a parameter-less module; guessed {choice} from {why}"
         )
