@@ -26,6 +26,7 @@ TYPE_COLOURS = (
     "#9d755d",
     "#bab0ac",
 )
+MARKERS_UP_TO = 120  # evaluation points shown as dots while they are few enough to see
 _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "template": "plotly_white"}
 
 
@@ -204,9 +205,10 @@ def training_chart(
         go.Scatter(
             x=list(evaluation.steps),
             y=list(evaluation.losses),
-            mode="lines+markers",
+            mode="lines+markers" if len(evaluation.steps) <= MARKERS_UP_TO else "lines",
             name=evaluation.name,
-            line={"color": "#1f77b4", "width": 3},
+            # Every point drawn (no simplification of a flat stretch): the line visibly grows.
+            line={"color": "#1f77b4", "width": 3, "simplify": False},
             marker={"size": 5},
         )
     )

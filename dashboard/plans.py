@@ -81,6 +81,7 @@ def _on_upload() -> None:
     if uploaded is None:
         studio.plan_message = None
         return
+    studio.handled_uploads.add(uploaded.file_id)
     try:
         message = apply_plan(studio, rc.plan.RecoveryPlan.from_json(uploaded.getvalue()))
         studio.plan_message = ("ok", message)
@@ -115,6 +116,9 @@ def sidebar(studio: state.Studio) -> None:
         st.file_uploader(
             "Load a recovery plan", type=["json"], key=UPLOAD_KEY, on_change=_on_upload
         )
+        if ui.missed_upload(UPLOAD_KEY, studio.handled_uploads):
+            _on_upload()
+            st.rerun()
         kind, payload = studio.plan_message or (None, None)
         if kind == "ok":
             st.success(payload)

@@ -115,6 +115,9 @@ def sidebar(studio: state.Studio) -> None:
                 help=f"Up to {limit} MB. For bigger files use 'Server path'. "
                 "Files are read without running any code in them.",
             )
+            if ui.missed_upload(UPLOAD_KEY, studio.handled_uploads):
+                _on_upload()
+                st.rerun()
         if "Server path" in tabs:
             with tabs["Server path"]:
                 path_input()

@@ -38,6 +38,7 @@ DEMO_DATA = REPO / "assets" / "demo_data.pt"
 
 # Session-state keys (widget keys live next to their widgets, prefixed by step).
 STUDIO = "studio"
+HOLDER = "studio_holder"
 SESSION_PARAM = "session"  # the URL's query parameter holding this session's token
 # How long the server keeps a session nobody has looked at (a reload within it restores it).
 SESSION_TTL_SECONDS = float(os.environ.get("RECOVERY_SESSION_TTL", 4 * 3600))
@@ -264,6 +265,7 @@ class Studio:
     auto_scored: set[str] = field(default_factory=set)  # (spec, data) keys already tried
     scored_names: set[str] = field(default_factory=set)  # settings the data has checked
     accept_unverified: bool = False
+    holders: int = 0  # browser sessions showing this Studio now (see _Holder)
     plan_message: tuple[str, object] | None = None  # the last plan load's outcome
     training: rc.plan.TrainingSettings = field(
         default_factory=lambda: rc.plan.TrainingSettings(
@@ -479,10 +481,29 @@ def _claim(token: str | None) -> Studio | None:
         return entry.studio
 
 
+class _Holder:
+    """Lives in one browser session's state. When the last tab holding a Studio is gone
+    (Streamlit drops a closed tab's state after `server.disconnectedSessionTTL`), the
+    Studio's training and scoring stop: nobody is watching. Its results stay kept for a
+    reload until it expires."""
+
+    def __init__(self, studio: Studio) -> None:
+        studio.holders += 1
+        weakref.finalize(self, _released, studio)
+
+
+def _released(studio: Studio) -> None:
+    studio.holders -= 1
+    if studio.holders <= 0:
+        studio.stop_all()
+
+
 def studio() -> Studio:
     """This session's Studio: the one its URL's token names (a reload), else a new one."""
     if STUDIO not in st.session_state:
-        st.session_state[STUDIO] = _claim(st.query_params.get(SESSION_PARAM)) or Studio()
+        s = _claim(st.query_params.get(SESSION_PARAM)) or Studio()
+        st.session_state[STUDIO] = s
+        st.session_state[HOLDER] = _Holder(s)
     s = st.session_state[STUDIO]
     _keep(s)
     if st.query_params.get(SESSION_PARAM) != s.token:

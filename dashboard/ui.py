@@ -88,6 +88,13 @@ def disabled_reason(reason: str | None) -> None:
         st.caption(f":material/block: {reason}")
 
 
+def missed_upload(key: str, handled: set[str]) -> bool:
+    """An upload whose on_change never ran: Streamlit skips the callbacks of widgets outside
+    a fragment that happens to be rerunning (the scoring's progress) when the file arrives."""
+    uploaded = st.session_state.get(key)
+    return uploaded is not None and uploaded.file_id not in handled
+
+
 @contextmanager
 def reported(doing: str, hint: str = DEFAULT_HINT) -> Iterator[None]:
     """Run a step's action; a failure is shown with what to try and the page goes on."""

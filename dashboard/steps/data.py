@@ -47,6 +47,9 @@ def choose_source(studio: state.Studio) -> None:
                 on_change=_on_upload,
                 help="Samples along the first dimension; names such as x / y or src / tgt / target.",
             )
+            if ui.missed_upload(UPLOAD_KEY, studio.handled_uploads):
+                _on_upload()
+                st.rerun()
         if "Server path" in tabs:
             with tabs["Server path"]:
                 st.text_input("Path of a dataset on this server", key=PATH_KEY)

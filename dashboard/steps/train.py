@@ -45,7 +45,9 @@ SCROLL_KEY = "train_scroll_to_run"
 SCROLL_TO_RUN = """<script>
 (function bring(tries) {
   const run = document.querySelector(".st-key-train_live");
-  if (run) { run.scrollIntoView({block: "start"}); }
+  const main = document.querySelector("[data-testid='stMain']");
+  // Its top just under Streamlit's header bar (about 60 px), not hidden beneath it.
+  if (run && main) { main.scrollTop += run.getBoundingClientRect().top - 64; }
   else if (tries > 0) { setTimeout(() => bring(tries - 1), 100); }
 })(30);
 </script>"""

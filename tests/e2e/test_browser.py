@@ -1,6 +1,7 @@
 """The demo flow in a real browser against a real `streamlit run` server.
 
-Each step leaves a screenshot in assets/screenshots/ (the README shows them).
+Each step leaves a screenshot in SHOTS (a temporary folder; `make screenshots` writes
+them to assets/screenshots/, which the README shows).
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ import pytest
 
 from tests.e2e.harness import (
     REPO,
-    SHOTS,
     TRAIN_SECONDS,
-    VIEWPORT,
     chromium,
     go_to,
     healthy,
+    in_view,
     open_page,
+    screenshot,
     streamlit_server,
     wait_idle,
+    wait_scored,
 )
 
 pytestmark = pytest.mark.e2e
@@ -43,13 +45,7 @@ def page(server: str) -> Iterator[object]:
 
 
 def shot(page, name: str) -> None:
-    """The whole page: Streamlit scrolls inside its main block, so grow the window to fit."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    height = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
-    page.set_viewport_size({"width": VIEWPORT["width"], "height": min(max(height, 600), 4000)})
-    page.wait_for_timeout(500)  # charts re-lay out to the new size
-    page.screenshot(path=str(SHOTS / f"{name}.png"))
-    page.set_viewport_size(VIEWPORT)
+    screenshot(page, name)
 
 
 def _losses(text: str) -> tuple[float, float]:
@@ -58,9 +54,12 @@ def _losses(text: str) -> tuple[float, float]:
     return float(match.group(1)), float(match.group(2))
 
 
+EVAL_LINE = "[data-testid='stPlotlyChart'] .scatterlayer .trace:nth-child(2) path.js-line"
+
+
 def _points(page) -> int:
-    """How many points the live loss line has (counted from the Plotly SVG path)."""
-    path = page.locator("[data-testid='stPlotlyChart'] .scatterlayer path.js-line").first
+    """How many points the live evaluation line has (counted from the Plotly SVG path)."""
+    path = page.locator(EVAL_LINE).first
     if path.count() == 0:
         return 0
     d = path.get_attribute("d") or ""
@@ -78,19 +77,22 @@ def test_demo_flow_from_table_to_a_loadable_torchscript_file(
     expect(main.get_by_text("Explore the file", exact=True)).to_be_visible()
     expect(main.get_by_test_id("stDataFrame").first).to_be_visible()
     expect(page.get_by_test_id("stSidebar").get_by_text("demo_checkpoint.pt")).to_be_visible()
-    # Click the first row's selection box (the grid is a canvas: click by position).
+    # Click a cell of the first row, not its selection box: the row is picked (the grid is
+    # a canvas: click by position).
     table = main.get_by_test_id("stDataFrame").first.bounding_box()
-    page.mouse.click(table["x"] + 14, table["y"] + 35 + 16)
+    page.mouse.click(table["x"] + 160, table["y"] + 35 + 16)
     expect(main.get_by_text("Values of")).to_be_visible(timeout=30_000)
     wait_idle(page)
     shot(page, "01-explore")
 
-    # 2. Recover: the rebuild works, and the data picks the free settings.
+    # 2. Recover: the data picked the free settings by itself; the rebuild runs on its shapes.
     go_to(page, "Recover the model")
-    main.get_by_role("button", name="Score the choices on data").click()
-    expect(main.get_by_test_id("stPlotlyChart").first).to_be_visible(timeout=120_000)
-    wait_idle(page, timeout=120_000)
+    wait_scored(page)
+    expect(main.get_by_text("found on your data").first).to_be_visible()
+    expect(main.get_by_test_id("stPlotlyChart").first).to_be_visible(timeout=60_000)
+    expect(main.get_by_test_id("stGraphVizChart").first).to_be_visible()
     expect(main.get_by_text("Every weight fits the rebuilt network exactly")).to_be_visible()
+    expect(main.get_by_text("It runs on two examples of your data")).to_be_visible()
     shot(page, "02-recover")
 
     # 3. Data and baseline.
@@ -109,19 +111,22 @@ def test_demo_flow_from_table_to_a_loadable_torchscript_file(
     epochs.press("Enter")
     wait_idle(page)
     main.get_by_role("button", name="Start training").click()
-    stop = main.get_by_role("button", name="Stop")
+    stop = main.get_by_role("button", name="Stop", exact=True)
     expect(stop).to_be_visible(timeout=30_000)
     page.wait_for_function(
-        "() => document.querySelectorAll(\"[data-testid='stPlotlyChart'] .scatterlayer path.js-line\").length > 0",
-        timeout=30_000,
+        f"() => document.querySelectorAll({EVAL_LINE!r}).length > 0", timeout=30_000
     )
     first = _points(page)
     deadline = time.monotonic() + TRAIN_SECONDS
     while _points(page) <= first:  # the chart refreshes about once a second
-        assert time.monotonic() < deadline, "the live loss chart never grew while training"
+        assert time.monotonic() < deadline, "the live evaluation line never grew while training"
         page.wait_for_timeout(250)
     page.wait_for_timeout(2000)  # a little more training, then Stop keeps the best weights
-    shot(page, "04-train-running")
+    # In a 1440x900 window, without scrolling: Stop and the evaluation line.
+    chart = main.get_by_test_id("stPlotlyChart").first
+    assert in_view(page, stop), "Stop is not in view after Start"
+    assert in_view(page, chart), "the training chart is not in view after Start"
+    screenshot(page, "04-train-running", full=False)
     stop.click()
     done = main.get_by_test_id("stAlertContentSuccess").filter(has_text="Run 1 stopped")
     expect(done).to_be_visible(timeout=30_000)
@@ -149,6 +154,18 @@ def test_demo_flow_from_table_to_a_loadable_torchscript_file(
     expect(main.locator("[data-testid='stPlotlyChart'] .scatterlayer .trace")).to_have_count(2)
     shot(page, "06-compare")
 
+    # F5: the session's checkpoint, choices and runs are all back.
+    assert "session=" in page.url
+    page.reload()
+    wait_idle(page)
+    expect(page.get_by_test_id("stSidebar").get_by_text("demo_checkpoint.pt")).to_be_visible()
+    expect(main.get_by_test_id("stDataFrame").first).to_be_visible()
+    expect(main.locator("[data-testid='stPlotlyChart'] .scatterlayer .trace")).to_have_count(2)
+    expect(main.locator(".st-key-settings_status")).to_contain_text("found on your data")
+    go_to(page, "Freeze and train")
+    block = main.get_by_test_id("stCheckbox").filter(has_text="decoder.layers.1")
+    expect(block.get_by_role("checkbox")).to_be_checked()  # the last choice of layers
+
     # 6. Export, check, download the TorchScript file and load it.
     go_to(page, "Export")
     main.get_by_role("button", name="Export and verify").click()
@@ -173,7 +190,7 @@ def test_demo_flow_from_table_to_a_loadable_torchscript_file(
     # 7. A bad upload: one sentence in the sidebar, the server stays healthy, the demo stays open.
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_text("Open another checkpoint").click()
-    sidebar.locator("input[type=file]").set_input_files(
+    sidebar.get_by_test_id("stTabs").locator("input[type=file]").set_input_files(
         files=[{"name": "../../x.pt", "mimeType": "application/octet-stream", "buffer": b"junk"}]
     )
     expect(sidebar.get_by_test_id("stAlertContentError")).to_contain_text("Could not open x.pt")

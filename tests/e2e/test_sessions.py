@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.e2e.harness import chromium, go_to, healthy, open_page, streamlit_server, wait_idle
+from tests.e2e.harness import (
+    chromium,
+    go_to,
+    healthy,
+    open_page,
+    streamlit_server,
+    wait_idle,
+    wait_scored,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -82,7 +90,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def upload_checkpoint(page, path: Path) -> None:
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_text("Open another checkpoint").click()
-    sidebar.locator("input[type=file]").set_input_files(str(path))
+    sidebar.get_by_test_id("stTabs").locator("input[type=file]").set_input_files(str(path))
     sidebar.get_by_text(path.name).first.wait_for()
     wait_idle(page)
 
@@ -91,10 +99,14 @@ def start_training(page) -> None:
     """Only the output layer with Adam (the closed form would end at once), and far more
     epochs than the test waits for."""
     go_to(page, "Freeze and train")
+    wait_scored(page)  # the hidden settings are scored first, then training may start
     main = page.get_by_test_id("stMain")
     main.get_by_role("button", name="Only the output layer").click()
     wait_idle(page)
-    main.get_by_test_id("stSelectbox").filter(has_text="Method").click()
+    method = main.get_by_test_id("stSelectbox").filter(has_text="Method").get_by_role("combobox")
+    # Its list opens below it: at the window's bottom edge it would have no room.
+    method.evaluate("e => e.scrollIntoView({block: 'center'})")
+    method.click()
     page.get_by_role("option", name="Adam", exact=True).click()
     wait_idle(page)
     epochs = main.get_by_label("Epochs (passes over the data)")
@@ -102,7 +114,7 @@ def start_training(page) -> None:
     epochs.press("Enter")
     wait_idle(page)
     main.get_by_role("button", name="Start training").click()
-    main.get_by_role("button", name="Stop").wait_for(timeout=60_000)
+    main.get_by_role("button", name="Stop", exact=True).wait_for(timeout=60_000)
 
 
 def test_sessions_are_isolated_and_release_their_threads_and_memory(server, files):
@@ -133,7 +145,9 @@ def test_sessions_are_isolated_and_release_their_threads_and_memory(server, file
         start_training(demo)
         start_training(mlp)
         for page in (demo, mlp):
-            expect(page.get_by_test_id("stMain").get_by_role("button", name="Stop")).to_be_visible()
+            expect(
+                page.get_by_test_id("stMain").get_by_role("button", name="Stop", exact=True)
+            ).to_be_visible()
         busy = cpu_use(pid)
 
         # Nobody sees anybody else's checkpoint, freeze set or runs.
@@ -190,7 +204,7 @@ def test_an_upload_above_the_size_limit_is_refused_and_the_app_keeps_working(ser
         wait_idle(page)
         sidebar = page.get_by_test_id("stSidebar")
         sidebar.get_by_text("Open another checkpoint").click()
-        sidebar.locator("input[type=file]").set_input_files(str(big))
+        sidebar.get_by_test_id("stTabs").locator("input[type=file]").set_input_files(str(big))
         expect(sidebar).to_contain_text(f"{UPLOAD_LIMIT_MB}.0MB or smaller")
         wait_idle(page)
         expect(sidebar).to_contain_text("demo_checkpoint.pt")  # the previous checkpoint stays
