@@ -8,6 +8,7 @@ settings it scored are still the ones the session has.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
     assert studio.spec is not None and studio.opened is not None
     spec = studio.spec
     fixed = {hp.name: hp.value for hp in spec.free if hp.source == "user" and hp.name not in names}
-    inputs, target = studio.tensors()
+    inputs, target = studio.given_tensors()
     loss_fn = rc.loss_function(studio.mapping)
     weights = studio.opened.checkpoint.state_dict()
     job = ScoringJob(state.spec_key(spec), tuple(names), automatic)
@@ -102,11 +103,17 @@ def _data_key(studio: state.Studio) -> str:
     return f"{state.spec_key(studio.spec)}|{source}|{studio.mapping!r}"
 
 
+def automatic() -> bool:
+    """RECOVERY_AUTO_SCORE=off leaves scoring to a click (a shared server with big models)."""
+    return os.environ.get("RECOVERY_AUTO_SCORE", "on").lower() not in ("off", "0", "false", "no")
+
+
 def maybe_start(studio: state.Studio) -> None:
     """Data mapped, settings unverified, nobody chose to use them as they are: score them.
     Once per settings and data (a Stop is respected; a change of either starts again)."""
     if (
-        studio.spec is None
+        not automatic()
+        or studio.spec is None
         or studio.dataset is None
         or studio.mapping is None
         or studio.accept_unverified

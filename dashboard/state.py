@@ -317,7 +317,9 @@ class Studio:
         report = rc.load_weights(model, self.opened.checkpoint.state_dict())
         if not report.ok:
             raise rc.BuildError(report.message)
-        return model.eval()
+        # It takes the data batch-major, like `tensors()`: a model that reads dimension 0
+        # as its sequence is then cut along its own batch dimension everywhere.
+        return rc.attach_batch_major(model.eval(), rc.batch_dims(self.spec))
 
     def reference_model(self) -> nn.Module:
         """The model with the original weights, for baselines and freeze counts (never trained)."""
@@ -329,9 +331,17 @@ class Studio:
 
     # -- data
 
-    def tensors(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    def given_tensors(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The mapped entries exactly as the user gave them (the search cuts each candidate
+        forward along its own batch dimension)."""
         assert self.dataset is not None and self.mapping is not None
         return rc.mapped_tensors(self.dataset, self.mapping)
+
+    def tensors(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The mapped entries with the model's batch along dimension 0 (see fresh_model)."""
+        assert self.spec is not None
+        inputs, target = self.given_tensors()
+        return rc.to_batch_major(inputs, target, rc.batch_dims(self.spec))
 
     @property
     def held_out(self) -> float:

@@ -48,6 +48,15 @@ from recovery_core.export import ExportBundle, export_all
 from recovery_core.freeze import FreezePlan, plan_freeze, preset_patterns
 from recovery_core.infer import infer_spec
 from recovery_core.inspect import Inspection, describe
+from recovery_core.layout import (
+    BatchDims,
+    attach_batch_major,
+    batch_dims,
+    drop_batch_major,
+    from_batch_major,
+    take,
+    to_batch_major,
+)
 from recovery_core.search import SearchResult, score_candidates, searchable_names
 from recovery_core.spec import ArchSpec, Hyperparameter, ModelInput, ModuleSpec, Wiring
 from recovery_core.train import TrainingConfig, TrainingResult, TrainingRun
@@ -56,6 +65,7 @@ __all__ = [
     "humanize",
     "plan",
     "ArchSpec",
+    "BatchDims",
     "BuildError",
     "Checkpoint",
     "CheckpointFormatError",
@@ -83,12 +93,16 @@ __all__ = [
     "TrainingRun",
     "UnsafeCheckpointError",
     "Wiring",
+    "attach_batch_major",
     "baseline_loss",
+    "batch_dims",
     "build_model",
     "check_rebuild",
     "describe",
+    "drop_batch_major",
     "example_inputs",
     "export_all",
+    "from_batch_major",
     "generate_code",
     "guess_mapping",
     "infer_spec",
@@ -103,4 +117,6 @@ __all__ = [
     "score_candidates",
     "searchable_names",
     "split_indices",
+    "take",
+    "to_batch_major",
 ]

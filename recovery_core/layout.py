@@ -77,18 +77,19 @@ def to_batch_major(
     return moved, (target.movedim(dims.target, 0) if target.dim() > dims.target else target)
 
 
-@contextlib.contextmanager
-def batch_major(model: nn.Module, dims: BatchDims) -> Iterator[nn.Module]:
-    """While inside, `model` takes and returns batch-major tensors (see `to_batch_major`)."""
+def from_batch_major(inputs: Sequence[Tensor], dims: BatchDims) -> tuple[Tensor, ...]:
+    """Batch-major inputs back in the layout the user gave them (e.g. export examples)."""
+    return tuple(t.movedim(0, dims.inputs) if t.dim() > dims.inputs else t for t in inputs)
+
+
+def attach_batch_major(model: nn.Module, dims: BatchDims) -> nn.Module:
+    """From now on `model` takes and returns batch-major tensors (see `to_batch_major`);
+    copies made of it keep that, until `drop_batch_major`."""
     if not dims.moved:
-        yield model
-        return
+        return model
 
     def before(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        return tuple(
-            a.movedim(0, dims.inputs) if isinstance(a, Tensor) and a.dim() > dims.inputs else a
-            for a in args
-        )
+        return tuple(from_batch_major(args, dims))
 
     def after(_module: nn.Module, _args: Any, output: Any) -> Any:
         if isinstance(output, Tensor) and output.dim() > dims.target:
@@ -96,21 +97,28 @@ def batch_major(model: nn.Module, dims: BatchDims) -> Iterator[nn.Module]:
         return output
 
     before.batch_major = after.batch_major = True  # type: ignore[attr-defined]
-    handles = [model.register_forward_pre_hook(before), model.register_forward_hook(after)]
-    try:
-        yield model
-    finally:
-        for handle in handles:
-            handle.remove()
+    model.register_forward_pre_hook(before)
+    model.register_forward_hook(after)
+    return model
 
 
 def drop_batch_major(model: nn.Module) -> nn.Module:
-    """Remove the hooks of `batch_major` from a copy of the model made inside it (a copy
-    keeps its original's hooks), so it takes the data as given again."""
+    """Remove what `attach_batch_major` added (from the model or a copy of it), so it takes
+    the data as given again."""
     for hooks in (model._forward_pre_hooks, model._forward_hooks):
         for key in [k for k, hook in hooks.items() if getattr(hook, "batch_major", False)]:
             del hooks[key]
     return model
+
+
+@contextlib.contextmanager
+def batch_major(model: nn.Module, dims: BatchDims) -> Iterator[nn.Module]:
+    """`attach_batch_major` for the duration of a block (copies made inside keep it)."""
+    attach_batch_major(model, dims)
+    try:
+        yield model
+    finally:
+        drop_batch_major(model)
 
 
 def prune_by_data(spec: ArchSpec, inputs: Sequence[Tensor], target: Tensor) -> dict[str, tuple]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -57,15 +58,18 @@ def export(studio: state.Studio, record: state.RunRecord) -> None:
         },
         "training": result.to_json(),
     }
+    # The files take the data as the user gives it: the batch-major view is dropped.
+    dims = rc.batch_dims(record.spec)
     studio.exports[record.number] = rc.export_all(
-        result.model,
-        record.example_inputs,
+        rc.drop_batch_major(copy.deepcopy(result.model)),
+        rc.from_batch_major(record.example_inputs, dims),
         str(out_dir),
         studio.opened.checkpoint.state_dict(),
         code=rc.generate_code(record.spec),
         report=report,
         stem="recovered",
         trainable_keys=record.plan.trainable_keys,
+        batch_dim=dims.inputs,
     )
 
 
