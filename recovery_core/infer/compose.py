@@ -76,7 +76,7 @@ class KeyTree:
         tree.transposed_names = frozenset(
             parent_of(name).rsplit(".", 1)[-1]
             for name, info in tree.infos.items()
-            if name.endswith("bias")
+            if name.rsplit(".", 1)[-1] == "bias"
             and (weight := tree.infos.get(name[: -len("bias")] + "weight")) is not None
             and proves_transposed(weight.shape, info.shape)
         )
