@@ -35,5 +35,21 @@ _CSS = f"""
 """
 
 
+# Streamlit collapses its sidebar by itself only on phone-sized windows; at NARROW_PX or
+# less it takes a third of the width and cuts labels. Collapse it once per page load
+# (the person can open it again; it then stays open).
+_COLLAPSE = f"""<script>
+(function collapse(tries) {{
+  if (window.__recoverySidebarDone || window.innerWidth > {NARROW_PX}) return;
+  const bar = document.querySelector("[data-testid='stSidebar']");
+  const button = document.querySelector("[data-testid='stSidebarCollapseButton'] button");
+  if (bar && bar.getAttribute("data-collapsed") === "true") {{ window.__recoverySidebarDone = true; return; }}
+  if (bar && button) {{ button.click(); window.__recoverySidebarDone = true; return; }}
+  if (tries > 0) setTimeout(() => collapse(tries - 1), 100);
+}})(50);
+</script>"""
+
+
 def narrow_window_rules() -> None:
     st.html(_CSS)
+    st.html(_COLLAPSE, unsafe_allow_javascript=True)

@@ -79,7 +79,9 @@ def banner(studio: state.Studio) -> None:
                     "from a wrongly rebuilt model; the export report says so.",
                     icon=":material/warning:",
                 )
-                st.button("Score them on my data", key="status_score", on_click=_score_now)
+                if st.button("Score them on my data", key="status_score"):
+                    _score_now()
+                    st.rerun(scope="app")  # the whole page follows (a fragment redraws only itself)
                 return
             st.warning(
                 f"Unverified defaults: {names}. A model built on unchecked settings can be "
@@ -89,14 +91,14 @@ def banner(studio: state.Studio) -> None:
             )
             cols = st.columns([1, 1, 2])
             ready = studio.mapping is not None
-            cols[0].button(
-                "Score them on my data",
-                key="status_score",
-                on_click=_score_now,
-                disabled=not ready,
-                type="primary",
-            )
-            cols[1].button("Use unverified settings", key="status_accept", on_click=_accept)
+            if cols[0].button(
+                "Score them on my data", key="status_score", disabled=not ready, type="primary"
+            ):
+                _score_now()
+                st.rerun(scope="app")  # the whole page follows (a fragment redraws only itself)
+            if cols[1].button("Use unverified settings", key="status_accept"):
+                _accept()
+                st.rerun(scope="app")
             if not ready:
                 with cols[2]:
                     ui.disabled_reason("Map data in step 3 first: scoring needs examples.")

@@ -22,7 +22,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 # Screenshots go to a temporary folder, so a test run changes no tracked file;
 # `make screenshots` points this at assets/screenshots/ to refresh the README's.
-SHOTS = Path(os.environ.get("RECOVERY_SCREENSHOTS") or tempfile.mkdtemp(prefix="recovery-shots-"))
+SHOTS = Path(
+    os.environ.get("RECOVERY_SCREENSHOTS") or Path(tempfile.gettempdir()) / "recovery-screenshots"
+)
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
