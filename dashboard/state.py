@@ -346,6 +346,8 @@ class Studio:
     @property
     def held_out(self) -> float:
         """The fraction held out for evaluation (0 when the data is too small to split)."""
+        if self.spec is not None and not rc.batch_dims(self.spec).independent:
+            return 0.0  # every sample depends on its place among the others (layout.py)
         n = self.dataset.n_samples if self.dataset is not None else 0
         wanted = self.training.val_fraction
         return wanted if wanted > 0 and n * wanted >= MIN_HELD_OUT_SAMPLES else 0.0

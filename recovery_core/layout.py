@@ -29,18 +29,28 @@ from recovery_core.spec import ArchSpec
 class BatchDims:
     inputs: int  # the model's batch dimension in each input tensor as given
     target: int  # and in its output / the target
+    # False when positions run along the model's batch dimension (a batch_first=False
+    # model fed [batch, seq, ...] as it comes): sample i then gets position i, so only
+    # a prefix of the samples computes what the whole does; nothing can be held out.
+    independent: bool = True
 
     @property
     def moved(self) -> bool:
         return self.inputs != 0 or self.target != 0
 
     def describe(self) -> str:
-        if not self.moved:
-            return "samples along dimension 0"
-        return (
-            f"samples along dimension {self.inputs} of the inputs and {self.target} of the "
-            "target (the model reads dimension 0 as its sequence)"
+        text = (
+            "samples along dimension 0"
+            if not self.moved
+            else f"samples along dimension {self.inputs} of the inputs and {self.target} of "
+            "the target (the model reads dimension 0 as its sequence)"
         )
+        if not self.independent:
+            text += (
+                "; positions follow the samples' order, so the data is evaluated whole and "
+                "no part is held out"
+            )
+        return text
 
 
 def batch_dims(spec: ArchSpec, values: Mapping[str, Any] | None = None) -> BatchDims:
@@ -55,7 +65,8 @@ def batch_dims(spec: ArchSpec, values: Mapping[str, Any] | None = None) -> Batch
 
     dim = 0 if value("batch_first", False) else 1
     reduces = "reduce" in wiring.hidden and value("reduce", "none") != "none"
-    return BatchDims(dim, 0 if reduces else dim)
+    positional = "pos_dim" in wiring.hidden and value("pos_dim", 1) == dim
+    return BatchDims(dim, 0 if reduces else dim, independent=not positional)
 
 
 def take(tensor: Tensor, count: int, dim: int) -> Tensor:

@@ -33,6 +33,7 @@ from recovery_core.freeze import FreezePlan, plan_freeze, preset_patterns
 from recovery_core.infer import infer_spec
 from recovery_core.infer.wiring import output_module
 from recovery_core.layout import (
+    BatchDims,
     batch_dims,
     batch_major,
     drop_batch_major,
@@ -158,6 +159,7 @@ def _log_forwards(spec: ArchSpec, log: Log) -> None:
 
 
 def _train(
+    dims: BatchDims,
     model: torch.nn.Module,
     head: str | None,
     inputs: tuple[torch.Tensor, ...],
@@ -169,7 +171,10 @@ def _train(
 ) -> tuple[TrainingResult, FreezePlan]:
     """Baseline, freeze plan and the training run, on batch-major data."""
     try:
-        baseline = baseline_loss(model, inputs, target, loss_fn)
+        # Where positions follow the samples' order only the whole computes what the model
+        # does: evaluate it in one piece.
+        whole = len(target) if not dims.independent else 256
+        baseline = baseline_loss(model, inputs, target, loss_fn, batch_size=max(1, whole))
     except (RuntimeError, ValueError, IndexError) as exc:
         raise DataError(
             f"the model cannot run on this data ({str(exc).splitlines()[0]}); check which "
@@ -301,7 +306,15 @@ def recover(
         raise BuildError(report.message)
     with batch_major(model, dims):
         training, plan = _train(
-            model, output_module(spec.wiring), inputs, target, loss_fn, options, log, progress_bar
+            dims,
+            model,
+            output_module(spec.wiring),
+            inputs,
+            target,
+            loss_fn,
+            options,
+            log,
+            progress_bar,
         )
     drop_batch_major(training.model)
 
