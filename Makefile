@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine (see README.md):
 #   make demo   - create .venv, then start the dashboard on the bundled demo
 #   make test   - create .venv, install the test browser if missing, run every test
-.PHONY: demo test setup browser lint bench
+.PHONY: demo test setup browser lint bench screenshots
 
 PY := .venv/bin/python
 
@@ -20,3 +20,8 @@ test: setup browser
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# The README's screenshots, as the browser tests take them (`make test` writes its own
+# to a temporary folder, so it leaves no tracked file changed).
+screenshots: setup browser
+	RECOVERY_SCREENSHOTS=$(CURDIR)/assets/screenshots $(PY) -m pytest -q tests/e2e/test_browser.py tests/e2e/test_trust.py
