@@ -766,8 +766,9 @@ def bench_forward(report: Report, runner: Runner) -> None:
         "(forward, nhead, layout, ...), the same with every hidden value given by --set, and "
         "benchmarks/careful_seq2seq.py, which knows the model's code, computes the trunk's "
         "features once and solves the output layer by least squares, then scripts and saves.",
-        "recover also writes and verifies five more formats (torch.export the slowest); the "
-        "careful script writes one TorchScript file.",
+        "With the values fixed, recover writes only the TorchScript file (`--formats ''`), as the "
+        "careful script does; with everything found it also writes and verifies the other "
+        "five formats (torch.export the slowest).",
         "In this layout the model reads the 2,000 sequences as one sequence of length 2,000 "
         "(attention across samples), so every forward costs O(2,000²) per position: the search "
         "screens each combination on one position and narrows to coordinate descent.",

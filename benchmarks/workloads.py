@@ -360,7 +360,8 @@ def recover_family(weights: str, data: str, folder: str, fixed: bool) -> dict[st
     """`recovery recover` on the family, searching everything or with the values fixed."""
     command = ["-m", "recovery_core", "recover", weights, "--data", data]
     command += ["--out", str(Path(folder) / ("fixed.pt" if fixed else "searched.pt"))]
-    if fixed:
+    if fixed:  # the careful script's work and no more: TorchScript only, values given
+        command += ["--formats", ""]
         for value in ("nhead=4", "batch_first=False", "norm_first=False", "activation=relu",
                       "layer_norm_eps=1e-5", "causal_mask=False", "scale_embedding=False",
                       "pos_dim=1"):  # fmt: skip

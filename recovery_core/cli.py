@@ -104,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     recover.add_argument("--report", default=None, help="also write the JSON report here")
     recover.add_argument(
+        "--formats",
+        default=None,
+        metavar="LIST",
+        help="write only these besides the TorchScript file, comma-separated, from: "
+        "torch.export, state_dict, safetensors, code (default: all)",
+    )
+    recover.add_argument(
         "--wiring",
         default=None,
         metavar="NAME",
@@ -195,6 +202,7 @@ def _recover(args: argparse.Namespace) -> int:
         loss=args.loss,
         search_budget_seconds=args.search_budget,
         wiring=args.wiring,
+        formats=None if args.formats is None else tuple(f for f in args.formats.split(",") if f),
     )
     result = recover(
         args.checkpoint,

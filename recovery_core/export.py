@@ -22,7 +22,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,8 +190,6 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 _atomic_write = write_atomic
-
-
 
 
 def _refuse_input(path: str, input_path: str | os.PathLike[str] | None) -> None:
@@ -570,31 +568,45 @@ def export_all(
     stem: str = "model",
     trainable_keys: Sequence[str] | None = None,
     batch_dim: int = 0,
+    formats: Collection[str] | None = None,
 ) -> ExportBundle:
     """Write and verify `<stem>.pt` (TorchScript), `<stem>.pt2`, `<stem>_state_dict.pt`,
-    `<stem>.safetensors`, `<stem>.py` (when `code` is given) and `report.json`.
+    `<stem>.safetensors`, `<stem>.py` (when `code` is given) and `report.json`; with
+    `formats` (names from FORMATS), the TorchScript file and only those besides it.
 
     `report` holds what the caller knows (hyperparameters and how they were chosen, the
     freeze set, losses); the verification results are added. With `trainable_keys`, every
     other tensor must be bit-identical to `original_state_dict`.
     """
     out = os.fspath(out_dir)
-    paths = export_paths(out, stem, with_code=code is not None)
+    wanted = formats_to_write(formats)
+    paths = {
+        kind: path
+        for kind, path in export_paths(out, stem, with_code=code is not None).items()
+        if kind in wanted or kind == "report"
+    }
     refuse_overwriting_input(paths.values(), input_path)  # before writing anything
     os.makedirs(out, exist_ok=True)
 
+    # TorchScript first: the file most people want, ready while the others are written.
     exports = [
         export_torchscript(
             model, example_inputs, paths["torchscript"], original_state_dict, batch_dim=batch_dim
         )
     ]
-    exports.append(
-        export_program(
-            model, example_inputs, paths["torch.export"], original_state_dict, batch_dim=batch_dim
+    if "torch.export" in paths:
+        exports.append(
+            export_program(
+                model,
+                example_inputs,
+                paths["torch.export"],
+                original_state_dict,
+                batch_dim=batch_dim,
+            )
         )
-    )
-    exports.extend(export_state_dict(model, paths["state_dict"], paths["safetensors"]))
-    if code is not None:
+    if "state_dict" in paths:
+        exports.extend(export_state_dict(model, paths["state_dict"], paths["safetensors"]))
+    if "code" in paths and code is not None:
         exports.append(_export_code(code, paths["code"]))
 
     changes: list[TensorChange] = []
@@ -625,6 +637,25 @@ def export_all(
     text = json.dumps(_finite(full_report), indent=2, default=_json_default, allow_nan=False)
     _atomic_write(paths["report"], text.encode())
     return bundle
+
+
+# What export_all can write besides the report; the TorchScript file is always written.
+FORMATS = ("torchscript", "torch.export", "state_dict", "safetensors", "code")
+
+
+def formats_to_write(formats: Collection[str] | None) -> set[str]:
+    """The formats export_all writes for `formats` (None: all); ExportError for unknown ones."""
+    if formats is None:
+        return set(FORMATS)
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ExportError(
+            f"unknown export format {', '.join(unknown)}; choose from {', '.join(FORMATS)}"
+        )
+    wanted = {"torchscript", *formats}
+    if wanted & {"state_dict", "safetensors"}:
+        wanted |= {"state_dict", "safetensors"}  # one reload serves both: written together
+    return wanted
 
 
 def _export_code(code: str, path: str) -> ExportCheck:

@@ -28,7 +28,13 @@ from recovery_core.data import (
     make_mapping,
 )
 from recovery_core.errors import BuildError, DataError, ExportError, TrainingError
-from recovery_core.export import ExportBundle, export_all, export_paths, refuse_overwriting_input
+from recovery_core.export import (
+    ExportBundle,
+    export_all,
+    export_paths,
+    formats_to_write,
+    refuse_overwriting_input,
+)
 from recovery_core.freeze import FreezePlan, plan_freeze, preset_patterns
 from recovery_core.infer import infer_spec
 from recovery_core.infer.wiring import output_module
@@ -64,6 +70,7 @@ class RecoverOptions:
     loss: str | None = None  # "mse" | "cross_entropy"; guessed from the target when None
     search_budget_seconds: float = 30.0
     wiring: str | None = None  # the forward to use (a name from spec.wirings); scored when None
+    formats: tuple[str, ...] | None = None  # export.FORMATS to write besides TorchScript; None: all
 
 
 @dataclass(frozen=True)
@@ -227,6 +234,7 @@ def recover(
     out = Path(out_path)
     if out.suffix != ".pt":
         raise ExportError(f"--out should name a TorchScript file ending in .pt, got {out.name!r}")
+    formats_to_write(options.formats)  # an unknown format is refused before any work
     # Refuse before any work: nothing may overwrite the checkpoint being recovered.
     written = [*export_paths(out.parent, out.stem, with_code=True).values()]
     refuse_overwriting_input([*written, *([report_path] if report_path else [])], checkpoint_path)
@@ -350,6 +358,7 @@ def recover(
         stem=out.stem,
         trainable_keys=plan.trainable_keys,
         batch_dim=dims.inputs,
+        formats=options.formats,
     )
     if report_path and os.path.realpath(report_path) != os.path.realpath(bundle.report_path):
         shutil.copyfile(bundle.report_path, report_path)

@@ -20,7 +20,7 @@ import torch
 
 from recovery_core.build import build_model, load_weights
 from recovery_core.checkpoint import Checkpoint
-from recovery_core.errors import BuildError
+from recovery_core.errors import BuildError, ExportError
 from recovery_core.infer import infer_spec
 from recovery_core.recover import RecoverOptions, recover
 from tests.forward_zoo import FORWARD_BY_NAME, FORWARD_ZOO, ForwardCase, TokenSeq2Seq
@@ -158,3 +158,22 @@ def test_inspect_text_lists_the_forwards_that_fit(tmp_path: Path):
 
     assert "forwards fit the weights" in text and "--wiring NAME" in text
     assert "tied to wte (used)" in text
+
+
+def test_formats_asked_for_are_the_only_files_written(tmp_path: Path):
+    case = FORWARD_BY_NAME["mlp"]
+    _, weights, data = _files(case, tmp_path)
+    out = tmp_path / "out" / "m.pt"
+
+    result = recover(str(weights), str(data), str(out), RecoverOptions(formats=("code",)))
+
+    assert result.passed
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.pt", "m.py", "m_report.json"]
+    assert [e.kind for e in result.bundle.exports] == ["torchscript", "code"]
+    with pytest.raises(ExportError, match="unknown export format"):
+        recover(
+            str(weights),
+            str(data),
+            str(tmp_path / "o2" / "m.pt"),
+            RecoverOptions(formats=("onnx",)),
+        )
