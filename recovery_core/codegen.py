@@ -30,6 +30,7 @@ from recovery_core.spec import (
     SOURCE_USER,
     ArchSpec,
     ModuleSpec,
+    Source,
 )
 
 # Attributes of RecoveredModel read only by its forward: the search may change them on a
@@ -321,6 +322,9 @@ class _Renderer:
             hp = self.spec.hyperparameter(name)
         except KeyError:
             hp = None
+        value: Any
+        source: Source
+        candidates: tuple[Any, ...]
         if hp is None:
             value, source, candidates = self._convention_default(name), SOURCE_DEFAULT, ()
         else:
@@ -670,9 +674,9 @@ class _Renderer:
         path = self.wiring.roles.get(role) if self.wiring else None
         if path is None:
             if required:
+                forward = "the forward" if self.wiring is None else f"the {self.wiring.kind} wiring"
                 raise BuildError(
-                    f"the {self.wiring.kind} wiring needs a module for the role {role!r}; "
-                    "none was recognised."
+                    f"{forward} needs a module for the role {role!r}; none was recognised."
                 )
             return None
         if not self._has_module(path):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -32,7 +32,9 @@ from recovery_core.sandbox import run_isolated
 from recovery_core.spec import ModelInput
 from recovery_core.torch_file import load_torch_legacy, load_torch_zip
 
-LOSSES = ("mse", "cross_entropy")
+# The losses by name; the names appear in the CLI, plans and reports: a contract.
+LossName = Literal["mse", "cross_entropy"]
+LOSSES: tuple[LossName, ...] = get_args(LossName)
 
 # Names tried in order when guessing which entry is the target. For an encoder-decoder
 # model `tgt` is the decoder's *input*; its shifted copy (`tgt_out`, `tgt_y`) is the target.
@@ -81,7 +83,7 @@ class DataMapping:
 
     inputs: tuple[str, ...]
     target: str
-    loss: str  # "mse" or "cross_entropy"
+    loss: LossName
     reason: str  # how it was guessed (or "chosen by the user")
 
 
@@ -89,7 +91,7 @@ class DataMapping:
 class LossFunction:
     """A callable loss that also says which one it is (training picks the closed form by it)."""
 
-    name: str  # "mse" or "cross_entropy"
+    name: LossName
 
     def __call__(self, output: Tensor, target: Tensor) -> Tensor:
         if self.name == "cross_entropy":
@@ -421,16 +423,21 @@ def make_mapping(
         raise DataError("Choose at least one input entry.")
     if target in inputs:
         raise DataError(f"{target!r} cannot be both an input and the target.")
-    if loss is None:
-        loss = default_loss(dataset.tensors[target])
-    elif loss not in LOSSES:
-        raise DataError(f"Unknown loss {loss!r}; choose one of {list(LOSSES)}.")
-    if loss == "cross_entropy" and dataset.tensors[target].is_floating_point():
+    name = default_loss(dataset.tensors[target]) if loss is None else loss_name(loss)
+    if name == "cross_entropy" and dataset.tensors[target].is_floating_point():
         raise DataError(f"Cross-entropy needs integer class targets; {target!r} holds floats.")
-    return DataMapping(tuple(inputs), target, loss, "chosen by the user")
+    return DataMapping(tuple(inputs), target, name, "chosen by the user")
 
 
-def default_loss(target: Tensor) -> str:
+def loss_name(text: str) -> LossName:
+    """`text` as one of the LOSSES; DataError for anything else."""
+    for name in LOSSES:
+        if text == name:
+            return name
+    raise DataError(f"Unknown loss {text!r}; choose one of {list(LOSSES)}.")
+
+
+def default_loss(target: Tensor) -> LossName:
     """MSE for float targets, cross-entropy for integer class targets."""
     return "mse" if target.is_floating_point() else "cross_entropy"
 
@@ -531,6 +538,7 @@ __all__ = [
     "guess_mapping",
     "load_dataset",
     "loss_function",
+    "loss_name",
     "make_mapping",
     "mapped_tensors",
     "split",

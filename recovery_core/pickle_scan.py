@@ -143,10 +143,10 @@ def _scan(stream: IO[bytes], display: str, limits: LoadLimits, deadline: float |
         if name == "BINPUT" or name == "LONG_BINPUT":
             if not stack:
                 raise UnsafeCheckpointError(f"{display} has a malformed pickle (memo of nothing).")
-            memo[arg] = stack[-1]  # type: ignore[index]
+            memo[_memo_key(arg)] = stack[-1]
             continue
         if name == "BINGET" or name == "LONG_BINGET":
-            stack.append(memo.get(arg, _PLAIN))  # type: ignore[call-overload]
+            stack.append(memo.get(_memo_key(arg), _PLAIN))
             continue
         if name in _NO_STACK_EFFECT:
             continue
@@ -211,10 +211,10 @@ def _tag_for(
     if name in ("PUT", "BINPUT", "LONG_BINPUT"):
         if not stack:
             raise UnsafeCheckpointError(f"{display} has a malformed pickle (memo of nothing).")
-        memo[int(arg)] = stack[-1]  # type: ignore[call-overload]
+        memo[_memo_key(arg)] = stack[-1]
         return []
     if name in ("GET", "BINGET", "LONG_BINGET"):
-        return [memo.get(int(arg), _PLAIN)]  # type: ignore[call-overload]
+        return [memo.get(_memo_key(arg), _PLAIN)]
     if name == "DUP":
         return consumed * 2
     if name in ("GLOBAL", "INST"):
@@ -253,12 +253,18 @@ def _tag_for(
 
 
 def _after(name: str) -> list[object]:
-    return list(pickletools.code2op[_code(name)].stack_after)
+    return list(_STACK_AFTER[name])
 
 
-@functools.cache
-def _code(name: str) -> str:
-    return next(op.code for op in pickletools.opcodes if op.name == name)
+# What each opcode leaves on the stack, by name (pickletools' own table is keyed by code).
+_STACK_AFTER = {op.name: op.stack_after for op in pickletools.opcodes}
+
+
+def _memo_key(arg: object) -> int:
+    """A memo opcode's argument, which pickletools reads as an int (its type says Any)."""
+    if not isinstance(arg, int):
+        raise ValueError(f"a memo index that is not a number: {arg!r}")  # refused by scan_pickle
+    return arg
 
 
 def _refuse_misuse(

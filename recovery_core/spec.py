@@ -9,16 +9,27 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 from recovery_core.errors import HyperparameterError
 
-# Where a hyperparameter's value came from.
-SOURCE_SHAPE = "shape"  # fixed by a weight shape (key and shape recorded)
-SOURCE_METADATA = "checkpoint metadata"  # the checkpoint's own hyper_parameters / __metadata__
-SOURCE_DEFAULT = "default"  # not determined: the usual default among the candidates
-SOURCE_SEARCH = "search"  # not determined: chosen by scoring candidates on data
-SOURCE_USER = "user"  # not determined: fixed by the person
+# Where a hyperparameter's value came from. The strings appear in JSON reports: a contract.
+Source = Literal["shape", "checkpoint metadata", "default", "search", "user"]
+SOURCE_SHAPE: Final = "shape"  # fixed by a weight shape (key and shape recorded)
+SOURCE_METADATA: Final = "checkpoint metadata"  # the checkpoint's hyper_parameters / __metadata__
+SOURCE_DEFAULT: Final = "default"  # not determined: the usual default among the candidates
+SOURCE_SEARCH: Final = "search"  # not determined: chosen by scoring candidates on data
+SOURCE_USER: Final = "user"  # not determined: fixed by the person
+SOURCES: tuple[Source, ...] = get_args(Source)
+# The sources that fix a value: the weights' shapes and the checkpoint's own metadata.
+DETERMINING_SOURCES: frozenset[Source] = frozenset({SOURCE_SHAPE, SOURCE_METADATA})
+
+# How the top-level modules are called in the forward (see `Wiring`).
+WiringKind = Literal["sequential", "encoder", "rnn", "seq2seq"]
+WIRING_KINDS: tuple[WiringKind, ...] = get_args(WiringKind)
+
+# `ArchSpec.value`'s default for "no default given" (None is a value a caller may want).
+_NO_DEFAULT: Any = object()
 
 # The hyperparameter that chooses among forward hypotheses (`ArchSpec.wirings`).
 WIRING = "wiring"
@@ -36,12 +47,21 @@ class Hyperparameter:
 
     name: str  # "d_model", "num_encoder_layers", "nhead", "batch_first", ...
     value: Any
-    determined: bool  # True when the weights or the checkpoint's metadata fix it
-    source: str  # one of the SOURCE_* constants
+    source: Source  # one of the SOURCE_* constants
     evidence: str  # a sentence a person can check: "encoder.layers.0.linear1.weight is (64, 32)"
     candidates: tuple[Any, ...] = ()  # valid values when not determined by the weights
     key: str | None = None  # the state-dict key that determined it
     shape: tuple[int, ...] | None = None  # that key's shape
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown hyperparameter source {self.source!r}; one of {SOURCES}")
+
+    @property
+    def determined(self) -> bool:
+        """True when the weights or the checkpoint's metadata fix it: read from `source`,
+        so the two can never disagree."""
+        return self.source in DETERMINING_SOURCES
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -171,7 +191,7 @@ class Wiring:
     reason: why it is ranked where it is (construction order, names, widths).
     """
 
-    kind: str
+    kind: WiringKind
     roles: Mapping[str, str]
     inputs: tuple[ModelInput, ...]
     description: str
@@ -220,19 +240,26 @@ class ArchSpec:
                 return hp
         raise KeyError(name)
 
-    def value(self, name: str, default: Any = None) -> Any:
+    def value(self, name: str, default: Any = _NO_DEFAULT) -> Any:
+        """The value of the hyperparameter `name`; `default` when there is none by that name
+        and a default was given, else HyperparameterError naming the known ones."""
         for hp in self.hyperparameters:
             if hp.name == name:
                 return hp.value
-        return default
+        if default is not _NO_DEFAULT:
+            return default
+        known = ", ".join(sorted(hp.name for hp in self.hyperparameters)) or "none"
+        raise HyperparameterError(f"there is no hyperparameter {name!r}; known: {known}")
 
     @property
     def free(self) -> tuple[Hyperparameter, ...]:
         """Hyperparameters the weights do not determine."""
         return tuple(hp for hp in self.hyperparameters if not hp.determined)
 
-    def with_values(self, values: Mapping[str, Any], source: str = SOURCE_USER) -> ArchSpec:
+    def with_values(self, values: Mapping[str, Any], source: Source = SOURCE_USER) -> ArchSpec:
         """A copy with free hyperparameters set. Determined ones cannot be changed."""
+        if source in DETERMINING_SOURCES:
+            raise ValueError(f"a value set on a spec is not determined; {source!r} is for inference")
         known = {hp.name: hp for hp in self.hyperparameters}
         for name, value in values.items():
             if name not in known:

@@ -19,7 +19,7 @@ ARGUMENT_NAMES = {"MultiheadAttention": {"nhead": "num_heads"}}  # read by codeg
 
 def packed_attention_shapes(embed_dim: int, bias: bool) -> dict[str, tuple[int, ...]]:
     """The keys of nn.MultiheadAttention(embed_dim, nhead, bias=bias) as built inside Transformer layers."""
-    shapes = {
+    shapes: dict[str, tuple[int, ...]] = {
         "in_proj_weight": (3 * embed_dim, embed_dim),
         "out_proj.weight": (embed_dim, embed_dim),
     }
@@ -35,7 +35,7 @@ def attention_args(shapes: Shapes) -> dict[str, Any] | None:
         if len(weight) != 2 or weight[0] != 3 * weight[1]:
             return None
         embed_dim = kdim = vdim = weight[1]
-        expected = {"in_proj_weight": weight}
+        expected: dict[str, tuple[int, ...]] = {"in_proj_weight": weight}
     elif {"q_proj_weight", "k_proj_weight", "v_proj_weight"} <= set(shapes):
         q, k, v = shapes["q_proj_weight"], shapes["k_proj_weight"], shapes["v_proj_weight"]
         if len(q) != 2 or len(k) != 2 or len(v) != 2:

@@ -78,7 +78,7 @@ def detect_conv(group: Group) -> Detection | None:
         transposed, decided = bool(TRANSPOSED_NAME.search(group.name)), False
 
     conv, transpose = f"Conv{dims}d", f"ConvTranspose{dims}d"
-    hidden = CONV_HIDDEN
+    hidden: tuple[str, ...] = CONV_HIDDEN
     groups, groups_why, groups_known = 1, "", True
     if transposed:
         type_name, other = transpose, conv

@@ -33,9 +33,9 @@ def _tied_evidence(group: Group) -> tuple[str, bool] | None:
 
 def detect_embedding(group: Group) -> Detection | None:
     direct = group.direct
-    weight = direct.get("weight")
-    if not group.is_leaf or set(direct) != {"weight"} or len(weight.shape) != 2:
+    if not group.is_leaf or set(direct) != {"weight"} or len(direct["weight"].shape) != 2:
         return None
+    weight = direct["weight"]
     num_embeddings, embedding_dim = weight.shape
     args = {"num_embeddings": num_embeddings, "embedding_dim": embedding_dim}
     seen = f"weight {fmt(weight.shape)}"

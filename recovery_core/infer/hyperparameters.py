@@ -95,9 +95,8 @@ class Determined:
         hp = Hyperparameter(
             name=name,
             value=value,
-            determined=True,
             source=SOURCE_SHAPE,
-            evidence=evidence or f"{key} is {fmt(shape)}",
+            evidence=evidence or f"{key} is {'unknown' if shape is None else fmt(shape)}",
             key=key,
             shape=shape,
         )
@@ -314,7 +313,7 @@ def _slot_choices(root: ModuleSpec, path: str, leaves: list[ModuleSpec]) -> tupl
     dims = int(kind[-2]) if kind[-2].isdigit() else 0
     if dims not in POOLS or kind.startswith("BatchNorm1d"):
         return ()
-    choices = POOLS[dims]
+    choices: tuple[str, ...] = POOLS[dims]
     channels = previous.args.get("out_channels") or previous.args.get("num_features")
     following = later[0] if later else None
     if following is not None and following.type == "Linear" and channels:
@@ -484,7 +483,6 @@ def free_hyperparameters(
         hp = Hyperparameter(
             name=name,
             value=free.default,
-            determined=False,
             source=SOURCE_DEFAULT,
             evidence=f"{NOT_DETERMINED}; {free.reason}",
             candidates=free.candidates,
@@ -500,7 +498,6 @@ def free_hyperparameters(
             hp = replace(
                 hp,
                 value=value,
-                determined=True,
                 source=SOURCE_METADATA,
                 evidence=f"the checkpoint's hyper_parameters entry '{entry}' is {entries[entry]!r}",
             )

@@ -56,7 +56,7 @@ def _args_for(type_name: str, shapes: Mapping[str, Shape]) -> tuple[dict[str, An
         return {"in1_features": in1, "in2_features": in2, "out_features": out, "bias": has_bias}, ()
     if type_name.startswith(("BatchNorm", "InstanceNorm")) and "running_mean" in shapes:
         (features,) = shapes["running_mean"]
-        args = {"num_features": features, "affine": weight is not None, "track_running_stats": True}
+        args: dict[str, Any] = {"num_features": features, "affine": weight is not None, "track_running_stats": True}
         return args, ("eps",)
     if weight is not None and len(weight) >= 1 and bias in (None, weight):
         if type_name == "LayerNorm":
@@ -82,7 +82,6 @@ def _default(name: str, module: ModuleSpec) -> Hyperparameter:
     return Hyperparameter(
         name=name,
         value=default,
-        determined=False,
         source=SOURCE_DEFAULT,
         evidence=f"{NOT_DETERMINED}; the usual default for a {module.type}",
         candidates=candidates,

@@ -35,7 +35,8 @@ def _expected(
 
 def detect_rnn(group: Group) -> Detection | None:
     shapes = group.shapes()
-    if not shapes or not all(RNN_KEY.match(k) for k in shapes) or "weight_ih_l0" not in shapes:
+    matches = [m for m in map(RNN_KEY.match, shapes) if m is not None]
+    if not shapes or len(matches) != len(shapes) or "weight_ih_l0" not in shapes:
         return None
     ih, hh = shapes["weight_ih_l0"], shapes.get("weight_hh_l0")
     if hh is None or len(ih) != 2 or len(hh) != 2:
@@ -49,7 +50,7 @@ def detect_rnn(group: Group) -> Detection | None:
     type_name = TYPE_BY_GATES.get(gates)
     if type_name is None or (proj and type_name != "LSTM"):
         return None
-    layers = 1 + max(int(RNN_KEY.match(k).group(3)) for k in shapes)
+    layers = 1 + max(int(m.group(3)) for m in matches)
     directions = 2 if "weight_ih_l0_reverse" in shapes else 1
     bias = "bias_ih_l0" in shapes
     if shapes != _expected(layers, directions, gates, hidden, ih[1], proj, bias):

@@ -94,7 +94,7 @@ def _detect_layer(group: Group, type_name: str, layer_args) -> Detection | None:
     if args is None:
         return None
     evidence = (
-        f"linear1.weight {fmt(group.shape('linear1.weight'))} with self_attn, linear2 and norms "
+        f"linear1.weight {fmt(group.shapes()['linear1.weight'])} with self_attn, linear2 and norms "
         f"→ {call(type_name, args)}"
     )
     return Detection(type_name, args, evidence, hidden=LAYER_HIDDEN, composite=True)

@@ -166,7 +166,9 @@ def test_check_rebuild_reports_a_failing_forward():
 def test_values_that_do_not_fit_raise_a_build_error():
     _, _, spec = recovered(ZOO_BY_NAME["encoder_lm"])
     hps = tuple(
-        Hyperparameter("nhead", 5, False, SOURCE_DEFAULT, "test") if hp.name == "nhead" else hp
+        Hyperparameter(name="nhead", value=5, source=SOURCE_DEFAULT, evidence="test")
+        if hp.name == "nhead"
+        else hp
         for hp in spec.hyperparameters
     )
 

@@ -135,7 +135,11 @@ def test_text_from_the_checkpoint_cannot_become_code():
         "Unknown",
         hidden=("stack",),
     )
-    hps = (Hyperparameter("stack", hostile, False, SOURCE_DEFAULT, "line one\nimport os"),)
+    hps = (
+        Hyperparameter(
+            name="stack", value=hostile, source=SOURCE_DEFAULT, evidence="line one\nimport os"
+        ),
+    )
     spec = ArchSpec(
         ModuleSpec("", "Module", children=(embedding, stack)),
         hps,

@@ -119,7 +119,7 @@ def test_json_matches_the_cli_contract(inferred):
 # torch constructors for the types whose args and hidden values name torch kwargs.
 def _construct(module: ModuleSpec, spec: ArchSpec) -> nn.Module | None:
     args = dict(module.args)
-    nhead = spec.value("nhead")
+    nhead = spec.value("nhead", None)  # not every model has one
     if module.type in ("Linear", "Embedding", "LayerNorm", "RMSNorm", "LSTM", "GRU", "RNN"):
         return getattr(nn, module.type)(**args)
     if module.type.startswith(("Conv", "BatchNorm")):
