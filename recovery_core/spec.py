@@ -200,8 +200,11 @@ class Wiring:
     hidden: tuple[str, ...] = ()  # forward-only choices this forward reads ("reduce", ...)
 
     def steps(self) -> tuple[str, ...]:
-        """The forward as one line per step, for people (the diagram, inspect)."""
-        return tuple(part.strip() for part in self.description.split("→"))
+        """The forward's steps after its inputs, one per line, for people (the diagram)."""
+        parts = [part.strip() for part in self.description.split(" → ") if part.strip()]
+        if parts and parts[0].startswith("(") and parts[0].endswith(")"):
+            parts = parts[1:]  # the inputs, e.g. "(src, tgt)": `inputs` names them
+        return tuple(parts)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -342,7 +342,7 @@ def _describe(slot: Slot) -> str:
     if m is None:
         return f"tensor {slot.shape}"
     if m.type == "Linear":
-        return f"Linear {m.args['in_features']} → {m.args['out_features']}"
+        return f"Linear {m.args['in_features']}→{m.args['out_features']}"
     if m.type == "Embedding":
         return f"Embedding {m.args['num_embeddings']} × {m.args['embedding_dim']}"
     return m.type
