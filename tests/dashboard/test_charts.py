@@ -108,3 +108,22 @@ def test_icicle_gives_each_layer_type_one_colour():
     )
     colours = dict(zip(fig.data[0].ids, fig.data[0].marker.colors, strict=True))
     assert colours["a"] == colours["c"] != colours["b"]
+
+
+def test_the_training_chart_draws_evaluation_as_the_main_line_and_batches_faintly():
+    evaluation = charts.LossSeries("evaluation loss", [7, 14], [1.2, 0.9])
+    batches = charts.LossSeries("training loss (each batch)", list(range(1, 15)), [1.0] * 14)
+    fig = charts.training_chart(evaluation, batches, baseline=1.4)
+    faint, main = fig.data
+    assert list(main.y) == [1.2, 0.9] and main.line.width > faint.line.width
+    assert faint.opacity < 1 and main.line.simplify is False  # every point drawn: it grows
+    assert [s.y0 for s in fig.layout.shapes] == [1.4]
+
+
+def test_runs_on_different_data_each_get_their_own_baseline():
+    series = [charts.LossSeries("Run 1", [1], [1.0]), charts.LossSeries("Run 2", [1], [2.0])]
+    fig = charts.loss_curves(
+        series, baselines=[("baseline of run 1", 1.5), ("baseline of run 2", 2.5)]
+    )
+    assert sorted(s.y0 for s in fig.layout.shapes) == [1.5, 2.5]
+    assert {a.text.split(" 1")[0] for a in fig.layout.annotations} >= {"baseline of run"}

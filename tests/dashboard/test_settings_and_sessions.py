@@ -159,3 +159,14 @@ def test_a_plan_for_another_checkpoint_is_refused_in_words():
     at.run()
     errors = _texts(at.sidebar.error)
     assert errors and "another checkpoint" in errors[0]
+
+
+def test_the_data_flow_diagram_is_drawn_from_the_wiring():
+    at = go(open_app(), "recover")
+    wiring = studio(at).spec.wiring
+    (diagram,) = at.get("graphviz_chart")
+    dot = diagram.proto.spec
+    steps = [p.strip() for p in wiring.description.split("→") if p.strip()]
+    assert all(f'label="{step}"' in dot for step in steps)
+    assert dot.count("->") >= len(steps) - 1
+    assert any("How data flows" in s.value for s in at.subheader)
