@@ -65,10 +65,21 @@ def run_isolated(
     mine, theirs = socket.socketpair()
     with mine:
         try:
-            _server().submit(request, theirs)
+            _submit(request, theirs)
         finally:
             theirs.close()
         return _collect(mine, display, seconds)
+
+
+def _submit(request: bytes, reply: socket.socket) -> None:
+    """Hand the request to the parse server, starting a new one if it has gone away."""
+    for attempt in range(2):
+        try:
+            _server(fresh=attempt > 0).submit(request, reply)
+            return
+        except OSError:
+            continue
+    raise ReaderCrashedError("the file reader could not be reached; try again.")
 
 
 def _collect(sock: socket.socket, display: str, seconds: float) -> tuple[Any, list[bytes]]:
@@ -178,6 +189,7 @@ class _ServerHandle:
         )
         theirs.close()
         self.control = control
+        self.owner = os.getpid()
         self._send = threading.Lock()
         control.settimeout(_STARTUP_SECONDS)
         try:
@@ -190,7 +202,8 @@ class _ServerHandle:
             raise ReaderCrashedError("the file reader could not start; try again.")
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        # A forked copy of the caller must not share its server (nor wait on its process).
+        return self.owner == os.getpid() and self.process.poll() is None
 
     def submit(self, request: bytes, reply: socket.socket) -> None:
         with self._send:
@@ -201,10 +214,10 @@ _lock = threading.Lock()
 _handle: _ServerHandle | None = None
 
 
-def _server() -> _ServerHandle:
+def _server(*, fresh: bool = False) -> _ServerHandle:
     global _handle
     with _lock:
-        if _handle is None or not _handle.alive():
+        if fresh or _handle is None or not _handle.alive():
             _handle = _ServerHandle()
         return _handle
 
