@@ -171,8 +171,10 @@ def search_panel(studio: state.Studio) -> None:
         for c in result.ranking
         if best is not None and c.error is None and c.samples == best.samples
     ]
+    # Name only the settings that differ between the bars: the rest is the same for all.
+    differ = [n for n in result.names if len({repr(c.values.get(n)) for c in comparable}) > 1]
     fig = charts.candidate_ranking(
-        [_label(c.values, list(result.names)) for c in comparable],
+        [_label(c.values, differ) for c in comparable],
         [c.loss for c in comparable],
     )
     st.plotly_chart(fig, width="stretch")
