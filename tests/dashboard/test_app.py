@@ -404,6 +404,10 @@ def test_choosing_the_target_updates_the_mapping_or_explains_why_not():
     assert studio(at).mapping.loss == "mse"
     (error,) = at.main.error
     assert "shape" in error.value and "Traceback" not in error.value
+    # A dead end is closed with its reason beside it, not left to fail again.
+    settled(at.switch_page("steps/train.py").run())
+    assert at.button(key="train_start").disabled
+    assert any("cannot be evaluated on this data" in c.value for c in at.main.caption)
 
 
 def test_a_path_on_the_server_opens_lazily_and_can_be_switched_off(monkeypatch):
