@@ -21,7 +21,6 @@ from recovery_core.build import build_model, load_weights
 from recovery_core.checkpoint import load_checkpoint
 from recovery_core.codegen import generate_code
 from recovery_core.data import (
-    baseline_loss,
     guess_mapping,
     load_dataset,
     loss_function,
@@ -35,11 +34,10 @@ from recovery_core.export import (
     formats_to_write,
     refuse_overwriting_input,
 )
-from recovery_core.freeze import FreezePlan, plan_freeze, preset_patterns
+from recovery_core.freeze import FreezePlan, eval_mode, plan_freeze, preset_patterns
 from recovery_core.infer import infer_spec
 from recovery_core.infer.wiring import output_module
 from recovery_core.layout import (
-    BatchDims,
     batch_dims,
     batch_major,
     drop_batch_major,
@@ -166,7 +164,6 @@ def _log_forwards(spec: ArchSpec, log: Log) -> None:
 
 
 def _train(
-    dims: BatchDims,
     model: torch.nn.Module,
     head: str | None,
     inputs: tuple[torch.Tensor, ...],
@@ -176,19 +173,20 @@ def _train(
     log: Log,
     progress_bar: bool,
 ) -> tuple[TrainingResult, FreezePlan]:
-    """Baseline, freeze plan and the training run, on batch-major data."""
+    """Freeze plan and the training run, on batch-major data. The run measures the
+    baseline itself, on its frozen-prefix cache when it has one: the trunk runs over the
+    data once, not once for the baseline and again for the cache."""
     try:
-        # Where positions follow the samples' order only the whole computes what the model
-        # does: evaluate it in one piece.
-        whole = len(target) if not dims.independent else 256
-        baseline = baseline_loss(model, inputs, target, loss_fn, batch_size=max(1, whole))
+        # A quick look at two samples (a prefix: it computes what the whole does there),
+        # in eval mode: a BatchNorm's statistics must not move.
+        with torch.no_grad(), eval_mode(model):
+            loss_fn(model(*(t[:2] for t in inputs)), target[:2])
     except (RuntimeError, ValueError, IndexError) as exc:
         raise DataError(
             f"the model cannot run on this data ({str(exc).splitlines()[0]}); check which "
             "entries are the inputs and the target (--input, --target), or fix the layout "
             "with --set batch_first=..."
         ) from exc
-    log(f"baseline loss with the original weights: {humanize.loss(baseline)}")
     patterns = list(options.unfreeze) or [
         head or preset_patterns(model, "only the output layer")[0]
     ]
@@ -216,6 +214,7 @@ def _train(
     training = run.result
     if training is None:
         raise TrainingError(run.message or "training stopped without a result")
+    log(f"baseline loss with the original weights: {humanize.loss(training.baseline_loss)}")
     if training.message:
         log(training.message)
     return training, plan
@@ -314,7 +313,6 @@ def recover(
         raise BuildError(report.message)
     with batch_major(model, dims):
         training, plan = _train(
-            dims,
             model,
             output_module(spec.wiring),
             inputs,

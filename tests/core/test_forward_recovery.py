@@ -177,3 +177,32 @@ def test_formats_asked_for_are_the_only_files_written(tmp_path: Path):
             str(tmp_path / "o2" / "m.pt"),
             RecoverOptions(formats=("onnx",)),
         )
+
+
+def test_the_trunk_runs_over_the_data_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """With the values known, recover runs the frozen trunk over every sample once: the
+    training cache, which the baseline reuses."""
+    case = FORWARD_BY_NAME["vector_seq2seq_batch_first"]
+    _, weights, data = _files(case, tmp_path)
+    passes: list[int] = []
+    forward = torch.nn.TransformerEncoder.forward
+
+    def counting(self, src, *args, **kwargs):
+        if src.shape[0] == SAMPLES:  # the whole data, not a probe of a few samples
+            passes.append(src.shape[0])
+        return forward(self, src, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.TransformerEncoder, "forward", counting)
+    known = {"nhead": 4, "batch_first": True, "causal_mask": True, "pos_dim": 1}
+    known |= {"scale_embedding": False, "norm_first": False, "activation": "relu"}
+    known |= {"layer_norm_eps": 1e-5}
+
+    result = recover(
+        str(weights),
+        str(data),
+        str(tmp_path / "o" / "m.pt"),
+        RecoverOptions(fixed=known, formats=()),
+    )
+
+    assert result.search is None and result.training.final_loss < result.training.baseline_loss
+    assert len(passes) == 1
