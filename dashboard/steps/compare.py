@@ -110,9 +110,16 @@ def render() -> None:
         ),
         width="stretch",
     )
-    best = min((r for r in studio.finished_runs()), key=lambda r: r.result.final_loss, default=None)
-    if best is not None:
-        st.success(f"Lowest final loss so far: {best.name} ({fmt.loss(best.result.final_loss)}).")
+    # Losses compare only on the same data: the best run of each.
+    groups: dict[str, list[state.RunRecord]] = {}
+    for r in studio.finished_runs():
+        groups.setdefault(data_label(r), []).append(r)
+    for label, runs in groups.items():
+        best = min(runs, key=lambda r: r.result.final_loss)
+        where = f" on {label}" if len(groups) > 1 else ""
+        st.success(
+            f"Lowest final loss so far{where}: {best.name} ({fmt.loss(best.result.final_loss)})."
+        )
 
 
 render()
