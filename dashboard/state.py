@@ -251,7 +251,7 @@ class Studio:
     data_error: object | None = None  # a ui.Problem
     mapping: rc.DataMapping | None = None
     reference: tuple[str, nn.Module] | None = None  # (spec key, model with the original weights)
-    baselines: dict[str, float] = field(default_factory=dict)
+    baselines: dict[str, float | Exception] = field(default_factory=dict)
     trainable: set[str] | None = None  # ticked module paths; None until first chosen
     freeze_version: int = 0  # bumped by presets, so the checkboxes pick them up
     runs: list[RunRecord] = field(default_factory=list)
@@ -368,15 +368,22 @@ class Studio:
         """Loss with the original weights on the held-out data; once per spec and mapping."""
         assert self.spec is not None and self.mapping is not None
         key = self.baseline_key()
+        failed = self.baselines.get(key)
+        if isinstance(failed, Exception):  # failures are kept too: no recomputing per redraw
+            raise failed
         if key not in self.baselines:
-            inputs, target = self.eval_tensors()
-            loss_fn = rc.loss_function(self.mapping)
-            value = rc.baseline_loss(self.reference_model(), inputs, target, loss_fn)
-            if not math.isfinite(value):
-                raise rc.DataError(
-                    f"The loss of the original weights on this data is {value}; check which "
-                    "entries are the inputs and the target, and the loss."
-                )
+            try:
+                inputs, target = self.eval_tensors()
+                loss_fn = rc.loss_function(self.mapping)
+                value = rc.baseline_loss(self.reference_model(), inputs, target, loss_fn)
+                if not math.isfinite(value):
+                    raise rc.DataError(
+                        f"The loss of the original weights on this data is {value}; check "
+                        "which entries are the inputs and the target, and the loss."
+                    )
+            except Exception as exc:
+                self.baselines[key] = exc
+                raise
             self.baselines[key] = value
         return self.baselines[key]
 
