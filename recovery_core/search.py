@@ -338,13 +338,32 @@ def score_candidates(
             progress(len(results), to_score)
         return candidate
 
+    def runs(index: int, combo: tuple[Any, ...]) -> bool:
+        """A dry run on one sample: do the shapes chain? (A failure is recorded as scored.)"""
+        if (index, combo) in results:
+            return results[(index, combo)].error is None
+        if time.monotonic() - started > budget_seconds:
+            return False
+        group = groups[index]
+        values = group.values(combo)
+        model, error = group.model(values)
+        if model is not None:
+            part = data.first(group.spec, values, 1)
+            tried = _score(model, values, part.inputs, part.target, loss_fn, part.samples)
+            if tried.error is None:
+                return True
+            error = tried.error
+        results[(index, combo)] = Candidate(values, math.inf, error)
+        return False
+
     small = sum(v.numel() for v in weights.values()) < SINGLE_THREAD_BELOW
     with warnings.catch_warnings(), torch.no_grad(), _threads(1 if small else None):
         warnings.simplefilter("ignore")  # torch's fast-path notices, once per combination
         strategy = "every combination"
         if total > exhaustive_up_to or not _exhaustive(groups, score, started, budget_seconds):
             strategy = "a beam refined one value at a time"
-            _beam(groups, score, results, _cost(groups, score, results), budget_seconds)
+            cost = _cost(groups, score, results)
+            _beam(groups, score, runs, results, cost, budget_seconds)
         screened = list(results.items())
         deadline = started + budget_seconds * 1.5  # finalists may finish what screening began
         final = _rescore_finalists(
@@ -496,12 +515,9 @@ def _skeletons(group: _Group) -> list[tuple[Any, ...]] | None:
 
 
 def _start(group: _Group, limit: int = BEAM_START) -> list[tuple[Any, ...]]:
-    """Where a beam starts: the shape skeletons of a stack with parameter-less slots, else
-    every value of the names with the most candidates (up to `limit` combinations), the
-    rest at the spec's current values (which come first)."""
-    skeletons = _skeletons(group)
-    if skeletons is not None:
-        return skeletons
+    """Where a beam starts (without skeletons): every value of the names with the most
+    candidates (up to `limit` combinations), the rest at the spec's current values (which
+    come first)."""
     current = _current(group)
     widest = sorted(range(len(group.names)), key=lambda i: -len(group.candidates[i]))
     varied: list[int] = []
@@ -520,6 +536,7 @@ def _start(group: _Group, limit: int = BEAM_START) -> list[tuple[Any, ...]]:
 def _beam(
     groups: list[_Group],
     score: Callable[[int, tuple[Any, ...]], Candidate | None],
+    runs: Callable[[int, tuple[Any, ...]], bool],
     results: Mapping[tuple[int, tuple[Any, ...]], Candidate],
     cost: float,
     budget: float,
@@ -535,7 +552,11 @@ def _beam(
     neighbours = max(sum(len(c) - 1 for c in g.candidates) for g in groups)
     width = int(min(MAX_BEAM_WIDTH, max(1, affordable / (8 * neighbours * len(groups)))))
     for index, group in enumerate(groups):
-        for combo in _start(group, limit):
+        skeletons = _skeletons(group)
+        for combo in skeletons if skeletons is not None else _start(group, limit):
+            # Most skeletons' shapes do not chain: a one-sample dry run tells, cheaply.
+            if skeletons is not None and not runs(index, combo):
+                continue
             if score(index, combo) is None:
                 return
     beam: list[tuple[int, tuple[Any, ...]]] = []
