@@ -12,6 +12,9 @@ import recovery_core as rc
 from dashboard import scoring, state, ui
 
 WORDS = rc.plan.STATE_WORDS
+# Every file box of the app: a file arriving while this box refreshes itself may be seen
+# only here (Streamlit runs the fragment, not the page the box is on).
+UPLOAD_KEYS = ("source_upload", "data_upload", "plan_upload")
 REFRESH_SECONDS = 0.5
 
 
@@ -54,6 +57,8 @@ def banner(studio: state.Studio) -> None:
     def panel() -> None:
         if scoring.collect(studio):
             st.rerun(scope="app")  # the job ended: redraw the page with its outcome
+        if any(ui.missed_upload(key, studio.handled_uploads) for key in UPLOAD_KEYS):
+            st.rerun(scope="app")  # a file arrived during this refresh: open it now
         job = studio.scoring
         with st.container(border=True, key="settings_status"):
             st.markdown(f"**Hidden settings:** {summary(studio)}")
