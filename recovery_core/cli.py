@@ -210,10 +210,10 @@ def _recover(args: argparse.Namespace) -> int:
         args.out,
         options,
         report_path=args.report,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
+        log=lambda line: print(printable(line), file=sys.stderr, flush=True),
         progress_bar=sys.stderr.isatty(),
     )
-    print(result.summary())
+    print(printable(result.summary(), keep_newlines=True))
     return 0 if result.passed else 1
 
 

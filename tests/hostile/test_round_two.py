@@ -451,3 +451,20 @@ def test_dataset_compression_bomb_and_damaged_archives_are_typed(tmp_path) -> No
     with pytest.raises(DataError, match="max_json_depth"):
         load_dataset(deep)
     assert load_dataset(good).n_samples == 4
+
+
+def test_recover_prints_names_from_the_files_escaped(tmp_path, capsys) -> None:
+    from recovery_core.cli import main
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    data = tmp_path / "d.pt"
+    x = torch.randn(32, 4)
+    torch.save({"in\x1b[2Jputs": x, "y\x07": model(x).detach()}, data)
+    main(["recover", str(weights), "--data", str(data), "--out", str(tmp_path / "o" / "m.pt"),
+          "--epochs", "1"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert "in\\x1b[2Jputs" in err  # the guessed mapping names the entry, escaped
+    assert "\x1b" not in out + err and "\x07" not in out + err
