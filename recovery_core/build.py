@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from recovery_core.budget import check_build_budget, check_example_budget
 from recovery_core.checkpoint import Checkpoint
 from recovery_core.codegen import generate_code, hidden_arguments
 from recovery_core.errors import BuildError
@@ -166,6 +167,8 @@ def example_inputs(spec: ArchSpec, batch_size: int = 2) -> tuple[torch.Tensor, .
     wiring = spec.wiring
     if wiring is None:
         raise BuildError("no forward was recognised, so there is nothing to feed inputs to.")
+    shapes = [(batch_size, *i.shape[1:]) for i in wiring.inputs]
+    check_example_budget(shapes)  # before allocating: shapes come from the file
     generator = torch.Generator().manual_seed(0)
     vocabularies = _vocabularies(spec)
     max_length = _max_sequence_length(spec)
@@ -206,7 +209,11 @@ def _max_sequence_length(spec: ArchSpec) -> int | None:
 
 
 def check_rebuild(spec: ArchSpec, checkpoint: Checkpoint) -> RebuildStatus:
-    """Build, strict-load and run a dummy forward: what the dashboard shows as ✓/✗."""
+    """Build, strict-load and run a dummy forward: what the dashboard shows as ✓/✗.
+
+    A file declaring more than the build budget is refused (LimitExceededError) before
+    anything is allocated."""
+    check_build_budget(checkpoint)
     try:
         model = build_model(spec)
     except BuildError as exc:

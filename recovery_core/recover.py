@@ -6,7 +6,6 @@ This is what `recovery recover` runs; the dashboard drives the same steps one by
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from recovery_core import humanize
+from recovery_core.budget import check_build_budget
 from recovery_core.build import build_model, load_weights
 from recovery_core.checkpoint import load_checkpoint
 from recovery_core.codegen import generate_code
@@ -33,6 +33,7 @@ from recovery_core.export import (
     export_paths,
     formats_to_write,
     refuse_overwriting_input,
+    write_atomic,
 )
 from recovery_core.freeze import FreezePlan, eval_mode, plan_freeze, preset_patterns
 from recovery_core.infer import infer_spec
@@ -234,10 +235,15 @@ def recover(
     if out.suffix != ".pt":
         raise ExportError(f"--out should name a TorchScript file ending in .pt, got {out.name!r}")
     formats_to_write(options.formats)  # an unknown format is refused before any work
-    # Refuse before any work: nothing may overwrite the checkpoint being recovered.
+    # Refuse before any work: nothing may overwrite a file that is read (the checkpoint,
+    # its shards and index, the dataset); checked again once the shards are known.
     written = [*export_paths(out.parent, out.stem, with_code=True).values()]
-    refuse_overwriting_input([*written, *([report_path] if report_path else [])], checkpoint_path)
+    written += [report_path] if report_path else []
+    refuse_overwriting_input(written, [checkpoint_path, data_path])
     checkpoint = load_checkpoint(checkpoint_path)
+    read = [checkpoint_path, *checkpoint.source_files, data_path]
+    refuse_overwriting_input(written, read)
+    check_build_budget(checkpoint)  # declared sizes, before any model is built
     spec = choose_forward(infer_spec(checkpoint), options.wiring)
     fixed = dict(options.fixed)
     if options.wiring is not None and WIRING in {hp.name for hp in spec.free}:
@@ -352,14 +358,15 @@ def recover(
         original,
         code=generate_code(spec),
         report=report,
-        input_path=checkpoint_path,
+        input_path=read,
         stem=out.stem,
         trainable_keys=plan.trainable_keys,
         batch_dim=dims.inputs,
         formats=options.formats,
     )
     if report_path and os.path.realpath(report_path) != os.path.realpath(bundle.report_path):
-        shutil.copyfile(bundle.report_path, report_path)
+        # Atomically, never through a symlink planted at the report's path.
+        write_atomic(report_path, Path(bundle.report_path).read_bytes())
     return RecoverResult(spec, search, training, bundle, str(out))
 
 

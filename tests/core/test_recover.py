@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from recovery_core.cli import main
+from recovery_core.errors import ExportError
 from recovery_core.recover import RecoverOptions, recover
 from tests.zoo import ZOO_BY_NAME, tokens
 
@@ -81,9 +82,7 @@ def test_mlp_head_is_solved_in_closed_form_below_the_baseline(tmp_path):
     # The target is not the model's own output, so the search cannot tell the activations
     # apart by the loss of the untrained head; the person knows them.
     known = {"1": "ReLU", "2": "Dropout", "4": "Tanh"}
-    result = recover(
-        str(weights), str(data), str(tmp_path / "mlp.pt"), RecoverOptions(fixed=known)
-    )
+    result = recover(str(weights), str(data), str(tmp_path / "mlp.pt"), RecoverOptions(fixed=known))
 
     assert result.training.method_used.startswith("lstsq")
     assert result.training.final_loss < result.training.baseline_loss * 0.01
@@ -176,3 +175,29 @@ def test_a_mapping_given_in_full_is_used_without_guessing(tmp_path):
 
     assert result.training.final_loss < result.training.baseline_loss
     assert result.passed
+
+
+def test_recover_never_writes_over_the_dataset(tmp_path):
+    torch.manual_seed(2)
+    _, weights, data = save_case(
+        tmp_path, "mlp_sequential", {"x": torch.randn(16, 16)}, lambda o: o
+    )
+    before = data.read_bytes()
+
+    with pytest.raises(ExportError, match="the dataset"):
+        recover(str(weights), str(data), str(tmp_path / "o.pt"), report_path=str(data))
+
+    assert data.read_bytes() == before
+
+
+def test_a_rebuild_above_the_build_budget_is_refused_before_allocating():
+    from recovery_core.build import check_rebuild
+    from recovery_core.checkpoint import Checkpoint
+    from recovery_core.errors import LimitExceededError
+    from recovery_core.infer import infer_spec
+
+    huge = {"proj.weight": torch.empty(40_000, 40_000, device="meta")}  # 6.4 GB declared
+    checkpoint = Checkpoint.from_state_dict(huge)
+
+    with pytest.raises(LimitExceededError):
+        check_rebuild(infer_spec(checkpoint), checkpoint)
