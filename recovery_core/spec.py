@@ -28,6 +28,13 @@ DETERMINING_SOURCES: frozenset[Source] = frozenset({SOURCE_SHAPE, SOURCE_METADAT
 WiringKind = Literal["sequential", "encoder", "rnn", "seq2seq"]
 WIRING_KINDS: tuple[WiringKind, ...] = get_args(WiringKind)
 
+# How a kept tensor is registered on its module.
+TensorKind = Literal["parameter", "buffer"]
+# How a weight norm is stored: `parametrizations.weight.original0/1`, or `weight_g`/`weight_v`.
+WeightNormStyle = Literal["parametrization", "hook"]
+# A forward argument's element type: token ids or numbers.
+InputDtype = Literal["long", "float"]
+
 # `ArchSpec.value`'s default for "no default given" (None is a value a caller may want).
 _NO_DEFAULT: Any = object()
 
@@ -84,7 +91,7 @@ class KeptTensor:
     name: str  # the attribute name on its module: "class_token", "relative_position_index"
     shape: tuple[int, ...]
     dtype: str  # torch dtype name without "torch.": "float32", "int64", "bool"
-    kind: str  # "parameter" or "buffer"
+    kind: TensorKind
     why: str  # why this kind: "an integer tensor: a buffer", "a layer scale: a parameter"
 
     def to_json(self) -> dict[str, Any]:
@@ -103,7 +110,7 @@ class WeightNorm:
 
     parameter: str  # the reparametrised tensor: "weight"
     dim: int | None  # the dimension kept by the magnitude; None: one magnitude for all
-    style: str  # "parametrization" (`parametrizations.weight.original0/1`) or "hook" (`_g`/`_v`)
+    style: WeightNormStyle
 
     def to_json(self) -> dict[str, Any]:
         return {"parameter": self.parameter, "dim": self.dim, "style": self.style}
@@ -172,7 +179,7 @@ class ModelInput:
     """One argument of the recognised forward."""
 
     name: str  # "src", "tgt", "x"
-    dtype: str  # "long" (token ids) or "float"
+    dtype: InputDtype
     shape: tuple[int, ...]  # example shape with batch first; -1 never appears
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from recovery_core.checkpoint import TensorInfo
-from recovery_core.spec import KeptTensor
+from recovery_core.spec import KeptTensor, TensorKind
 
 _FLOATING = frozenset({"float16", "bfloat16", "float32", "float64"}) | {
     f"float8_{kind}" for kind in ("e4m3fn", "e4m3fnuz", "e5m2", "e5m2fnuz", "e8m0fnu")
@@ -53,6 +53,7 @@ def meaning(name: str) -> str:
 def kept_tensor(name: str, info: TensorInfo) -> KeptTensor:
     """How a tensor no layer explains is registered, with the reason."""
     what = meaning(name) or "a tensor"
+    kind: TensorKind
     if info.dtype not in _FLOATING and info.dtype not in _COMPLEX:
         kind, why = "buffer", f"{what}; {info.dtype} cannot take gradients, so a buffer"
     elif BUFFER_NAME.search(name):

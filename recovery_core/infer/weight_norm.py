@@ -14,10 +14,10 @@ from dataclasses import replace
 
 from recovery_core.checkpoint import TensorInfo
 from recovery_core.infer.detection import Group, fmt
-from recovery_core.spec import WeightNorm
+from recovery_core.spec import WeightNorm, WeightNormStyle
 
 # key of g, key of v, style, in that order of preference
-_FORMS = (
+_FORMS: tuple[tuple[str, str, WeightNormStyle], ...] = (
     ("parametrizations.{p}.original0", "parametrizations.{p}.original1", "parametrization"),
     ("{p}_g", "{p}_v", "hook"),
 )
