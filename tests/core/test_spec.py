@@ -20,6 +20,7 @@ from recovery_core.spec import (
     WIRING_KINDS,
     Hyperparameter,
 )
+from recovery_core.train import METHODS
 from tests.zoo import ZOO, ZOO_BY_NAME
 
 
@@ -34,6 +35,7 @@ def test_the_contract_strings_are_unchanged():
     assert SOURCES == ("shape", "checkpoint metadata", "default", "search", "user")
     assert WIRING_KINDS == ("sequential", "encoder", "rnn", "seq2seq")
     assert LOSSES == ("mse", "cross_entropy")
+    assert METHODS == ("auto", "lstsq", "adam", "adamw", "sgd")
 
 
 @pytest.mark.parametrize(
