@@ -104,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     recover.add_argument("--report", default=None, help="also write the JSON report here")
     recover.add_argument(
+        "--plan",
+        default=None,
+        metavar="PLAN.json",
+        help="replay a recovery plan saved by the dashboard: its settings, trained layers, "
+        "training settings and data mapping replace the options above",
+    )
+    recover.add_argument(
         "--formats",
         default=None,
         metavar="LIST",
@@ -204,6 +211,8 @@ def _recover(args: argparse.Namespace) -> int:
         wiring=args.wiring,
         formats=None if args.formats is None else tuple(f for f in args.formats.split(",") if f),
     )
+    if args.plan:
+        options = _plan_options(args, options)
     result = recover(
         args.checkpoint,
         args.data,
@@ -215,6 +224,28 @@ def _recover(args: argparse.Namespace) -> int:
     )
     print(printable(result.summary(), keep_newlines=True))
     return 0 if result.passed else 1
+
+
+def _plan_options(args: argparse.Namespace, options: object) -> object:
+    """--plan: the plan's choices, checked against the checkpoint's hash; where to run and
+    what to write still come from the command line."""
+    from recovery_core import plan as recovery_plan
+
+    try:
+        with open(args.plan, "rb") as f:
+            text = f.read(recovery_plan.MAX_PLAN_BYTES + 1)
+    except OSError as exc:
+        raise recovery_plan.PlanError(
+            f"cannot read the plan {args.plan!r} ({exc.strerror}); check the path"
+        ) from exc
+    plan = recovery_plan.RecoveryPlan.from_json(text)
+    plan.check_checkpoint(recovery_plan.file_sha256(args.checkpoint))
+    return recovery_plan.recover_options(
+        plan,
+        device=args.device,
+        search_budget_seconds=args.search_budget,
+        formats=getattr(options, "formats", None),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,6 +66,7 @@ class RecoverOptions:
     batch_size: int = 32
     device: str = "auto"
     seed: int = 0
+    val_fraction: float = 0.0  # part of the data held out for evaluation (a dashboard plan)
     loss: str | None = None  # "mse" | "cross_entropy"; guessed from the target when None
     search_budget_seconds: float = 30.0
     wiring: str | None = None  # the forward to use (a name from spec.wirings); scored when None
@@ -203,6 +204,7 @@ def _train(
         batch_size=options.batch_size,
         seed=options.seed,
         device=options.device,
+        val_fraction=options.val_fraction,
     )
     run = TrainingRun(model, plan, inputs, target, loss_fn, config)
     run.start()

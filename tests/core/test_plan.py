@@ -111,3 +111,43 @@ def test_replaying_a_plan_with_recover_gives_the_same_loss_as_training_directly(
     )
     assert replayed.search is None  # every setting was fixed: nothing searched again
     assert abs(replayed.training.final_loss - direct.final_loss) <= 1e-6
+
+
+def test_the_command_line_replays_a_plan_with_held_out_data(files, tmp_path):
+    from recovery_core import cli
+
+    ckpt = rc.load_checkpoint(str(files[0]))
+    spec = rc.infer_spec(ckpt)
+    plan = make_plan(
+        spec,
+        file_sha256(files[0]),
+        ["2"],
+        TrainingSettings(
+            method="adam", lr=0.01, epochs=3, batch_size=16, seed=2, val_fraction=0.25
+        ),
+        DataSettings(("features",), "answers", "mse"),
+    )
+    path = tmp_path / "plan.json"
+    path.write_text(plan.to_json())
+    report = tmp_path / "report.json"
+    argv = ["recover", str(files[0]), "--data", str(files[1]), "--plan", str(path)]
+    assert cli.main([*argv, "--out", str(tmp_path / "a" / "m.pt"), "--report", str(report)]) == 0
+    replayed = json.loads(report.read_text())["training"]["final_loss"]
+
+    model = rc.build_model(plan.apply(spec))
+    rc.load_weights(model, ckpt.state_dict())
+    data = rc.load_dataset(str(files[1]))
+    inputs, target = (data.tensors["features"],), data.tensors["answers"]
+    config = rc.TrainingConfig(
+        method="adam", lr=0.01, epochs=3, batch_size=16, seed=2, val_fraction=0.25
+    )
+    direct = rc.TrainingRun(
+        model, rc.plan_freeze(model, ["2"]), inputs, target, rc.loss_function(
+            rc.make_mapping(data, ("features",), "answers", loss="mse")), config,
+    ).run()  # fmt: skip
+    assert abs(replayed - direct.final_loss) <= 1e-6
+
+    other = tmp_path / "other.pt"
+    torch.save({k: v + 1 for k, v in ckpt.state_dict().items()}, other)
+    argv = ["recover", str(other), "--data", str(files[1]), "--plan", str(path)]
+    assert cli.main([*argv, "--out", str(tmp_path / "b" / "m.pt")]) == 2  # another file: refused
