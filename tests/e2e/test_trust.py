@@ -140,22 +140,8 @@ def test_at_800_px_nothing_is_cut(server):
         context.close()
 
 
-def _cli_replays_plans() -> bool:
-    from recovery_core import cli
-
-    return "--plan" in cli._parser().format_help() or any(
-        "--plan" in (action.option_strings or ())
-        for sub in cli._parser()._subparsers._group_actions
-        for parser in sub.choices.values()
-        for action in parser._actions
-    )
-
-
 def test_a_saved_plan_replayed_by_the_command_line_gives_the_same_final_loss(server, tmp_path):
     from playwright.sync_api import expect
-
-    if not _cli_replays_plans():
-        pytest.skip("`recovery recover --plan` is being added with the CLI rewrite")
 
     with chromium() as browser:
         page = open_page(browser, server)
