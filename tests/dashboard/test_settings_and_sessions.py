@@ -166,7 +166,7 @@ def test_the_data_flow_diagram_is_drawn_from_the_wiring():
     wiring = studio(at).spec.wiring
     (diagram,) = at.get("graphviz_chart")
     dot = diagram.proto.spec
-    steps = [p.strip() for p in wiring.description.split("→") if p.strip()]
+    steps = list(wiring.steps())  # the steps after the inputs, each one node
     assert all(f'label="{step}"' in dot for step in steps)
     assert dot.count("->") >= len(steps) - 1
     assert any("How data flows" in s.value for s in at.subheader)
