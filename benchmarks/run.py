@@ -890,4 +890,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    # --quick runs the dashboard's sessions in this process; their daemon training threads
+    # may still be inside torch when the interpreter tears down, which aborts the process
+    # (std::terminate) after the report is written. Everything is flushed; leave at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
