@@ -134,7 +134,7 @@ def _scan(stream: IO[bytes], display: str, limits: LoadLimits, deadline: float |
             stack.append(_PLAIN)
             continue
         if name == "BINUNICODE" or name == "SHORT_BINUNICODE":
-            stack.append(f"str:{arg}" if len(arg) <= 200 else _PLAIN)  # type: ignore[arg-type]
+            stack.append(f"str:{arg}" if isinstance(arg, str) and len(arg) <= 200 else _PLAIN)
             continue
         if name == "MARK":
             marks.append(len(stack))
