@@ -205,6 +205,8 @@ class Wiring:
     name: str = ""
     reason: str = ""
     hidden: tuple[str, ...] = ()  # forward-only choices this forward reads ("reduce", ...)
+    # Modules this forward reads as another type than inferred: (as inferred, as read).
+    retyped: tuple[tuple[ModuleSpec, ModuleSpec], ...] = ()
 
     def steps(self) -> tuple[str, ...]:
         """The forward's steps after its inputs, one per line, for people (the diagram)."""
@@ -223,7 +225,28 @@ class Wiring:
             ],
             "description": self.description,
             "reason": self.reason,
+            "retyped": {new.path: new.type for _, new in self.retyped},
         }
+
+
+def with_forward_types(
+    root: ModuleSpec, before: Wiring | None, after: Wiring | None
+) -> ModuleSpec:
+    """The tree with `before`'s retyped modules back as inferred and `after`'s as it reads them."""
+    swaps = [(read, inferred) for inferred, read in (before.retyped if before else ())]
+    swaps += list(after.retyped) if after else []
+    for old, new in swaps:
+        root = _replace_module(root, old.path, new)
+    return root
+
+
+def _replace_module(node: ModuleSpec, path: str, new: ModuleSpec) -> ModuleSpec:
+    if node.path == path:
+        return new
+    prefix = f"{node.path}." if node.path else ""
+    if not path.startswith(prefix):
+        return node
+    return replace(node, children=tuple(_replace_module(c, path, new) for c in node.children))
 
 
 @dataclass(frozen=True)
@@ -291,10 +314,11 @@ class ArchSpec:
             else hp
             for hp in self.hyperparameters
         )
-        wiring = self.wiring
+        wiring, root = self.wiring, self.root
         if WIRING in values:
             wiring = next(w for w in self.wirings if w.name == values[WIRING])
-        return replace(self, hyperparameters=hps, wiring=wiring)
+            root = with_forward_types(root, self.wiring, wiring)
+        return replace(self, hyperparameters=hps, wiring=wiring, root=root)
 
     def wiring_named(self, name: str) -> Wiring:
         for wiring in self.wirings:

@@ -228,6 +228,27 @@ class FirstTokenClassifier(nn.Module):
         return self.fc(self.trunk(self.inp(x))[:, 0])
 
 
+class TokenTableClassifier(nn.Module):
+    """A token table under a name that does not say so (a bias-free Linear to the
+    detectors), a list of encoder layers, a final norm, the first step to an MLP head."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok = nn.Embedding(40, 16)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(16, 4, 32, batch_first=True, activation="gelu")
+            for _ in range(2)
+        )
+        self.ln = nn.LayerNorm(16)
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.tok(x)
+        for layer in self.layers:
+            h = layer(h)
+        return self.mlp(self.ln(h)[:, 0])
+
+
 class TinyLM(nn.Module):
     """Decoder-only LM: token and learned position embeddings, a list of encoder layers run
     with a causal mask, a final norm and a head tied to the token embedding (one key)."""
@@ -361,6 +382,12 @@ FORWARD_ZOO: tuple[ForwardCase, ...] = (
     ),
     ForwardCase(
         "first_token_classifier", FirstTokenClassifier, lambda n: (vectors(n, 8, 6),), head="fc"
+    ),
+    ForwardCase(
+        "token_table_classifier",
+        TokenTableClassifier,
+        lambda n: (_tokens(40, n, 9),),
+        head="mlp",
     ),
     ForwardCase("tiny_lm_tied", TinyLM, lambda n: (_tokens(24, n, 12),), head="wte"),
     ForwardCase(

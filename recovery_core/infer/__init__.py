@@ -12,7 +12,7 @@ from recovery_core.infer.hyperparameters import (
 )
 from recovery_core.infer.registry import DETECTORS
 from recovery_core.infer.wiring import propose_wirings
-from recovery_core.spec import ArchSpec, ModuleSpec, Wiring
+from recovery_core.spec import ArchSpec, ModuleSpec, Wiring, with_forward_types
 
 __all__ = ["DETECTORS", "infer_spec"]
 
@@ -31,6 +31,7 @@ def infer_spec(checkpoint: Checkpoint) -> ArchSpec:
     if why:
         notes.append(why)
     wiring = wirings[0] if wirings else None
+    root = with_forward_types(root, None, wiring)  # the modules as the forward reads them
     determined = determined_hyperparameters(root, wiring, shapes)
     free, metadata_notes = free_hyperparameters(
         root, wiring, checkpoint.hyper_parameters, wirings

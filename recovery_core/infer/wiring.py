@@ -180,10 +180,47 @@ class Slot:
     order: int  # construction order among the parts
     module: ModuleSpec | None = None
     shape: tuple[int, ...] = ()
+    original: ModuleSpec | None = None  # set when this slot reads the module as another type
+
+    @property
+    def retyped(self) -> tuple[ModuleSpec, ModuleSpec] | None:
+        """(as inferred, as this forward reads it), when the forward retypes the module."""
+        if self.original is None or self.module is None:
+            return None
+        return self.original, self.module
 
     @property
     def name(self) -> str:
         return self.path.rsplit(".", 1)[-1]
+
+
+def _as_embedding(slot: Slot) -> Slot | None:
+    """A bias-free Linear whose shapes also fit an Embedding, read as one: a token table
+    under a name that does not say so (`tok`, `vocab`) is a Linear to the detectors, and
+    only its place in a forward tells."""
+    m = slot.module
+    if m is None or m.type != "Linear" or m.args.get("bias") or "Embedding" not in m.alternatives:
+        return None
+    args = {"num_embeddings": m.args["out_features"], "embedding_dim": m.args["in_features"]}
+    view = replace(
+        m,
+        type="Embedding",
+        args=args,
+        alternatives=("Linear",),
+        evidence=f"{m.evidence}; read as Embedding({args['num_embeddings']}, "
+        f"{args['embedding_dim']}) by the forward that feeds it tokens",
+        note="",
+    )
+    return replace(slot, type="Embedding", module=view, original=m)
+
+
+def _options(slot: Slot, core: Core) -> list[tuple[str, Slot]]:
+    """(role, slot) pairs: the slot as inferred, and read as an Embedding where it may be."""
+    options = [(role, slot) for role in _roles_for(slot, core)]
+    view = _as_embedding(slot)
+    if view is not None:
+        options += [(role, view) for role in _roles_for(view, core) if role == "adapter"]
+    return options
 
 
 def _roles_for(slot: Slot, core: Core) -> list[str]:
@@ -225,11 +262,11 @@ class Assignment:
 
 
 def _assignments(slots: list[Slot], core: Core) -> Iterator[Assignment]:
-    options = [_roles_for(s, core) for s in slots]
+    options = [_options(s, core) for s in slots]
     seq2seq = core.wiring_kind == "seq2seq"
     for combo in itertools.product(*options):
         by_role: dict[str, list[Slot]] = {}
-        for slot, role in zip(slots, combo, strict=True):
+        for role, slot in combo:
             by_role.setdefault(role, []).append(slot)
         adapters = tuple(by_role.get("adapter", ()))
         positional = tuple(by_role.get("positional", ()))
@@ -276,6 +313,10 @@ def _prior(assignment: Assignment, core: Core, order: Mapping[str, int]) -> tupl
             score -= 3
     if assignment.head is not None:
         score += 1  # a model usually ends in a layer of its own
+    retyped = [s.path for s in assignment.adapters if s.original is not None]
+    if retyped:
+        score -= 1  # the detectors' reading stands unless the forward needs another
+        reasons.append(f"{', '.join(retyped)} read as a token table")
     if len(assignment.adapters) == 1 and core.wiring_kind == "seq2seq":
         score += 0.5  # one adapter shared by source and target is the usual pattern
     return score, "; ".join(reasons)
@@ -309,7 +350,7 @@ def _sequence_wirings(
     if len(slots) > MAX_PARTS:
         return [], f"{len(slots)} modules besides the core are more than a forward is guessed for"
     order = {p.path: i for i, p in enumerate(parts)}
-    unplaceable = [s for s in slots if s.type != "tensor" and not _roles_for(s, core)]
+    unplaceable = [s for s in slots if s.type != "tensor" and not _options(s, core)]
     if unplaceable:
         width = (
             f"{core.width_in}"
@@ -432,6 +473,8 @@ def _wiring(
         roles["tied_head"] = adapters[-1].path
     hidden = _forward_choices(core, adapters, positional)
     inputs = _inputs(core, adapters, positional)
+    by_path = {s.path: s.retyped for s in adapters if s.retyped is not None}
+    retyped = tuple(pair for pair in by_path.values() if pair is not None)
     return Wiring(
         kind=core.wiring_kind,
         roles=roles,
@@ -440,6 +483,7 @@ def _wiring(
         name=_name(core, adapters, positional, norm, head_slot, head),
         reason=reason or "types and widths chain",
         hidden=hidden,
+        retyped=retyped,
     )
 
 
