@@ -9,9 +9,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from recovery_core import humanize
 from recovery_core.errors import RecoveryError, printable
+
+if TYPE_CHECKING:  # for the annotations; the recover command imports it when it runs
+    from recovery_core.recover import RecoverOptions
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -226,7 +230,7 @@ def _recover(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-def _plan_options(args: argparse.Namespace, options: object) -> object:
+def _plan_options(args: argparse.Namespace, options: RecoverOptions) -> RecoverOptions:
     """--plan: the plan's choices, checked against the checkpoint's hash; where to run and
     what to write still come from the command line."""
     from recovery_core import plan as recovery_plan
@@ -244,7 +248,7 @@ def _plan_options(args: argparse.Namespace, options: object) -> object:
         plan,
         device=args.device,
         search_budget_seconds=args.search_budget,
-        formats=getattr(options, "formats", None),
+        formats=options.formats,
     )
 
 
