@@ -756,6 +756,8 @@ ADAPTIVE_POOLS = {
 def parameter_free_layer(name: str) -> nn.Module:
     # A fresh module for a parameter-less slot: "MaxPool2d" pools with kernel 2, stride 2;
     # "AdaptiveAvgPool2d(4)" pools to 4 x 4, whatever the input size.
+    if name.endswith("+Flatten"):
+        return nn.Sequential(parameter_free_layer(name[: -len("+Flatten")]), nn.Flatten())
     if name.endswith(")"):
         kind, size = name[:-1].split("(")
         return ADAPTIVE_POOLS[kind](int(size))

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from recovery_core import stack_shapes
 from recovery_core.build import check_fit, model_class
 from recovery_core.codegen import FORWARD_ONLY, hidden_arguments
 from recovery_core.errors import HyperparameterError
@@ -363,7 +364,10 @@ def score_candidates(
         if total > exhaustive_up_to or not _exhaustive(groups, score, started, budget_seconds):
             strategy = "a beam refined one value at a time"
             cost = _cost(groups, score, results)
-            _beam(groups, score, runs, results, cost, budget_seconds)
+            sample = tuple(inputs[0].shape[1:]) if len(inputs) == 1 else None
+            # A float target is what a stack puts out per sample; class labels are not.
+            out = tuple(target.shape[1:]) if target.is_floating_point() else None
+            _beam(groups, score, runs, results, cost, budget_seconds, sample, out)
         screened = list(results.items())
         deadline = started + budget_seconds * 1.5  # finalists may finish what screening began
         final = _rescore_finalists(
@@ -484,7 +488,9 @@ def _is_slot(spec: ArchSpec, name: str) -> bool:
         return False
 
 
-def _skeletons(group: _Group) -> list[tuple[Any, ...]] | None:
+def _skeletons(
+    group: _Group, input_shape: tuple[int, ...] | None, output_shape: tuple[int, ...] | None = None
+) -> list[tuple[Any, ...]] | None:
     """For a stack with parameter-less slots: every way their shapes can go (keep, pool,
     flatten: one representative value each) crossed with the other constructor values of
     few candidates (stride, padding). Only combinations whose shapes chain run, and a
@@ -494,6 +500,18 @@ def _skeletons(group: _Group) -> list[tuple[Any, ...]] | None:
     if not slots:
         return None
     current = _current(group)
+    if input_shape is not None:  # shapes reasoned through: only what chains (stack_shapes)
+        chained = stack_shapes.skeletons(
+            group.spec,
+            group.names,
+            group.candidates,
+            current,
+            input_shape,
+            MAX_SKELETONS,
+            output_shape,
+        )
+        if chained is not None:
+            return chained
     axes: list[list[tuple[int, Any]]] = []
     for i, (name, candidates) in enumerate(zip(group.names, group.candidates, strict=True)):
         if i in slots:
@@ -533,6 +551,49 @@ def _start(group: _Group, limit: int = BEAM_START) -> list[tuple[Any, ...]]:
     return starts
 
 
+def _distinct(
+    ranked: list[tuple[int, tuple[Any, ...]]],
+    results: Mapping[tuple[int, tuple[Any, ...]], Candidate],
+) -> list[tuple[int, tuple[Any, ...]]]:
+    """One combination per loss: equal losses are (almost surely) the same function reached
+    by equivalent choices (ReLU before or after a max pool, a flatten here or there); a
+    beam full of them would see nothing else."""
+    seen: set[float] = set()
+    kept = []
+    for key in ranked:
+        loss = results[key].loss
+        if loss not in seen:
+            seen.add(loss)
+            kept.append(key)
+    return kept
+
+
+def _settle_slots(
+    group: _Group,
+    index: int,
+    combo: tuple[Any, ...],
+    score: Callable[[int, tuple[Any, ...]], Candidate | None],
+) -> bool:
+    """One pass over a skeleton's shape-keeping slots, each set to its best shape-keeping
+    value in turn: a skeleton is judged by its best activations, not by the guessed ones
+    (a right placement with a wrong activation can look worse than a wrong placement).
+    False when the budget is spent."""
+    best = combo
+    for position, name in enumerate(group.names):
+        if name not in group.slots or shape_class(best[position]) != "keep":
+            continue
+        for value in group.candidates[position]:
+            if shape_class(value) != "keep" or value == best[position]:
+                continue
+            trial = best[:position] + (value,) + best[position + 1 :]
+            result, current = score(index, trial), score(index, best)
+            if result is None or current is None:
+                return False
+            if result.error is None and result.loss < current.loss:
+                best = trial
+    return True
+
+
 def _beam(
     groups: list[_Group],
     score: Callable[[int, tuple[Any, ...]], Candidate | None],
@@ -540,6 +601,8 @@ def _beam(
     results: Mapping[tuple[int, tuple[Any, ...]], Candidate],
     cost: float,
     budget: float,
+    input_shape: tuple[int, ...] | None = None,
+    output_shape: tuple[int, ...] | None = None,
 ) -> None:
     """Keep the best few combinations; try every one-value change of each; repeat until
     the beam stops changing. A wrong value costs its own few neighbours, not the product
@@ -552,12 +615,14 @@ def _beam(
     neighbours = max(sum(len(c) - 1 for c in g.candidates) for g in groups)
     width = int(min(MAX_BEAM_WIDTH, max(1, affordable / (8 * neighbours * len(groups)))))
     for index, group in enumerate(groups):
-        skeletons = _skeletons(group)
+        skeletons = _skeletons(group, input_shape, output_shape)
         for combo in skeletons if skeletons is not None else _start(group, limit):
             # Most skeletons' shapes do not chain: a one-sample dry run tells, cheaply.
             if skeletons is not None and not runs(index, combo):
                 continue
             if score(index, combo) is None:
+                return
+            if skeletons is not None and not _settle_slots(group, index, combo, score):
                 return
     beam: list[tuple[int, tuple[Any, ...]]] = []
     while True:
@@ -567,7 +632,7 @@ def _beam(
         # While nothing runs, the failures seed the beam: their neighbours (another layout,
         # another reduction) are the likeliest to run.
         failed = [key for key, c in results.items() if c.error is not None]
-        new_beam = (ranked or failed)[:width]
+        new_beam = _distinct(ranked, results)[:width] if ranked else failed[:width]
         if new_beam == beam:
             return
         beam = new_beam

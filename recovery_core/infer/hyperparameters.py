@@ -320,7 +320,8 @@ def _slot_choices(root: ModuleSpec, path: str, leaves: list[ModuleSpec]) -> tupl
         per_channel, rest = divmod(following.args["in_features"], channels)
         side = round(per_channel ** (1 / dims)) if per_channel > 0 and not rest else 0
         if side and side**dims == per_channel:
-            choices += (f"AdaptiveAvgPool{dims}d({side})",)
+            pool = f"AdaptiveAvgPool{dims}d({side})"
+            choices += (pool, f"{pool}+Flatten")  # torchvision flattens in its forward
     return choices
 
 

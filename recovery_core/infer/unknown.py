@@ -15,7 +15,7 @@ def shape_class(choice: str) -> str:
     if choice.startswith(("MaxPool", "AvgPool")):
         return f"pool{choice[-2:]}"
     if choice.startswith("Adaptive"):
-        return choice  # to one fixed size: a class of its own
+        return choice  # to one fixed size (and flattened, or not): a class of its own
     return "keep"
 UNKNOWN_NAME_HINTS = (
     ("gelu", "GELU"),
