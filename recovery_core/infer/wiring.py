@@ -286,6 +286,22 @@ def _assignments(slots: list[Slot], core: Core) -> Iterator[Assignment]:
         yield Assignment(adapters, positional, norm, head)
 
 
+@dataclass(frozen=True)
+class Arrangement:
+    """One ordered reading of an assignment: which slot feeds which input, which head."""
+
+    core: Core
+    adapters: tuple[Slot, ...]  # (source, target) for a seq2seq; one may serve both
+    positional: tuple[Slot, ...]
+    norm: Slot | None
+    head_slot: Slot | None
+    head: str | None  # "part" (head_slot), "tied" (to the last adapter) or None
+
+    @property
+    def seq2seq(self) -> bool:
+        return self.core.wiring_kind == "seq2seq"
+
+
 def _adapter_dtype(slot: Slot) -> str:
     return "long" if slot.type == "Embedding" else "float"
 
@@ -411,10 +427,10 @@ def _wirings_for(
     for adapters in adapter_orders:
         for positional in positional_orders:
             bonus = _source_first(adapters, assignment.head) + _source_first(positional, None)
-            wiring = _wiring(
-                core, adapters, positional, assignment.norm, assignment.head, head, reason
+            arrangement = Arrangement(
+                core, adapters, positional, assignment.norm, assignment.head, head
             )
-            yield bonus, wiring
+            yield bonus, _wiring(arrangement, reason)
 
 
 def _source_first(pair: tuple[Slot, ...], head: Slot | None) -> float:
@@ -436,18 +452,10 @@ def _source_first(pair: tuple[Slot, ...], head: Slot | None) -> float:
     return bonus
 
 
-def _wiring(
-    core: Core,
-    adapters: tuple[Slot, ...],
-    positional: tuple[Slot, ...],
-    norm: Slot | None,
-    head_slot: Slot | None,
-    head: str | None,
-    reason: str,
-) -> Wiring:
+def _wiring(a: Arrangement, reason: str) -> Wiring:
+    core, adapters, positional = a.core, a.adapters, a.positional
     roles: dict[str, str] = {}
-    seq2seq = core.wiring_kind == "seq2seq"
-    if seq2seq:
+    if a.seq2seq:
         if adapters:
             roles["src_embedding"] = adapters[0].path
             roles["tgt_embedding"] = adapters[-1].path
@@ -465,11 +473,11 @@ def _wiring(
         slot = positional[0]
         role = {"Embedding": "pos_embedding", "tensor": "pos_table"}.get(slot.type, "pos_encoding")
         roles[role] = slot.path
-    if norm is not None:
-        roles["final_norm"] = norm.path
-    if head == "part" and head_slot is not None:
-        roles["head"] = head_slot.path
-    elif head == "tied":
+    if a.norm is not None:
+        roles["final_norm"] = a.norm.path
+    if a.head == "part" and a.head_slot is not None:
+        roles["head"] = a.head_slot.path
+    elif a.head == "tied":
         roles["tied_head"] = adapters[-1].path
     hidden = _forward_choices(core, adapters, positional)
     inputs = _inputs(core, adapters, positional)
@@ -479,8 +487,8 @@ def _wiring(
         kind=core.wiring_kind,
         roles=roles,
         inputs=inputs,
-        description=_flow(core, adapters, positional, norm, head_slot, head, inputs),
-        name=_name(core, adapters, positional, norm, head_slot, head),
+        description=_flow(a, inputs),
+        name=_name(a),
         reason=reason or "types and widths chain",
         hidden=hidden,
         retyped=retyped,
@@ -537,54 +545,42 @@ def _table_shape(slot: Slot) -> tuple[int, ...] | None:
     return None
 
 
-def _name(
-    core: Core,
-    adapters: tuple[Slot, ...],
-    positional: tuple[Slot, ...],
-    norm: Slot | None,
-    head_slot: Slot | None,
-    head: str | None,
-) -> str:
+def _name(a: Arrangement) -> str:
+    """A short, unique-enough name: the parts in the order data meets them."""
     pieces = []
-    if adapters:
-        if len(adapters) == 2:
-            pieces.append(f"{adapters[0].path} (src) + {adapters[1].path} (tgt)")
-        elif core.wiring_kind == "seq2seq":
-            pieces.append(f"{adapters[0].path} (shared)")
+    if a.adapters:
+        if len(a.adapters) == 2:
+            pieces.append(f"{a.adapters[0].path} (src) + {a.adapters[1].path} (tgt)")
+        elif a.seq2seq:
+            pieces.append(f"{a.adapters[0].path} (shared)")
         else:
-            pieces.append(adapters[0].path)
-    if positional:
-        pieces.append("+" + " / ".join(p.path for p in positional))
-    pieces.append(" / ".join(m.path for m in core.modules))
-    if norm is not None:
-        pieces.append(norm.path)
-    if head == "part" and head_slot is not None:
-        pieces.append(head_slot.path)
-    elif head == "tied":
-        pieces.append(f"tied to {adapters[-1].path}")
+            pieces.append(a.adapters[0].path)
+    if a.positional:
+        pieces.append("+" + " / ".join(p.path for p in a.positional))
+    pieces.append(" / ".join(m.path for m in a.core.modules))
+    if a.norm is not None:
+        pieces.append(a.norm.path)
+    if a.head == "part" and a.head_slot is not None:
+        pieces.append(a.head_slot.path)
+    elif a.head == "tied":
+        pieces.append(f"tied to {a.adapters[-1].path}")
     else:
         pieces.append("no head")
     return " → ".join(pieces)
 
 
-def _flow(
-    core: Core,
-    adapters: tuple[Slot, ...],
-    positional: tuple[Slot, ...],
-    norm: Slot | None,
-    head_slot: Slot | None,
-    head: str | None,
-    inputs: tuple[ModelInput, ...],
-) -> str:
+def _flow(a: Arrangement, inputs: tuple[ModelInput, ...]) -> str:
+    """The description people read: one step per part, ' → ' between them."""
+    core = a.core
     steps = ["(" + ", ".join(i.name for i in inputs) + ")"]
-    if adapters:
-        shared = core.wiring_kind == "seq2seq" and len(adapters) == 1
+    if a.adapters:
+        shared = a.seq2seq and len(a.adapters) == 1
         steps.append(
-            " / ".join(f"{a.path} ({_describe(a)})" for a in adapters)
+            " / ".join(f"{s.path} ({_describe(s)})" for s in a.adapters)
             + (" shared by both inputs" if shared else "")
         )
-    if positional:
-        steps.append("+ positions from " + " / ".join(p.path for p in positional))
+    if a.positional:
+        steps.append("+ positions from " + " / ".join(p.path for p in a.positional))
     core_types = {
         "transformer": "Transformer",
         "encoder+decoder": "encoder / decoder",
@@ -592,12 +588,12 @@ def _flow(
         "rnn": core.modules[0].type,
     }[core.kind]
     steps.append(" / ".join(m.path for m in core.modules) + f" ({core_types})")
-    if norm is not None:
-        steps.append(f"{norm.path} ({norm.type})")
-    if head == "part" and head_slot is not None:
-        steps.append(f"{head_slot.path} ({_describe(head_slot)})")
-    elif head == "tied":
-        steps.append(f"output layer tied to {adapters[-1].path}")
+    if a.norm is not None:
+        steps.append(f"{a.norm.path} ({a.norm.type})")
+    if a.head == "part" and a.head_slot is not None:
+        steps.append(f"{a.head_slot.path} ({_describe(a.head_slot)})")
+    elif a.head == "tied":
+        steps.append(f"output layer tied to {a.adapters[-1].path}")
     return " → ".join(steps)
 
 
