@@ -56,10 +56,10 @@ def test_crashing_and_uninitialised_uploads_leave_the_server_and_other_sessions_
         wait_idle(attacker)
         sidebar = attacker.get_by_test_id("stSidebar")
         upload(attacker, crash)
-        expect(sidebar).to_contain_text("Could not open crash.pt")
+        expect(sidebar).to_contain_text("Could not open crash.pt", timeout=60_000)
         assert healthy(url) and proc.poll() is None
         upload(attacker, leak)
-        expect(sidebar).to_contain_text("Could not open leak.pt")
+        expect(sidebar).to_contain_text("Could not open leak.pt", timeout=60_000)
         expect(sidebar).to_contain_text("uninitialised memory")
         assert healthy(url) and proc.poll() is None
 
