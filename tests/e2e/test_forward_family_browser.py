@@ -52,7 +52,7 @@ def test_the_seq2seq_family_recovered_by_clicking(server: str, tmp_path: Path) -
     data = case.data(original, 48)
     with chromium() as browser:
         page = open_page(browser, server)
-        wait_idle(page)
+        wait_scored(page)  # a file chosen while the demo's scoring redraws can be lost
         main, sidebar = page.get_by_test_id("stMain"), page.get_by_test_id("stSidebar")
 
         sidebar.get_by_text("Open another checkpoint").click()

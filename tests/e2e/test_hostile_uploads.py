@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.e2e.harness import chromium, go_to, healthy, open_page, streamlit_server, wait_idle
+from tests.e2e.harness import (
+    chromium,
+    go_to,
+    healthy,
+    open_page,
+    streamlit_server,
+    wait_idle,
+    wait_scored,
+)
 from tests.hostile import _payloads as p
 
 pytestmark = pytest.mark.e2e
@@ -25,6 +33,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, obje
 
 
 def upload(page, path: Path) -> None:
+    # The demo's settings are scored in the background at first; a file chosen while that
+    # progress redraws can be lost, so wait until it is done.
+    wait_scored(page)
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_text("Open another checkpoint").click()
     # the checkpoint box (the sidebar may hold other uploaders)
