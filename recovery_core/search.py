@@ -25,7 +25,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -44,6 +44,7 @@ NO_EFFECT_IN_EVAL = frozenset({"dropout"})
 # second thread costs more than it saves (measured on the seq2seq zoo model, 2 shared
 # cores: 7 ms per forward on one thread, 196 ms on two).
 SINGLE_THREAD_BELOW = 5_000_000
+EXPENSIVE_SECONDS = 0.05  # a combination slower than this is scored on every thread
 
 # Values that torch.nn's transformer, attention, norm and RNN modules read from plain
 # attributes at forward time: screening switches one built model between them instead of
@@ -241,8 +242,8 @@ class _Group:
         return model, error
 
     def _swap_slots(self, model: torch.nn.Module, values: Mapping[str, Any]) -> None:
-        make = self.cls.__init__.__globals__.get("parameter_free_layer")
         for name in self.slots & values.keys():
+            make = self.cls.__init__.__globals__["parameter_free_layer"]  # the generated helper
             parent, _, child = name.rpartition(".")
             model.get_submodule(parent)._modules[child] = make(values[name]).eval()
 
@@ -358,6 +359,7 @@ def score_candidates(
         return False
 
     small = sum(v.numel() for v in weights.values()) < SINGLE_THREAD_BELOW
+    every_thread = torch.get_num_threads()
     with warnings.catch_warnings(), torch.no_grad(), _threads(1 if small else None):
         warnings.simplefilter("ignore")  # torch's fast-path notices, once per combination
         strategy = "every combination"
@@ -367,12 +369,16 @@ def score_candidates(
             sample = tuple(inputs[0].shape[1:]) if len(inputs) == 1 else None
             # A float target is what a stack puts out per sample; class labels are not.
             out = tuple(target.shape[1:]) if target.is_floating_point() else None
-            _beam(groups, score, runs, results, cost, budget_seconds, sample, out)
+            # A small model on long inputs (one sequence of thousands of steps) is slow per
+            # combination: then every thread helps more than it costs.
+            with _threads(every_thread if cost > EXPENSIVE_SECONDS else None):
+                _beam(groups, score, runs, results, cost, budget_seconds, sample, out)
         screened = list(results.items())
-        deadline = started + budget_seconds * 1.5  # finalists may finish what screening began
-        final = _rescore_finalists(
-            screened, groups, finalists, data, max_samples, loss_fn, deadline
-        )
+        deadline = started + budget_seconds  # the best finalist is always scored, then others
+        with _threads(every_thread if strategy != "every combination" else None):
+            final = _rescore_finalists(
+                screened, groups, finalists, data, max_samples, loss_fn, deadline
+            )
     union = _union(groups)
     return _summarise(
         tuple(union), list(union.values()), final, total, fixed, time.monotonic() - started,
@@ -436,6 +442,7 @@ def _groups(
 ) -> list[_Group]:
     """One group per forward hypothesis to score (one when the forward is fixed)."""
     searched = _names_to_search(base, names, fixed)
+    specs: list[tuple[str | None, ArchSpec]]
     if WIRING in searched:
         specs = [(w.name, base.with_values({WIRING: w.name})) for w in base.wirings]
     else:
@@ -679,12 +686,15 @@ def _retune(model: torch.nn.Module, values: Mapping[str, Any]) -> None:
             # dimension from batch_first when built ([1, L, d] / [L, 1, d] fix it).
             table = next(m.buffers(recurse=False))
             if table.dim() == 2:
-                m.seq_dim = 1 if values["batch_first"] else 0
+                cast(Any, m).seq_dim = 1 if values["batch_first"] else 0  # a plain int, no Tensor
     if "batch_first" in values and hasattr(model, "batch_first"):
         model.batch_first = values["batch_first"]
 
 
-_ACTIVATIONS = {"relu": torch.nn.functional.relu, "gelu": torch.nn.functional.gelu}
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.nn.functional.relu,
+    "gelu": torch.nn.functional.gelu,
+}
 
 
 def _set_forward_only(
