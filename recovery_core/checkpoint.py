@@ -563,13 +563,16 @@ _SAFETENSORS_DTYPE_NAMES = {
 
 def _finish(part: _Part, fmt: str, display: str, limits: LoadLimits) -> Checkpoint:
     prefix = strip_shared_prefix(list(part.infos))
+    read_stripped: Callable[[str], torch.Tensor]
     if prefix:
         original = {key[len(prefix) :]: key for key in part.infos}
         infos = tuple(replace(i, name=i.name[len(prefix) :]) for i in part.infos.values())
         read = part.read
 
-        def read_stripped(name: str) -> torch.Tensor:
+        def read_original(name: str) -> torch.Tensor:
             return read(original[name])
+
+        read_stripped = read_original
     else:
         infos, read_stripped = tuple(part.infos.values()), part.read
 

@@ -192,7 +192,11 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 _atomic_write = write_atomic
 
 
-def _refuse_input(path: str, input_path: str | os.PathLike[str] | None) -> None:
+# The files a recovery read (checkpoint, shards, index, dataset): one path or several.
+InputPaths = str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None
+
+
+def _refuse_input(path: str, input_path: InputPaths) -> None:
     for each in _input_list(input_path):
         same = os.path.realpath(path) == os.path.realpath(each)
         if not same and os.path.exists(path) and os.path.exists(each):
@@ -288,7 +292,7 @@ def export_torchscript(
     path: str | os.PathLike[str],
     original_state_dict: Mapping[str, Tensor],
     *,
-    input_path: str | os.PathLike[str] | None = None,
+    input_path: InputPaths = None,
     batch_dim: int = 0,
 ) -> ExportCheck:
     """Script the model (trace only where scripting fails), save atomically, verify."""
@@ -377,7 +381,7 @@ def export_program(
     path: str | os.PathLike[str],
     original_state_dict: Mapping[str, Tensor],
     *,
-    input_path: str | os.PathLike[str] | None = None,
+    input_path: InputPaths = None,
     batch_dim: int = 0,
 ) -> ExportCheck:
     """A `torch.export` program (`.pt2`) with a dynamic batch dimension, verified.
@@ -458,7 +462,7 @@ def export_state_dict(
     path_pt: str | os.PathLike[str],
     path_safetensors: str | os.PathLike[str],
     *,
-    input_path: str | os.PathLike[str] | None = None,
+    input_path: InputPaths = None,
     metadata: Mapping[str, str] | None = None,
 ) -> tuple[ExportCheck, ExportCheck]:
     """The weights as a torch `.pt` state dict and as `.safetensors`, each reloaded and compared."""
@@ -470,7 +474,7 @@ def export_state_dict(
     _atomic_write(path_pt, _to_bytes(lambda b: torch.save(state, b)))
     try:
         reloaded = torch.load(path_pt, map_location="cpu", weights_only=True)
-        pt_checks = (
+        pt_checks: tuple[Check, ...] = (
             Check("reloads", True, "torch.load(weights_only=True) succeeded"),
             _equal_tensors(reloaded, state),
         )
@@ -485,7 +489,7 @@ def export_state_dict(
     note = f"tied weights stored as separate copies: {', '.join(tied)}" if tied else ""
     _atomic_write(path_st, save(flat, metadata=dict(metadata) if metadata else None))
     try:
-        st_checks = (
+        st_checks: tuple[Check, ...] = (
             Check("reloads", True, "safetensors load_file succeeded"),
             _equal_tensors(load_file(path_st), state),
         )
@@ -547,7 +551,7 @@ def export_paths(out_dir: str | os.PathLike[str], stem: str, *, with_code: bool)
 
 def refuse_overwriting_input(
     paths: Iterable[str],
-    input_path: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None,
+    input_path: InputPaths,
 ) -> None:
     """ExportError when any of `paths` is a file that was read: `input_path` is one path
     or all of them (checkpoint, shards, index, dataset). Compared by real path and by
@@ -564,7 +568,7 @@ def export_all(
     *,
     code: str | None = None,
     report: Mapping[str, Any],
-    input_path: str | os.PathLike[str] | None = None,
+    input_path: InputPaths = None,
     stem: str = "model",
     trainable_keys: Sequence[str] | None = None,
     batch_dim: int = 0,

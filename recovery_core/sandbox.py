@@ -279,7 +279,7 @@ def _child(reply: socket.socket, message: bytes) -> None:
         reply.sendall(_frame(b"p", str(os.getpid()).encode()))
         module, qualname, args, display, memory_bytes, seconds = pickle.loads(message)
         _limit_resources(memory_bytes, seconds)
-        target = importlib.import_module(module)
+        target: Any = importlib.import_module(module)
         for part in qualname.split("."):
             target = getattr(target, part)
         for frame in _outcome(target, args, display, memory_bytes):

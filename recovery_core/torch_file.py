@@ -19,7 +19,7 @@ import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import torch
 
@@ -66,7 +66,7 @@ class LoadedPickle:
             dtype=str(t.dtype).removeprefix("torch."),
             shape=tuple(torch.Tensor.size(t)),
             stride=tuple(torch.Tensor.stride(t)),
-            storage_offset=torch.Tensor.storage_offset(t),
+            storage_offset=int(torch.Tensor.storage_offset(t)),
             storage=-1 if key is None else self._index[key],
         )
 
@@ -221,7 +221,8 @@ def _quantized_keys(f: IO[bytes], layout: TorchZipLayout) -> list[str]:
         pkl = next(r for r in layout.records if r.name == layout.root + "data.pkl")
         f.seek(pkl.data_offset)
         data = f.read(pkl.size)
-        keys, recent = [], []
+        keys: list[str] = []
+        recent: list[Any] = []
         for op, arg, _ in pickletools.genops(data):
             if op.name in ("BINUNICODE", "SHORT_BINUNICODE", "UNICODE", "BINUNICODE8"):
                 recent = [*recent[-3:], arg]
@@ -246,8 +247,9 @@ def _check_tensors(
         if not isinstance(value, torch.Tensor):
             continue
         label = name or "the top-level tensor"
-        layout_kind = torch.Tensor.layout.__get__(value)
-        if layout_kind != torch.strided or torch.Tensor.is_nested.__get__(value):
+        # Class descriptors at run time; torch's stubs declare them as plain values.
+        layout_kind = cast(Any, torch.Tensor.layout).__get__(value)
+        if layout_kind != torch.strided or cast(Any, torch.Tensor.is_nested).__get__(value):
             raise CheckpointFormatError(
                 f"{display}: tensor {label!r} is a {str(layout_kind).removeprefix('torch.')} "
                 "tensor; this tool reads dense weights only. Save tensor.to_dense() instead."
