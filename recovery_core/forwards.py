@@ -13,6 +13,7 @@ Everything here is emitted through the renderer's checked accessors (`role`, `ar
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from recovery_core.errors import BuildError
@@ -96,8 +97,14 @@ def write_forward(r: _Renderer) -> str:
     return "\n".join(lines)
 
 
+def _roles(r: _Renderer) -> Mapping[str, str]:
+    """The wiring's roles; only a wiring's forward is written here, so there is one."""
+    assert r.wiring is not None
+    return r.wiring.roles
+
+
 def _model_width(r: _Renderer) -> int:
-    roles = r.wiring.roles
+    roles = _roles(r)
     path = roles.get("embedding") or roles.get("src_embedding")
     if path is None:
         raise BuildError("scaling by √d needs an input adapter, and this forward has none.")
@@ -122,7 +129,7 @@ def _adapt(r: _Renderer, var: str, source: str, role: str, used: set[str]) -> li
 
 
 def _positions(r: _Renderer, var: str, adapter_role: str) -> list[str]:
-    roles = r.wiring.roles
+    roles = _roles(r)
     own = {"src_embedding": "src_pos_encoding", "tgt_embedding": "tgt_pos_encoding"}
     module = r._role(own.get(adapter_role, ""), required=False) if adapter_role in own else None
     module = module or r._role("pos_encoding", required=False)
@@ -149,7 +156,7 @@ def _mask(r: _Renderer, var: str, mask: str) -> list[str]:
 
 
 def _is_layer_list(r: _Renderer, role: str) -> bool:
-    path = r.wiring.roles.get(role)
+    path = _roles(r).get(role)
     return path is not None and r.spec.module(path).type in ("ModuleList", "Sequential")
 
 
@@ -158,7 +165,7 @@ def _sequence(r: _Renderer, used: set[str]) -> list[str]:
     (x,) = r._input_names(("x",))
     lines = [f"def forward(self, {x}: Tensor) -> Tensor:"]
     lines += _adapt(r, "h", x, "embedding", used)
-    if "rnn" in r.wiring.roles:
+    if "rnn" in _roles(r):
         lines.append(
             f"    h = {r._role('rnn')}(h)[0]  # the outputs at every step; final states dropped"
         )

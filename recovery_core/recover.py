@@ -47,7 +47,7 @@ from recovery_core.layout import (
 )
 from recovery_core.search import SearchResult, score_candidates, searchable_names
 from recovery_core.spec import SOURCE_USER, WIRING, ArchSpec
-from recovery_core.train import TrainingConfig, TrainingResult, TrainingRun
+from recovery_core.train import Method, TrainingConfig, TrainingResult, TrainingRun
 
 Log = Callable[[str], None]
 
@@ -60,7 +60,7 @@ class RecoverOptions:
     fixed: Mapping[str, Any] = field(
         default_factory=dict
     )  # hidden hyperparameters set by the person
-    method: str = "auto"
+    method: Method = "auto"
     epochs: int = 20
     lr: float = 1e-3
     batch_size: int = 32
@@ -247,9 +247,11 @@ def recover(
     refuse_overwriting_input(written, read)
     check_build_budget(checkpoint)  # declared sizes, before any model is built
     spec = choose_forward(infer_spec(checkpoint), options.wiring)
+    forward = spec.wiring
+    assert forward is not None  # choose_forward refuses a spec without one
     fixed = dict(options.fixed)
     if options.wiring is not None and WIRING in {hp.name for hp in spec.free}:
-        fixed[WIRING] = spec.wiring.name  # as named: not scored again
+        fixed[WIRING] = forward.name  # as named: not scored again
     spec = spec.with_values(fixed, source=SOURCE_USER)
     log(f"checkpoint: {len(checkpoint.tensors)} tensors ({checkpoint.format})")
     _log_forwards(spec, log)
@@ -258,7 +260,7 @@ def recover(
     if options.inputs and options.target:  # chosen by the person: nothing to guess
         mapping = make_mapping(dataset, options.inputs, options.target, loss=options.loss)
     elif options.inputs or options.target:
-        guessed = guess_mapping(dataset, spec.wiring.inputs)
+        guessed = guess_mapping(dataset, forward.inputs)
         mapping = make_mapping(
             dataset,
             options.inputs or guessed.inputs,
@@ -266,7 +268,7 @@ def recover(
             loss=options.loss,
         )
     else:
-        mapping = guess_mapping(dataset, spec.wiring.inputs)
+        mapping = guess_mapping(dataset, forward.inputs)
         if options.loss:
             mapping = make_mapping(dataset, mapping.inputs, mapping.target, loss=options.loss)
         log(
@@ -316,9 +318,9 @@ def recover(
     given_inputs = inputs
     inputs, target = to_batch_major(inputs, target, dims)
     model = build_model(spec)
-    report = load_weights(model, original)
-    if not report.ok:
-        raise BuildError(report.message)
+    loaded = load_weights(model, original)
+    if not loaded.ok:
+        raise BuildError(loaded.message)
     with batch_major(model, dims):
         training, plan = _train(
             model,

@@ -26,9 +26,10 @@ import itertools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from recovery_core.infer.unknown import name_hint
-from recovery_core.spec import ModelInput, ModuleSpec, Wiring, positional_length
+from recovery_core.spec import ModelInput, ModuleSpec, Wiring, WiringKind, positional_length
 
 RNN_TYPES = frozenset({"LSTM", "GRU", "RNN"})
 NORM_TYPES = frozenset(
@@ -119,8 +120,16 @@ class Core:
     width_out: int
 
     @property
-    def wiring_kind(self) -> str:
-        return {"transformer": "seq2seq", "encoder+decoder": "seq2seq"}.get(self.kind, self.kind)
+    def wiring_kind(self) -> WiringKind:
+        return _WIRING_KIND_OF_CORE[self.kind]
+
+
+_WIRING_KIND_OF_CORE: dict[str, WiringKind] = {
+    "transformer": "seq2seq",
+    "encoder+decoder": "seq2seq",
+    "encoder": "encoder",
+    "rnn": "rnn",
+}
 
 
 def _stack_kind(module: ModuleSpec) -> str | None:
@@ -147,8 +156,7 @@ def _cores(parts: list[ModuleSpec]) -> tuple[Core | None, str]:
     if found == 0:
         return None, "no Transformer, encoder or decoder stack or RNN to arrange a forward around"
     if len(transformers) == 1 and found == 1:
-        d = layer_width(transformers[0])
-        return Core("transformer", (transformers[0],), d, d), ""
+        return _core("transformer", (transformers[0],), layer_width(transformers[0]))
     if len(encoders) == 1 and len(decoders) == 1 and found == 2:
         d_enc, d_dec = layer_width(encoders[0]), layer_width(decoders[0])
         if d_enc != d_dec:
@@ -156,16 +164,22 @@ def _cores(parts: list[ModuleSpec]) -> tuple[Core | None, str]:
                 f"the encoder {encoders[0].path} is {d_enc} wide but the decoder "
                 f"{decoders[0].path} is {d_dec} wide"
             )
-        return Core("encoder+decoder", (encoders[0], decoders[0]), d_enc, d_enc), ""
+        return _core("encoder+decoder", (encoders[0], decoders[0]), d_enc)
     if len(encoders) == 1 and found == 1:
-        d = layer_width(encoders[0])
-        return Core("encoder", (encoders[0],), d, d), ""
+        return _core("encoder", (encoders[0],), layer_width(encoders[0]))
     if len(rnns) == 1 and found == 1:
         args = rnns[0].args
         out = (args.get("proj_size") or args["hidden_size"]) * (2 if args["bidirectional"] else 1)
         return Core("rnn", (rnns[0],), args["input_size"], out), ""
     names = ", ".join(f"{p.path} ({p.type})" for p in transformers + encoders + decoders + rnns)
     return None, f"more cores than one forward can arrange: {names}"
+
+
+def _core(kind: str, modules: tuple[ModuleSpec, ...], width: int | None) -> tuple[Core | None, str]:
+    """A Transformer core of a known width (d_model), or why there is none."""
+    if width is None:
+        return None, f"{modules[0].path or 'the root'} shows no d_model"
+    return Core(kind, modules, width, width), ""
 
 
 # ---------------------------------------------------------------- roles of the other parts
@@ -192,6 +206,11 @@ class Slot:
     @property
     def name(self) -> str:
         return self.path.rsplit(".", 1)[-1]
+
+    @property
+    def args(self) -> Mapping[str, Any]:
+        """The module's constructor arguments; a raw tensor has none."""
+        return {} if self.module is None else self.module.args
 
 
 def _as_embedding(slot: Slot) -> Slot | None:
@@ -313,7 +332,7 @@ def _prior(assignment: Assignment, core: Core, order: Mapping[str, int]) -> tupl
     """A small score from construction order and names, with the reasons for it."""
     score, reasons = 0.0, []
     core_order = min(order[m.path] for m in core.modules)
-    placed = [(s, "adapter") for s in assignment.adapters]
+    placed: list[tuple[Slot | None, str]] = [(s, "adapter") for s in assignment.adapters]
     placed += [(s, "positional") for s in assignment.positional]
     placed += [(assignment.norm, "norm"), (assignment.head, "head")]
     for slot, role in placed:
@@ -344,7 +363,7 @@ def _head_variants(assignment: Assignment, core: Core) -> list[str | None]:
         return ["part"]
     variants: list[str | None] = [None]
     tokens = [a for a in assignment.adapters if a.type == "Embedding"]
-    if tokens and tokens[-1].module.args["embedding_dim"] == core.width_out:
+    if tokens and tokens[-1].args["embedding_dim"] == core.width_out:
         variants.insert(0, "tied")
     return variants
 
@@ -445,8 +464,8 @@ def _source_first(pair: tuple[Slot, ...], head: Slot | None) -> float:
     if TARGET_NAME.search(second.name) and not TARGET_NAME.search(first.name):
         bonus += 1
     if head is not None and head.type == "Linear" and first.type == second.type == "Embedding":
-        vocab = head.module.args["out_features"]
-        sizes = (first.module.args["num_embeddings"], second.module.args["num_embeddings"])
+        vocab = head.args["out_features"]
+        sizes = (first.args["num_embeddings"], second.args["num_embeddings"])
         if sizes[1] == vocab != sizes[0]:
             bonus += 1
     return bonus
@@ -513,14 +532,14 @@ def _forward_choices(
 def _inputs(
     core: Core, adapters: tuple[Slot, ...], positional: tuple[Slot, ...]
 ) -> tuple[ModelInput, ...]:
-    lengths = [positional_length(_table_shape(p)) for p in positional if _table_shape(p)]
+    lengths = [positional_length(s) for p in positional if (s := _table_shape(p))]
     limit = min(lengths) if lengths else None
 
     def one(name: str, adapter: Slot | None, wanted: int) -> ModelInput:
         length = wanted if limit is None else max(1, min(wanted, limit))
         if adapter is not None and adapter.type == "Embedding":
             return ModelInput(name, "long", (EXAMPLE_BATCH, length))
-        width = adapter.module.args["in_features"] if adapter is not None else core.width_in
+        width = adapter.args["in_features"] if adapter is not None else core.width_in
         return ModelInput(name, "float", (EXAMPLE_BATCH, length, width))
 
     if core.wiring_kind == "seq2seq":
@@ -539,9 +558,9 @@ def _table_shape(slot: Slot) -> tuple[int, ...] | None:
     if slot.type == "tensor":
         return slot.shape
     if slot.type == "PositionalEncoding":
-        return tuple(slot.module.args["shape"])
+        return tuple(slot.args["shape"])
     if slot.type == "Embedding":
-        return (slot.module.args["num_embeddings"], slot.module.args["embedding_dim"])
+        return (slot.args["num_embeddings"], slot.args["embedding_dim"])
     return None
 
 
