@@ -19,10 +19,17 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from recovery_core.errors import RecoveryError
-from recovery_core.spec import SOURCE_DEFAULT, SOURCE_SEARCH, SOURCE_USER, ArchSpec, Hyperparameter
+from recovery_core.spec import (
+    SOURCE_DEFAULT,
+    SOURCE_SEARCH,
+    SOURCE_USER,
+    ArchSpec,
+    Hyperparameter,
+    Source,
+)
 
 FORMAT = "model-recovery-plan"
 VERSION = 1
@@ -69,9 +76,13 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+if TYPE_CHECKING:  # the training run imports torch; a plan needs only the name
+    from recovery_core.train import Method
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
-    method: str = "auto"
+    method: Method = "auto"
     lr: float = 1e-3
     epochs: int = 20
     batch_size: int = 32
@@ -158,7 +169,11 @@ class RecoveryPlan:
         by_state: dict[str, dict[str, Any]] = {}
         for name, value in self.settings.items():
             by_state.setdefault(self.states.get(name, CHOSEN), {})[name] = value
-        sources = {FOUND: SOURCE_SEARCH, CHOSEN: SOURCE_USER, UNVERIFIED: SOURCE_DEFAULT}
+        sources: dict[str, Source] = {
+            FOUND: SOURCE_SEARCH,
+            CHOSEN: SOURCE_USER,
+            UNVERIFIED: SOURCE_DEFAULT,
+        }
         for state, values in by_state.items():
             spec = spec.with_values(values, source=sources.get(state, SOURCE_USER))
         return spec
@@ -231,7 +246,7 @@ def _plain_mapping(value: Any) -> dict[str, Any]:
 def _training(value: Any) -> TrainingSettings:
     body = dict(value)
     settings = TrainingSettings(
-        method=_text(body["method"]),
+        method=cast("Method", _text(body["method"])),  # TrainingConfig checks it
         lr=float(body["lr"]),
         epochs=int(body["epochs"]),
         batch_size=int(body["batch_size"]),

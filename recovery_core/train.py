@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,11 @@ from recovery_core.data import split_indices
 from recovery_core.errors import DataError, RecoveryError, TrainingError
 from recovery_core.freeze import FreezePlan, apply_freeze, set_train_mode
 
-METHODS = ("auto", "lstsq", "adam", "adamw", "sgd")
+# The names below appear in the CLI, plans, reports and the dashboard: a contract.
+Method = Literal["auto", "lstsq", "adam", "adamw", "sgd"]
+METHODS: tuple[Method, ...] = get_args(Method)
+# A run's life: idle, then running, then finished, stopped (by request) or failed.
+RunStatus = Literal["idle", "running", "finished", "stopped", "failed"]
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_BATCH = 256  # evaluation needs no gradients, so it can use bigger batches
 # A watcher's chart must move on long epochs: the evaluation loss is also taken between
@@ -50,7 +54,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    method: str = "auto"  # "auto": the closed form where it applies, else Adam
+    method: Method = "auto"  # "auto": the closed form where it applies, else Adam
     lr: float = 1e-3
     epochs: int = 10
     batch_size: int = 32
@@ -131,7 +135,7 @@ class TrainingResult:
 class _Stop(Exception):
     """Ends the loop early; carries the status and message."""
 
-    def __init__(self, status: str, message: str):
+    def __init__(self, status: RunStatus, message: str):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -183,7 +187,7 @@ class TrainingRun:
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
         self._events: list[StepEvent] = []
-        self._status = "idle"
+        self._status: RunStatus = "idle"
         self._message = ""
         self._result: TrainingResult | None = None
         self._thread: threading.Thread | None = None
@@ -243,7 +247,7 @@ class TrainingRun:
             return self._events[index:]
 
     @property
-    def status(self) -> str:
+    def status(self) -> RunStatus:
         """ "idle", "running", "stopped", "finished" or "failed"."""
         with self._lock:
             return self._status
@@ -283,7 +287,8 @@ class TrainingRun:
                 f"Training could not start: the model failed on the data ({_describe(e)})."
             )
             return
-        status, message = "finished", ""
+        status: RunStatus = "finished"
+        message = ""
         try:
             if setup.method == "lstsq":
                 self._closed_form(setup)
@@ -340,11 +345,13 @@ class TrainingRun:
             why_not_cached=why_not,
         )
         setup.train_forward = (
-            cached_forward(suffix, features) if use_cache else full_forward(self.model, self.inputs)
+            cached_forward(suffix, features)
+            if use_cache and suffix is not None and features is not None
+            else full_forward(self.model, self.inputs)
         )
         if self.val is None:
             setup.eval_forward, setup.eval_target = setup.train_forward, self.target
-        elif use_cache and val_features is not None:
+        elif use_cache and suffix is not None and val_features is not None:
             setup.eval_forward, setup.eval_target = (
                 cached_forward(suffix, val_features),
                 self.val[1],
@@ -511,7 +518,7 @@ class TrainingRun:
         with self._lock:
             self._status, self._message = "failed", message
 
-    def _conclude(self, setup: _Setup, status: str, message: str) -> None:
+    def _conclude(self, setup: _Setup, status: RunStatus, message: str) -> None:
         self._restore(setup.best_state)
         try:
             final = self._evaluate(setup)

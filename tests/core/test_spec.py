@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import get_args
 
 import pytest
 
@@ -20,7 +21,7 @@ from recovery_core.spec import (
     WIRING_KINDS,
     Hyperparameter,
 )
-from recovery_core.train import METHODS
+from recovery_core.train import METHODS, RunStatus
 from tests.zoo import ZOO, ZOO_BY_NAME
 
 
@@ -36,6 +37,7 @@ def test_the_contract_strings_are_unchanged():
     assert WIRING_KINDS == ("sequential", "encoder", "rnn", "seq2seq")
     assert LOSSES == ("mse", "cross_entropy")
     assert METHODS == ("auto", "lstsq", "adam", "adamw", "sgd")
+    assert get_args(RunStatus) == ("idle", "running", "finished", "stopped", "failed")
 
 
 @pytest.mark.parametrize(
