@@ -57,7 +57,7 @@ class ScoringJob:
 def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> ScoringJob:
     """Score `names` on this session's data in a daemon thread; settings the person chose
     and did not ask to score stay fixed."""
-    assert studio.spec is not None and studio.opened is not None
+    assert studio.spec is not None and studio.opened is not None and studio.mapping is not None
     spec = studio.spec
     fixed = {hp.name: hp.value for hp in spec.free if hp.source == "user" and hp.name not in names}
     inputs, target = studio.given_tensors()

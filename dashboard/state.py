@@ -25,12 +25,17 @@ import time
 import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 import torch
 from torch import nn
 
 import recovery_core as rc
+
+if TYPE_CHECKING:  # both import this module: for the annotations only
+    from dashboard.scoring import ScoringJob
+    from dashboard.ui import Problem
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = REPO / "assets" / "demo_checkpoint.pt"
@@ -120,7 +125,7 @@ class Opened:
 
 @st.cache_resource(max_entries=16, show_spinner="Reading the checkpoint and inferring its layers…")
 def _open_checkpoint(key: str, _source: Source) -> Opened:
-    checkpoint = rc.load_checkpoint(_source.payload, name=_source.label)
+    checkpoint = rc.load_checkpoint(_payload(_source), name=_source.label)
     spec = rc.infer_spec(checkpoint)
     # Keep no uploaded bytes in the shared cache: the checkpoint reads from its own copy.
     # A path (demo or server file) stays: a saved plan names the file by its hash.
@@ -136,7 +141,14 @@ def open_dataset(source: Source) -> rc.Dataset:
     """Not shared between sessions: a dataset's tensors could be changed in place, so each
     session reads its own (once: the Studio keeps it)."""
     with st.spinner("Reading the dataset…"):
-        return rc.load_dataset(source.payload, name=source.label)
+        return rc.load_dataset(_payload(source), name=source.label)
+
+
+def _payload(source: Source) -> str | bytes:
+    """The path or bytes to read; a source kept after reading has none (read it again)."""
+    if source.payload is None:
+        raise ValueError(f"{source.label} is no longer held in memory; open it again")
+    return source.payload
 
 
 def spec_key(spec: rc.ArchSpec) -> str:
@@ -232,6 +244,14 @@ class RunRecord:
         return None if self.running else self.run.result
 
     @property
+    def outcome(self) -> rc.TrainingResult:
+        """The result of a run from `Studio.finished_runs()`, which all have one."""
+        result = self.result
+        if result is None:
+            raise ValueError(f"{self.name} has no result")
+        return result
+
+    @property
     def seconds(self) -> float:
         return (self.finished_at or time.time()) - self.started
 
@@ -243,12 +263,12 @@ class Studio:
     opened: Opened | None = None
     spec: rc.ArchSpec | None = None  # the inferred spec with this person's choices applied
     spec_version: int = 0  # bumped on every change, so hyperparameter widgets pick it up
-    load_error: object | None = None  # a ui.Problem
+    load_error: Problem | None = None
     handled_uploads: set[str] = field(default_factory=set)
     search: rc.SearchResult | None = None  # for the current checkpoint
     dataset_source: Source | None = None
     dataset: rc.Dataset | None = None
-    data_error: object | None = None  # a ui.Problem
+    data_error: Problem | None = None
     mapping: rc.DataMapping | None = None
     reference: tuple[str, nn.Module] | None = None  # (spec key, model with the original weights)
     baselines: dict[str, float | Exception] = field(default_factory=dict)
@@ -260,13 +280,13 @@ class Studio:
     token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     # Hidden settings: the background scoring job, and the person's explicit "use the
     # unverified settings" (without it nothing runs on settings nobody checked).
-    scoring: object | None = None  # a dashboard.scoring.ScoringJob
-    scoring_error: object | None = None  # a ui.Problem
+    scoring: ScoringJob | None = None
+    scoring_error: Problem | None = None
     auto_scored: set[str] = field(default_factory=set)  # (spec, data) keys already tried
     scored_names: set[str] = field(default_factory=set)  # settings the data has checked
     accept_unverified: bool = False
     holders: int = 0  # browser sessions showing this Studio now (see _Holder)
-    plan_message: tuple[str, object] | None = None  # the last plan load's outcome
+    plan_message: tuple[str, str | Problem] | None = None  # the last plan load's outcome
     training: rc.plan.TrainingSettings = field(
         default_factory=lambda: rc.plan.TrainingSettings(
             lr=1e-2, epochs=30, val_fraction=HELD_OUT_FRACTION
@@ -385,7 +405,9 @@ class Studio:
                 self.baselines[key] = exc
                 raise
             self.baselines[key] = value
-        return self.baselines[key]
+            return value
+        assert failed is not None  # computed before, and not a failure (raised above)
+        return failed
 
     def forward_on_data(self) -> tuple[bool, tuple[int, ...] | None, str | None]:
         """Does the rebuilt model run on two of the data's own examples? (ok, output shape,

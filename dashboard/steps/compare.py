@@ -115,10 +115,10 @@ def render() -> None:
     for r in studio.finished_runs():
         groups.setdefault(data_label(r), []).append(r)
     for label, runs in groups.items():
-        best = min(runs, key=lambda r: r.result.final_loss)
+        best = min(runs, key=lambda r: r.outcome.final_loss)
         where = f" on {label}" if len(groups) > 1 else ""
         st.success(
-            f"Lowest final loss so far{where}: {best.name} ({fmt.loss(best.result.final_loss)})."
+            f"Lowest final loss so far{where}: {best.name} ({fmt.loss(best.outcome.final_loss)})."
         )
 
 

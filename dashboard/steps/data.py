@@ -123,7 +123,7 @@ def mapping(studio: state.Studio) -> None:
         "Loss",
         losses,
         index=losses.index(loss) if loss in losses else 0,
-        format_func=LOSS_WORDS.get,
+        format_func=lambda loss: LOSS_WORDS[loss],
         key="data_loss",
         help="Cross-entropy when the answers are classes or tokens; mean squared error "
         "when they are numbers.",

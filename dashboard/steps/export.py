@@ -33,7 +33,7 @@ def export(studio: state.Studio, record: state.RunRecord) -> None:
     """Export one run with the data it trained on (not what step 3 shows now)."""
     mapping = record.mapping
     assert studio.opened is not None and mapping is not None
-    result = record.result
+    result = record.outcome
     out_dir = Path(studio.workdir) / f"run-{record.number}"
     report = {
         "checkpoint": studio.opened.source.label,
@@ -80,7 +80,7 @@ def _mark(passed: bool, optional: bool = False) -> str:
 def checklist(bundle: rc.ExportBundle, record: state.RunRecord) -> None:
     """The four things that matter first (loss, each file, frozen layers), details below."""
     st.subheader("Checks")
-    result = record.result
+    result = record.outcome
     below = result.final_loss < result.baseline_loss
     lines = [
         f"{_mark(below)} **Loss below the baseline**: {fmt.loss(result.final_loss)} after "
@@ -160,17 +160,17 @@ def render() -> None:
         st.info("Train a model in step 4 first; finished runs can be exported here.")
         return
     names = [r.name for r in finished]
-    best = min(range(len(finished)), key=lambda i: finished[i].result.final_loss)
+    best = min(range(len(finished)), key=lambda i: finished[i].outcome.final_loss)
     choice = st.selectbox(
         "Run to export (the one with the lowest loss is chosen for you)",
         names,
         index=best,
         key="export_run",
         format_func=lambda n: (
-            f"{n} · final loss {fmt.loss(finished[names.index(n)].result.final_loss)}"
+            f"{n} · final loss {fmt.loss(finished[names.index(n)].outcome.final_loss)}"
         ),
     )
-    record = finished[names.index(choice)]
+    record = finished[best if choice is None else names.index(choice)]
     if st.button("Export and verify", type="primary", key="export_go"):
         with st.spinner("Writing and checking the files…"), ui.reported("exporting"):
             export(studio, record)

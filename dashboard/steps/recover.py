@@ -276,10 +276,10 @@ def rebuild(studio: state.Studio) -> None:
                     )
                 )
         elif status_.forward_ok:
-            shape = fmt.shape(status_.output_shape) if status_.output_shape else ""
+            own = fmt.shape(status_.output_shape) if status_.output_shape else ""
             st.success(
                 f":material/check: It runs on an example input of its own; output shape "
-                f"{shape}. Open data in step 3 to check it on your examples."
+                f"{own}. Open data in step 3 to check it on your examples."
             )
         else:
             ui.show(

@@ -136,14 +136,14 @@ def freeze_choice(studio: state.Studio) -> rc.FreezePlan | None:
         with st.container(border=True):
             role = ROLE_WORDS.get(roles.get(title, ""), "")
             st.markdown(f"**{title}**" + (f" · {role}" if role else ""))
-            cols = st.columns(3)
+            grid = st.columns(3)
             for i, (path, type_, params) in enumerate(members):
                 key = f"train_unit_{path}_{version}"
                 name = path.removeprefix(title + ".")
                 role = ROLE_WORDS.get(roles.get(path, ""), "")
                 # A named role says more than a size; plain blocks show their size.
                 label = f"{name} ({role})" if role else f"{name} · {fmt.count(params)} parameters"
-                cols[i % 3].checkbox(
+                grid[i % 3].checkbox(
                     label,
                     value=path in chosen,
                     key=key,
@@ -180,7 +180,7 @@ def settings(studio: state.Studio) -> rc.TrainingConfig:
         "Method",
         methods,
         index=methods.index(t.method) if t.method in methods else 0,
-        format_func=METHOD_WORDS.get,
+        format_func=lambda method: METHOD_WORDS[method],
         key="train_method",
         help=METHOD_HELP,
         on_change=_on_setting,
@@ -382,6 +382,7 @@ def render() -> None:
         help="Runs in the background: you can look at other steps meanwhile.",
     ):
         with ui.reported("starting the training"):
+            assert plan is not None and config is not None  # else the button is disabled
             start(studio, plan, config)
             st.session_state[SCROLL_KEY] = True
             st.rerun()
