@@ -16,6 +16,7 @@ demo: setup
 
 test: setup browser
 	$(PY) -m ruff check recovery_core dashboard tests benchmarks assets
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 # The type check (configured in pyproject.toml): zero errors in recovery_core/ and dashboard/.
