@@ -107,6 +107,7 @@ def attach_batch_major(model: nn.Module, dims: BatchDims) -> nn.Module:
             return output.movedim(dims.target, 0)
         return output
 
+    # The mark drop_batch_major looks for (mypy allows no attributes on a function).
     before.batch_major = after.batch_major = True  # type: ignore[attr-defined]
     model.register_forward_pre_hook(before)
     model.register_forward_hook(after)
