@@ -20,7 +20,7 @@ from typing import Any
 
 from recovery_core import forwards, names
 from recovery_core.errors import BuildError
-from recovery_core.infer.conv import GROUPS, groups_name
+from recovery_core.infer.conv import GROUPS, SETTINGS, groups_name, setting_of
 from recovery_core.infer.registry import ARGUMENT_NAMES, CLASS_SOURCES
 from recovery_core.infer.unknown import UNKNOWN_CHOICES
 from recovery_core.spec import (
@@ -387,10 +387,23 @@ class _Renderer:
 
     def _hidden_value(self, m: ModuleSpec, name: str) -> str:
         argument = self._arg(name)
-        if name == "conv_padding":
+        if name == "conv_padding" or setting_of(name, m.path) == "padding":
             self.helpers.add("conv_padding")
-            return f"padding_for({_literal(tuple(m.args.get('kernel_size', ())))}, {argument})"
+            kernel = _literal(tuple(m.args.get("kernel_size", ())))
+            dilation = self._conv_dilation(m)
+            return f"padding_for({kernel}, {argument}{f', {dilation}' if dilation else ''})"
         return argument
+
+    def _conv_dilation(self, m: ModuleSpec) -> str | None:
+        """The argument holding a convolution's dilation ("same" padding scales with it)."""
+        name = next((n for n in m.hidden if setting_of(n, m.path) == "dilation"), None)
+        return self._arg(name) if name is not None and name in self.hidden else None
+
+    def _conv_settings(self, m: ModuleSpec) -> list[str]:
+        """`stride=blocks_0_stride, padding=padding_for(...)`: a convolution's own settings,
+        in constructor order, each a keyword argument of RecoveredModel."""
+        settings = {setting_of(n, m.path): n for n in m.hidden if n in self.hidden}
+        return [f"{s}={self._hidden_value(m, settings[s])}" for s in SETTINGS if settings.get(s)]
 
     def _keywords(self, m: ModuleSpec) -> list[str]:
         args = dict(m.args)
@@ -405,8 +418,10 @@ class _Renderer:
         ]
         renamed = _RENAMED.get(m.type, {})
         for name in m.hidden:
-            if name in self.hidden and name != groups:
+            if name in self.hidden and name != groups and setting_of(name, m.path) is None:
                 words.append(f"{renamed.get(name, name)}={self._hidden_value(m, name)}")
+        if m.type.startswith("Conv"):
+            words += self._conv_settings(m)
         return words
 
     def _with_weight_norm(self, m: ModuleSpec, code: str, room: int) -> str:
@@ -711,7 +726,6 @@ class _Renderer:
         return _access(path)
 
 
-
 _HEADER = '''
 """A model recovered from a bare state dict by Model Recovery Studio.
 
@@ -746,6 +760,16 @@ PARAMETER_FREE_LAYERS = {
 }
 
 
+POOLS = {
+    "MaxPool1d": nn.MaxPool1d,
+    "MaxPool2d": nn.MaxPool2d,
+    "MaxPool3d": nn.MaxPool3d,
+    "AvgPool1d": nn.AvgPool1d,
+    "AvgPool2d": nn.AvgPool2d,
+    "AvgPool3d": nn.AvgPool3d,
+}
+
+
 ADAPTIVE_POOLS = {
     "AdaptiveAvgPool1d": nn.AdaptiveAvgPool1d,
     "AdaptiveAvgPool2d": nn.AdaptiveAvgPool2d,
@@ -755,20 +779,24 @@ ADAPTIVE_POOLS = {
 
 def parameter_free_layer(name: str) -> nn.Module:
     # A fresh module for a parameter-less slot: "MaxPool2d" pools with kernel 2, stride 2;
+    # "MaxPool2d(3, 2, 1)" with kernel 3, stride 2, padding 1 ("MaxPool2d(3)": stride 3);
     # "AdaptiveAvgPool2d(4)" pools to 4 x 4, whatever the input size.
     if name.endswith("+Flatten"):
         return nn.Sequential(parameter_free_layer(name[: -len("+Flatten")]), nn.Flatten())
     if name.endswith(")"):
-        kind, size = name[:-1].split("(")
-        return ADAPTIVE_POOLS[kind](int(size))
+        kind, numbers = name[:-1].split("(")
+        if kind in ADAPTIVE_POOLS:
+            return ADAPTIVE_POOLS[kind](int(numbers))
+        return POOLS[kind](*(int(n) for n in numbers.split(",")))
     return PARAMETER_FREE_LAYERS[name]()
 """
 
 _PADDING_HELPER = '''
-def padding_for(kernel_size: tuple, mode: Any) -> Any:
-    """"same" pads k // 2 on each side, "valid" pads nothing; a number is used as it is."""
+def padding_for(kernel_size: tuple, mode: Any, dilation: int = 1) -> Any:
+    """"same" pads dilation * (k // 2) on each side (the size stays at stride 1 for an odd
+    kernel), "valid" pads nothing; a number is used as it is."""
     if mode == "same":
-        return tuple(k // 2 for k in kernel_size)
+        return tuple(dilation * (k // 2) for k in kernel_size)
     if mode == "valid":
         return 0
     return mode
@@ -828,7 +856,6 @@ def kept(owner: nn.Module, tensors: list) -> nn.Module:
         register(owner, name, value)
     return owner
 '''
-
 
 
 _MAIN = """

@@ -1,12 +1,20 @@
-"""Which parameter-less choices let a stack's shapes chain, found without running it.
+"""Which shape-changing choices let a stack's shapes chain, found without running it.
 
 A stack (a `sequential` forward) calls its layers in order. Its parameter-less slots may
-keep the shape (activations, dropout), pool, pool to a fixed size or flatten; only some
-placements reach the next weighted layer with the size it reads (a Linear's in_features,
-a convolution's channels). Shapes are propagated symbolically from the data's own input
-shape, and a dynamic programme over (layer, shape) keeps only the branches that can still
-end well: a VGG-like stack with a dozen slots is enumerated in milliseconds instead of
-trying 4^12 combinations.
+keep the shape (activations, dropout), pool (max or average, kernel 2 or 3, stride 2 or
+the kernel), pool to a fixed size or flatten; each convolution has its own stride,
+padding, dilation (and output padding when transposed). Only some choices reach the next
+weighted layer with the size it reads (a Linear's in_features, a convolution's channels)
+and end with the target's shape.
+
+Shapes are propagated symbolically from the data's own input shape. A dynamic programme
+over (layer, shape) treats a convolution's settings like a slot's choice: one transition
+per setting that applies, so a stack of a dozen convolutions is enumerated in
+milliseconds instead of trying 8^12 combinations. Each transition costs the number of
+values it moves away from the current ones (the defaults: stride 1, 'same' padding,
+dilation 1; a slot's guessed shape class), and the skeletons come cheapest first: a
+value the shapes do not force keeps its default, and where several settings reach the
+same shapes at the same cost all of them stay for the search to score (a few dozen).
 """
 
 from __future__ import annotations
@@ -16,11 +24,33 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from recovery_core.infer.unknown import shape_class
+from recovery_core.infer.conv import (
+    CONV_HIDDEN,
+    LEGACY_NAMES,
+    SETTING_DEFAULTS,
+    padding_amounts,
+    setting_of,
+    split_setting,
+)
+from recovery_core.infer.unknown import pool_geometry, shape_class
 from recovery_core.spec import ArchSpec, ModuleSpec
 
 Shape = tuple[int, ...]  # one sample's shape (no batch dimension)
 _CONTAINERS = frozenset({"Module", "Sequential", "ModuleList"})
+# Skeletons handed to the search, cheapest first: each costs it a dry run, a screening
+# and a pass over the activations, so a few dozen leave budget for the beam.
+MAX_SKELETONS = 48
+# Costlier tiers are added while they fit: up to this many values beyond the fewest.
+EXTRA_DEPARTURES = 3
+
+Step = tuple[tuple[tuple[str, Any], ...], Shape, int]  # (values set, shape after, cost)
+
+
+def is_shape_name(name: str) -> bool:
+    """True for a hidden value that changes a feature map's size: a convolution's own
+    stride, padding, dilation or output padding ("blocks.0.stride"), or the global ones
+    (conv_stride, conv_padding). The search's `SHAPE_NAMES` test, for per-layer names."""
+    return name in CONV_HIDDEN or split_setting(name) is not None
 
 
 def stack_layers(spec: ArchSpec) -> list[ModuleSpec] | None:
@@ -32,34 +62,44 @@ def stack_layers(spec: ArchSpec) -> list[ModuleSpec] | None:
     return layers
 
 
-def _padding(mode: Any, kernel: int) -> int:
-    if mode == "same":
-        return kernel // 2
-    if mode == "valid":
-        return 0
-    return int(mode)
+def conv_output(
+    kind: str, args: Mapping[str, Any], shape: Shape, settings: Mapping[str, Any]
+) -> Shape | None:
+    """The shape after a convolution with these settings, or None when it cannot run."""
+    dims = int(kind[-2])
+    if len(shape) != dims + 1 or shape[0] != args["in_channels"]:
+        return None
+    kernel = tuple(args["kernel_size"])
+    stride, dilation = int(settings["stride"]), int(settings["dilation"])
+    output_padding = int(settings["output_padding"])
+    try:
+        padding = padding_amounts(settings["padding"], kernel, dilation)
+    except ValueError:
+        return None
+    transposed = kind.startswith("ConvTranspose")
+    if transposed and output_padding >= max(stride, dilation):
+        return None  # torch refuses it
+    spatial = []
+    for size, k, pad in zip(shape[1:], kernel, padding, strict=True):
+        if transposed:
+            out = (size - 1) * stride - 2 * pad + dilation * (k - 1) + output_padding + 1
+        else:
+            out = (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+        if out < 1:
+            return None
+        spatial.append(out)
+    return (args["out_channels"], *spatial)
 
 
-def _weighted(layer: ModuleSpec, shape: Shape, values: Mapping[str, Any]) -> Shape | None:
+def _weighted(layer: ModuleSpec, shape: Shape, settings: Mapping[str, Any]) -> Shape | None:
     """The shape after a layer with weights, or None when it cannot read `shape`."""
     args, kind = layer.args, layer.type
     if kind == "Linear":
         if not shape or shape[-1] != args["in_features"]:
             return None
         return (*shape[:-1], args["out_features"])
-    if kind.startswith("Conv") and not kind.startswith("ConvTranspose"):
-        dims = int(kind[-2])
-        if len(shape) != dims + 1 or shape[0] != args["in_channels"]:
-            return None
-        stride = int(values.get("conv_stride", 1))
-        spatial = []
-        for size, kernel in zip(shape[1:], args["kernel_size"], strict=True):
-            padding = _padding(values.get("conv_padding", "same"), kernel)
-            out = (size + 2 * padding - kernel) // stride + 1
-            if out < 1:
-                return None
-            spatial.append(out)
-        return (args["out_channels"], *spatial)
+    if kind.startswith("Conv"):
+        return conv_output(kind, args, shape, settings)
     if kind.startswith(("BatchNorm", "InstanceNorm")):
         return shape if shape and shape[0] == args["num_features"] else None
     if kind == "GroupNorm":
@@ -77,11 +117,12 @@ def _slot(choice: str, shape: Shape) -> Shape | None:
         return shape
     if kind == "flatten":
         return (math.prod(shape),) if len(shape) > 1 else shape
-    if kind.startswith("pool"):
-        dims = int(kind[4])
-        if len(shape) != dims + 1 or any(s < 2 for s in shape[1:]):
+    geometry = pool_geometry(choice)
+    if geometry is not None:
+        dims, kernel, stride, padding = geometry
+        if len(shape) != dims + 1 or any(s + 2 * padding < kernel for s in shape[1:]):
             return None
-        return (shape[0], *(s // 2 for s in shape[1:]))
+        return (shape[0], *((s + 2 * padding - kernel) // stride + 1 for s in shape[1:]))
     # "AdaptiveAvgPool2d(7)" (and its "+Flatten" form)
     name, _, rest = choice.partition("(")
     dims, size = int(name[-2]), int(rest.split(")")[0])
@@ -89,6 +130,17 @@ def _slot(choice: str, shape: Shape) -> Shape | None:
         return None
     pooled = (shape[0], *([size] * dims))
     return (math.prod(pooled),) if choice.endswith("+Flatten") else pooled
+
+
+def _idle(choice: str, shape: Shape) -> bool:
+    """A choice that would do nothing here: a flatten of what is flat already, an adaptive
+    pool to the size the map has. The shape-keeping choice stands for it."""
+    kind = shape_class(choice)
+    if kind == "flatten":
+        return len(shape) <= 1
+    if kind.startswith("Adaptive") and not choice.endswith("+Flatten"):
+        return _slot(choice, shape) == shape
+    return False
 
 
 def skeletons(
@@ -100,11 +152,15 @@ def skeletons(
     limit: int,
     output_shape: Shape | None = None,
 ) -> list[tuple[Any, ...]] | None:
-    """Every combination of the parameter-less slots' shape classes (one representative
-    value each: the current one where it is of that class) and of the stride and padding
-    whose shapes chain from `input_shape` to the last layer (and end as `output_shape`,
-    the target's, when given); None when the spec is not a stack of layers this reasons
-    about, or more than `limit` combinations chain."""
+    """Combinations of the parameter-less slots' shape classes (one representative value
+    each: the current one where it is of that class) and of every convolution's own
+    stride, padding, dilation and output padding, whose shapes chain from `input_shape`
+    to the last layer (and end as `output_shape`, the target's, when given).
+
+    Cheapest first (fewest values moved from the current ones), at most `limit` and
+    MAX_SKELETONS: every combination of the fewest moves, then the next tiers while they
+    fit. An empty list when nothing chains; None when the spec is not a stack of layers
+    this reasons about."""
     layers = stack_layers(spec)
     if layers is None:
         return None
@@ -112,21 +168,21 @@ def skeletons(
     slots = {m.path for m in layers if m.type == "Unknown"}
     if not slots <= set(index):
         return None  # a slot without a choice: leave it to the running search
-    globals_ = [n for n in ("conv_stride", "conv_padding") if n in index]
-    found: list[tuple[Any, ...]] = []
+    fixed = {hp.name: hp.value for hp in spec.hyperparameters}
+    globals_ = [n for n in CONV_HIDDEN if n in index]
+    cap = max(0, min(limit, MAX_SKELETONS))
+    found: list[tuple[int, tuple[Any, ...]]] = []
     for setting in _product([candidates[index[n]] for n in globals_]):
         values = dict(zip(globals_, setting, strict=True))
-        reps = {
-            path: _representatives(candidates[index[path]], current[index[path]]) for path in slots
-        }
-        for choice in _paths(tuple(layers), values, reps, input_shape, output_shape):
+        cost = sum(v != current[index[n]] for n, v in values.items())
+        stack = _Stack(tuple(layers), names, candidates, current, fixed, values)
+        for extra, choice in stack.cheapest(input_shape, output_shape, cap):
             combo = list(current)
             for name, value in (*values.items(), *choice.items()):
                 combo[index[name]] = value
-            found.append(tuple(combo))
-            if len(found) > limit:
-                return None
-    return found
+            found.append((cost + extra, tuple(combo)))
+    found.sort(key=lambda pair: pair[0])  # stable: same-cost skeletons stay together
+    return [combo for _, combo in found[:cap]]
 
 
 def _product(axes: list[Sequence[Any]]) -> Iterator[tuple[Any, ...]]:
@@ -146,46 +202,149 @@ def _representatives(candidates: Sequence[Any], current: Any) -> tuple[Any, ...]
     return tuple(by_class.values())
 
 
-def _paths(
-    layers: tuple[ModuleSpec, ...],
-    values: Mapping[str, Any],
-    reps: Mapping[str, tuple[Any, ...]],
-    start: Shape,
-    end: Shape | None,
-) -> Iterator[dict[str, Any]]:
-    """Slot choices along which the shapes chain to the end (depth first, memoised)."""
+class _Stack:
+    """The dynamic programme over (layer, shape) for one setting of the global values."""
 
-    @functools.cache
-    def viable(i: int, shape: Shape) -> bool:
-        if i == len(layers):
-            return end is None or shape == end
-        return any(viable(i + 1, nxt) for _, nxt in steps(i, shape))
+    def __init__(
+        self,
+        layers: tuple[ModuleSpec, ...],
+        names: Sequence[str],
+        candidates: Sequence[Sequence[Any]],
+        current: Sequence[Any],
+        fixed: Mapping[str, Any],
+        globals_: Mapping[str, Any],
+    ):
+        self.layers = layers
+        self.index = {n: i for i, n in enumerate(names)}
+        self.candidates, self.current = candidates, current
+        self.fixed, self.globals = fixed, globals_
+        # Slots right after another slot ("ReLU, MaxPool2d"): where stacks put their pools.
+        self.runs = frozenset(
+            b.path
+            for a, b in zip(layers, layers[1:], strict=False)
+            if a.type == b.type == "Unknown"
+        )
+        self.steps = functools.cache(self._steps)
+        self.least = functools.cache(self._least)
+        self.count = functools.cache(self._count)
 
-    def steps(i: int, shape: Shape) -> list[tuple[Any, Shape]]:
-        layer = layers[i]
-        if layer.type != "Unknown":
-            nxt = _weighted(layer, shape, values)
-            return [] if nxt is None else [(None, nxt)]
+    def _value(self, name: str) -> Any:
+        return self.current[self.index[name]] if name in self.index else self.fixed.get(name)
+
+    def _conv_axes(self, layer: ModuleSpec) -> list[tuple[str, str | None, tuple[Any, ...]]]:
+        """(setting, its searched name or None, the values to try) for each setting."""
+        own = {setting_of(n, layer.path): n for n in layer.hidden}
+        axes: list[tuple[str, str | None, tuple[Any, ...]]] = []
+        for setting, default in SETTING_DEFAULTS.items():
+            name = own.get(setting)
+            legacy = LEGACY_NAMES.get(setting)
+            if name is not None and name in self.index:
+                axes.append((setting, name, tuple(self.candidates[self.index[name]])))
+            elif name is not None:
+                value = self.fixed.get(name, default)
+                axes.append((setting, None, (value,)))
+            elif legacy is not None and legacy in layer.hidden:
+                value = self.globals.get(legacy, self.fixed.get(legacy, default))
+                axes.append((setting, None, (value,)))
+            else:
+                axes.append((setting, None, (default,)))
+        return axes
+
+    def _steps(self, i: int, shape: Shape) -> tuple[Step, ...]:
+        """Every way through layer i from `shape`: the values it sets, the shape after it,
+        and how many values move from the current ones."""
+        layer = self.layers[i]
+        if layer.type == "Unknown":
+            now = self.current[self.index[layer.path]]
+            out: list[Step] = []
+            for choice in _representatives(self.candidates[self.index[layer.path]], now):
+                if shape_class(choice) != shape_class(now) and _idle(str(choice), shape):
+                    continue
+                nxt = _slot(str(choice), shape)
+                if nxt is not None:
+                    cost = self._slot_cost(layer.path, str(choice), str(now))
+                    out.append((((layer.path, choice),), nxt, cost))
+            return tuple(out)
+        if not layer.type.startswith("Conv"):
+            nxt = _weighted(layer, shape, {})
+            return () if nxt is None else (((), nxt, 0),)
+        axes = self._conv_axes(layer)
         out = []
-        for choice in reps[layer.path]:
-            nxt = _slot(str(choice), shape)
-            if nxt is not None:
-                out.append((choice, nxt))
-        return out
-
-    def walk(i: int, shape: Shape, chosen: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        if i == len(layers):
-            if end is None or shape == end:
-                yield dict(chosen)
-            return
-        for choice, nxt in steps(i, shape):
-            if not viable(i + 1, nxt):
+        for values in _product([axis[2] for axis in axes]):
+            settings = {axis[0]: v for axis, v in zip(axes, values, strict=True)}
+            nxt = _weighted(layer, shape, settings)
+            if nxt is None:
                 continue
-            if choice is not None:
-                chosen[layers[i].path] = choice
-            yield from walk(i + 1, nxt, chosen)
-            chosen.pop(layers[i].path, None)
+            chosen = tuple(
+                (axis[1], v) for axis, v in zip(axes, values, strict=True) if axis[1] is not None
+            )
+            cost = sum(v != self._value(name) for name, v in chosen)
+            out.append((chosen, nxt, cost))
+        return tuple(out)
 
-    if not viable(0, start):
-        return
-    yield from walk(0, start, {})
+    def _slot_cost(self, path: str, choice: str, now: str) -> int:
+        """1 for a choice of another shape class than the current one; none for a plain
+        pool (kernel 2, stride 2) or not in a slot that follows another one, where stacks
+        pool after their activation: the guess there (Dropout) says nothing about shape."""
+        new, old = shape_class(choice), shape_class(now)
+        if path in self.runs and {new, old} <= {"keep", "pool1d", "pool2d", "pool3d"}:
+            return 0
+        return int(new != old)
+
+    def _least(self, i: int, shape: Shape, end: Shape | None) -> float:
+        """The fewest moves from layer i at `shape` to a good end (inf: none)."""
+        if i == len(self.layers):
+            return 0 if end is None or shape == end else math.inf
+        return min(
+            (cost + self.least(i + 1, nxt, end) for _, nxt, cost in self.steps(i, shape)),
+            default=math.inf,
+        )
+
+    def _count(self, i: int, shape: Shape, end: Shape | None, budget: int) -> int:
+        """How many ways from layer i at `shape` reach a good end within `budget` moves."""
+        if i == len(self.layers):
+            return int(end is None or shape == end)
+        return sum(
+            self.count(i + 1, nxt, end, budget - cost)
+            for _, nxt, cost in self.steps(i, shape)
+            if cost + self.least(i + 1, nxt, end) <= budget
+        )
+
+    def cheapest(
+        self, start: Shape, end: Shape | None, cap: int
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(moves, values set) of the chaining ways, the fewest moves first: every way of
+        the least tier, then whole tiers while the total stays within `cap`."""
+        least = self.least(0, start, end)
+        if math.isinf(least) or cap <= 0:
+            return
+        budget = int(least)
+        while budget < least + EXTRA_DEPARTURES and self.count(0, start, end, budget + 1) <= cap:
+            budget += 1
+        ways = list(self._walk(0, start, end, budget, 0, {}, [cap]))
+        ways.sort(key=lambda way: way[0])
+        yield from ways[:cap]
+
+    def _walk(
+        self,
+        i: int,
+        shape: Shape,
+        end: Shape | None,
+        budget: int,
+        spent: int,
+        chosen: dict[str, Any],
+        left: list[int],
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        if left[0] <= 0:
+            return
+        if i == len(self.layers):
+            left[0] -= 1
+            yield spent, dict(chosen)
+            return
+        for values, nxt, cost in self.steps(i, shape):
+            if spent + cost + self.least(i + 1, nxt, end) > budget:
+                continue
+            chosen.update(values)
+            yield from self._walk(i + 1, nxt, end, budget, spent + cost, chosen, left)
+            for name, _ in values:
+                chosen.pop(name, None)

@@ -311,8 +311,10 @@ ZOO: tuple[ZooCase, ...] = (
         determined={},
         wiring="sequential",
         hidden={
-            "conv_padding": "same",
-            "conv_stride": 1,
+            "0.padding": "same",
+            "0.stride": 1,
+            "3.padding": "same",
+            "3.stride": 1,
             "eps": 1e-5,
             "2": "ReLU",
             "5": "ReLU",
@@ -331,7 +333,7 @@ ZOO: tuple[ZooCase, ...] = (
         types={"": "Sequential", "0": "Conv1d", "1": "BatchNorm1d", "2": "Unknown", "3": "Conv1d"},
         determined={},
         wiring="sequential",
-        hidden={"conv_padding": "same", "conv_stride": 1, "eps": 1e-5, "2": "ReLU"},
+        hidden={"0.padding": "same", "0.dilation": 1, "3.stride": 1, "eps": 1e-5, "2": "ReLU"},
         inputs=lambda: (torch.randn(2, 4, 8),),
     ),
     ZooCase(
@@ -345,7 +347,7 @@ ZOO: tuple[ZooCase, ...] = (
         types={"": "Sequential", "0": "Conv3d", "1": "BatchNorm3d", "3": "Conv3d"},
         determined={},
         wiring="sequential",
-        hidden={"conv_padding": "same", "conv_stride": 1, "eps": 1e-5, "2": "ReLU"},
+        hidden={"0.padding": "same", "0.stride": 1, "3.stride": 1, "eps": 1e-5, "2": "ReLU"},
         inputs=lambda: (torch.randn(2, 2, 8, 8, 8),),
     ),
     ZooCase(
@@ -373,8 +375,8 @@ ZOO: tuple[ZooCase, ...] = (
         wiring="sequential",
         hidden={
             "num_groups": 4,
-            "conv_padding": "same",
-            "conv_stride": 1,
+            "0.padding": "same",
+            "0.stride": 1,
             "2": "ReLU",
             "3": "Flatten",
         },

@@ -8,6 +8,12 @@ comes from the layer before (the last 1-D tensor of the nearest earlier module: 
 a norm, a layer scale); when it divides by the second dimension, groups is that
 quotient. When the width before does not settle it, groups is a free hyperparameter
 `<path>.groups` whose candidates are the divisors of out_channels.
+
+Stride, padding and dilation (and a transposed convolution's output padding) leave no
+trace in the weights. Each convolution has its own, named by its path like a slot:
+`<path>.stride`, `<path>.padding`, `<path>.dilation`, `<path>.output_padding`. A kernel
+of size 1 has no padding or dilation to choose. The data's shapes settle most of them
+(stack_shapes.py); the rest keep their defaults or are scored.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ import re
 from recovery_core.infer.detection import Detection, Group, call, fmt
 
 TRANSPOSED_NAME = re.compile(r"deconv|transpose|convt|upconv|upsample", re.IGNORECASE)
+# One value for every convolution, as before: still read from a checkpoint's metadata
+# (hyper_parameters' conv_stride / conv_padding apply to every layer) and from specs
+# that name them.
 CONV_HIDDEN = ("conv_padding", "conv_stride")
 # Family parts read by codegen: the constructor's own names for our hidden values.
 ARGUMENT_NAMES = {
@@ -25,6 +34,61 @@ ARGUMENT_NAMES = {
     for dims in (1, 2, 3)
 }
 GROUPS = "groups"
+# Per-layer settings, in constructor order, and what each is when nothing says otherwise.
+SETTINGS = ("stride", "padding", "dilation", "output_padding")
+SETTING_DEFAULTS = {"stride": 1, "padding": "same", "dilation": 1, "output_padding": 0}
+# The global (metadata) name each per-layer setting falls back on.
+LEGACY_NAMES = {"stride": "conv_stride", "padding": "conv_padding"}
+
+
+def setting_name(path: str, setting: str) -> str:
+    """The free hyperparameter holding one convolution's setting: "blocks.0.stride"."""
+    return f"{path}.{setting}" if path else setting
+
+
+def setting_of(name: str, path: str) -> str | None:
+    """Which setting `name` is for the convolution at `path` ("stride"), or None."""
+    prefix = f"{path}." if path else ""
+    setting = name[len(prefix) :] if name.startswith(prefix) else ""
+    return setting if setting in SETTINGS else None
+
+
+def split_setting(name: str) -> tuple[str, str] | None:
+    """("blocks.0", "stride") for "blocks.0.stride"; None for a name of another kind."""
+    path, _, setting = name.rpartition(".")
+    return (path, setting) if setting in SETTINGS else None
+
+
+def hidden_settings(path: str, type_name: str, kernel: tuple[int, ...]) -> tuple[str, ...]:
+    """The per-layer names a convolution hides: a 1-wide kernel has no padding or
+    dilation to choose; only a transposed one has an output padding."""
+    settings = ["stride"]
+    if any(k > 1 for k in kernel):
+        settings += ["padding", "dilation"]
+    if type_name.startswith("ConvTranspose"):
+        settings.append("output_padding")
+    return tuple(setting_name(path, s) for s in settings)
+
+
+def padding_amounts(mode: object, kernel: tuple[int, ...], dilation: int) -> tuple[int, ...]:
+    """Per-dimension padding: "same" pads dilation × (k // 2), which keeps the size at
+    stride 1 for an odd kernel; "valid" pads nothing; a number is used as it is."""
+    if mode == "same":
+        return tuple(dilation * (k // 2) for k in kernel)
+    if mode == "valid":
+        return tuple(0 for _ in kernel)
+    if isinstance(mode, int) and not isinstance(mode, bool):
+        return tuple(mode for _ in kernel)
+    raise ValueError(f"padding {mode!r} is not 'same', 'valid' or a number")
+
+
+def padding_candidates(kernel: tuple[int, ...]) -> tuple[object, ...]:
+    """'same' and 'valid'; for an even square kernel also k // 2 - 1 (a 4×4 kernel,
+    stride 2, padding 1 doubles a transposed convolution's size: DCGAN)."""
+    candidates: tuple[object, ...] = ("same", "valid")
+    if len(set(kernel)) == 1 and kernel[0] % 2 == 0 and kernel[0] >= 4:
+        candidates += (kernel[0] // 2 - 1,)
+    return candidates
 
 
 def groups_name(path: str) -> str:
@@ -78,7 +142,6 @@ def detect_conv(group: Group) -> Detection | None:
         transposed, decided = bool(TRANSPOSED_NAME.search(group.name)), False
 
     conv, transpose = f"Conv{dims}d", f"ConvTranspose{dims}d"
-    hidden: tuple[str, ...] = CONV_HIDDEN
     groups, groups_why, groups_known = 1, "", True
     if transposed:
         type_name, other = transpose, conv
@@ -88,8 +151,9 @@ def detect_conv(group: Group) -> Detection | None:
         out_channels = first
         groups, groups_why, groups_known = _groups(group, first, second)
         in_channels = second * groups
-        if not groups_known:
-            hidden = (*CONV_HIDDEN, groups_name(group.path))
+    hidden = hidden_settings(group.path, type_name, kernel)
+    if not transposed and not groups_known:
+        hidden = (*hidden, groups_name(group.path))
     args = {
         "in_channels": in_channels,
         "out_channels": out_channels,

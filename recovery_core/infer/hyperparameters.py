@@ -17,7 +17,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from recovery_core.infer.compose import join
-from recovery_core.infer.conv import GROUPS, groups_name
+from recovery_core.infer.conv import (
+    GROUPS,
+    LEGACY_NAMES,
+    SETTING_DEFAULTS,
+    groups_name,
+    padding_candidates,
+    split_setting,
+)
 from recovery_core.infer.detection import fmt
 from recovery_core.infer.unknown import POOLS, UNKNOWN_CHOICES, name_hint
 from recovery_core.infer.wiring import POS_DIM
@@ -223,22 +230,64 @@ def _num_groups(root: ModuleSpec) -> tuple[tuple[int, ...], int, str]:
     return candidates, default, f"num_groups must divide {' and '.join(map(str, widths))} channels"
 
 
-# Convolutions with free groups by hyperparameter name, indexed once per tree: a tree with
-# thousands of them would otherwise be walked once per name. Keyed by the tree's identity
-# (a weak reference confirms it), locked because dashboard sessions infer in threads.
+# Convolutions by the per-layer names they hide (groups, stride, padding, ...), indexed
+# once per tree: a tree with thousands of them would otherwise be walked once per name.
+# Keyed by the tree's identity (a weak reference confirms it), locked because dashboard
+# sessions infer in threads.
 _GROUPS_INDEX: dict[int, tuple[weakref.ref[ModuleSpec], dict[str, ModuleSpec]]] = {}
 _GROUPS_LOCK = threading.Lock()
 
 
+def _owns(module: ModuleSpec, name: str) -> bool:
+    split = split_setting(name)
+    return name == groups_name(module.path) or (split is not None and split[0] == module.path)
+
+
 def _groups_owner(root: ModuleSpec, name: str) -> ModuleSpec | None:
+    """The convolution hiding the per-layer `name` ("blocks.0.groups", "blocks.0.stride")."""
     with _GROUPS_LOCK:
         entry = _GROUPS_INDEX.get(id(root))
         if entry is None or entry[0]() is not root:
-            index = {groups_name(m.path): m for m in root.walk() if groups_name(m.path) in m.hidden}
+            index = {
+                hidden: m
+                for m in root.walk()
+                if m.type.startswith("Conv")
+                for hidden in m.hidden
+                if _owns(m, hidden)
+            }
             if len(_GROUPS_INDEX) >= 8:
                 _GROUPS_INDEX.clear()
             entry = _GROUPS_INDEX[id(root)] = (weakref.ref(root), index)
         return entry[1].get(name)
+
+
+def _conv_setting(name: str, root: ModuleSpec) -> FreeValue | None:
+    """One convolution's stride, padding, dilation or output padding (infer/conv.py):
+    none of them shows in the weights; the data's shapes settle most (stack_shapes.py)."""
+    split = split_setting(name)
+    owner = _groups_owner(root, name) if split is not None else None
+    if split is None or owner is None:
+        return None
+    return conv_setting_value(owner, split[1])
+
+
+def conv_setting_value(owner: ModuleSpec, setting: str) -> FreeValue:
+    """Candidates, default and why for one setting ("stride", ...) of the convolution `owner`."""
+    kernel = tuple(owner.args["kernel_size"])
+    if setting == "padding":
+        pads = ", ".join(str(k // 2) for k in kernel)
+        return FreeValue(
+            padding_candidates(kernel),
+            SETTING_DEFAULTS[setting],
+            f"'same' pads dilation × ({pads}) on each side, 'valid' none; 'same' is usual",
+        )
+    reasons = {
+        "stride": "1 is usual; the data's shapes tell where a layer halves the size",
+        "dilation": "1 is usual; 2 spreads the kernel over twice the span",
+        "output_padding": "0 is usual; 1 adds a row to a strided transposed output",
+    }
+    candidates = (0, 1) if setting == "output_padding" else (1, 2)
+    return FreeValue(candidates, SETTING_DEFAULTS[setting], reasons[setting])
 
 
 def _conv_groups(name: str, root: ModuleSpec) -> FreeValue | None:
@@ -440,14 +489,15 @@ def _free_value(
     conv_groups = _conv_groups(name, root)
     if conv_groups is not None:
         return conv_groups
+    conv_setting = _conv_setting(name, root)
+    if conv_setting is not None:
+        return conv_setting
     if name == "batch_first":
         return FreeValue(*_batch_first(root))
     if name in guesses:
         choice, why = guesses[name]
         choices = UNKNOWN_CHOICES + _slot_choices(root, name, _stack_leaves(root))
-        return FreeValue(
-            choices, choice, f"a parameter-less module; guessed {choice} from {why}"
-        )
+        return FreeValue(choices, choice, f"a parameter-less module; guessed {choice} from {why}")
     if name == WIRING:
         assert wiring is not None  # listed only when there are forwards to choose from
         return FreeValue(
@@ -488,13 +538,18 @@ def free_hyperparameters(
             evidence=f"{NOT_DETERMINED}; {free.reason}",
             candidates=free.candidates,
         )
-        for entry in _metadata_entries(name, entries):
+        split = split_setting(name) if _groups_owner(root, name) is not None else None
+        setting = split[1] if split is not None else None
+        for entry in _metadata_entries(name, entries, setting):
             value = _valid_metadata(name, entries[entry], free.candidates)
             if value is None:
-                notes.append(
+                what = name if setting is None else f"convolution {setting}"
+                note = (
                     f"The checkpoint's hyper_parameters say {entry}={entries[entry]!r}, which is "
-                    f"not a valid {name} here (choose from {list(free.candidates)}); it was ignored."
+                    f"not a valid {what} here (choose from {list(free.candidates)}); it was ignored."
                 )
+                if note not in notes:  # one sentence, not one per convolution
+                    notes.append(note)
                 continue
             hp = replace(
                 hp,
@@ -507,8 +562,13 @@ def free_hyperparameters(
     return hyperparameters, notes
 
 
-def _metadata_entries(name: str, entries: Mapping[str, Any]) -> Iterator[str]:
-    for entry in METADATA_NAMES.get(name, ()):
+def _metadata_entries(
+    name: str, entries: Mapping[str, Any], conv_setting: str | None = None
+) -> Iterator[str]:
+    """Entries that carry `name`; a convolution's own stride or padding (`conv_setting`)
+    follows the global entry (conv_stride, conv_padding), which applies to every layer."""
+    legacy = LEGACY_NAMES.get(conv_setting) if conv_setting is not None else None
+    for entry in METADATA_NAMES.get(legacy or name, ()):
         if entry in entries:
             yield entry
 

@@ -14,9 +14,9 @@ from dataclasses import replace
 from typing import Any
 
 from recovery_core.errors import HyperparameterError
-from recovery_core.infer.conv import CONV_HIDDEN
+from recovery_core.infer.conv import hidden_settings, split_setting
 from recovery_core.infer.hf_conv1d import TYPE as HF_CONV1D
-from recovery_core.infer.hyperparameters import FREE_TABLE, NOT_DETERMINED
+from recovery_core.infer.hyperparameters import FREE_TABLE, NOT_DETERMINED, conv_setting_value
 from recovery_core.spec import SOURCE_DEFAULT, ArchSpec, Hyperparameter, ModuleSpec
 
 Shape = tuple[int, ...]
@@ -46,9 +46,8 @@ def _args_for(type_name: str, shapes: Mapping[str, Shape]) -> tuple[dict[str, An
         if bias not in (None, (out,)):
             return None
         kernel = tuple(weight[2:])
-        return {"in_channels": inp, "out_channels": out, "kernel_size": kernel, "bias": has_bias}, (
-            CONV_HIDDEN
-        )
+        conv = {"in_channels": inp, "out_channels": out, "kernel_size": kernel, "bias": has_bias}
+        return conv, hidden_settings("", type_name, kernel)  # per layer: placed by choose_type
     if type_name == "Bilinear" and weight is not None and len(weight) == 3:
         if bias not in (None, weight[:1]):
             return None
@@ -56,7 +55,11 @@ def _args_for(type_name: str, shapes: Mapping[str, Shape]) -> tuple[dict[str, An
         return {"in1_features": in1, "in2_features": in2, "out_features": out, "bias": has_bias}, ()
     if type_name.startswith(("BatchNorm", "InstanceNorm")) and "running_mean" in shapes:
         (features,) = shapes["running_mean"]
-        args: dict[str, Any] = {"num_features": features, "affine": weight is not None, "track_running_stats": True}
+        args: dict[str, Any] = {
+            "num_features": features,
+            "affine": weight is not None,
+            "track_running_stats": True,
+        }
         return args, ("eps",)
     if weight is not None and len(weight) >= 1 and bias in (None, weight):
         if type_name == "LayerNorm":
@@ -73,7 +76,11 @@ def _args_for(type_name: str, shapes: Mapping[str, Shape]) -> tuple[dict[str, An
 
 def _default(name: str, module: ModuleSpec) -> Hyperparameter:
     """A free value the chosen type needs and the spec did not have yet."""
-    if name == "num_groups":
+    split = split_setting(name)
+    if split is not None and module.type.startswith("Conv"):
+        free = conv_setting_value(module, split[1])
+        candidates, default = free.candidates, free.default
+    elif name == "num_groups":
         channels = module.args["num_channels"]
         candidates = tuple(d for d in range(1, channels + 1) if channels % d == 0)
         default = max(d for d in candidates if d <= 32)
@@ -114,6 +121,8 @@ def choose_type(spec: ArchSpec, path: str, type_name: str, shapes: Mapping[str, 
     if found is None:
         raise HyperparameterError(f"{path or '(root)'}'s keys do not fit a {type_name}.")
     args, hidden = found
+    if type_name.startswith("Conv"):  # a convolution's own stride, padding, ... at its path
+        hidden = hidden_settings(path, type_name, tuple(args["kernel_size"]))
     others = tuple(t for t in (module.type, *module.alternatives) if t != type_name)
     chosen = replace(
         module,
