@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         help="fix a hidden hyperparameter",
     )
 
+    _add_recover(sub)
+    return parser
+
+
+def _add_recover(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The recover command: what to read and write, what to fix and train."""
     recover = sub.add_parser(
         "recover",
         help="find hidden hyperparameters on data, retrain chosen layers, export verified files",
@@ -85,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="fix a hidden hyperparameter (not searched)",
     )
+    _add_run_arguments(recover)
+
+
+def _add_run_arguments(recover: argparse.ArgumentParser) -> None:
+    """How it trains, searches and reports."""
     recover.add_argument(
         "--method", default="auto", choices=["auto", "lstsq", "adam", "adamw", "sgd"]
     )
@@ -127,7 +138,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="use this forward (a name `inspect` lists under FORWARD) instead of scoring them",
     )
-    return parser
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, object]:

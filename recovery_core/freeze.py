@@ -102,6 +102,18 @@ def _match(
     return set(), set()
 
 
+def paths_matching(paths: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """The module paths (of a list of units, such as a dashboard's checkboxes) that a
+    plan's patterns touch: a path within a pattern's module or holding it; "*": all."""
+    if "*" in patterns:
+        return list(paths)
+    return [
+        p
+        for p in paths
+        if any(p == q or p.startswith(q + ".") or q.startswith(p + ".") for q in patterns)
+    ]
+
+
 def _is_within(path: str, ancestor: str) -> bool:
     return ancestor == "" or path == ancestor or path.startswith(ancestor + ".")
 
@@ -212,6 +224,7 @@ __all__ = [
     "FreezePlan",
     "apply_freeze",
     "eval_mode",
+    "paths_matching",
     "plan_freeze",
     "preset_patterns",
     "set_train_mode",

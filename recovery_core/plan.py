@@ -76,8 +76,8 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-if TYPE_CHECKING:  # the training run imports torch; a plan needs only the name
-    from recovery_core.train import Method
+if TYPE_CHECKING:  # the training run imports torch; a plan needs only the names
+    from recovery_core.train import Method, TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,14 @@ class TrainingSettings:
     batch_size: int = 32
     seed: int = 0
     val_fraction: float = 0.0  # held out for evaluation; 0: evaluated on the training data
+
+    def config(self, *, device: str = "auto", val_fraction: float | None = None) -> TrainingConfig:
+        """The run's configuration (checked there): these settings, on `device`; the part
+        held out may be narrowed by the caller (0 when the data is too small to split)."""
+        from recovery_core.train import TrainingConfig
+
+        held_out = self.val_fraction if val_fraction is None else val_fraction
+        return TrainingConfig(**{**asdict(self), "val_fraction": held_out}, device=device)
 
 
 @dataclass(frozen=True)
@@ -208,22 +216,11 @@ def recover_options(plan: RecoveryPlan, **overrides: Any) -> Any:
     values: dict[str, Any] = {
         "fixed": dict(plan.settings),
         "unfreeze": plan.trainable,
-        "method": plan.training.method,
-        "lr": plan.training.lr,
-        "epochs": plan.training.epochs,
-        "batch_size": plan.training.batch_size,
-        "seed": plan.training.seed,
+        **asdict(plan.training),  # method, lr, epochs, batch size, seed, part held out
     }
     if plan.data is not None:
         values.update(inputs=plan.data.inputs, target=plan.data.target, loss=plan.data.loss)
     known = {f.name for f in fields(RecoverOptions)}
-    if plan.training.val_fraction:
-        if "val_fraction" not in known:
-            raise PlanError(
-                "This plan holds part of the data out for evaluation, which this version of "
-                "`recover` cannot do; update the program."
-            )
-        values["val_fraction"] = plan.training.val_fraction
     values.update(overrides)
     return RecoverOptions(**{k: v for k, v in values.items() if k in known})
 

@@ -201,3 +201,28 @@ def test_a_rebuild_above_the_build_budget_is_refused_before_allocating():
 
     with pytest.raises(LimitExceededError):
         check_rebuild(infer_spec(checkpoint), checkpoint)
+
+
+def test_the_pipeline_pieces_keep_the_persons_values_and_match_layer_paths():
+    from recovery_core.checkpoint import Checkpoint
+    from recovery_core.infer import infer_spec
+    from recovery_core.plan import TrainingSettings
+    from recovery_core.session import paths_matching, person_values
+
+    spec = infer_spec(
+        Checkpoint.from_state_dict(ZOO_BY_NAME["seq2seq_tutorial"].make().state_dict())
+    )
+    chosen = spec.with_values({"nhead": 2, "activation": "gelu"})
+
+    assert person_values(spec) == {}
+    assert person_values(chosen) == {"nhead": 2, "activation": "gelu"}
+    assert person_values(chosen, leave_out=("nhead",)) == {"activation": "gelu"}
+    units = ["encoder.layers.0", "encoder.layers.1", "encoder.norm", "head"]
+    assert paths_matching(units, ["encoder.layers"]) == units[:2]
+    assert paths_matching(units, ["encoder.layers.1.linear1", "head"]) == units[1:2] + ["head"]
+    assert paths_matching(units, ["*"]) == units
+    config = TrainingSettings(method="sgd", lr=0.5, epochs=3, val_fraction=0.2).config(
+        device="cpu", val_fraction=0.0
+    )
+    assert (config.method, config.lr, config.epochs, config.device) == ("sgd", 0.5, 3, "cpu")
+    assert config.val_fraction == 0.0

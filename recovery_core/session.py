@@ -1,0 +1,527 @@
+"""One recovery as an object: open -> set_values -> map_data -> search -> train -> export.
+
+`Recovery` holds the state of one recovery (the checkpoint, its spec with the person's
+values, the data and its mapping, the search's result, the freeze plan, the training
+result and the exported files) and runs each step on it. `recovery recover` is a short
+script over it. The pieces the dashboard drives one by one (a model with the original
+weights, the values the search must keep, the report, the export of a trained model, the
+default layers to train) have their one home here too, as functions both use.
+
+Nothing here flips a process-wide switch; progress goes to the `log` the caller gives.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recovery_core import humanize
+from recovery_core.budget import check_build_budget
+from recovery_core.build import build_model, load_weights
+from recovery_core.checkpoint import Checkpoint, load_checkpoint
+from recovery_core.codegen import generate_code
+from recovery_core.data import (
+    DataMapping,
+    Dataset,
+    default_loss,
+    guess_mapping,
+    load_dataset,
+    loss_function,
+    make_mapping,
+    mapped_tensors,
+)
+from recovery_core.errors import BuildError, DataError, TrainingError
+from recovery_core.export import ExportBundle, export_all, write_atomic
+from recovery_core.freeze import (
+    FreezePlan,
+    eval_mode,
+    paths_matching,
+    plan_freeze,
+    preset_patterns,
+)
+from recovery_core.infer import infer_spec
+from recovery_core.infer.wiring import output_module
+from recovery_core.layout import (
+    BatchDims,
+    batch_dims,
+    batch_major,
+    drop_batch_major,
+    take,
+    to_batch_major,
+)
+from recovery_core.plan import TrainingSettings
+from recovery_core.search import Candidate, SearchResult, score_candidates, searchable_names
+from recovery_core.spec import SOURCE_USER, WIRING, ArchSpec
+from recovery_core.train import TrainingResult, TrainingRun
+
+Log = Callable[[str], None]
+
+
+def _quiet(line: str) -> None:
+    """The default log: says nothing."""
+
+
+# ---------------------------------------------------------------- the pieces both use
+
+
+def choose_forward(spec: ArchSpec, name: str | None) -> ArchSpec:
+    """The spec with the named forward (when given); a typed error when none fits."""
+    if name is not None:
+        wiring = spec.wiring_named(name)
+        if WIRING in {hp.name for hp in spec.hyperparameters}:
+            spec = spec.with_values({WIRING: wiring.name}, source=SOURCE_USER)
+    if spec.wiring is None:
+        why = next((n for n in spec.notes if "forward" in n), "")
+        raise BuildError(
+            "no forward could be found for these weights, so the model cannot be run on data"
+            + (f" ({why.rstrip('.')})" if why else "")
+            + "; use `recovery codegen` and write the forward by hand"
+        )
+    return spec
+
+
+def loaded_model(spec: ArchSpec, weights: Mapping[str, torch.Tensor]) -> nn.Module:
+    """The spec's model with these weights loaded strictly; a typed error when they do not fit."""
+    model = build_model(spec)
+    loaded = load_weights(model, weights)
+    if not loaded.ok:
+        raise BuildError(loaded.message)
+    return model
+
+
+def person_values(spec: ArchSpec, leave_out: Sequence[str] = ()) -> dict[str, Any]:
+    """The free values the person set: the search keeps them (except those in `leave_out`,
+    which the person asked to have scored)."""
+    return {
+        hp.name: hp.value
+        for hp in spec.free
+        if hp.source == SOURCE_USER and hp.name not in leave_out
+    }
+
+
+def finalists(result: SearchResult) -> list[Candidate]:
+    """The combinations whose losses compare: scored without error on the same samples as
+    the best (the others were screened on fewer)."""
+    best = result.best
+    if best is None:
+        return []
+    return [c for c in result.ranking if c.error is None and c.samples == best.samples]
+
+
+def default_patterns(model: nn.Module, spec: ArchSpec) -> tuple[str, ...]:
+    """What trains when nobody chose: the forward's output layer (else the model's last
+    layer with parameters)."""
+    head = output_module(spec.wiring)
+    return (head,) if head else preset_patterns(model, "output_layer")[:1]
+
+
+def freeze_json(plan: FreezePlan) -> dict[str, Any]:
+    return {
+        "patterns": list(plan.patterns),
+        "trainable_modules": list(plan.trainable_modules),
+        "trainable_params": plan.trainable_params,
+        "total_params": plan.total_params,
+    }
+
+
+def recovery_report(
+    *,
+    checkpoint: str,
+    data: str | None,
+    mapping: DataMapping,
+    spec: ArchSpec,
+    plan: FreezePlan,
+    training: TrainingResult,
+    states: Mapping[str, str] | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON report written beside the exports. With `states`, each hyperparameter
+    carries its state (found / chosen / unverified); `details` come after the values."""
+    hyperparameters = [hp.to_json() for hp in spec.hyperparameters]
+    if states is not None:
+        hyperparameters = [
+            row | {"state": states.get(row["name"], "read from the weights")}
+            for row in hyperparameters
+        ]
+    return {
+        "checkpoint": checkpoint,
+        "data": data,
+        "mapping": {"inputs": list(mapping.inputs), "target": mapping.target, "loss": mapping.loss},
+        "hyperparameters": hyperparameters,
+        **(details or {}),
+        "freeze": freeze_json(plan),
+        "training": training.to_json(),
+    }
+
+
+def export_trained(
+    model: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    out_dir: str | os.PathLike[str],
+    *,
+    spec: ArchSpec,
+    original: Mapping[str, torch.Tensor],
+    plan: FreezePlan,
+    report: Mapping[str, Any],
+    stem: str,
+    read: Sequence[str] | None = None,
+    formats: Sequence[str] | None = None,
+) -> ExportBundle:
+    """Write a trained model in every format, reload and verify each. `model` takes the
+    data as the user gives it (no batch-major view); `example` is two samples of it."""
+    return export_all(
+        model,
+        example,
+        out_dir,
+        original,
+        code=generate_code(spec),
+        report=dict(report),
+        input_path=None if read is None else list(read),
+        stem=stem,
+        trainable_keys=plan.trainable_keys,
+        batch_dim=batch_dims(spec).inputs,
+        formats=formats,
+    )
+
+
+# ---------------------------------------------------------------- logging helpers
+
+
+def _search_progress(log: Log) -> Callable[[int, int], None]:
+    """A line at every tenth of the combinations screened."""
+
+    def report(done: int, total: int) -> None:
+        if done == total or done % max(total // 10, 1) == 0:
+            log(f"  screened {done} of {total} combinations")
+
+    return report
+
+
+def _bar_line(run: TrainingRun, loss: float) -> bytes:
+    fraction, eta = run.progress
+    filled = int(fraction * 30)
+    line = f"\r[{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} "
+    return (line + f"loss {humanize.loss(loss)} eta {humanize.seconds(eta or 0)}").encode()
+
+
+def follow_run(run: TrainingRun, log: Log, bar: bool, poll_seconds: float = 0.2) -> None:
+    """Until the run ends: a redrawn bar on stderr (a terminal), else one line per epoch."""
+    seen = 0
+    while True:
+        done = not run.is_alive()
+        events = run.events_since(seen)
+        seen += len(events)
+        for event in events:
+            if not bar and event.eval_loss is not None:  # set once per epoch, at its end
+                log(f"epoch {event.epoch}: loss {humanize.loss(event.eval_loss)}")
+        if bar and events:
+            os.write(2, _bar_line(run, events[-1].loss))
+        if done:
+            if bar:
+                os.write(2, b"\n")
+            return
+        time.sleep(poll_seconds)
+
+
+def _log_forwards(spec: ArchSpec, log: Log) -> None:
+    if len(spec.wirings) <= 1 or WIRING not in {hp.name for hp in spec.free}:
+        return
+    log(f"{len(spec.wirings)} forwards fit the weights; the data decides among them:")
+    for rank, wiring in enumerate(spec.wirings, start=1):
+        log(f"  {rank}. {wiring.name}")
+
+
+def _mapping(
+    dataset: Dataset,
+    spec: ArchSpec,
+    inputs: Sequence[str],
+    target: str | None,
+    loss: str | None,
+    log: Log,
+) -> DataMapping:
+    """The entries chosen by the person; what they left open is guessed (and said)."""
+    assert spec.wiring is not None
+    if inputs and target:  # chosen by the person: nothing to guess
+        return make_mapping(dataset, tuple(inputs), target, loss=loss)
+    guessed = guess_mapping(dataset, spec.wiring.inputs)
+    if inputs or target:
+        return make_mapping(
+            dataset, tuple(inputs) or guessed.inputs, target or guessed.target, loss=loss
+        )
+    if loss:
+        guessed = make_mapping(dataset, guessed.inputs, guessed.target, loss=loss)
+    log(f"guessed: inputs {', '.join(guessed.inputs)}; target {guessed.target} ({guessed.reason})")
+    return guessed
+
+
+def _check_runs(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor,
+                loss_fn: Callable[..., torch.Tensor]) -> None:  # fmt: skip
+    """A quick look at two samples (a prefix: it computes what the whole does there), in
+    eval mode: a BatchNorm's statistics must not move."""
+    try:
+        with torch.no_grad(), eval_mode(model):
+            loss_fn(model(*(t[:2] for t in inputs)), target[:2])
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise DataError(
+            f"the model cannot run on this data ({str(exc).splitlines()[0]}); check which "
+            "entries are the inputs and the target (--input, --target), or fix the layout "
+            "with --set batch_first=..."
+        ) from exc
+
+
+# ---------------------------------------------------------------- the pipeline object
+
+
+@dataclass
+class Recovery:
+    """The state of one recovery, and its steps in order. Each step reads what the ones
+    before it left (`spec`, `mapping`, `freeze`, `result`) and logs what it did."""
+
+    checkpoint: Checkpoint
+    spec: ArchSpec
+    name: str  # the checkpoint's label in reports
+    read: tuple[str, ...] = ()  # every file read: nothing may be written over them
+    log: Log = _quiet
+    fixed: dict[str, Any] = field(default_factory=dict)  # values the search keeps
+    forward: str | None = None  # the forward named by the person: not scored again
+    dataset: Dataset | None = None
+    data_name: str | None = None
+    mapping: DataMapping | None = None
+    searched: SearchResult | None = None
+    freeze: FreezePlan | None = None
+    result: TrainingResult | None = None
+    bundle: ExportBundle | None = None
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        *,
+        wiring: str | None = None,
+        values: Mapping[str, Any] | None = None,
+        writes: Sequence[str] = (),
+        reads: Sequence[str] = (),
+        log: Log = _quiet,
+    ) -> Recovery:
+        """Load the checkpoint (refusing `writes` that are files it reads, its shards or
+        `reads`), check its build budget, infer its spec with the named forward and fix
+        the `values` the person knows."""
+        from recovery_core.export import refuse_overwriting_input
+
+        checkpoint = load_checkpoint(path)
+        read = (path, *checkpoint.source_files, *reads)
+        refuse_overwriting_input(list(writes), list(read))
+        check_build_budget(checkpoint)  # declared sizes, before any model is built
+        spec = choose_forward(infer_spec(checkpoint), wiring)
+        assert spec.wiring is not None  # choose_forward refuses a spec without one
+        named = wiring is not None and WIRING in {hp.name for hp in spec.free}
+        forward = spec.wiring.name if named else None
+        recovery = cls(checkpoint, spec, os.path.basename(path), read, log, forward=forward)
+        recovery.set_values(values or {})
+        log(f"checkpoint: {len(checkpoint.tensors)} tensors ({checkpoint.format})")
+        _log_forwards(recovery.spec, log)
+        return recovery
+
+    @functools.cached_property
+    def original(self) -> dict[str, torch.Tensor]:
+        """The checkpoint's weights (read once)."""
+        return self.checkpoint.state_dict()
+
+    def set_values(self, values: Mapping[str, Any]) -> None:
+        """Fix hidden values the person knows: the search keeps them."""
+        fixed = {**self.fixed, **values}
+        if self.forward is not None:  # as named: not scored again
+            fixed.pop(WIRING, None)
+            fixed[WIRING] = self.forward
+        self.fixed = fixed
+        self.spec = self.spec.with_values(fixed, source=SOURCE_USER)
+
+    def map_data(
+        self,
+        path: str,
+        inputs: Sequence[str] = (),
+        target: str | None = None,
+        loss: str | None = None,
+    ) -> DataMapping:
+        """Read the dataset and decide which entries feed the model and which it is scored on."""
+        self.dataset = load_dataset(path)
+        self.data_name = os.path.basename(path)
+        self.mapping = _mapping(self.dataset, self.spec, inputs, target, loss, self.log)
+        self.log(
+            f"loss: {self.mapping.loss}; evaluated on the same data it trains on (no validation split)"
+        )
+        return self.mapping
+
+    def tensors(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The mapped entries as the user gave them."""
+        assert self.dataset is not None and self.mapping is not None, "map_data first"
+        return mapped_tensors(self.dataset, self.mapping)
+
+    def search(self, budget_seconds: float = 30.0) -> SearchResult | None:
+        """Score the hidden values the data can decide (not the fixed ones); the best is
+        applied to the spec. None when nothing is left to score."""
+        assert self.mapping is not None, "map_data first"
+        searchable = [n for n in searchable_names(self.spec) if n not in self.fixed]
+        for hp in self.spec.free:
+            if hp.name not in searchable and hp.name not in self.fixed:
+                self.log(
+                    f"warning: {hp.name} stays at its default {hp.value!r}: the data cannot "
+                    "decide it (it does not change the loss in eval mode); fix it with --set "
+                    "if you know it"
+                )
+        if not searchable:
+            return None
+        self.log(f"scoring hidden hyperparameters on the data: {', '.join(searchable)}")
+        inputs, target = self.tensors()
+        search = score_candidates(
+            self.spec,
+            self.original,
+            inputs,
+            target,
+            loss_function(self.mapping),
+            fixed=self.fixed,
+            budget_seconds=budget_seconds,
+            progress=_search_progress(self.log),
+        )
+        for rank, candidate in enumerate(search.ranking[:5], start=1):
+            self.log(f"  #{rank} loss {humanize.loss(candidate.loss)}  {candidate.values}")
+        self.log(f"  {search.message}")
+        if search.best is None:
+            raise BuildError(
+                f"{search.message.rstrip('.')}; fix the values you know with --set, or pick "
+                "another forward with --wiring"
+            )
+        self.searched = search
+        self.spec = search.apply(self.spec)
+        return search
+
+    @property
+    def dims(self) -> BatchDims:
+        return batch_dims(self.spec)
+
+    def train(
+        self,
+        settings: TrainingSettings,
+        patterns: Sequence[str] = (),
+        *,
+        device: str = "auto",
+        progress_bar: bool = False,
+    ) -> TrainingResult:
+        """Train the layers `patterns` name (default: the output layer) on batch-major data.
+        The run measures the baseline itself, on its frozen-prefix cache when it has one."""
+        assert self.spec.wiring is not None and self.mapping is not None
+        self.log(f"forward: {self.spec.wiring.description}")
+        dims = self.dims
+        if dims.moved:
+            self.log(f"layout: {dims.describe()}; every batch and split is cut along it")
+        inputs, target = to_batch_major(*self.tensors(), dims)
+        model = loaded_model(self.spec, self.original)
+        loss_fn = loss_function(self.mapping)
+        with batch_major(model, dims):
+            _check_runs(model, inputs, target, loss_fn)
+            self.freeze = plan = plan_freeze(
+                model, list(patterns) or list(default_patterns(model, self.spec))
+            )
+            self.log(
+                f"training {', '.join(plan.trainable_modules)}: "
+                f"{humanize.count(plan.trainable_params)} of "
+                f"{humanize.count(plan.total_params)} parameters"
+            )
+            config = settings.config(device=device)
+            run = TrainingRun(model, plan, inputs, target, loss_fn, config).start()
+            self.result = _followed(run, self.log, progress_bar)
+        drop_batch_major(self.result.model)
+        return self.result
+
+    def report(self) -> dict[str, Any]:
+        """The JSON report of what was done: values, forward, layout, search, freeze, training."""
+        assert self.mapping is not None and self.freeze is not None and self.result is not None
+        assert self.spec.wiring is not None
+        dims = self.dims
+        details = {
+            "wiring": self.spec.wiring.to_json(),
+            "layout": {
+                "input_batch_dim": dims.inputs,
+                "target_batch_dim": dims.target,
+                "description": dims.describe(),
+            },
+            "search": None if self.searched is None else self.searched.to_json(),
+        }
+        return recovery_report(
+            checkpoint=self.name,
+            data=self.data_name,
+            mapping=self.mapping,
+            spec=self.spec,
+            plan=self.freeze,
+            training=self.result,
+            details=details,
+        )
+
+    def export(
+        self,
+        out_path: str,
+        *,
+        formats: Sequence[str] | None = None,
+        report_path: str | None = None,
+    ) -> ExportBundle:
+        """Write TorchScript at `out_path` and the other formats beside it, each verified;
+        the report also at `report_path` when given."""
+        assert self.result is not None and self.freeze is not None
+        out = Path(out_path)
+        example = tuple(take(t, 2, self.dims.inputs) for t in self.tensors()[0])
+        self.bundle = bundle = export_trained(
+            self.result.model,
+            example,
+            out.parent,
+            spec=self.spec,
+            original=self.original,
+            plan=self.freeze,
+            report=self.report(),
+            stem=out.stem,
+            read=self.read,
+            formats=formats,
+        )
+        if report_path and os.path.realpath(report_path) != os.path.realpath(bundle.report_path):
+            # Atomically, never through a symlink planted at the report's path.
+            write_atomic(report_path, Path(bundle.report_path).read_bytes())
+        return bundle
+
+
+def _followed(run: TrainingRun, log: Log, progress_bar: bool) -> TrainingResult:
+    """Wait for a started run while its progress is logged; its result, or a typed error."""
+    follower = threading.Thread(target=follow_run, args=(run, log, progress_bar), daemon=True)
+    follower.start()
+    run.join()
+    follower.join()
+    training = run.result
+    if training is None:
+        raise TrainingError(run.message or "training stopped without a result")
+    log(f"baseline loss with the original weights: {humanize.loss(training.baseline_loss)}")
+    if training.message:
+        log(training.message)
+    return training
+
+
+__all__ = [
+    "Recovery",
+    "choose_forward",
+    "default_loss",
+    "default_patterns",
+    "export_trained",
+    "finalists",
+    "follow_run",
+    "freeze_json",
+    "loaded_model",
+    "paths_matching",
+    "person_values",
+    "recovery_report",
+]
