@@ -6,6 +6,7 @@ The dashboard and other callers use only the names exported here.
 from recovery_core import (
     humanize,
     plan,  # the recovery plan: save, load, replay
+    session,  # the pipeline object (Recovery) and the steps' shared pieces
 )
 from recovery_core.build import (
     RebuildStatus,
@@ -64,6 +65,7 @@ from recovery_core.train import TrainingConfig, TrainingResult, TrainingRun
 __all__ = [
     "humanize",
     "plan",
+    "session",
     "ArchSpec",
     "BatchDims",
     "BuildError",
