@@ -5,7 +5,9 @@ a loaded one also has its statistics and histograms computed. The contract check
 - every failure is a `RecoveryError` (anything else is a finding),
 - no call outlives the time budget by more than 5 s,
 - the parsing child stays under its memory budget (enforced by the child's rlimit: above
-  it the load fails with a typed error) and this process's peak RSS stays under 1 GiB.
+  it the load fails with a typed error) and this process's peak RSS stays under 1 GiB
+  (its own VmHWM: ru_maxrss would include the peak of the process that started it,
+  see `_memory.py`).
 
 Mutations: byte flips, "interesting" values (0, 0xff, 2**31...) written over the data,
 insertions, deletions, truncations, copies of one range over another, splices between
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import io
 import random
-import resource
 import struct
 import sys
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from recovery_core.checkpoint import LoadLimits, load_checkpoint
 from recovery_core.errors import RecoveryError
+from tests.hostile._memory import peak_rss_mib
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 BUDGET_SECONDS = 10.0
@@ -175,14 +177,10 @@ def run(count: int | None, seconds: float | None, seed: int = 0, log=None) -> Re
         if took > BUDGET_SECONDS + GRACE_SECONDS:
             report.slow.append(_save_finding(data, f"took {took:.1f} s"))
         if log is not None and report.mutants % 1000 == 0:
-            report.peak_rss_mib = _peak_rss_mib()
+            report.peak_rss_mib = peak_rss_mib()
             log(report.summary())
-    report.peak_rss_mib = _peak_rss_mib()
+    report.peak_rss_mib = peak_rss_mib()
     return report
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _save_finding(data: bytes, what: str) -> str:
