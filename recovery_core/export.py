@@ -437,7 +437,7 @@ def export_program(
                 loaded,
                 example_inputs,
                 original_state_dict,
-                other_batch=True,
+                other_batch=not note,  # fixed shapes take only the example's batch size
                 batch_dim=batch_dim,
             )
     return ExportCheck(path, "torch.export", "export", tuple(checks), note, optional=True)

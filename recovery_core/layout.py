@@ -33,6 +33,7 @@ class BatchDims:
     # model fed [batch, seq, ...] as it comes): sample i then gets position i, so only
     # a prefix of the samples computes what the whole does; nothing can be held out.
     independent: bool = True
+    per_step: bool = True  # False when the model reduces each sequence to one output row
 
     @property
     def moved(self) -> bool:
@@ -66,7 +67,19 @@ def batch_dims(spec: ArchSpec, values: Mapping[str, Any] | None = None) -> Batch
     dim = 0 if value("batch_first", False) else 1
     reduces = "reduce" in wiring.hidden and value("reduce", "none") != "none"
     positional = "pos_dim" in wiring.hidden and value("pos_dim", 1) == dim
-    return BatchDims(dim, 0 if reduces else dim, independent=not positional)
+    return BatchDims(dim, 0 if reduces else dim, independent=not positional, per_step=not reduces)
+
+
+def sequence_dims(
+    spec: ArchSpec, values: Mapping[str, Any] | None = None
+) -> tuple[int, int | None] | None:
+    """Where the model's sequence runs in each input and in the target (None when the
+    target has one row per sample); None for a model that reads no sequence."""
+    wiring = spec.wiring
+    if wiring is None or wiring.kind == "sequential":
+        return None
+    dims = batch_dims(spec, values)
+    return 1 - dims.inputs, (1 - dims.target) if dims.per_step else None
 
 
 def take(tensor: Tensor, count: int, dim: int) -> Tensor:

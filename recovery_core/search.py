@@ -34,7 +34,7 @@ from recovery_core.build import check_fit, model_class
 from recovery_core.codegen import FORWARD_ONLY, hidden_arguments
 from recovery_core.errors import HyperparameterError
 from recovery_core.infer.unknown import shape_class
-from recovery_core.layout import batch_dims, prune_by_data, take
+from recovery_core.layout import batch_dims, prune_by_data, sequence_dims, take
 from recovery_core.spec import SOURCE_SEARCH, SOURCE_USER, WIRING, ArchSpec
 
 # Hyperparameters that cannot change an eval-mode forward, so the data cannot find them.
@@ -72,6 +72,12 @@ MAX_SKELETONS = 4096  # shape skeletons a stack's beam may start from
 SHAPE_NAMES = frozenset({"conv_padding", "conv_stride"})
 # Samples are screened and scored within this many input elements each (at least one).
 ELEMENTS_PER_SAMPLE = 1024
+# A sample longer than that is screened on a prefix of its sequence, this many steps at
+# least; finalists are then scored on RUNG_GROWTH times longer prefixes, the better half
+# going on each time, until whole sequences decide (successive halving).
+MIN_SCREEN_STEPS = 16
+RUNG_GROWTH = 4
+FINAL_KEEP = 4  # combinations that reach whole sequences (when the budget allows)
 MODELS_PER_GROUP = 4  # built models kept per forward hypothesis while screening
 
 RELATIVE_TIE = 1e-4  # losses closer than this (relative to the best) count as tied
@@ -87,6 +93,7 @@ class Candidate:
     loss: float  # math.inf when the combination failed
     error: str | None = None  # why it failed: cannot load, forward raised, loss not finite
     samples: int = 0  # how many samples the loss is measured on (finalists: all scored)
+    steps: int | None = None  # each sample's sequence cut to its first `steps` (None: whole)
     screen_loss: float | None = None  # a finalist's loss on the screening samples
     # A finalist's loss on each sample, in order: tells a real difference from noise.
     sample_losses: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
@@ -143,6 +150,7 @@ class SearchResult:
                     "loss": number(c.loss),
                     "error": c.error,
                     "samples": c.samples,
+                    "steps": c.steps,
                 }
                 for c in self.ranking[:top]
             ],
@@ -261,25 +269,44 @@ class _Data:
     target: torch.Tensor
     samples: int = 0  # along the model's batch dimension
 
-    def affordable(self, spec: ArchSpec, values: Mapping[str, Any], count: int) -> int:
-        """`count` samples, fewer when each is large: a model that reads dimension 0 as its
-        sequence sees the whole of it in every sample (see layout.py), so samples are
-        counted by their elements, ELEMENTS_PER_SAMPLE each, and at least one is taken."""
+    def size(
+        self, spec: ArchSpec, values: Mapping[str, Any], count: int, cut: bool = True
+    ) -> tuple[int, int | None]:
+        """`count` samples, fewer when each is large, and (with `cut`) how long a prefix
+        of each sequence when even one sample is larger than ELEMENTS_PER_SAMPLE (None:
+        whole). A model that reads dimension 0 as its sequence sees the whole of it in
+        every sample (see layout.py); a cut sequence is a cheap stand-in for screening,
+        and finalists climb back to whole sequences (`_finalists`)."""
         dims = batch_dims(spec, values)
         per_sample = sum(
             t.numel() // max(1, t.shape[dims.inputs]) if t.dim() > dims.inputs else 1
             for t in self.inputs
         )
-        return max(1, min(count, count * ELEMENTS_PER_SAMPLE // max(1, per_sample)))
+        length = None
+        seq = sequence_dims(spec, values)
+        if cut and seq is not None and per_sample > ELEMENTS_PER_SAMPLE:
+            steps = max(t.shape[seq[0]] for t in self.inputs if t.dim() > seq[0])
+            per_step = per_sample / max(1, steps)
+            fits = max(MIN_SCREEN_STEPS, int(ELEMENTS_PER_SAMPLE / per_step))
+            if fits < steps:
+                length, per_sample = fits, math.ceil(per_step * fits)
+        return max(1, min(count, count * ELEMENTS_PER_SAMPLE // max(1, per_sample))), length
 
-    def first(self, spec: ArchSpec, values: Mapping[str, Any], count: int) -> _Data:
-        """The first `count` samples along the model's batch dimension for these values."""
+    def first(
+        self, spec: ArchSpec, values: Mapping[str, Any], count: int, length: int | None = None
+    ) -> _Data:
+        """The first `count` samples along the model's batch dimension for these values,
+        each sequence cut to its first `length` steps when given."""
         dims = batch_dims(spec, values)
+        inputs = tuple(take(t, count, dims.inputs) for t in self.inputs)
         target = take(self.target, count, dims.target)
+        seq = sequence_dims(spec, values)
+        if length is not None and seq is not None:
+            inputs = tuple(take(t, length, seq[0]) for t in inputs)
+            if seq[1] is not None:
+                target = take(target, length, seq[1])
         return _Data(
-            tuple(take(t, count, dims.inputs) for t in self.inputs),
-            target,
-            target.shape[dims.target] if target.dim() > dims.target else len(target),
+            inputs, target, target.shape[dims.target] if target.dim() > dims.target else len(target)
         )
 
 
@@ -332,9 +359,10 @@ def score_candidates(
         if model is None:
             candidate = Candidate(values, math.inf, error)
         else:
-            count = data.affordable(group.spec, values, min(screen_samples, max_samples))
-            part = data.first(group.spec, values, count)
+            count, steps = data.size(group.spec, values, min(screen_samples, max_samples))
+            part = data.first(group.spec, values, count, steps)
             candidate = _score(model, values, part.inputs, part.target, loss_fn, part.samples)
+            candidate = dataclasses.replace(candidate, steps=steps)
         results[(index, combo)] = candidate
         if progress is not None:
             progress(len(results), to_score)
@@ -350,7 +378,7 @@ def score_candidates(
         values = group.values(combo)
         model, error = group.model(values)
         if model is not None:
-            part = data.first(group.spec, values, 1)
+            part = data.first(group.spec, values, *data.size(group.spec, values, 1))
             tried = _score(model, values, part.inputs, part.target, loss_fn, part.samples)
             if tried.error is None:
                 return True
@@ -377,7 +405,7 @@ def score_candidates(
         deadline = started + budget_seconds  # the best finalist is always scored, then others
         with _threads(every_thread if strategy != "every combination" else None):
             final = _rescore_finalists(
-                screened, groups, finalists, data, max_samples, loss_fn, deadline
+                screened, groups, finalists, data, (screen_samples, max_samples), loss_fn, deadline
             )
     union = _union(groups)
     return _summarise(
@@ -710,32 +738,76 @@ def _rescore_finalists(
     groups: list[_Group],
     finalists: int,
     data: _Data,
-    max_samples: int,
+    samples: tuple[int, int],
     loss_fn: LossFn,
     deadline: float = math.inf,
 ) -> list[Candidate]:
-    """The best screened combinations scored on every sample, ahead of the rest (the best
-    always; the others while the deadline allows)."""
+    """The best screened combinations scored on every sample (`samples`: screening and
+    final counts), ahead of the rest (the best always; the others while the deadline
+    allows). Combinations screened on cut sequences first climb rungs of longer prefixes,
+    the better half going on each time (never fewer than FINAL_KEEP), so that only a few
+    pay for whole sequences."""
     ok = sorted((pair for pair in screened if pair[1].error is None), key=lambda p: p[1].loss)
     rest = [c for _, c in screened if c.error is not None]
+    leaders = ok[:finalists]
+    dropped: list[Candidate] = []
+    rung = 1
+    while len(leaders) > 1 and time.monotonic() <= deadline:
+        climbing = [
+            (pair, _rung_length(groups[pair[0][0]], pair[1].values, data, samples[0], rung))
+            for pair in leaders
+        ]
+        if all(length is None for _, length in climbing):
+            break  # every leader is at whole sequences: the final scoring decides
+        rescored = []
+        for (key, candidate), length in climbing:
+            group = groups[key[0]]
+            count = data.size(group.spec, candidate.values, samples[0], cut=False)[0]
+            part = data.first(group.spec, candidate.values, count, length)
+            model = group.fresh(candidate.values)
+            assert model is not None, "a leader was built once already"
+            rung_loss = _score(model, candidate.values, part.inputs, part.target, loss_fn).loss
+            rescored.append(((key, candidate), rung_loss))
+        rescored.sort(key=lambda pair: pair[1])
+        keep = max(FINAL_KEEP, len(rescored) // 2)
+        leaders = [pair for pair, _ in rescored[:keep]]
+        dropped += [candidate for (_, candidate), _ in rescored[keep:]]
+        rung += 1
     final = []
     # Rebuilt rather than kept: holding every screened model could cost many copies.
-    for rank, ((index, _), candidate) in enumerate(ok[:finalists]):
+    for rank, ((index, _), candidate) in enumerate(leaders):
         if rank and time.monotonic() > deadline:
-            finalists = rank
+            dropped = [c for _, c in leaders[rank:]] + dropped
             break
         group = groups[index]
         model = group.fresh(candidate.values)
         assert model is not None, "a finalist was built once already"
-        part = data.first(
-            group.spec, candidate.values, data.affordable(group.spec, candidate.values, max_samples)
-        )
+        # Whole sequences; when they are long, as many samples as screening had elements.
+        cut = data.size(group.spec, candidate.values, samples[0])[1] is not None
+        count = data.size(group.spec, candidate.values, samples[0 if cut else 1], cut=False)[0]
+        part = data.first(group.spec, candidate.values, count)
         dims = batch_dims(group.spec, candidate.values)
         scored = _score(
             model, candidate.values, part.inputs, part.target, loss_fn, part.samples, dims.target
         )
         final.append(dataclasses.replace(scored, screen_loss=candidate.loss))
-    return final + [c for _, c in ok[finalists:]] + rest
+    dropped.sort(key=lambda c: c.loss)
+    return final + dropped + [c for _, c in ok[finalists:]] + rest
+
+
+def _rung_length(
+    group: _Group, values: Mapping[str, Any], data: _Data, count: int, rung: int
+) -> int | None:
+    """The prefix a combination screened on cut sequences is scored on at `rung` (None:
+    whole sequences)."""
+    length = data.size(group.spec, values, count)[1]
+    if length is None:
+        return None
+    longer = length * RUNG_GROWTH**rung
+    seq = sequence_dims(group.spec, values)
+    assert seq is not None  # only sequences are cut
+    steps = max(t.shape[seq[0]] for t in data.inputs if t.dim() > seq[0])
+    return longer if longer < steps else None
 
 
 @contextlib.contextmanager
@@ -879,6 +951,12 @@ def _summarise(
         progress_note = (
             f" Scored {len(results)} of {total} combinations: the best ones refined one value "
             "at a time, not every combination."
+        )
+    cut = sorted({c.steps for c in ok if c.steps is not None})
+    if cut and scored:
+        progress_note += (
+            f" Long sequences were screened on their first {cut[0]} steps; the best climbed "
+            f"to longer ones, and {len(scored)} were scored on whole sequences."
         )
     if not scored:
         reason = failed[0].error if failed else "there was nothing to score"

@@ -278,3 +278,37 @@ def test_finalists_are_scored_on_every_sample_and_rank_first(seq2seq):
     assert [c.samples for c in result.ranking[:3]] == [len(target)] * 3
     assert all(c.samples == 4 for c in result.ranking[3:] if c.error is None)
     assert result.best_values["nhead"] == 4
+
+
+def test_long_sequences_are_screened_on_a_prefix_and_decided_whole():
+    """A batch_first=False model fed [batch, seq, feature] as it comes reads its 300
+    samples as one sequence of 300 steps: screening every combination on the whole of it
+    would cost O(300²) each. Screening runs on a prefix of the sequence, the best climb to
+    longer prefixes, and the finalists, the true values first, are scored on the whole."""
+    from tests.forward_zoo import FORWARD_BY_NAME
+
+    case = FORWARD_BY_NAME["vector_seq2seq_fed_as_is"]
+    model = case.make()
+    data = case.data(model, 300)
+    weights = model.state_dict()
+    spec = infer_spec(Checkpoint.from_state_dict(weights))
+    truth = {"nhead": 4, "batch_first": False, "norm_first": False, "causal_mask": False}
+
+    result = score_candidates(
+        spec,
+        weights,
+        (data["src"], data["tgt"]),
+        data["y"],
+        F.mse_loss,
+        fixed={"activation": "relu", "scale_embedding": False, "layer_norm_eps": 1e-5},
+    )
+
+    assert result.best is not None and truth.items() <= result.best_values.items()
+    whole = [c for c in result.ranking if c.error is None and c.screen_loss is not None]
+    screened = [c for c in result.ranking if c.error is None and c.screen_loss is None]
+    assert whole and all(c.steps is None for c in whole)
+    assert result.best.loss < 2e-4  # whole sequences: the model's own outputs plus noise
+    # Every combination in this layout was screened on the same short prefix.
+    cut = {c.steps for c in screened if c.values["batch_first"] is False}
+    assert len(cut) == 1 and next(iter(cut)) < 300
+    assert "screened on their first" in result.message
