@@ -40,8 +40,8 @@ _CONTAINERS = frozenset({"Module", "Sequential", "ModuleList"})
 # Skeletons handed to the search, cheapest first: each costs it a dry run, a screening
 # and a pass over the activations, so a few dozen leave budget for the beam.
 MAX_SKELETONS = 48
-# Costlier tiers are added while they fit: up to this many values beyond the fewest.
-EXTRA_DEPARTURES = 3
+# The next costlier tier is added when it fits: one value more than the fewest.
+EXTRA_DEPARTURES = 1
 
 Step = tuple[tuple[tuple[str, Any], ...], Shape, int]  # (values set, shape after, cost)
 
@@ -77,8 +77,8 @@ def conv_output(
     except ValueError:
         return None
     transposed = kind.startswith("ConvTranspose")
-    if transposed and output_padding >= max(stride, dilation):
-        return None  # torch refuses it
+    if output_padding and (not transposed or output_padding >= stride):
+        return None  # torch refuses it beyond the stride (or the dilation: not offered)
     spatial = []
     for size, k, pad in zip(shape[1:], kernel, padding, strict=True):
         if transposed:
@@ -158,9 +158,9 @@ def skeletons(
     to the last layer (and end as `output_shape`, the target's, when given).
 
     Cheapest first (fewest values moved from the current ones), at most `limit` and
-    MAX_SKELETONS: every combination of the fewest moves, then the next tiers while they
-    fit. An empty list when nothing chains; None when the spec is not a stack of layers
-    this reasons about."""
+    MAX_SKELETONS: every combination of the fewest moves, then those of one move more
+    when they fit. An empty list when nothing chains; None when the spec is not a stack
+    of layers this reasons about."""
     layers = stack_layers(spec)
     if layers is None:
         return None
@@ -224,6 +224,7 @@ class _Stack:
             for a, b in zip(layers, layers[1:], strict=False)
             if a.type == b.type == "Unknown"
         )
+        self.options = functools.cache(self._options)
         self.steps = functools.cache(self._steps)
         self.least = functools.cache(self._least)
         self.count = functools.cache(self._count)
@@ -250,36 +251,48 @@ class _Stack:
                 axes.append((setting, None, (default,)))
         return axes
 
-    def _steps(self, i: int, shape: Shape) -> tuple[Step, ...]:
-        """Every way through layer i from `shape`: the values it sets, the shape after it,
-        and how many values move from the current ones."""
+    def _options(self, i: int) -> tuple[tuple[tuple[tuple[str, Any], ...], Any, int], ...]:
+        """Layer i's ways, whatever the shape: (values set, the choice or the settings,
+        moves from the current values). One way for a layer without hidden values."""
         layer = self.layers[i]
         if layer.type == "Unknown":
-            now = self.current[self.index[layer.path]]
-            out: list[Step] = []
-            for choice in _representatives(self.candidates[self.index[layer.path]], now):
-                if shape_class(choice) != shape_class(now) and _idle(str(choice), shape):
-                    continue
-                nxt = _slot(str(choice), shape)
-                if nxt is not None:
-                    cost = self._slot_cost(layer.path, str(choice), str(now))
-                    out.append((((layer.path, choice),), nxt, cost))
-            return tuple(out)
+            now = str(self.current[self.index[layer.path]])
+            reps = _representatives(self.candidates[self.index[layer.path]], now)
+            return tuple(
+                (((layer.path, c),), str(c), self._slot_cost(layer.path, str(c), now)) for c in reps
+            )
         if not layer.type.startswith("Conv"):
-            nxt = _weighted(layer, shape, {})
-            return () if nxt is None else (((), nxt, 0),)
+            return (((), None, 0),)
         axes = self._conv_axes(layer)
-        out = []
+        options = []
         for values in _product([axis[2] for axis in axes]):
             settings = {axis[0]: v for axis, v in zip(axes, values, strict=True)}
-            nxt = _weighted(layer, shape, settings)
-            if nxt is None:
-                continue
+            if settings["output_padding"] and settings["stride"] == 1:
+                continue  # never reaches a shape
             chosen = tuple(
                 (axis[1], v) for axis, v in zip(axes, values, strict=True) if axis[1] is not None
             )
             cost = sum(v != self._value(name) for name, v in chosen)
-            out.append((chosen, nxt, cost))
+            options.append((chosen, settings, cost))
+        return tuple(options)
+
+    def _steps(self, i: int, shape: Shape) -> tuple[Step, ...]:
+        """Every way through layer i from `shape`: the values it sets, the shape after it,
+        and how many values move from the current ones."""
+        layer, out = self.layers[i], []
+        if layer.type == "Unknown":
+            now = shape_class(str(self.current[self.index[layer.path]]))
+            for chosen, choice, cost in self.options(i):
+                if shape_class(choice) != now and _idle(choice, shape):
+                    continue
+                nxt = _slot(choice, shape)
+                if nxt is not None:
+                    out.append((chosen, nxt, cost))
+            return tuple(out)
+        for chosen, settings, cost in self.options(i):
+            nxt = _weighted(layer, shape, settings or {})
+            if nxt is not None:
+                out.append((chosen, nxt, cost))
         return tuple(out)
 
     def _slot_cost(self, path: str, choice: str, now: str) -> int:
@@ -314,7 +327,7 @@ class _Stack:
         self, start: Shape, end: Shape | None, cap: int
     ) -> Iterator[tuple[int, dict[str, Any]]]:
         """(moves, values set) of the chaining ways, the fewest moves first: every way of
-        the least tier, then whole tiers while the total stays within `cap`."""
+        the least tier, then the next one when the total stays within `cap`."""
         least = self.least(0, start, end)
         if math.isinf(least) or cap <= 0:
             return
