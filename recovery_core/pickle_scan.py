@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import pickletools
 import time
-from typing import IO
+from typing import IO, Any
 
 import torch
 
@@ -89,15 +89,22 @@ def memory_owning_globals() -> frozenset[str]:
 
 
 def scan_pickle(
-    stream: IO[bytes], display: str, limits: LoadLimits, *, deadline: float | None = None
+    stream: IO[bytes],
+    display: str,
+    limits: LoadLimits,
+    *,
+    deadline: float | None = None,
+    facts: dict[str, Any] | None = None,
 ) -> int:
     """Walk one pickle (up to its STOP); refuse misused classes and blown budgets.
 
     Returns the number of opcodes read, so a caller scanning several pickles in one file
-    can charge them to one budget (pass what is left through `limits`).
+    can charge them to one budget (pass what is left through `limits`). `facts`, when
+    given, receives "max_memo_index" (the largest memo slot written; -1 for none) and
+    "instructions" (the set of opcode names used besides MARK and the memo's).
     """
     try:
-        return _scan(stream, display, limits, deadline)
+        return _scan(stream, display, limits, deadline, facts)
     except (ValueError, EOFError, UnicodeDecodeError, OverflowError, IndexError) as exc:
         # pickletools says what it met: unknown opcode, truncated argument, bad text.
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
@@ -107,11 +114,18 @@ def scan_pickle(
         ) from None
 
 
-def _scan(stream: IO[bytes], display: str, limits: LoadLimits, deadline: float | None) -> int:
+def _scan(
+    stream: IO[bytes],
+    display: str,
+    limits: LoadLimits,
+    deadline: float | None,
+    facts: dict[str, Any] | None,
+) -> int:
     dangerous = memory_owning_globals()
     stack: list[object] = []
     marks: list[int] = []  # stack positions of the marks, so finding one is O(1)
     memo: dict[int, object] = {}
+    seen: set[str] = set()  # instructions other than MARK and the memo's
     opcodes = 0
     max_stack = limits.max_container_items + 1024
     for op, arg, _pos in pickletools.genops(stream):
@@ -131,9 +145,11 @@ def _scan(stream: IO[bytes], display: str, limits: LoadLimits, deadline: float |
         name = op.name
         # Fast paths for the instructions that make up most of a state dict's pickle.
         if name in _PLAIN_PUSHES:
+            seen.add(name)
             stack.append(_PLAIN)
             continue
         if name == "BINUNICODE" or name == "SHORT_BINUNICODE":
+            seen.add(name)
             stack.append(f"str:{arg}" if isinstance(arg, str) and len(arg) <= 200 else _PLAIN)
             continue
         if name == "MARK":
@@ -148,6 +164,7 @@ def _scan(stream: IO[bytes], display: str, limits: LoadLimits, deadline: float |
         if name == "BINGET" or name == "LONG_BINGET":
             stack.append(memo.get(_memo_key(arg), _PLAIN))
             continue
+        seen.add(name)
         if name in _NO_STACK_EFFECT:
             continue
         consumed = _pop(stack, marks, op, display)
@@ -168,6 +185,9 @@ def _scan(stream: IO[bytes], display: str, limits: LoadLimits, deadline: float |
                 limit="max_container_items",
             )
         if name == "STOP":
+            if facts is not None:
+                facts["max_memo_index"] = max(memo, default=-1)
+                facts["instructions"] = seen
             return opcodes
     raise UnsafeCheckpointError(f"{display} has a pickle without an end (no STOP); refused.")
 

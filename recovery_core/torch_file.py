@@ -32,6 +32,7 @@ from recovery_core.container import (
 from recovery_core.errors import CheckpointFormatError, RecoveryError, UnsafeCheckpointError
 from recovery_core.limits import LoadLimits
 from recovery_core.pickle_scan import scan_pickle
+from recovery_core.torch_pickle import StorageRef, TensorRef, Unsupported, read_data_pkl
 from recovery_core.unwrap import walk
 
 _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
@@ -58,9 +59,17 @@ class LoadedPickle:
     obj: Any
     storages: list[tuple[int, int]]  # (file offset, nbytes) for zip; (-1, nbytes) for legacy
     blobs: list[bytes]  # legacy only: each storage's bytes, in `storages` order
-    _index: dict[tuple[str, int], int]  # _storage_key -> storage index
+    _index: dict[tuple[str, Any], int]  # _storage_key (or ("key", record key)) -> index
 
-    def placement(self, t: torch.Tensor) -> Placement:
+    def placement(self, t: torch.Tensor | TensorRef) -> Placement:
+        if isinstance(t, TensorRef):
+            return Placement(
+                dtype=t.dtype,
+                shape=t.shape,
+                stride=t.stride,
+                storage_offset=t.storage_offset,
+                storage=self._index[("key", t.storage.key)],
+            )
         key = _storage_key(torch.Tensor.untyped_storage(t))
         return Placement(
             dtype=str(t.dtype).removeprefix("torch."),
@@ -94,9 +103,14 @@ def load_torch_zip(path: Path, display: str, limits: LoadLimits) -> LoadedPickle
                 "again on a little-endian one."
             )
         pkl = next(r for r in layout.records if r.name == layout.root + "data.pkl")
-        scan_pickle(
-            io.BytesIO(read_exactly(f, pkl.data_offset, pkl.size, display)), display, limits
-        )
+        data = read_exactly(f, pkl.data_offset, pkl.size, display)
+        facts: dict[str, Any] = {}
+        scan_pickle(io.BytesIO(data), display, limits, facts=facts)
+        try:
+            return _metadata_load(data, facts, layout, display, limits)
+        except Unsupported:
+            pass  # torch's weights-only unpickler decides, as it always did
+        del data
         f.seek(0)
         skeleton = _weights_only_load(f, path, display, layout=layout, map_location="meta")
     declared = _check_tensors(skeleton, display, limits, layout=layout)
@@ -108,6 +122,33 @@ def load_torch_zip(path: Path, display: str, limits: LoadLimits) -> LoadedPickle
             index[key] = len(storages)
             storages.append((key[1], storage.nbytes()))
     return LoadedPickle(skeleton, storages, [], index)
+
+
+def _metadata_load(
+    data: bytes, facts: dict[str, Any], layout: TorchZipLayout, display: str, limits: LoadLimits
+) -> LoadedPickle:
+    """The fast path (`torch_pickle`): metadata stand-ins, no torch, no tensor built.
+
+    Accepts only what torch's path would accept with the same tensors (every check of
+    `_check_tensors` passes); anything else raises `Unsupported` for torch's path to judge.
+    """
+    found = read_data_pkl(data, facts)
+    records = {r.name: r for r in layout.records}
+    storages: list[tuple[int, int]] = []
+    index: dict[tuple[str, Any], int] = {}
+    for _, value in walk(found.obj, limits, display):
+        if isinstance(value, StorageRef) or type(value).__name__ == "_StorageClass":
+            raise Unsupported("a storage outside a tensor")
+        if not isinstance(value, TensorRef):
+            continue
+        record = records.get(f"{layout.root}data/{value.storage.key}")
+        if record is None or value.storage.nbytes > record.size:
+            raise Unsupported("a storage its record does not hold")
+        key = ("key", value.storage.key)  # one StorageRef per key (persistent_load)
+        if key not in index:
+            index[key] = len(storages)
+            storages.append((record.data_offset, value.storage.nbytes))
+    return LoadedPickle(found.obj, storages, [], index)
 
 
 def load_torch_legacy(

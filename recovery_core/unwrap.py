@@ -6,14 +6,17 @@ scalars). Every walk is iterative and bounded by `LoadLimits`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from recovery_core.errors import CheckpointFormatError, LimitExceededError
 from recovery_core.limits import LoadLimits
+from recovery_core.torch_pickle import TensorRef
+
+if TYPE_CHECKING:
+    import torch
 
 # Where training code nests the weights, in order of preference on a tie in tensor count.
 WRAPPER_KEYS = (
@@ -47,9 +50,23 @@ SHARED_PREFIXES = ("_orig_mod.", "module.", "model.", "net.")
 PLAIN_TYPES = (bool, int, float, str, type(None))
 
 
+def is_tensor(value: Any) -> bool:
+    """A tensor, or its metadata stand-in from `torch_pickle` (which needs no torch)."""
+    if isinstance(value, TensorRef):
+        return True
+    torch_module = sys.modules.get("torch")  # nothing can be a tensor before torch loads
+    return torch_module is not None and isinstance(value, torch_module.Tensor)
+
+
+def _shape_and_dtype(value: Any) -> tuple[tuple[int, ...], str]:
+    if isinstance(value, TensorRef):
+        return value.shape, value.dtype
+    return tuple(value.shape), str(value.dtype).removeprefix("torch.")
+
+
 @dataclass(frozen=True)
 class Unwrapped:
-    state_dict: dict[str, torch.Tensor]  # file order, keys not yet stripped
+    state_dict: dict[str, torch.Tensor | TensorRef]  # file order, keys not yet stripped
     wrapper_key: str | None  # dotted path of the nesting, e.g. "state_dict" or "model.ema"
     extras: dict[str, str]
     hyper_parameters: dict[str, Any]
@@ -137,9 +154,9 @@ def text_chars(value: Any, budget: int) -> int:
 
 
 def unwrap(obj: Any, display: str, limits: LoadLimits) -> Unwrapped:
-    if isinstance(obj, torch.Tensor):
+    if is_tensor(obj):
         raise CheckpointFormatError(
-            f"{display} holds a single tensor of shape {tuple(obj.shape)}, not a state dict; "
+            f"{display} holds a single tensor of shape {_shape_and_dtype(obj)[0]}, not a state dict; "
             "save model.state_dict() instead."
         )
     if not isinstance(obj, Mapping):
@@ -147,7 +164,7 @@ def unwrap(obj: Any, display: str, limits: LoadLimits) -> Unwrapped:
             f"{display} holds a {type(obj).__name__}, not a state dict (a dict of name -> "
             "tensor); save model.state_dict() instead."
         )
-    tensor_count = sum(isinstance(v, torch.Tensor) for _, v in walk(obj, limits, display))
+    tensor_count = sum(is_tensor(v) for _, v in walk(obj, limits, display))
     if tensor_count > limits.max_keys:
         raise LimitExceededError(
             f"{display} holds {tensor_count} tensors, more than this loader's limit of "
@@ -161,13 +178,14 @@ def unwrap(obj: Any, display: str, limits: LoadLimits) -> Unwrapped:
             f"{display} has no tensors under any entry that looks like a state dict{where}; "
             f"its top-level entries are {_short_list(obj)}."
         )
-    state_dict: dict[str, torch.Tensor] = {}
+    state_dict: dict[str, torch.Tensor | TensorRef] = {}
     dropped = []
     for key, value in chosen.items():
-        if isinstance(key, str) and isinstance(value, torch.Tensor):
+        if isinstance(key, str) and is_tensor(value):
             state_dict[key] = value
         else:
-            dropped.append(f"{key!r} ({type(value).__name__})")
+            kind = value.type_name if isinstance(value, TensorRef) else type(value).__name__
+            dropped.append(f"{key!r} ({kind})")
     warnings = []
     if dropped:
         warnings.append(
@@ -197,7 +215,7 @@ def unwrap(obj: Any, display: str, limits: LoadLimits) -> Unwrapped:
 
 
 def _direct_tensor_count(mapping: Mapping) -> int:
-    return sum(isinstance(v, torch.Tensor) for v in mapping.values())
+    return sum(is_tensor(v) for v in mapping.values())
 
 
 def _choose_state_dict(obj: Mapping, limits: LoadLimits) -> tuple[tuple[str, ...], Mapping]:
@@ -266,8 +284,9 @@ def _plain_values(mapping: Mapping, prefix: str = "", depth: int = 0) -> dict[st
 
 def summarize(value: Any) -> str:
     """One short phrase describing a non-weight entry."""
-    if isinstance(value, torch.Tensor):
-        return f"tensor {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    if is_tensor(value):
+        shape, dtype = _shape_and_dtype(value)
+        return f"tensor {shape} {dtype}"
     if isinstance(value, Mapping):
         if "param_groups" in value:
             groups = value["param_groups"]
@@ -288,7 +307,7 @@ def summarize(value: Any) -> str:
     if isinstance(value, PLAIN_TYPES):
         text = str(value) if not isinstance(value, int) or abs(value) < 10**70 else "a huge integer"
         return text if len(text) <= 80 else text[:77] + "..."
-    return type(value).__name__
+    return value.type_name if isinstance(value, TensorRef) else type(value).__name__
 
 
 def _short_repr(values: list | tuple, limit: int) -> bool:

@@ -1,0 +1,270 @@
+"""Read a torch.save zip archive's data.pkl for its metadata only, without torch.
+
+The C unpickler (`pickle.Unpickler`) runs with `find_class` answering a handful of
+globals that a plain state dict uses, with inert stand-ins:
+- `torch._utils._rebuild_tensor_v2` / `_rebuild_parameter` -> a `TensorRef` (dtype,
+  shape, stride, storage offset, storage): no tensor, no memory for values,
+- `collections.OrderedDict` called with no arguments -> an empty OrderedDict,
+- `torch.<Type>Storage` -> a marker that only a storage record (`persistent_load`) accepts;
+  it cannot be called, instantiated or built,
+and every other global refused. Nothing from the file is imported or called.
+
+It is a fast path, never a second policy: the caller runs `pickle_scan.scan_pickle` first
+(the same opcode, container, key and class-misuse checks as before), and anything this
+reader does not recognise exactly (another global, a storage key without its record, a
+shape its storage cannot hold, a memo index far beyond the opcodes...) raises
+`Unsupported`, and the caller falls back to torch's weights-only unpickler, which gives
+the same result or the same refusal as before. So a file accepted here is one that
+torch's path accepts with the same tensors.
+
+The stand-ins allocate nothing a file controls: a tensor is a few slots whatever its shape.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import math
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["StorageRef", "TensorRef", "Unsupported", "read_data_pkl", "DTYPE_ITEMSIZE"]
+
+# torch.save's storage class names (torch.storage._dtype_to_storage_type_map) -> dtype.
+# Quantized storages are left out: they fall back to torch's path, which names them.
+STORAGE_DTYPES = {
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "BFloat16Storage": "bfloat16",
+    "ComplexDoubleStorage": "complex128",
+    "ComplexFloatStorage": "complex64",
+}
+DTYPE_ITEMSIZE = {
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+    "bfloat16": 2,
+    "complex128": 16,
+    "complex64": 8,
+}
+_INT64 = 1 << 63
+_MAX_LOCATION_CHARS = 64
+
+
+class Unsupported(Exception):
+    """Not a pickle this reader vouches for: use torch's weights-only unpickler instead."""
+
+
+class StorageRef:
+    """One storage record the pickle refers to: `data/<key>` in the archive."""
+
+    __slots__ = ("dtype", "key", "numel")
+
+    def __init__(self, dtype: str, key: str, numel: int) -> None:
+        self.dtype, self.key, self.numel = dtype, key, numel
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_ITEMSIZE[self.dtype]
+
+
+class TensorRef:
+    """A tensor's metadata: where its values would be, never the values."""
+
+    __slots__ = ("storage", "storage_offset", "shape", "stride", "type_name")
+
+    def __init__(
+        self,
+        storage: StorageRef,
+        storage_offset: int,
+        shape: tuple[int, ...],
+        stride: tuple[int, ...],
+        type_name: str = "Tensor",  # what torch would build: "Tensor" or "Parameter"
+    ) -> None:
+        self.storage = storage
+        self.storage_offset = storage_offset
+        self.shape = shape
+        self.stride = stride
+        self.type_name = type_name
+
+    @property
+    def dtype(self) -> str:
+        return self.storage.dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def needed_bytes(self) -> int:
+        """Bytes of storage the view reaches (0 for an empty tensor)."""
+        if self.numel == 0:
+            return 0
+        last = self.storage_offset + sum(
+            (n - 1) * s for n, s in zip(self.shape, self.stride, strict=True)
+        )
+        return (last + 1) * DTYPE_ITEMSIZE[self.dtype]
+
+
+class _StorageClass:
+    """What `torch.FloatStorage` stands for: not callable, no __dict__, no __setstate__."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype: str) -> None:
+        self.dtype = dtype
+
+
+def _ints(value: Any) -> bool:
+    return isinstance(value, tuple) and all(type(v) is int and 0 <= v < _INT64 for v in value)
+
+
+def _rebuild_tensor_v2(
+    storage: Any,
+    storage_offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any,
+    backward_hooks: Any,
+    *metadata: Any,
+) -> TensorRef:
+    if (
+        not isinstance(storage, StorageRef)
+        or type(storage_offset) is not int
+        or not 0 <= storage_offset < _INT64
+        or not _ints(size)
+        or not _ints(stride)
+        or len(size) != len(stride)
+        or type(requires_grad) is not bool
+        or not isinstance(backward_hooks, collections.OrderedDict)
+        or backward_hooks
+        or metadata
+    ):
+        raise Unsupported("an unusual tensor record")
+    tensor = TensorRef(storage, storage_offset, size, stride)
+    if tensor.needed_bytes > storage.nbytes or math.prod(size) >= _INT64:
+        raise Unsupported("a shape its storage does not hold")  # torch's own error, below
+    return tensor
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> TensorRef:
+    if (
+        not isinstance(data, TensorRef)
+        or type(requires_grad) is not bool
+        or not isinstance(backward_hooks, collections.OrderedDict)
+        or backward_hooks
+    ):
+        raise Unsupported("an unusual parameter record")
+    return TensorRef(data.storage, data.storage_offset, data.shape, data.stride, "Parameter")
+
+
+class _OrderedDict(collections.OrderedDict):
+    """An OrderedDict whose BUILD (a state dict's `_metadata`) sets plain attributes only,
+    as torch's unpickler does (`inst.__dict__.update(state)`)."""
+
+    def __setstate__(self, state: Any) -> None:
+        if type(state) is not dict or not all(type(k) is str for k in state):
+            raise Unsupported("an unusual OrderedDict state")
+        self.__dict__.update(state)
+
+
+def _ordered_dict(*args: Any) -> collections.OrderedDict:
+    if args:  # torch.save writes OrderedDict() and fills it with SETITEMS (scanned keys)
+        raise Unsupported("an OrderedDict built from arguments")
+    return _OrderedDict()
+
+
+_GLOBALS: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("collections", "OrderedDict"): _ordered_dict,
+    **{("torch", name): _StorageClass(dtype) for name, dtype in STORAGE_DTYPES.items()},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data))
+        self.storages: dict[str, StorageRef] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _GLOBALS.get((module, name))
+        if found is None:
+            raise Unsupported(f"the global {module}.{name}")
+        return found
+
+    def persistent_load(self, pid: Any) -> StorageRef:
+        if not (
+            type(pid) is tuple
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageClass)
+            and type(pid[2]) is str
+            and type(pid[3]) is str
+            and len(pid[3]) <= _MAX_LOCATION_CHARS
+            and pid[3] != "meta"
+            and type(pid[4]) is int
+            and 0 <= pid[4] < _INT64 // 16
+        ):
+            raise Unsupported("an unusual storage record")
+        _, kind, key, _, numel = pid
+        known = self.storages.get(key)
+        if known is None:
+            known = self.storages[key] = StorageRef(kind.dtype, key, numel)
+        elif known.dtype != kind.dtype or known.numel != numel:
+            raise Unsupported("one storage record declared two ways")
+        return known
+
+
+@dataclass(frozen=True)
+class MetadataPickle:
+    obj: Any  # dicts, lists, plain values and TensorRefs
+    storages: dict[str, StorageRef]  # by record key, in the order the pickle declares them
+
+
+# Instructions torch's weights-only unpickler runs the way the C unpickler does (besides
+# MARK and the memo's). Others (text opcodes, STACK_GLOBAL, sets, NEWOBJ, FRAME...) go to
+# torch's path, which accepts or refuses them as before.
+_SAME_IN_BOTH = frozenset(
+    "PROTO STOP GLOBAL REDUCE BUILD APPEND APPENDS SETITEM SETITEMS TUPLE TUPLE1 TUPLE2 "
+    "TUPLE3 EMPTY_TUPLE EMPTY_LIST EMPTY_DICT NONE NEWTRUE NEWFALSE BININT BININT1 BININT2 "
+    "LONG1 BINFLOAT BINUNICODE BINPERSID".split()
+)
+
+
+def read_data_pkl(data: bytes, facts: dict[str, Any]) -> MetadataPickle:
+    """Unpickle `data` into metadata stand-ins; `facts` are what `scan_pickle` saw in it.
+
+    The scan must have passed. The C unpickler sizes its memo table by the largest index,
+    so a memo index far beyond the pickle's size (a sparse memo) goes to torch's path.
+    """
+    if not facts.get("instructions", {"?"}) <= _SAME_IN_BOTH:
+        raise Unsupported("instructions torch's unpickler treats its own way")
+    if facts.get("max_memo_index", 1 << 62) > max(1024, len(data)):
+        raise Unsupported("a sparse memo")
+    reader = _MetadataUnpickler(data)
+    try:
+        obj = reader.load()
+    except (MemoryError, RecursionError):
+        raise  # the sandbox turns these into parse_memory_bytes / max_depth refusals
+    except Unsupported:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any oddity goes to torch's path, which explains it
+        raise Unsupported(f"{type(exc).__name__}") from None
+    if isinstance(obj, _StorageClass) or isinstance(obj, StorageRef):
+        raise Unsupported("a bare storage")
+    return MetadataPickle(obj, reader.storages)
