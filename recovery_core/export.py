@@ -390,32 +390,33 @@ def export_program(
     """
     path = os.fspath(path)
     _refuse_input(path, input_path)
-    example_inputs = tuple(example_inputs)
+    # Contiguous: a program traced on a slice guards on its strides, and rejects the
+    # contiguous tensors people pass.
+    example_inputs = tuple(t.contiguous() for t in example_inputs)
     with eval_mode(model):
-        batch = torch.export.Dim("batch")
-        dynamic = tuple({batch_dim: batch} for _ in example_inputs)
-        note = ""
+        # AUTO: the batch dimension stays dynamic where the model allows it, within the
+        # range it allows (a positional table bounds it), in one trace; fixed otherwise.
+        dynamic = tuple({batch_dim: torch.export.Dim.AUTO} for _ in example_inputs)
         try:
             with _quiet_torch():
                 program = torch.export.export(model, example_inputs, dynamic_shapes=dynamic)
         except Exception as e:
-            note = (
-                f"a dynamic batch dimension failed ({_first_line(e)}); exported with fixed shapes"
+            return ExportCheck(
+                path,
+                "torch.export",
+                "export",
+                (Check("exported", False, f"torch.export failed: {_first_line(e)}"),),
+                optional=True,
             )
-            try:
-                with _quiet_torch():
-                    program = torch.export.export(model, example_inputs)
-            except Exception as e2:
-                return ExportCheck(
-                    path,
-                    "torch.export",
-                    "export",
-                    (Check("exported", False, f"torch.export failed: {_first_line(e2)}"),),
-                    optional=True,
-                )
+        batch_range = _dynamic_batch(program, batch_dim)
+        note = "" if batch_range is not None else "the model fixes its batch size: fixed shapes"
         _atomic_write(path, _to_bytes(lambda b: torch.export.save(program, b)))
         checks = [
-            Check("exported", True, "dynamic batch dimension" if not note else "fixed shapes")
+            Check(
+                "exported",
+                True,
+                "fixed shapes" if batch_range is None else f"dynamic batch dimension{batch_range}",
+            )
         ]
         try:
             loaded = torch.export.load(path).module()
@@ -441,6 +442,24 @@ def export_program(
                 batch_dim=batch_dim,
             )
     return ExportCheck(path, "torch.export", "export", tuple(checks), note, optional=True)
+
+
+def _dynamic_batch(program: Any, batch_dim: int) -> str | None:
+    """ " (2 to 5000)", the range of sizes an exported program takes along the batch
+    dimension ("" when unbounded); None when export fixed it."""
+    sizes = [
+        node.meta["val"].shape[batch_dim]
+        for node in program.graph.nodes
+        if node.op == "placeholder" and node.name in program.graph_signature.user_inputs
+        and isinstance(node.meta.get("val"), Tensor) and node.meta["val"].dim() > batch_dim
+    ]  # fmt: skip
+    if not sizes or not all(isinstance(size, torch.SymInt) for size in sizes):
+        return None
+    ranges = program.range_constraints.get(sizes[0].node.expr)
+    try:
+        return f" ({int(ranges.lower)} to {int(ranges.upper)})"
+    except (AttributeError, TypeError, ValueError, OverflowError):  # none, or no upper bound
+        return ""
 
 
 @contextlib.contextmanager

@@ -82,6 +82,16 @@ def sequence_dims(
     return 1 - dims.inputs, (1 - dims.target) if dims.per_step else None
 
 
+def first_steps(inputs: Sequence[Tensor], spec: ArchSpec, steps: int) -> tuple[Tensor, ...]:
+    """Inputs as the user gives them with each sequence cut to its first `steps` (a model
+    that reads no sequence gets them whole). Any prefix of a sequence is a valid input,
+    and the export checks need one that is quick to run, not the whole of a long one."""
+    seq = sequence_dims(spec)
+    if seq is None:
+        return tuple(inputs)
+    return tuple(take(t, steps, seq[0]) for t in inputs)
+
+
 def take(tensor: Tensor, count: int, dim: int) -> Tensor:
     """The first `count` samples along `dim` (the whole tensor when it has fewer)."""
     if tensor.dim() <= dim:

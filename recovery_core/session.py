@@ -55,6 +55,7 @@ from recovery_core.layout import (
     batch_dims,
     batch_major,
     drop_batch_major,
+    first_steps,
     take,
     to_batch_major,
 )
@@ -64,6 +65,9 @@ from recovery_core.spec import SOURCE_USER, WIRING, ArchSpec
 from recovery_core.train import TrainingResult, TrainingRun
 
 Log = Callable[[str], None]
+# Export checks run two samples, each sequence cut to this many steps: any prefix is a
+# valid input, and a model that reads thousands of samples as one sequence is slow on all.
+EXAMPLE_STEPS = 64
 
 
 def _quiet(line: str) -> None:
@@ -180,7 +184,7 @@ def export_trained(
     data as the user gives it (no batch-major view); `example` is two samples of it."""
     return export_all(
         model,
-        example,
+        first_steps(example, spec, EXAMPLE_STEPS),
         out_dir,
         original,
         code=generate_code(spec),

@@ -268,3 +268,21 @@ def test_torchscript_falls_back_to_trace_only_when_scripting_fails_and_says_why(
         ).method
         == "script"
     )
+
+
+def test_torch_export_keeps_a_batch_that_a_positional_table_bounds(tmp_path):
+    """A batch_first=False model fed [batch, seq, feature] takes its positions along its
+    batch dimension, from a 5000-long table: the program stays dynamic up to 5000 (one
+    trace), and takes another batch size."""
+    from tests.forward_zoo import FORWARD_BY_NAME
+
+    case = FORWARD_BY_NAME["vector_seq2seq_fed_as_is"]
+    model = case.make()
+    src, tgt = case.inputs(8)
+    example = (src[:, :2], tgt[:, :2])
+    check = export_program(model, example, tmp_path / "m.pt2", model.state_dict(), batch_dim=1)
+    assert check.passed, check.checks
+    exported = {c.name: c for c in check.checks}
+    assert "dynamic batch dimension" in exported["exported"].detail
+    assert "to 5000" in exported["exported"].detail
+    assert exported["other batch size"].passed
