@@ -59,7 +59,7 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
     and did not ask to score stay fixed."""
     assert studio.spec is not None and studio.opened is not None and studio.mapping is not None
     spec = studio.spec
-    fixed = {hp.name: hp.value for hp in spec.free if hp.source == "user" and hp.name not in names}
+    fixed = rc.session.person_values(spec, leave_out=names)
     inputs, target = studio.given_tensors()
     loss_fn = rc.loss_function(studio.mapping)
     weights = studio.opened.checkpoint.state_dict()

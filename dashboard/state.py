@@ -191,19 +191,14 @@ class RunRecord:
     run: rc.TrainingRun
     spec: rc.ArchSpec
     plan: rc.FreezePlan
-    method: str
-    lr: float
-    epochs: int
-    batch_size: int
+    config: rc.TrainingConfig  # how it trains: method, rate, epochs, batch, seed, held out
     baseline: float
     # The data the run trained on, as it was then (step 3 may change afterwards).
     mapping: rc.DataMapping | None = None
     data_name: str | None = None
     example_inputs: tuple[torch.Tensor, ...] = ()  # two samples: what exports are checked on
-    held_out: float = 0.0  # the fraction of the data it was evaluated on
     states: dict[str, str] = field(default_factory=dict)  # each free setting's state then
     unchecked: tuple[str, ...] = ()  # settings the data could have checked and did not
-    seed: int = 0
     started: float = field(default_factory=time.time)
     steps: list[int] = field(default_factory=list)  # every training step (the faint line)
     losses: list[float] = field(default_factory=list)
@@ -215,6 +210,11 @@ class RunRecord:
     @property
     def name(self) -> str:
         return f"Run {self.number}"
+
+    @property
+    def held_out(self) -> float:
+        """The fraction of the data it was evaluated on."""
+        return self.config.val_fraction
 
     def poll(self) -> None:
         """Collect the losses published since the last poll (cheap; safe while it runs)."""
@@ -333,10 +333,7 @@ class Studio:
     def fresh_model(self) -> nn.Module:
         """A new model with the original weights: a private copy for this session."""
         assert self.opened is not None and self.spec is not None
-        model = rc.build_model(self.spec)
-        report = rc.load_weights(model, self.opened.checkpoint.state_dict())
-        if not report.ok:
-            raise rc.BuildError(report.message)
+        model = rc.session.loaded_model(self.spec, self.opened.checkpoint.state_dict())
         # It takes the data batch-major, like `tensors()`: a model that reads dimension 0
         # as its sequence is then cut along its own batch dimension everywhere.
         return rc.attach_batch_major(model.eval(), rc.batch_dims(self.spec))

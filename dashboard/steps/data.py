@@ -117,8 +117,9 @@ def mapping(studio: state.Studio) -> None:
     )
     losses = list(LOSS_WORDS)
     # Without a guess: mean squared error for number targets, cross-entropy for classes.
-    target_is_float = target in names and dataset.tensors[target].is_floating_point()
-    loss = current.loss if current else ("mse" if target_is_float else "cross_entropy")
+    loss = current.loss if current else "cross_entropy"
+    if current is None and target in names:
+        loss = rc.session.default_loss(dataset.tensors[target])
     cols[-1].selectbox(
         "Loss",
         losses,

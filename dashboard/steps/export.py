@@ -35,41 +35,36 @@ def export(studio: state.Studio, record: state.RunRecord) -> None:
     assert studio.opened is not None and mapping is not None
     result = record.outcome
     out_dir = Path(studio.workdir) / f"run-{record.number}"
-    report = {
-        "checkpoint": studio.opened.source.label,
-        "data": record.data_name,
-        "mapping": {"inputs": list(mapping.inputs), "target": mapping.target, "loss": mapping.loss},
-        "hyperparameters": [
-            hp.to_json() | {"state": record.states.get(hp.name, "read from the weights")}
-            for hp in record.spec.hyperparameters
-        ],
-        "settings": [
-            {**row, "state": record.states.get(row["name"], row["state"])}
-            for row in rc.plan.settings_report(record.spec)
-        ],
-        "unverified_settings": list(record.unverified),
-        "wiring": record.spec.wiring.description if record.spec.wiring else None,
-        "evaluated_on": f"{record.held_out:.0%} held out" if record.held_out else "training data",
-        "freeze": {
-            "patterns": list(record.plan.patterns),
-            "trainable_modules": list(record.plan.trainable_modules),
-            "trainable_params": record.plan.trainable_params,
-            "total_params": record.plan.total_params,
+    report = rc.session.recovery_report(
+        checkpoint=studio.opened.source.label,
+        data=record.data_name,
+        mapping=mapping,
+        spec=record.spec,
+        plan=record.plan,
+        training=result,
+        states=record.states,
+        details={
+            "settings": [
+                {**row, "state": record.states.get(row["name"], row["state"])}
+                for row in rc.plan.settings_report(record.spec)
+            ],
+            "unverified_settings": list(record.unverified),
+            "wiring": record.spec.wiring.description if record.spec.wiring else None,
+            "evaluated_on": (
+                f"{record.held_out:.0%} held out" if record.held_out else "training data"
+            ),
         },
-        "training": result.to_json(),
-    }
+    )
     # The files take the data as the user gives it: the batch-major view is dropped.
-    dims = rc.batch_dims(record.spec)
-    studio.exports[record.number] = rc.export_all(
+    studio.exports[record.number] = rc.session.export_trained(
         rc.drop_batch_major(copy.deepcopy(result.model)),
-        rc.from_batch_major(record.example_inputs, dims),
-        str(out_dir),
-        studio.opened.checkpoint.state_dict(),
-        code=rc.generate_code(record.spec),
+        rc.from_batch_major(record.example_inputs, rc.batch_dims(record.spec)),
+        out_dir,
+        spec=record.spec,
+        original=studio.opened.checkpoint.state_dict(),
+        plan=record.plan,
         report=report,
         stem="recovered",
-        trainable_keys=record.plan.trainable_keys,
-        batch_dim=dims.inputs,
     )
 
 

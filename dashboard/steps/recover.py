@@ -165,12 +165,7 @@ def search_panel(studio: state.Studio) -> None:
         return
     # Only losses measured on the same samples compare: the finalists, scored on them all
     # (the others were screened on fewer and would crowd the chart out of order).
-    best = result.best
-    comparable = [
-        c
-        for c in result.ranking
-        if best is not None and c.error is None and c.samples == best.samples
-    ]
+    comparable = rc.session.finalists(result)
     # Name only the settings that differ between the bars: the rest is the same for all.
     differ = [n for n in result.names if len({repr(c.values.get(n)) for c in comparable}) > 1]
     fig = charts.candidate_ranking(

@@ -78,7 +78,8 @@ def units(spec: rc.ArchSpec, inspection: rc.Inspection) -> list[tuple[str, str, 
 def _trainable(studio: state.Studio) -> set[str]:
     """This session's ticked modules (the output layer on the first visit)."""
     if studio.trainable is None:
-        patterns = rc.preset_patterns(studio.reference_model(), "output_layer")
+        assert studio.spec is not None
+        patterns = rc.session.default_patterns(studio.reference_model(), studio.spec)
         studio.trainable = set(_from_patterns(studio, patterns))
     return studio.trainable
 
@@ -86,13 +87,7 @@ def _trainable(studio: state.Studio) -> set[str]:
 def _from_patterns(studio: state.Studio, patterns: tuple[str, ...]) -> list[str]:
     assert studio.opened is not None and studio.spec is not None
     paths = [p for p, _, _ in units(studio.spec, studio.opened.inspection)]
-    if "*" in patterns:
-        return paths
-    return [
-        p
-        for p in paths
-        if any(p == q or p.startswith(q + ".") or q.startswith(p + ".") for q in patterns)
-    ]
+    return rc.session.paths_matching(paths, patterns)
 
 
 def _on_tick(path: str, key: str) -> None:
@@ -227,15 +222,7 @@ def settings(studio: state.Studio) -> rc.TrainingConfig:
 
 
 def config_of(studio: state.Studio) -> rc.TrainingConfig:
-    t = studio.training
-    return rc.TrainingConfig(
-        method=t.method,
-        lr=t.lr,
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        seed=t.seed,
-        val_fraction=studio.held_out,
-    )
+    return studio.training.config(val_fraction=studio.held_out)
 
 
 def start(studio: state.Studio, plan: rc.FreezePlan, config: rc.TrainingConfig) -> None:
@@ -249,18 +236,13 @@ def start(studio: state.Studio, plan: rc.FreezePlan, config: rc.TrainingConfig) 
         run=run,
         spec=studio.spec,
         plan=plan,
-        method=config.method,
-        lr=config.lr,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
+        config=config,
         baseline=studio.baseline(),
         mapping=studio.mapping,
         data_name=studio.dataset.source_name if studio.dataset is not None else None,
         example_inputs=tuple(t[:2] for t in inputs),
-        held_out=config.val_fraction,
         states=studio.states(),
         unchecked=studio.unchecked(),
-        seed=config.seed,
     )
     run.start()
     studio.runs.append(record)

@@ -6,6 +6,7 @@ import gc
 import os
 import threading
 
+import recovery_core as rc
 from dashboard import state
 
 
@@ -21,10 +22,22 @@ class _FakeRun:
         self.stopped.set()
 
 
+def _record(run: _FakeRun) -> state.RunRecord:
+    """A run record around a fake run (no spec or plan: these tests never read them)."""
+    return state.RunRecord(
+        number=1,
+        run=run,  # type: ignore[arg-type]
+        spec=None,  # type: ignore[arg-type]
+        plan=None,  # type: ignore[arg-type]
+        config=rc.TrainingConfig(method="adam", lr=1e-3, epochs=1, batch_size=1),
+        baseline=1.0,
+    )
+
+
 def test_a_dropped_session_stops_its_training_and_deletes_its_exports():
     studio = state.Studio()
     run = _FakeRun()
-    studio.runs.append(state.RunRecord(1, run, None, None, "adam", 1e-3, 1, 1, 1.0))
+    studio.runs.append(_record(run))
     workdir = studio.workdir
     open(os.path.join(workdir, "model.pt"), "wb").close()
     del studio
@@ -38,7 +51,7 @@ def test_opening_another_checkpoint_stops_the_running_training():
     studio = state.Studio()
     run = _FakeRun()
     run.status = "running"
-    studio.runs.append(state.RunRecord(1, run, None, None, "adam", 1e-3, 1, 1, 1.0))
+    studio.runs.append(_record(run))
     other = state.Opened(state.Source("upload", "upload:0", "other.pt"), None, None, None)
     studio.use(other)
     assert run.stopped.is_set()
