@@ -277,8 +277,9 @@ class TrainingRun:
 
     def _execute(self) -> None:
         self._started_at = time.monotonic()
+        fit = _Fit(self)
         try:
-            setup = self._prepare()
+            fit.prepare()
         except RecoveryError as e:
             self._finish_without_result(str(e))
             return
@@ -290,209 +291,30 @@ class TrainingRun:
         status: RunStatus = "finished"
         message = ""
         try:
-            if setup.method == "lstsq":
-                self._closed_form(setup)
+            if fit.method == "lstsq":
+                fit.closed_form()
             else:
-                self._gradient_loop(setup)
+                fit.gradient_loop()
         except _Stop as stop:
             status, message = stop.status, stop.message
         except Exception as e:  # an exception inside a step: keep the best weights, say why
             status = "failed"
             message = (
                 f"Training stopped at step {self._steps_done + 1} because of an error "
-                f"({_describe(e)}); the best weights (step {setup.best_step}) were kept."
+                f"({_describe(e)}); the best weights (step {fit.best_step}) were kept."
             )
-        self._conclude(setup, status, message)
-
-    def _prepare(self) -> _Setup:
-        cfg = self.config
-        torch.manual_seed(cfg.seed)
-        set_train_mode(self.model, self.plan)
-        probe = [t[:2] for t in self.inputs]
-        if cfg.cache or cfg.method in ("auto", "lstsq"):
-            suffix, why_not = find_suffix(self.model, self.plan, probe)
-        else:
-            suffix, why_not = None, "caching turned off"
-        features: CachedFeatures | None = None
-        val_features: CachedFeatures | None = None
-        if suffix is not None:
-            features, reason = cache_features(self.model, suffix, self.inputs)
-            if features is None:
-                suffix, why_not = None, reason
-            elif self.val is not None:
-                val_features, _ = cache_features(self.model, suffix, self.val[0])
-        blocker = closed_form_blocker(
-            self.model, self.plan, suffix, getattr(self.loss_fn, "name", None)
-        )
-        if cfg.method == "lstsq" and blocker:
-            raise TrainingError(
-                f"The closed form does not apply here: {blocker}; choose Adam instead."
-            )
-        method = (
-            "lstsq"
-            if cfg.method == "lstsq" or (cfg.method == "auto" and not blocker)
-            else cfg.method
-        )
-        if method == "auto":
-            method = "adam"
-        use_cache = features is not None and (cfg.cache or method == "lstsq")
-        if not use_cache and suffix is not None:
-            why_not = "caching turned off"
-        setup = _Setup(
-            method=method,
-            suffix=suffix if use_cache else None,
-            features=features if use_cache else None,
-            why_not_cached=why_not,
-        )
-        setup.train_forward = (
-            cached_forward(suffix, features)
-            if use_cache and suffix is not None and features is not None
-            else full_forward(self.model, self.inputs)
-        )
-        if self.val is None:
-            setup.eval_forward, setup.eval_target = setup.train_forward, self.target
-        elif use_cache and suffix is not None and val_features is not None:
-            setup.eval_forward, setup.eval_target = (
-                cached_forward(suffix, val_features),
-                self.val[1],
-            )
-        else:
-            setup.eval_forward, setup.eval_target = (
-                full_forward(self.model, self.val[0]),
-                self.val[1],
-            )
-        baseline = self._evaluate(setup)
-        if not math.isfinite(baseline):
-            raise TrainingError(
-                f"The loss of the original weights on this data is {baseline}; check the data and the mapping."
-            )
-        self.baseline = baseline
-        setup.baseline = setup.best_loss = baseline
-        setup.best_state = self._snapshot()
-        steps_per_epoch = math.ceil(self.target.shape[0] / cfg.batch_size)
         with self._lock:
-            self._total_steps = 1 if method == "lstsq" else cfg.epochs * steps_per_epoch
-            self._rate_mark = (time.monotonic(), 0)  # the steps' clock starts after set-up
-        return setup
+            steps = self._steps_done
+        result = fit.conclude(status, message, steps)
+        with self._lock:
+            self._result, self._status, self._message = result, status, result.message
 
-    def _closed_form(self, setup: _Setup) -> None:
-        assert setup.suffix is not None and setup.features is not None
-        linear = dict(self.model.named_modules())[setup.suffix.entry]
-        solve_linear(linear, setup.features, self.target)
-        loss = self._evaluate(setup)
-        self._consider(setup, loss, step=1)
-        self._publish(
-            StepEvent(
-                1,
-                1,
-                loss,
-                self._val_or_none(loss),
-                self._elapsed(),
-                self.target.shape[0],
-                loss,
-                loss,
-            )
-        )
-
-    def _gradient_loop(self, setup: _Setup) -> None:
-        cfg = self.config
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = _optimizer(setup.method, params, cfg)
-        order_gen = torch.Generator().manual_seed(cfg.seed)
-        n = self.target.shape[0]
-        step = seen = 0
-        last_check = time.monotonic()
-        for epoch in range(1, cfg.epochs + 1):
-            set_train_mode(self.model, self.plan)
-            order = torch.randperm(n, generator=order_gen).to(self.device)
-            for start in range(0, n, cfg.batch_size):
-                if self._stop_requested.is_set():
-                    self._keep_if_better(setup, step)
-                    raise _Stop(
-                        "stopped",
-                        f"Stopped by request at step {step}; the best weights (step {setup.best_step}) were kept.",
-                    )
-                idx = order[start : start + cfg.batch_size]
-                loss = self.loss_fn(setup.train_forward(idx), self.target[idx])
-                if not bool(torch.isfinite(loss)):
-                    raise _Stop(
-                        "failed",
-                        f"The loss became {float(loss.detach())} at step {step + 1}; training stopped and the "
-                        f"best weights (step {setup.best_step}) were restored. Try a lower learning rate.",
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                seen += len(idx)
-                end_of_epoch = start + cfg.batch_size >= n
-                eval_loss = self._evaluate(setup) if end_of_epoch else None
-                monitor = eval_loss
-                if monitor is None and time.monotonic() - last_check >= EVAL_SECONDS:
-                    monitor = self._evaluate(setup)  # shown only; see EVAL_SECONDS
-                if monitor is not None:
-                    last_check = time.monotonic()
-                self._publish(
-                    StepEvent(
-                        step,
-                        epoch,
-                        float(loss.detach()),
-                        self._val_or_none(eval_loss),
-                        self._elapsed(),
-                        seen,
-                        eval_loss,
-                        monitor,
-                    )
-                )
-                if eval_loss is not None:
-                    if not math.isfinite(eval_loss):
-                        raise _Stop(
-                            "failed",
-                            f"The evaluation loss became {eval_loss} after epoch {epoch}; the best "
-                            f"weights (step {setup.best_step}) were restored. Try a lower learning rate.",
-                        )
-                    self._consider(setup, eval_loss, step)
-
-    # ------------------------------------------------------------ helpers
-
-    def _evaluate(self, setup: _Setup) -> float:
-        """Eval-mode loss on the evaluation set; the modes are put back afterwards."""
-        self.model.eval()
-        try:
-            n = setup.eval_target.shape[0]
-            total = 0.0
-            with torch.no_grad():
-                for start in range(0, n, EVAL_BATCH):
-                    idx = torch.arange(start, min(start + EVAL_BATCH, n), device=self.device)
-                    out = setup.eval_forward(idx)
-                    total += float(self.loss_fn(out, setup.eval_target[idx])) * len(idx)
-            return total / n
-        finally:
-            set_train_mode(self.model, self.plan)
-
-    def _trainable_state(self) -> dict[str, Tensor]:
-        keys = set(self.plan.trainable_keys)
-        return {k: v for k, v in self.model.state_dict(keep_vars=True).items() if k in keys}
-
-    def _snapshot(self) -> dict[str, Tensor]:
-        return {k: v.detach().clone() for k, v in self._trainable_state().items()}
-
-    def _restore(self, state: dict[str, Tensor]) -> None:
-        with torch.no_grad():
-            for k, v in self._trainable_state().items():
-                v.copy_(state[k])
-
-    def _consider(self, setup: _Setup, loss: float, step: int) -> None:
-        if math.isfinite(loss) and loss < setup.best_loss:
-            setup.best_loss, setup.best_step, setup.best_state = loss, step, self._snapshot()
-
-    def _keep_if_better(self, setup: _Setup, step: int) -> None:
-        """On a stop mid-epoch the current weights may beat the last epoch's; check them."""
-        if step > setup.best_step:
-            self._consider(setup, self._evaluate(setup), step)
-
-    def _val_or_none(self, loss: float | None) -> float | None:
-        return loss if self.val is not None else None
+    def _prepared(self, baseline: float, total_steps: int) -> None:
+        """Set-up is done: the baseline is known and the steps' clock starts."""
+        self.baseline = baseline
+        with self._lock:
+            self._total_steps = total_steps
+            self._rate_mark = (time.monotonic(), 0)
 
     def _elapsed(self) -> float:
         return time.monotonic() - self._started_at
@@ -518,60 +340,19 @@ class TrainingRun:
         with self._lock:
             self._status, self._message = "failed", message
 
-    def _conclude(self, setup: _Setup, status: RunStatus, message: str) -> None:
-        self._restore(setup.best_state)
-        try:
-            final = self._evaluate(setup)
-        except Exception:  # the same failure that ended the run; the best loss is known
-            final = setup.best_loss
-        self.model.eval()
-        if setup.method == "lstsq":
-            method_used = "lstsq (closed form)"
-        elif setup.suffix is not None:
-            method_used = f"{setup.method} with frozen-prefix cache (input of {setup.suffix.description} computed once)"
-        else:
-            method_used = (
-                f"{setup.method} (full forward: {setup.why_not_cached or 'no frozen prefix'})"
-            )
-        if not message:
-            message = (
-                f"Loss {setup.baseline:.4g} -> {final:.4g} with {method_used}."
-                if setup.best_step
-                else f"Training did not beat the original weights (loss {setup.baseline:.4g}); they were kept."
-            )
-        with self._lock:
-            steps = self._steps_done
-        result = TrainingResult(
-            baseline_loss=setup.baseline,
-            final_loss=final,
-            best_loss=setup.best_loss,
-            best_step=setup.best_step,
-            steps=steps,
-            seconds=self._elapsed(),
-            method_used=method_used,
-            cached_prefix=setup.suffix is not None,
-            model=self.model.to("cpu"),
-            stopped_early=status != "finished",
-            message=message,
-        )
-        with self._lock:
-            self._result, self._status, self._message = result, status, message
 
+class _Fit:
+    """The work of one run, in its thread: set-up (closed form or gradients, cached
+    frozen-prefix features or the full forward), the steps, and the best weights seen."""
 
-class _Setup:
-    """Mutable per-run bookkeeping (private to the run's thread)."""
-
-    def __init__(
-        self,
-        method: str,
-        suffix: Suffix | None,
-        features: CachedFeatures | None,
-        why_not_cached: str,
-    ):
-        self.method = method
-        self.suffix = suffix
-        self.features = features
-        self.why_not_cached = why_not_cached
+    def __init__(self, run: TrainingRun):
+        self.run = run
+        self.model, self.plan, self.loss_fn = run.model, run.plan, run.loss_fn
+        self.config, self.device, self.target = run.config, run.device, run.target
+        self.method = "adam"
+        self.suffix: Suffix | None = None
+        self.features: CachedFeatures | None = None
+        self.why_not_cached = ""
         self.train_forward: Callable[[Tensor], Tensor]
         self.eval_forward: Callable[[Tensor], Tensor]
         self.eval_target: Tensor
@@ -579,6 +360,213 @@ class _Setup:
         self.best_loss = math.inf
         self.best_step = 0
         self.best_state: dict[str, Tensor] = {}
+
+    def prepare(self) -> None:
+        cfg, run = self.config, self.run
+        torch.manual_seed(cfg.seed)
+        set_train_mode(self.model, self.plan)
+        probe = [t[:2] for t in run.inputs]
+        if cfg.cache or cfg.method in ("auto", "lstsq"):
+            suffix, why_not = find_suffix(self.model, self.plan, probe)
+        else:
+            suffix, why_not = None, "caching turned off"
+        features: CachedFeatures | None = None
+        if suffix is not None:
+            features, reason = cache_features(self.model, suffix, run.inputs)
+            if features is None:
+                suffix, why_not = None, reason
+        blocker = closed_form_blocker(
+            self.model, self.plan, suffix, getattr(self.loss_fn, "name", None)
+        )
+        if cfg.method == "lstsq" and blocker:
+            raise TrainingError(
+                f"The closed form does not apply here: {blocker}; choose Adam instead."
+            )
+        lstsq = cfg.method == "lstsq" or (cfg.method == "auto" and not blocker)
+        self.method = "lstsq" if lstsq else ("adam" if cfg.method == "auto" else cfg.method)
+        use_cache = features is not None and (cfg.cache or self.method == "lstsq")
+        if not use_cache and suffix is not None:
+            why_not = "caching turned off"
+        self.why_not_cached = why_not
+        if use_cache and suffix is not None and features is not None:
+            self.suffix, self.features = suffix, features
+        self._choose_forwards()
+        baseline = self.evaluate()
+        if not math.isfinite(baseline):
+            raise TrainingError(
+                f"The loss of the original weights on this data is {baseline}; check the data and the mapping."
+            )
+        self.baseline = self.best_loss = baseline
+        self.best_state = self.snapshot()
+        steps_per_epoch = math.ceil(self.target.shape[0] / cfg.batch_size)
+        run._prepared(baseline, 1 if self.method == "lstsq" else cfg.epochs * steps_per_epoch)
+
+    def _choose_forwards(self) -> None:
+        """What a step and an evaluation run: the cached suffix where there is one, else
+        the whole model; on the validation set when there is one."""
+        run, suffix = self.run, self.suffix
+        if suffix is not None and self.features is not None:
+            self.train_forward = cached_forward(suffix, self.features)
+        else:
+            self.train_forward = full_forward(self.model, run.inputs)
+        if run.val is None:
+            self.eval_forward, self.eval_target = self.train_forward, self.target
+            return
+        self.eval_target = run.val[1]
+        val_features = None
+        if suffix is not None:
+            val_features, _ = cache_features(self.model, suffix, run.val[0])
+        if suffix is not None and val_features is not None:
+            self.eval_forward = cached_forward(suffix, val_features)
+        else:
+            self.eval_forward = full_forward(self.model, run.val[0])
+
+    def closed_form(self) -> None:
+        assert self.suffix is not None and self.features is not None
+        linear = dict(self.model.named_modules())[self.suffix.entry]
+        solve_linear(linear, self.features, self.target)
+        loss = self.evaluate()
+        self.consider(loss, step=1)
+        self.publish(1, 1, loss, self.target.shape[0], loss, loss)
+
+    def publish(
+        self,
+        step: int,
+        epoch: int,
+        loss: float,
+        seen: int,
+        eval_loss: float | None,
+        monitor: float | None,
+    ) -> None:
+        val_loss = eval_loss if self.run.val is not None else None
+        self.run._publish(
+            StepEvent(step, epoch, loss, val_loss, self.run._elapsed(), seen, eval_loss, monitor)
+        )
+
+    def gradient_loop(self) -> None:
+        cfg = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = _optimizer(self.method, params, cfg)
+        order_gen = torch.Generator().manual_seed(cfg.seed)
+        n = self.target.shape[0]
+        step = seen = 0
+        last_check = time.monotonic()
+        for epoch in range(1, cfg.epochs + 1):
+            set_train_mode(self.model, self.plan)
+            order = torch.randperm(n, generator=order_gen).to(self.device)
+            for start in range(0, n, cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                loss = self.step(optimizer, idx, step)
+                step += 1
+                seen += len(idx)
+                end_of_epoch = start + cfg.batch_size >= n
+                eval_loss = self.evaluate() if end_of_epoch else None
+                monitor = eval_loss
+                if monitor is None and time.monotonic() - last_check >= EVAL_SECONDS:
+                    monitor = self.evaluate()  # shown only; see EVAL_SECONDS
+                if monitor is not None:
+                    last_check = time.monotonic()
+                self.publish(step, epoch, loss, seen, eval_loss, monitor)
+                if eval_loss is not None:
+                    if not math.isfinite(eval_loss):
+                        raise _Stop(
+                            "failed",
+                            f"The evaluation loss became {eval_loss} after epoch {epoch}; the best "
+                            f"weights (step {self.best_step}) were restored. Try a lower learning rate.",
+                        )
+                    self.consider(eval_loss, step)
+
+    def step(self, optimizer: torch.optim.Optimizer, idx: Tensor, step: int) -> float:
+        """One optimiser step on the samples `idx` (after `step` steps); its training loss."""
+        if self.run._stop_requested.is_set():
+            self.keep_if_better(step)
+            raise _Stop(
+                "stopped",
+                f"Stopped by request at step {step}; the best weights (step {self.best_step}) were kept.",
+            )
+        loss = self.loss_fn(self.train_forward(idx), self.target[idx])
+        if not bool(torch.isfinite(loss)):
+            raise _Stop(
+                "failed",
+                f"The loss became {float(loss.detach())} at step {step + 1}; training stopped and the "
+                f"best weights (step {self.best_step}) were restored. Try a lower learning rate.",
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    def evaluate(self) -> float:
+        """Eval-mode loss on the evaluation set; the modes are put back afterwards."""
+        self.model.eval()
+        try:
+            n = self.eval_target.shape[0]
+            total = 0.0
+            with torch.no_grad():
+                for start in range(0, n, EVAL_BATCH):
+                    idx = torch.arange(start, min(start + EVAL_BATCH, n), device=self.device)
+                    out = self.eval_forward(idx)
+                    total += float(self.loss_fn(out, self.eval_target[idx])) * len(idx)
+            return total / n
+        finally:
+            set_train_mode(self.model, self.plan)
+
+    def _trainable_state(self) -> dict[str, Tensor]:
+        keys = set(self.plan.trainable_keys)
+        return {k: v for k, v in self.model.state_dict(keep_vars=True).items() if k in keys}
+
+    def snapshot(self) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self._trainable_state().items()}
+
+    def restore(self, state: dict[str, Tensor]) -> None:
+        with torch.no_grad():
+            for k, v in self._trainable_state().items():
+                v.copy_(state[k])
+
+    def consider(self, loss: float, step: int) -> None:
+        if math.isfinite(loss) and loss < self.best_loss:
+            self.best_loss, self.best_step, self.best_state = loss, step, self.snapshot()
+
+    def keep_if_better(self, step: int) -> None:
+        """On a stop mid-epoch the current weights may beat the last epoch's; check them."""
+        if step > self.best_step:
+            self.consider(self.evaluate(), step)
+
+    def method_used(self) -> str:
+        if self.method == "lstsq":
+            return "lstsq (closed form)"
+        if self.suffix is not None:
+            return f"{self.method} with frozen-prefix cache (input of {self.suffix.description} computed once)"
+        return f"{self.method} (full forward: {self.why_not_cached or 'no frozen prefix'})"
+
+    def conclude(self, status: RunStatus, message: str, steps: int) -> TrainingResult:
+        """The best weights restored and measured: the run's result."""
+        self.restore(self.best_state)
+        try:
+            final = self.evaluate()
+        except Exception:  # the same failure that ended the run; the best loss is known
+            final = self.best_loss
+        self.model.eval()
+        method_used = self.method_used()
+        if not message:
+            message = (
+                f"Loss {self.baseline:.4g} -> {final:.4g} with {method_used}."
+                if self.best_step
+                else f"Training did not beat the original weights (loss {self.baseline:.4g}); they were kept."
+            )
+        return TrainingResult(
+            baseline_loss=self.baseline,
+            final_loss=final,
+            best_loss=self.best_loss,
+            best_step=self.best_step,
+            steps=steps,
+            seconds=self.run._elapsed(),
+            method_used=method_used,
+            cached_prefix=self.suffix is not None,
+            model=self.model.to("cpu"),
+            stopped_early=status != "finished",
+            message=message,
+        )
 
 
 def _optimizer(
