@@ -6,7 +6,8 @@ features of the frozen prefix where it can. Every step publishes a `StepEvent`; 
 `events_since(i)` from another thread. No UI code here.
 
 Reproducibility: the run seeds torch's global generator (dropout has no other), so two
-runs with the same seed agree when they do not run at the same time.
+runs with the same seed agree when they do not run at the same time; that is a
+process-wide switch, so it is the caller's choice (`TrainingConfig.seed_global_rng`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class TrainingConfig:
     weight_decay: float = 0.0
     val_fraction: float = 0.0  # 0: evaluate on the training data itself
     cache: bool = True  # train on cached frozen-prefix features where that is exact
+    # Seed torch's global generator at the start (dropout draws from no other): a
+    # process-wide switch, so the caller chooses. Off, runs sharing a process cannot
+    # reseed each other's dropout, and a run with trainable dropout is not reproducible.
+    seed_global_rng: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -363,7 +368,8 @@ class _Fit:
 
     def prepare(self) -> None:
         cfg, run = self.config, self.run
-        torch.manual_seed(cfg.seed)
+        if cfg.seed_global_rng:
+            torch.manual_seed(cfg.seed)
         set_train_mode(self.model, self.plan)
         probe = [t[:2] for t in run.inputs]
         if cfg.cache or cfg.method in ("auto", "lstsq"):

@@ -226,3 +226,21 @@ def test_the_pipeline_pieces_keep_the_persons_values_and_match_layer_paths():
     )
     assert (config.method, config.lr, config.epochs, config.device) == ("sgd", 0.5, 3, "cpu")
     assert config.val_fraction == 0.0
+
+
+@pytest.mark.parametrize("seed_global_rng", [True, False])
+def test_seeding_torchs_global_generator_is_the_callers_choice(seed_global_rng):
+    from recovery_core.freeze import plan_freeze
+    from recovery_core.train import TrainingConfig, TrainingRun
+
+    model = torch.nn.Linear(3, 1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    config = TrainingConfig(method="sgd", epochs=1, seed=7, seed_global_rng=seed_global_rng)
+    run = TrainingRun(model, plan_freeze(model, ["weight"]), (x,), y, torch.nn.MSELoss(), config)
+    torch.manual_seed(123)
+    expected = torch.rand(1)  # the next draw after seeding 123
+    torch.manual_seed(123)
+
+    run.run()
+
+    assert torch.equal(torch.rand(1), expected) is not seed_global_rng
