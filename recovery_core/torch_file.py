@@ -11,7 +11,6 @@ size before a second, real load reads them into memory.
 
 from __future__ import annotations
 
-import io
 import math
 import pickle
 import pickletools
@@ -31,7 +30,7 @@ from recovery_core.container import (
 )
 from recovery_core.errors import CheckpointFormatError, RecoveryError, UnsafeCheckpointError
 from recovery_core.limits import LoadLimits
-from recovery_core.pickle_scan import scan_pickle
+from recovery_core.pickle_scan import scan_pickle, scan_pickle_bytes
 from recovery_core.torch_pickle import StorageRef, TensorRef, Unsupported, read_data_pkl
 from recovery_core.unwrap import walk
 
@@ -105,7 +104,7 @@ def load_torch_zip(path: Path, display: str, limits: LoadLimits) -> LoadedPickle
         pkl = next(r for r in layout.records if r.name == layout.root + "data.pkl")
         data = read_exactly(f, pkl.data_offset, pkl.size, display)
         facts: dict[str, Any] = {}
-        scan_pickle(io.BytesIO(data), display, limits, facts=facts)
+        scan_pickle_bytes(data, display, limits, facts=facts)
         try:
             return _metadata_load(data, facts, layout, display, limits)
         except Unsupported:

@@ -144,3 +144,40 @@ def test_storage_table_matches_torch() -> None:
     for name, dtype in torch_pickle.STORAGE_DTYPES.items():
         assert names[name] == dtype
         assert torch_pickle.DTYPE_ITEMSIZE[dtype] == getattr(torch, dtype).itemsize
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pickletools on mutated text
+def test_the_inline_scan_refuses_exactly_as_the_pickletools_scan() -> None:
+    """scan_pickle_bytes against scan_pickle over mutants of real pickles: same count and
+    facts, or the same refusal (type and message)."""
+    import random
+
+    from recovery_core.pickle_scan import scan_pickle, scan_pickle_bytes
+    from tests.hostile import fuzz
+
+    limits = LoadLimits(max_pickle_opcodes=400, max_container_items=50)
+    seeds = [
+        zipfile.ZipFile(io.BytesIO(fuzz.seeds()["seed_zip.pt"])).read("seed_zip/data.pkl"),
+        pickle.dumps({"a": [1, 2.5, None, True], "b": ("x" * 300, b"y")}, protocol=2),
+        pickle.dumps({"s": {1, 2}, "t": (1, 2), 10**30: 1}, protocol=4),
+    ]
+    rng = random.Random(5)
+
+    def outcome(scan, data: bytes) -> object:
+        facts: dict[str, object] = {}
+        try:
+            return scan(data, facts), facts
+        except RecoveryError as exc:
+            return type(exc).__name__, str(exc)
+
+    def slow(data: bytes, facts: dict) -> int:
+        return scan_pickle(io.BytesIO(data), "f.pt", limits, facts=facts)
+
+    def fast(data: bytes, facts: dict) -> int:
+        return scan_pickle_bytes(data, "f.pt", limits, facts=facts)
+
+    for i in range(1500):
+        data = bytearray(seeds[i % len(seeds)])
+        for _ in range(rng.choice((0, 1, 2, 4))):
+            fuzz._byte_edit(data, rng, seeds)
+        assert outcome(fast, bytes(data)) == outcome(slow, bytes(data)), bytes(data)
