@@ -160,7 +160,11 @@ def test_human_output_shows_table_tree_and_hidden_choices(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("content", "phrase"),
-    [(b"", "empty"), (b"hello, this is text\n", "not a checkpoint"), (b"PK\x03\x04trunc", "")],
+    [
+        (b"", "empty"),
+        (b"hello, this is text\n", "not a checkpoint"),
+        (b"PK\x03\x04trunc", "truncated or damaged zip"),
+    ],
 )
 def test_bad_input_exits_2_with_one_line(content, phrase, tmp_path, capsys):
     path = tmp_path / "bad.pt"

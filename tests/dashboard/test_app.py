@@ -55,9 +55,9 @@ def go(at: AppTest, step: str) -> AppTest:
 def wait_for_run(at: AppTest, timeout: float = 120) -> None:
     """Poll as the browser does: rerun until the background run has ended."""
     deadline = time.monotonic() + timeout
-    while studio(at).active_run is not None:
+    while (record := studio(at).active_run) is not None:
         assert time.monotonic() < deadline, "training did not end in time"
-        time.sleep(0.3)
+        record.run.join(0.3)  # returns as soon as the run's thread ends
         at.run()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
