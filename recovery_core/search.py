@@ -68,8 +68,6 @@ EXHAUSTIVE_UP_TO = 1024
 BEAM_START = 48  # combinations a beam starts from per forward hypothesis
 MAX_BEAM_WIDTH = 32  # combinations kept between refinements, when they are cheap
 MAX_SKELETONS = 4096  # shape skeletons a stack's beam may start from
-# Hidden values besides the parameter-less slots that change a feature map's size.
-SHAPE_NAMES = frozenset({"conv_padding", "conv_stride"})
 # Samples are screened and scored within this many input elements each (at least one).
 ELEMENTS_PER_SAMPLE = 1024
 # A sample longer than that is screened on a prefix of its sequence, this many steps at
@@ -532,7 +530,7 @@ def _skeletons(
     beam that starts from every one of them can reach pooling placements one value at a
     time could not. None when there are no slots or too many skeletons."""
     slots = [i for i, n in enumerate(group.names) if n in group.slots]
-    if not slots:
+    if not slots and not any(stack_shapes.is_shape_name(n) for n in group.names):
         return None
     current = _current(group)
     if input_shape is not None:  # shapes reasoned through: only what chains (stack_shapes)
@@ -554,7 +552,7 @@ def _skeletons(
             for value in [current[i], *candidates]:
                 by_class.setdefault(shape_class(value), value)
             axes.append([(i, v) for v in by_class.values()])
-        elif name in SHAPE_NAMES:
+        elif stack_shapes.is_shape_name(name):  # a convolution's stride, padding, ...
             axes.append([(i, v) for v in candidates])
     if math.prod(len(a) for a in axes) > MAX_SKELETONS:
         return None

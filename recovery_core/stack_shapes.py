@@ -49,7 +49,7 @@ Step = tuple[tuple[tuple[str, Any], ...], Shape, int]  # (values set, shape afte
 def is_shape_name(name: str) -> bool:
     """True for a hidden value that changes a feature map's size: a convolution's own
     stride, padding, dilation or output padding ("blocks.0.stride"), or the global ones
-    (conv_stride, conv_padding). The search's `SHAPE_NAMES` test, for per-layer names."""
+    (conv_stride, conv_padding): the search starts its beam from their shape skeletons."""
     return name in CONV_HIDDEN or split_setting(name) is not None
 
 
