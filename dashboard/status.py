@@ -138,7 +138,19 @@ LABELS = {
 }
 
 
+# A convolution's own settings are named by its path: "blocks.0.stride".
+LAYER_SETTINGS = {
+    "stride": "Stride",
+    "padding": "Padding",
+    "dilation": "Dilation",
+    "output_padding": "Output padding",
+}
+
+
 def label(name: str) -> str:
     """A setting's name for people, with its code name after it."""
     plain = LABELS.get(name)
+    path, _, setting = name.rpartition(".")
+    if plain is None and path and setting in LAYER_SETTINGS:
+        plain = f"{LAYER_SETTINGS[setting]} of {path}"
     return f"{plain} ({name})" if plain else name
