@@ -110,6 +110,10 @@ class Runner:
             runs=len(runs),
         )
 
+    def once(self, body: str, *, setup: str = "") -> dict[str, Any]:
+        """One run of `body` (a fresh process unless --quick): its seconds, peak and extra."""
+        return self._run(body, setup, profile=False)
+
     def profile(self, body: str, *, setup: str = "", order: str = "cumulative") -> str:
         """The top entries of one run of `body` under cProfile, by cumulative time (or by
         "tottime": time in the function itself, which shows a quadratic loop)."""
@@ -192,6 +196,14 @@ def fmt_b(nbytes: float) -> str:
 
 def ratio(usual: float, ours: float) -> float:
     return usual / max(ours, 1e-9)
+
+
+def spread(values: list[float], fmt: Any = None) -> str:
+    """ "median (min–max)" of several runs, or the one value."""
+    fmt = fmt or fmt_s
+    if len(values) == 1:
+        return fmt(values[0])
+    return f"{fmt(statistics.median(values))} ({fmt(min(values))}–{fmt(max(values))})"
 
 
 def fmt_ratio(value: float) -> str:
@@ -453,96 +465,124 @@ def bench_training(report: Report, runner: Runner) -> None:
 
 # --- 3. closed form -------------------------------------------------------------------------
 
-CLOSED_FORM_GOAL = 50.0
-ADAM_STEPS = 200
-HEAD_INPUTS = 256  # cases.regression_problem's hidden width: the Linear head's inputs
-
-
-def regression_setup(samples: int) -> str:
-    return f"{ONE_THREAD}\nMODEL, X, Y = cases.regression_problem({samples})"
+CLOSED_FORM_GOAL = 20.0
+CLOSED_FORM_TOLERANCE = 0.01  # "within 1 % of the least-squares optimum's loss"
+# Adam's usual default and the half-decades below it. Above 1e-3 a constant learning rate
+# leaves the minibatch noise floor more than 1 % above the optimum on this problem (a trial
+# at 2,000 sequences, 300 epochs: 1e-3 came within 1.3 %, 1e-2 within 4 %, 3e-2 within 9 %).
+ADAM_LRS = (1e-4, 3e-4, 1e-3)
 
 
 def bench_closed_form(report: Report, runner: Runner) -> None:
-    samples = 1024 if runner.quick else 4096
-    setup = regression_setup(samples)
-    adam = runner.measure(
-        f"extra = workloads.adam_steps(MODEL, X, Y, steps={ADAM_STEPS}, lr=1e-3, batch_size=128)",
-        setup=setup,
+    sequences, cap, rounds = (200, 3, 1) if runner.quick else (2000, 400, 3)
+    setup = f"{ONE_THREAD}\nMODEL, INPUTS, Y, OPT = workloads.seq2seq_head_problem({sequences})"
+    ours_body = "extra = workloads.closed_form(MODEL, INPUTS, Y, OPT)"
+    runs = {"ours": ours_body} | {
+        f"adam {lr:g}": (
+            f"extra = workloads.adam_to_optimum(MODEL, INPUTS, Y, lr={lr!r}, optimum=OPT, "
+            f"max_epochs={cap}, tolerance={CLOSED_FORM_TOLERANCE})"
+        )
+        for lr in ADAM_LRS
+    }
+    # Interleaved rounds, each run a fresh process: the load of the shared machine falls on
+    # every side alike.
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label in runs}
+    for _ in range(rounds):
+        for label, body in runs.items():
+            results[label].append(runner.once(body, setup=setup)["extra"])
+    ours = results["ours"]
+    optimum = ours[0]["optimum"]
+    ours_s = [r["seconds"] for r in ours]
+    ours_gap = max(r["final_loss"] / optimum - 1 for r in ours)
+    rows = [[
+        "closed form: `TrainingRun`, method `lstsq` (whole run)", spread(ours_s), "1 solve", "",
+        f"{ours[0]['final_loss']:.6g} ({ours_gap * 100:+.3f} %)", "",
+    ]]  # fmt: skip
+    best: tuple[float, str] | None = None  # (median seconds to reach, label)
+    for lr in ADAM_LRS:
+        label = f"adam {lr:g}"
+        rs = results[label]
+        reached = [r["reached_seconds"] for r in rs if r["reached_seconds"] is not None]
+        if len(reached) == len(rs):
+            when = spread(reached)
+            median = statistics.median(reached)
+            if best is None or median < best[0]:
+                best = (median, label)
+            vs = fmt_ratio(ratio(median, statistics.median(ours_s)))
+        else:
+            when = f"did not reach in {cap} epochs ({len(reached)} of {len(rs)} runs did)"
+            vs = f"> {fmt_ratio(ratio(statistics.median(r['seconds'] for r in rs), statistics.median(ours_s)))}"
+        rows.append([
+            f"careful Adam loop, lr {lr:g}", when,
+            spread([float(r["epochs"]) for r in rs], lambda v: f"{v:.0f}"),
+            spread([r["epoch_seconds"] for r in rs]),
+            f"{statistics.median(r['best_loss'] for r in rs):.6g} "
+            f"({(statistics.median(r['best_loss'] for r in rs) / optimum - 1) * 100:+.2f} %)",
+            vs,
+        ])  # fmt: skip
+    if best is None:  # no rate reached the mark: the fastest capped run bounds it from below
+        bound = min(
+            statistics.median(r["seconds"] for r in results[f"adam {lr:g}"]) for lr in ADAM_LRS
+        )
+        speedup = ratio(bound, statistics.median(ours_s))
+        how = f"no learning rate reached it in {cap} epochs: more than {speedup:.0f}×"
+    else:
+        speedup = ratio(best[0], statistics.median(ours_s))
+        how = f"the best rate ({best[1].removeprefix('adam ')}) took {speedup:.0f}× ours' time"
+    met = speedup >= CLOSED_FORM_GOAL and ours_gap <= CLOSED_FORM_TOLERANCE
+    name = (
+        f"3. closed form: ≥{CLOSED_FORM_GOAL:g}× faster than the best of {len(ADAM_LRS)} Adam "
+        "learning rates to within 1 % of the least-squares optimum"
     )
-    ours_body = "extra = workloads.closed_form(MODEL, X, Y)"
-    ours = runner.measure(ours_body, setup=setup)
-    speedup = ratio(adam.seconds, ours.seconds)
-    no_higher = ours.extra["final_loss"] <= adam.extra["final_loss"]
-    met = speedup >= CLOSED_FORM_GOAL and no_higher
-    rows = [
-        [
-            f"Adam, {ADAM_STEPS} steps (usual loop)",
-            fmt_s(adam.seconds),
-            f"{adam.extra['final_loss']:.5f}",
-        ],
-        [
-            "closed form (`TrainingRun`, method `lstsq`)",
-            fmt_s(ours.seconds),
-            f"{ours.extra['final_loss']:.5f}",
-        ],
-    ]
-    name = f"3. closed form: ≥{CLOSED_FORM_GOAL:g}× less time, loss no higher"
     notes = [
-        f"Goal: ≥ {CLOSED_FORM_GOAL:g}× less time and a final loss no higher: {speedup:.1f}× less time, "
-        f"loss {'no higher' if no_higher else 'HIGHER'}; {report.goal(name, met)}.",
-        f"The problem: a frozen random MLP trunk (64 → 256 → 256, ReLU) and a Linear head (256 → 8) "
-        f"fitting a smooth target on {samples:,} samples, MSE; both sides train only the head "
-        "and report the MSE on all samples in eval mode.",
-        "Ours' time is the whole `TrainingRun.run()`: the private copy of the model, finding and "
-        "caching the frozen prefix, the baseline loss, the float64 least-squares solve and the "
-        "final evaluation. The usual side is the Adam loop alone (batch 128, lr 1e-3).",
+        f"Goal: ≥ {CLOSED_FORM_GOAL:g}× less time than the best of {len(ADAM_LRS)} Adam learning "
+        f"rates to reach within 1 % of the least-squares optimum's loss: {how}; "
+        f"{report.goal(name, met)}.",
+        f"The problem: the continuous seq2seq family laid out batch-first (tests/forward_zoo.py "
+        f"`vector_seq2seq_batch_first`: independent samples, a causal mask), {sequences:,} "
+        "sequences of 5 target steps, data = the model's own outputs plus noise; its head `out` "
+        "(Linear 16 → 12) is re-initialised (seeded) so that there is something to train (the "
+        "original head is already next to the optimum), the trunk frozen. The mark is the "
+        f"least-squares optimum's MSE ({optimum:.6g}, float64 lstsq on the trunk's features, "
+        "not timed); reached means within 1 % of it.",
+        "Ours: the whole `TrainingRun.run()` with method `lstsq` on `out`, as `recover` trains "
+        "the head: the private copy of the model, finding and caching the frozen prefix, the "
+        "baseline loss, the float64 solve and the final evaluation. Its MSE is in the table.",
+        "The careful Adam loop (benchmarks/workloads.py `adam_to_optimum`): the trunk's "
+        "features computed once by a hook (timed), then Adam on a copy of the head alone, "
+        "batches of 32 sequences, the full-data MSE after each epoch (timed), stopping at the "
+        f"first epoch within 1 %, capped at {cap} epochs. Learning rates {', '.join(f'{lr:g}' for lr in ADAM_LRS)}: "
+        "Adam's usual default and the half-decades below it; above 1e-3 a constant rate's "
+        "minibatch noise keeps the loss more than 1 % above the optimum (a trial, 300 epochs: "
+        "1e-3 came within 1.3 %, 1e-2 4 %, 3e-2 9 %). The loss column is each run's best "
+        "full-data MSE (median over runs) against the optimum.",
+        f"Times: median (min–max) of {rounds} interleaved rounds, each run a fresh process, one "
+        "intra-op thread on both sides, on a 2-core machine shared with other engineers' "
+        "tests (the spread shows it).",
     ]
     profile = ""
     if not met:
         profile = runner.profile(ours_body, setup=setup)
-        # The solve alone, three ways, on the same shape (head input + bias column).
-        solvers = runner.measure(
-            f"extra = workloads.solver_times({samples}, {HEAD_INPUTS + 1})", setup=ONE_THREAD
-        ).extra
-        rows += [[f"solve alone: {way}", fmt_s(t), ""] for way, t in solvers.items()]
-        notes.append(closed_form_gap(profile, solvers, samples))
-        # What is left with a free solve: the run's fixed costs against the whole Adam loop.
-        fixed = max(ours.seconds - next(iter(solvers.values())), 1e-9)
-        notes.append(
-            f"Even with a solve that cost nothing, the rest of ours ({fmt_s(fixed)}) would be "
-            f"{ratio(adam.seconds, fixed):.1f}× faster than the Adam loop on this problem: the "
-            f"{CLOSED_FORM_GOAL:g}× needs a problem whose {ADAM_STEPS} steps cost far more than "
-            "one pass of the trunk over the data (a deep frozen trunk), or fewer fixed costs in "
-            "`TrainingRun` for the closed form (it copies the model, probes it, caches the "
-            "prefix with hooks in chunks, and evaluates three times)."
-        )
+        notes.append(closed_form_gap(profile))
     report.section(
         "3. Closed form",
-        f"Time for the closed-form solve to reach the loss that {ADAM_STEPS} Adam steps reach on the same problem.",
-        ["", "time", "final MSE"],
+        "Time to reach the least-squares optimum's loss (within 1 %) on a head-only MSE problem: "
+        "the closed form against a careful Adam loop at three learning rates.",
+        ["", "time to reach", "epochs", "per epoch", "MSE (vs optimum)", "Adam / ours"],
         rows,
         notes,
         profile,
     )
 
 
-def closed_form_gap(profile: str, solvers: dict[str, float], samples: int) -> str:
+def closed_form_gap(profile: str) -> str:
     total = cumulative(profile, "") or 0.0
     solve = share(profile, "solve_linear", total) or "(not among the top entries)"
     cache = share(profile, "cache_features", total) or "(not among the top entries)"
-    times = list(solvers.values())
     return (
-        f"Why the goal is not met: the Adam side is cheap here ({ADAM_STEPS} steps of 128 "
-        f"samples, about {ADAM_STEPS * 128 / samples:.0f} passes over the data through a small "
-        "trunk) while ours must pass every sample through the trunk once to capture the "
-        "head's input, so the ratio is bounded by roughly that pass count on this problem; "
-        "50× needs a problem where the 200 steps cost far more than one pass (full-batch "
-        f"steps, or a deep trunk). In the profile ({fmt_s(total)} under cProfile) the solve "
-        f"(`solve_linear`: normal equations with a Cholesky factor, gelsd only as the fallback) "
-        f"takes {solve} and caching the frozen prefix {cache}; the rest is the private copy of "
-        f"the model and the evaluations. The solve alone on a {samples} × {HEAD_INPUTS + 1} "
-        f"matrix (rows above, fastest of 3): the normal equations take "
-        f"{times[2] / times[0]:.2f}× gelsd's time and QR {times[1] / times[0]:.2f}×."
+        f"Where ours' time goes (profile below, {fmt_s(total)} under cProfile): the solve "
+        f"(`solve_linear`) {solve}, caching the frozen prefix (`cache_features`) {cache}; the "
+        "rest is the private copy of the model, the probes and the evaluations."
     )
 
 
@@ -719,69 +759,184 @@ def bench_dashboard(report: Report, runner: Runner) -> None:
 # --- 8. forward recovery on the seq2seq family ----------------------------------------------
 
 FORWARD_GOAL_SECONDS = 30.0
+SAME_LOSS = 1.01  # "at least the same loss": within 1 % of the careful script's
+NAIVE_EPOCHS = 10  # `recover --method adam`'s default epochs: the naive loop's cap
+NAIVE_GOAL = {2000: 3.0, 20000: 5.0}
+# (family, sequences, rounds). The fed-as-is layout reads all samples as one sequence
+# (attention O(n²) across them): at 20,000 one forward would need ~40 GB for its attention
+# weights, so that size runs the batch-first variant of the same family.
+FORWARD_RUNS = (
+    ("fed_as_is", 20, 3), ("token", 20, 3),
+    ("fed_as_is", 2000, 3), ("token", 2000, 3),
+    ("batch_first", 20000, 1), ("token", 20000, 1),
+)  # fmt: skip
+FORWARD_QUICK = (("fed_as_is", 20, 1),)
+
+
+def forward_runs(family: str, sequences: int, quick: bool) -> dict[str, tuple[str, ...]]:
+    runs = {
+        "careful script (least squares)": ("careful",),
+        "recover, values fixed (`--set`, `--formats ''`)": ("recover", "fixed"),
+        "naive loop (full forward, Adam)": ("naive",),
+    }
+    if not quick:
+        runs["recover, everything found"] = ("recover", "found")
+    return runs
 
 
 def bench_forward(report: Report, runner: Runner) -> None:
-    sizes = (20,) if runner.quick else (20, 2000)
+    import workloads  # the parent times whole processes itself: no harness child needed
+
+    folder = WORK / "forward"
+    folder.mkdir(parents=True, exist_ok=True)
     rows, notes = [], []
-    for sequences in sizes:
-        setup = (
-            "import tempfile\n"
-            "FOLDER = tempfile.mkdtemp()\n"
-            f"W, D = workloads.forward_family_files({sequences}, FOLDER)"
-        )
-        runs = {
-            "careful script": "extra = workloads.careful_family(W, D, FOLDER)",
-            "recover, values fixed": "extra = workloads.recover_family(W, D, FOLDER, True)",
-        }
-        if not runner.quick:
-            runs["recover, everything found"] = (
-                "extra = workloads.recover_family(W, D, FOLDER, False)"
-            )
-        measured = {
-            label: runner.measure(body, setup=setup, repeats=1) for label, body in runs.items()
-        }
-        careful = measured["careful script"].extra["seconds"]
-        for label, m in measured.items():
-            e = m.extra
-            goal = ""
-            if label == "recover, everything found" and sequences == 2000:
-                met = e["seconds"] < FORWARD_GOAL_SECONDS and e["final"] <= e["baseline"]
-                goal = report.goal(
-                    f"8. forward recovery of the seq2seq family, 2,000 sequences: "
-                    f"< {FORWARD_GOAL_SECONDS:g} s", met,
-                )  # fmt: skip
-            rows.append([
-                f"{sequences:,}", label, fmt_s(e["seconds"]),
-                fmt_ratio(e["seconds"] / careful) if label != "careful script" else "1×",
-                f"{e['baseline']:.4g} → {e['final']:.4g}", goal,
-            ])  # fmt: skip
-    notes += [
-        "The family: one Linear shared by source and target, a bare `pe` buffer [1, 5000, d], "
-        "a TransformerEncoder and a TransformerDecoder under their own names built "
-        "batch_first=False and fed [batch, seq, feature] as they come, a Linear back to the "
-        "features; data = its own outputs plus noise (tests/forward_zoo.py).",
-        "Each figure is one whole process (interpreter start and `import torch` included): "
-        "`recovery recover WEIGHTS --data DATA --out ...` with everything found on the data "
-        "(forward, nhead, layout, ...), the same with every hidden value given by --set, and "
-        "benchmarks/careful_seq2seq.py, which knows the model's code, computes the trunk's "
-        "features once and solves the output layer by least squares, then scripts and saves.",
-        "With the values fixed, recover writes only the TorchScript file (`--formats ''`), as the "
-        "careful script does; with everything found it also writes and verifies the other "
-        "five formats (torch.export the slowest).",
-        "In this layout the model reads the 2,000 sequences as one sequence of length 2,000 "
-        "(attention across samples), so every forward costs O(2,000²) per position: the search "
-        "screens each combination on one position and narrows to coordinate descent.",
-    ]
+    for family, sequences, rounds in FORWARD_QUICK if runner.quick else FORWARD_RUNS:
+        weights, data = workloads.family_files(family, sequences, str(folder))
+        # The careful script first: its loss (plus 1 %) is the mark the naive loop stops at.
+        target = workloads.hand_script("careful_seq2seq.py", family, weights, data, str(folder))
+        mark = target["final"] * SAME_LOSS
+        runs = forward_runs(family, sequences, runner.quick)
+        results: dict[str, list[dict[str, Any]]] = {label: [] for label in runs}
+        for _ in range(rounds):  # interleaved: each round runs every side once
+            for label, how in runs.items():
+                if how[0] == "careful":
+                    r = workloads.hand_script(
+                        "careful_seq2seq.py", family, weights, data, str(folder)
+                    )
+                elif how[0] == "naive":
+                    r = workloads.hand_script(
+                        "naive_seq2seq.py", family, weights, data, str(folder), repr(mark),
+                        str(NAIVE_EPOCHS),
+                    )  # fmt: skip
+                else:
+                    r = workloads.recover_family(
+                        family, weights, data, str(folder), how[1] == "fixed"
+                    )
+                results[label].append(r)
+        rows += forward_rows(report, family, sequences, results, mark)
+    notes += forward_notes(runner.quick)
     report.section(
         "8. Forward recovery",
-        "The whole `recover` on the family forward recovery was made for, against a careful "
-        "hand-written script that knows the architecture.",
-        ["sequences", "run", "time", "vs careful", "loss (MSE) before → after", "goal"],
+        "The whole `recover` process against two hand-written scripts that know the "
+        "architecture (the careful one and the naive loop), side by side in one run, on the "
+        "continuous seq2seq family and on a token seq2seq.",
+        ["family", "sequences", "run", "whole process", "vs careful", "per epoch",
+         "peak memory", "loss (MSE) before → after", "goal"],
         rows,
         notes,
         "",
-    )
+    )  # fmt: skip
+
+
+def forward_rows(
+    report: Report,
+    family: str,
+    sequences: int,
+    results: dict[str, list[dict[str, Any]]],
+    mark: float,
+) -> list[list[str]]:
+    med = {label: statistics.median(r["seconds"] for r in rs) for label, rs in results.items()}
+    careful = med["careful script (least squares)"]
+    naive_label = "naive loop (full forward, Adam)"
+    naive_reached = all(r["reached"] for r in results[naive_label])
+    rows = []
+    for label, rs in results.items():
+        last = rs[-1]
+        reached = all(r["final"] <= mark for r in rs)
+        loss = f"{last['baseline']:.4g} → {last['final']:.4g}" + (
+            "" if reached else " (above the mark)"
+        )
+        per_epoch = spread([r["epoch_seconds"] for r in rs])
+        if label == naive_label:
+            per_epoch += f", {last['epochs']} epoch{'s' if last['epochs'] > 1 else ''}"
+            if not naive_reached:
+                per_epoch += " (cap: did not reach the mark)"
+        elif label.startswith("recover"):
+            per_epoch += " (training: closed form)"
+        else:
+            per_epoch += " (trunk pass + solve)"
+        goals = forward_goals(report, family, sequences, label, med, reached, naive_reached)
+        rows.append([
+            family, f"{sequences:,}", label, spread([r["seconds"] for r in rs]),
+            "1×" if label.startswith("careful") else f"{med[label] / careful:.2f}",
+            per_epoch, spread([float(r["peak_bytes"]) for r in rs], fmt_b), loss, goals,
+        ])  # fmt: skip
+    return rows
+
+
+def forward_goals(
+    report: Report, family: str, sequences: int, label: str, med: dict[str, float],
+    reached: bool, naive_reached: bool,
+) -> str:  # fmt: skip
+    """The issue's goals that apply to this row (at 2,000 and 20,000 sequences)."""
+    if sequences < 2000 or not label.startswith("recover"):
+        return ""
+    careful = med["careful script (least squares)"]
+    naive = med["naive loop (full forward, Adam)"]
+    at = f"{family}, {sequences:,} sequences"
+    out = []
+    if "fixed" in label:
+        vs_careful = med[label] / careful
+        out.append(report.goal(f"8. {at}, values fixed: ≤ 1.0× the careful script ({vs_careful:.2f}×)",
+                               vs_careful <= 1.0 and reached))  # fmt: skip
+        need = NAIVE_GOAL[sequences]
+        faster = naive / med[label]
+        bound = "" if naive_reached else ", the naive loop capped: a lower bound"
+        out.append(report.goal(
+            f"8. {at}, values fixed: ≥ {need:g}× faster than the naive loop ({faster:.1f}×{bound})",
+            faster >= need and reached,
+        ))  # fmt: skip
+    else:
+        vs_careful = med[label] / careful
+        out.append(report.goal(f"8. {at}, everything found: ≤ 1.5× the careful script ({vs_careful:.2f}×)",
+                               vs_careful <= 1.5 and reached))  # fmt: skip
+        if sequences == 2000:
+            out.append(report.goal(
+                f"8. {at}, everything found: whole run < {FORWARD_GOAL_SECONDS:g} s ({med[label]:.1f} s)",
+                med[label] < FORWARD_GOAL_SECONDS and reached,
+            ))  # fmt: skip
+    return "; ".join(out)
+
+
+def forward_notes(quick: bool) -> list[str]:
+    return [
+        "Families (benchmarks/families.py, models from tests/forward_zoo.py, data = each "
+        "model's own outputs plus noise): `fed_as_is`, the continuous seq2seq family forward "
+        "recovery was made for (one Linear shared by source and target, a bare `pe` buffer, "
+        "encoder and decoder built batch_first=False and fed [batch, seq, feature] as they "
+        "come); `batch_first`, the same family with independent samples and a causal mask; "
+        "`token`, a token seq2seq (one shared Embedding, encoder and decoder stacks, a Linear "
+        "readout; its target is the logits plus noise, so MSE).",
+        "At 20,000 sequences the continuous family runs as `batch_first`: fed as-is, the model "
+        "reads all samples as ONE sequence (attention across samples, O(n²)): at 20,000 a "
+        "single forward's attention weights alone would take ~40 GB, so that size is "
+        "infeasible in that layout.",
+        "Each figure is one whole process (interpreter start and `import torch` included), "
+        "timed from outside; peak memory is the process's maximum resident set size as "
+        "`/usr/bin/time` reports it (its own child's, so no parent's peak carries over).",
+        "Runs: benchmarks/careful_seq2seq.py (knows the model's code: the trunk's features once, "
+        "the output layer by least squares, `torch.jit.script`, save, reload, check); "
+        "benchmarks/naive_seq2seq.py (the usual loop: the trunk frozen by `requires_grad_`, a "
+        f"full forward every step, Adam lr 1e-4 (a usual fine-tuning rate: at 1e-3 ten epochs took the fed-as-is family at 20 sequences from 9.1e-05 to 1.2e-03, 13× worse, never reaching the mark), batches of 32 along the model's batch, the "
+        f"full-data MSE after each epoch, stopping once within 1 % of the careful script's "
+        f"loss, capped at {NAIVE_EPOCHS} epochs, then script and save); `recovery recover "
+        "WEIGHTS --data DATA --out ...` with every hidden value fixed by `--set` and only the "
+        "TorchScript file (`--formats ''`), and with everything found on the data (forward, "
+        "values, layout) and all six formats written and verified. Both recovers train the "
+        "head by the closed form (`--method auto`).",
+        "Reaching the same loss: every run's final MSE must be within 1 % of the careful "
+        "script's (the least-squares optimum); a row says when it is not. The checkpoint's "
+        "own head is already close to the optimum on this data (the models' own outputs), so "
+        "the naive loop starts near the mark and often reaches it after one epoch: its figure is then the price of one full-forward epoch (and one evaluation), not of ten.",
+        "Per epoch: the naive loop's median epoch (all its steps and the full-data "
+        "evaluation) and its epoch count; for the careful script and recover, the closed "
+        "form's one pass (recover's training time as it prints it).",
+        "Times: median (min–max) over interleaved rounds (3 at 20 and 2,000 sequences, 1 at "
+        "20,000), on a 2-core machine shared with other engineers' tests: the spread shows "
+        "the load."
+        if not quick
+        else "`--quick`: 20 sequences, one round, without the search.",
+    ]
 
 
 SECTIONS = {

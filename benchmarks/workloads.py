@@ -106,51 +106,125 @@ def steady_epoch(ends: list[float]) -> float:
 # --- 3. closed form ----------------------------------------------------------------------
 
 
-def head_only(model: nn.Module) -> rc.FreezePlan:
-    plan = rc.plan_freeze(model, rc.preset_patterns(model, "output_layer"))
+def seq2seq_head_problem(sequences: int, seed: int = 7) -> tuple[Any, ...]:
+    """Section 3's problem: the continuous seq2seq family laid out batch-first (independent
+    samples), data = its own outputs plus noise, its head `out` re-initialised (so that
+    training has somewhere to go: the original head is already the optimum's neighbour).
+    Also the least-squares optimum's loss, computed in float64 (not timed): the mark."""
+    from tests.forward_zoo import FORWARD_BY_NAME
+
+    case = FORWARD_BY_NAME["vector_seq2seq_batch_first"]
+    model = case.make()
+    data = case.data(model, sequences)
+    torch.manual_seed(seed)
+    head = model.get_submodule("out")
+    assert isinstance(head, nn.Linear)
+    head.reset_parameters()
     for name, param in model.named_parameters():
-        param.requires_grad_(name in plan.trainable_param_names)
-    return plan
+        param.requires_grad_(name.startswith("out."))
+    inputs, y = (data["src"], data["tgt"]), data["y"]
+    features = head_features(model, inputs).reshape(-1, head.in_features).double()
+    design = torch.cat([features, torch.ones(len(features), 1, dtype=torch.float64)], 1)
+    target = y.reshape(len(features), -1).double()
+    solution = torch.linalg.lstsq(design, target, driver="gelsd").solution
+    optimum = float(F.mse_loss((design @ solution).float(), target.float()))
+    return model, inputs, y, optimum
 
 
-def mse_on(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float(F.mse_loss(model(x), y))
+def head_features(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
+    """The head's input on all samples: one forward of the frozen trunk, captured by a hook."""
+    captured: dict[str, Tensor] = {}
+
+    def grab(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        captured["x"] = args[0].detach()
+
+    hook = model.get_submodule("out").register_forward_pre_hook(grab)
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        hook.remove()
+    return captured["x"]
 
 
-def adam_steps(
-    model: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float, batch_size: int
+def adam_to_optimum(
+    model: nn.Module,
+    inputs: tuple[Tensor, ...],
+    y: Tensor,
+    *,
+    lr: float,
+    optimum: float,
+    max_epochs: int,
+    batch_size: int = 32,
+    tolerance: float = 0.01,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """The usual loop: `steps` Adam steps through the whole model, the head alone training."""
-    head_only(model)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    order_gen = torch.Generator().manual_seed(0)
-    model.train()
-    order = torch.randperm(len(y), generator=order_gen)
-    start = 0
-    for _ in range(steps):
-        if start >= len(y):
-            order, start = torch.randperm(len(y), generator=order_gen), 0
-        idx = order[start : start + batch_size]
-        start += batch_size
-        loss = F.mse_loss(model(x[idx]), y[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return {"final_loss": mse_on(model, x, y)}
-
-
-def closed_form(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
-    """Ours: `TrainingRun` with method "lstsq" (one least-squares solve on cached features)."""
-    plan = head_only(model)
-    mapping = rc.DataMapping(("x",), "y", "mse", "benchmark")
-    config = rc.TrainingConfig(method="lstsq", device="cpu")
-    result = rc.TrainingRun(model, plan, (x,), y, rc.loss_function(mapping), config).run()
+    """The careful hand-written loop: the trunk's features cached once, then Adam on the
+    head alone (minibatches of `batch_size` sequences), the full-data MSE after each epoch;
+    stop once it is within `tolerance` of the least-squares optimum, or after `max_epochs`."""
+    started = time.perf_counter()
+    features = head_features(model, inputs)
+    cached = time.perf_counter() - started
+    head = copy_linear(model.get_submodule("out"))
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    order_gen = torch.Generator().manual_seed(seed)
+    mark = optimum * (1 + tolerance)
+    losses: list[float] = []
+    ends: list[float] = []
+    reached: float | None = None
+    for _ in range(max_epochs):
+        order = torch.randperm(len(y), generator=order_gen)
+        for start in range(0, len(y), batch_size):
+            idx = order[start : start + batch_size]
+            loss = F.mse_loss(head(features[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            losses.append(float(F.mse_loss(head(features), y)))
+        ends.append(time.perf_counter() - started)
+        if losses[-1] <= mark:
+            reached = ends[-1]
+            break
+    gaps = [b - a for a, b in zip([cached, *ends], ends, strict=False)]
     return {
-        "final_loss": mse_on(result.model, x, y),
+        "lr": lr,
+        "seconds": ends[-1],
+        "reached_seconds": reached,
+        "epochs": len(losses),
+        "epoch_seconds": statistics.median(gaps),
+        "cache_seconds": cached,
+        "final_loss": losses[-1],
+        "best_loss": min(losses),
+        "optimum": optimum,
+    }
+
+
+def copy_linear(layer: nn.Module) -> nn.Linear:
+    assert isinstance(layer, nn.Linear)
+    out = nn.Linear(layer.in_features, layer.out_features)
+    out.load_state_dict(layer.state_dict())
+    return out
+
+
+def closed_form(
+    model: nn.Module, inputs: tuple[Tensor, ...], y: Tensor, optimum: float
+) -> dict[str, Any]:
+    """Ours: the whole `TrainingRun` with method "lstsq" on the head, as `recover` trains it
+    (private copy, frozen-prefix cache, baseline, float64 solve, final evaluation)."""
+    plan = rc.plan_freeze(model, ["out"])
+    mapping = rc.DataMapping(("src", "tgt"), "y", "mse", "benchmark")
+    config = rc.TrainingConfig(method="lstsq", device="cpu")
+    started = time.perf_counter()
+    result = rc.TrainingRun(model, plan, inputs, y, rc.loss_function(mapping), config).run()
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "final_loss": result.final_loss,
+        "optimum": optimum,
         "method_used": result.method_used,
-        "run_seconds": result.seconds,
+        "cached_prefix": result.cached_prefix,
     }
 
 
@@ -327,54 +401,91 @@ def summarise_reruns(seconds: list[float]) -> dict[str, float]:
 # --- 8. forward recovery on the seq2seq family ---------------------------------------------
 
 
-def forward_family_files(sequences: int, folder: str) -> tuple[str, str]:
-    """The family forward recovery was made for (a Linear shared by source and target, a
-    bare `pe` buffer, separately named encoder and decoder built batch_first=False and fed
-    [batch, seq, feature]): its weights, and data it fits (its outputs plus noise)."""
+def family_files(family: str, sequences: int, folder: str) -> tuple[str, str]:
+    """A family's weights (benchmarks/families.py) and data it fits (its outputs plus noise)."""
+    from families import FAMILIES
+
     from tests.forward_zoo import FORWARD_BY_NAME
 
-    case = FORWARD_BY_NAME["vector_seq2seq_fed_as_is"]
+    case = FORWARD_BY_NAME[FAMILIES[family].case]
     model = case.make()
-    weights, data = Path(folder) / "weights.pt", Path(folder) / "data.pt"
-    torch.save(model.state_dict(), weights)
-    torch.save(case.data(model, sequences), data)
+    weights = Path(folder) / f"{family}_weights.pt"
+    data = Path(folder) / f"{family}_{sequences}.pt"
+    if not weights.exists():
+        torch.save(model.state_dict(), weights)
+    if not data.exists():
+        torch.save(case.data(model, sequences), data)
     return str(weights), str(data)
 
 
 def whole_process(command: list[str]) -> dict[str, Any]:
-    """Wall time of a whole process (interpreter start and `import torch` included)."""
+    """Wall time and peak memory of a whole process (interpreter start and `import torch`
+    included). The peak is the maximum resident set size that `/usr/bin/time` reads from
+    wait4 for its own child: `time` is a small process, so the figure is the command's own
+    (ru_maxrss of a child of this Python process would carry this process's peak over)."""
     import subprocess
     import sys
+    import tempfile
 
-    started = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, *command], capture_output=True, text=True, cwd=cases.ROOT, check=False
-    )
-    seconds = time.perf_counter() - started
-    if out.returncode != 0:
-        raise RuntimeError(f"{command[:3]} failed:\n{out.stderr[-3000:]}")
-    return {"seconds": seconds, "stdout": out.stdout, "stderr": out.stderr}
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        started = time.perf_counter()
+        out = subprocess.run(
+            ["/usr/bin/time", "-o", report.name, "-f", "%M", sys.executable, *command],
+            capture_output=True,
+            text=True,
+            cwd=cases.ROOT,
+            check=False,
+        )
+        seconds = time.perf_counter() - started
+        if out.returncode != 0:
+            raise RuntimeError(f"{command[:3]} failed:\n{out.stderr[-3000:]}")
+        peak_kib = int(report.read().split()[-1])
+    return {"seconds": seconds, "peak_bytes": peak_kib * 1024, "stdout": out.stdout}
 
 
-def recover_family(weights: str, data: str, folder: str, fixed: bool) -> dict[str, Any]:
-    """`recovery recover` on the family, searching everything or with the values fixed."""
+def recover_family(
+    family: str, weights: str, data: str, folder: str, fixed: bool
+) -> dict[str, Any]:
+    """`recovery recover` on a family, searching everything or with the values fixed."""
+    from families import FAMILIES
+
     command = ["-m", "recovery_core", "recover", weights, "--data", data]
-    command += ["--out", str(Path(folder) / ("fixed.pt" if fixed else "searched.pt"))]
+    command += ["--out", str(Path(folder) / f"{family}_{'fixed' if fixed else 'found'}.pt")]
     if fixed:  # the careful script's work and no more: TorchScript only, values given
         command += ["--formats", ""]
-        for value in ("nhead=4", "batch_first=False", "norm_first=False", "activation=relu",
-                      "layer_norm_eps=1e-5", "causal_mask=False", "scale_embedding=False",
-                      "pos_dim=1"):  # fmt: skip
+        for value in FAMILIES[family].values:
             command += ["--set", value]
     run = whole_process(command)
     line = next(ln for ln in run["stdout"].splitlines() if ln.startswith("loss: baseline"))
-    words = line.split()
-    return {"seconds": run["seconds"], "baseline": float(words[2]), "final": float(words[5])}
+    words = line.replace("(", " ").replace(")", " ").replace(",", " ").split()
+    training = float(words[-2]) * (1e-3 if words[-1] == "ms" else 1.0)
+    return {
+        "seconds": run["seconds"],
+        "peak_bytes": run["peak_bytes"],
+        "baseline": float(words[2]),
+        "final": float(words[5]),
+        "epoch_seconds": training,
+        "reached": True,
+    }
 
 
-def careful_family(weights: str, data: str, folder: str) -> dict[str, Any]:
-    script = str(cases.ROOT / "benchmarks" / "careful_seq2seq.py")
-    run = whole_process([script, weights, data, str(Path(folder) / "careful.pt")])
-    line = next(ln for ln in run["stdout"].splitlines() if ln.startswith("RESULT_MSE"))
-    before, after = (float(v) for v in line.split()[1:])
-    return {"seconds": run["seconds"], "baseline": before, "final": after}
+def hand_script(
+    script: str, family: str, weights: str, data: str, folder: str, *extra: str
+) -> dict[str, Any]:
+    """benchmarks/careful_seq2seq.py or naive_seq2seq.py as a whole process."""
+    import json
+
+    out = str(Path(folder) / f"{family}_{Path(script).stem}.pt")
+    path = str(cases.ROOT / "benchmarks" / script)
+    run = whole_process([path, family, weights, data, out, *extra])
+    line = next(ln for ln in run["stdout"].splitlines() if ln.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    return {
+        "seconds": run["seconds"],
+        "peak_bytes": run["peak_bytes"],
+        "baseline": result["before"],
+        "final": result["after"],
+        "epoch_seconds": statistics.median(result["epoch_seconds"]),
+        "epochs": len(result["epoch_seconds"]),
+        "reached": result.get("reached", True),
+    }
