@@ -384,6 +384,16 @@ def score_candidates(
         results[(index, combo)] = Candidate(values, math.inf, error)
         return False
 
+    sample = tuple(inputs[0].shape[1:]) if len(inputs) == 1 else None
+    # A float target is what a stack puts out per sample; class labels are not.
+    out = tuple(target.shape[1:]) if target.is_floating_point() else None
+    impossible = _no_way_through(groups, sample, out)
+    if impossible is not None:  # the shapes alone tell: no forward needs to run
+        union = _union(groups)
+        return _summarise(
+            tuple(union), list(union.values()), [], total, fixed, time.monotonic() - started,
+            base, "shapes only", impossible,
+        )  # fmt: skip
     small = sum(v.numel() for v in weights.values()) < SINGLE_THREAD_BELOW
     every_thread = torch.get_num_threads()
     with warnings.catch_warnings(), torch.no_grad(), _threads(1 if small else None):
@@ -392,9 +402,6 @@ def score_candidates(
         if total > exhaustive_up_to or not _exhaustive(groups, score, started, budget_seconds):
             strategy = "a beam refined one value at a time"
             cost = _cost(groups, score, results)
-            sample = tuple(inputs[0].shape[1:]) if len(inputs) == 1 else None
-            # A float target is what a stack puts out per sample; class labels are not.
-            out = tuple(target.shape[1:]) if target.is_floating_point() else None
             # A small model on long inputs (one sequence of thousands of steps) is slow per
             # combination: then every thread helps more than it costs.
             with _threads(every_thread if cost > EXPENSIVE_SECONDS else None):
@@ -504,6 +511,24 @@ def _union(groups: list[_Group]) -> dict[str, tuple[Any, ...]]:
             known = union.setdefault(name, [])
             known.extend(c for c in candidates if c not in known)
     return {name: tuple(values) for name, values in union.items()}
+
+
+def _no_way_through(
+    groups: list[_Group], input_shape: tuple[int, ...] | None, output_shape: tuple[int, ...] | None
+) -> str | None:
+    """Why no combination can run, when the shapes alone tell it for every forward
+    hypothesis (stacks of layers: stack_shapes); None when something may run."""
+    if input_shape is None or not groups:
+        return None
+    reasons = []
+    for group in groups:
+        reason = stack_shapes.why_nothing_chains(
+            group.spec, group.names, group.candidates, _current(group), input_shape, output_shape
+        )
+        if reason is None:
+            return None
+        reasons.append(reason)
+    return "; ".join(dict.fromkeys(reasons))
 
 
 def _current(group: _Group) -> list[Any]:
@@ -918,6 +943,7 @@ def _summarise(
     seconds: float,
     spec: ArchSpec,
     strategy: str,
+    impossible: str | None = None,
 ) -> SearchResult:
     # Losses are comparable only on the same samples: the finalists (scored on every
     # sample) rank first, the screened-only combinations after them.
@@ -938,7 +964,7 @@ def _summarise(
         )
         for name, values in zip(names, candidates, strict=True)
     }
-    if complete:
+    if complete or impossible is not None:
         progress_note = ""
     elif strategy == "every combination":
         progress_note = (
@@ -958,6 +984,8 @@ def _summarise(
         )
     if not scored:
         reason = failed[0].error if failed else "there was nothing to score"
+        if impossible is not None:
+            reason = f"the data's shapes cannot pass through the model: {impossible}"
         return SearchResult(
             names, tuple(failed), {}, None, None, False, (), per_name, len(results), total,
             complete, seconds, f"No combination could be scored: {reason}.{progress_note}", fixed,

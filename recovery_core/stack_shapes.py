@@ -32,6 +32,7 @@ from recovery_core.infer.conv import (
     setting_of,
     split_setting,
 )
+from recovery_core.infer.detection import fmt
 from recovery_core.infer.unknown import pool_geometry, shape_class
 from recovery_core.spec import ArchSpec, ModuleSpec
 
@@ -183,6 +184,44 @@ def skeletons(
             found.append((cost + extra, tuple(combo)))
     found.sort(key=lambda pair: pair[0])  # stable: same-cost skeletons stay together
     return [combo for _, combo in found[:cap]]
+
+
+def why_nothing_chains(
+    spec: ArchSpec,
+    names: Sequence[str],
+    candidates: Sequence[Sequence[Any]],
+    current: Sequence[Any],
+    input_shape: Shape,
+    output_shape: Shape | None = None,
+) -> str | None:
+    """Where a stack's shapes break for every choice of its hidden values, as a sentence
+    ("stem.0 (Conv2d) cannot read [5, 16, 16]"); None when some choice chains, or when
+    the spec is not a stack of layers this reasons about. Told in milliseconds, so an
+    impossible search ends before any forward runs."""
+    layers = stack_layers(spec)
+    if layers is None or not {m.path for m in layers if m.type == "Unknown"} <= set(names):
+        return None
+    fixed = {hp.name: hp.value for hp in spec.hyperparameters}
+    index = {n: i for i, n in enumerate(names)}
+    globals_ = [n for n in CONV_HIDDEN if n in index]
+    stacks = [
+        _Stack(
+            tuple(layers), names, candidates, current, fixed, dict(zip(globals_, s, strict=True))
+        )
+        for s in _product([candidates[index[n]] for n in globals_])
+    ]
+    if any(not math.isinf(stack.least(0, input_shape, output_shape)) for stack in stacks):
+        return None
+    stack, reach = stacks[0], {input_shape}
+    for i, layer in enumerate(layers):
+        after = {nxt for shape in reach for _, nxt, _ in stack.steps(i, shape)}
+        if not after:
+            seen = " or ".join(fmt(shape) for shape in sorted(reach)[:3])
+            what = "a parameter-free layer" if layer.type == "Unknown" else layer.type
+            return f"{layer.path} ({what}) cannot read {seen} per sample, with any setting"
+        reach = after
+    ends = " or ".join(fmt(shape) for shape in sorted(reach)[:3])
+    return f"the stack ends as {ends} per sample, never as the target's {fmt(output_shape or ())}"
 
 
 def _product(axes: list[Sequence[Any]]) -> Iterator[tuple[Any, ...]]:

@@ -312,3 +312,24 @@ def test_long_sequences_are_screened_on_a_prefix_and_decided_whole():
     cut = {c.steps for c in screened if c.values["batch_first"] is False}
     assert len(cut) == 1 and next(iter(cut)) < 300
     assert "screened on their first" in result.message
+
+
+def test_data_no_setting_can_read_is_refused_by_shapes_before_any_forward():
+    """A CNN that reads 3 channels, given 5: no stride, padding or pool changes that, and
+    the search says where the shapes break without running a single combination."""
+    torch.manual_seed(0)
+    blocks = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(8, 4),
+    )  # fmt: skip
+    weights = blocks.state_dict()
+    spec = infer_spec(Checkpoint.from_state_dict(weights))
+
+    result = score_candidates(
+        spec, weights, (torch.randn(16, 5, 16, 16),), torch.randn(16, 4), F.mse_loss
+    )
+
+    assert result.best is None and result.scored == 0
+    assert "cannot pass through" in result.message and "(5, 16, 16)" in result.message
+    assert "0 (Conv2d)" in result.message  # the layer where it breaks
