@@ -223,6 +223,9 @@ _BINPUT, _LONG_BINPUT, _BINGET, _LONG_BINGET = (
     _C["BINPUT"], _C["LONG_BINPUT"], _C["BINGET"], _C["LONG_BINGET"]
 )  # fmt: skip
 _MARK_CODE, _BINUNICODE, _SHORT_BINUNICODE = _C["MARK"], _C["BINUNICODE"], _C["SHORT_BINUNICODE"]
+_TUPLE, _EMPTY_TUPLE = _C["TUPLE"], _C["EMPTY_TUPLE"]
+_TUPLE_N = {_C["TUPLE1"]: ("TUPLE1", 1), _C["TUPLE2"]: ("TUPLE2", 2), _C["TUPLE3"]: ("TUPLE3", 3)}
+_REDUCE, _BINPERSID = _C["REDUCE"], _C["BINPERSID"]
 
 
 def scan_pickle_bytes(
@@ -261,6 +264,10 @@ def _scan_bytes(
     budget = limits.max_pickle_opcodes
     pos = opcodes = 0
     plain_pushes = _PLAIN_PUSH_CODES
+    # Tags that need `general`'s rules when consumed: storage classes, storage records.
+    special = state.dangerous | {_PERSID}
+    # Below this, a shortcut's push or pop cannot reach a container or stack budget.
+    roomy = limits.max_container_items >= 3
     while True:
         if pos >= end:
             raise _NotFast
@@ -314,21 +321,76 @@ def _scan_bytes(
                 memo[index] = stack[-1]
             else:
                 stack.append(memo.get(index, _PLAIN))
+        # A tuple, a call or a storage record of plain tags: what `general` would do,
+        # without its bookkeeping. Anything else takes `general`.
+        elif code in _TUPLE_N and roomy and _above_mark(stack, marks, _TUPLE_N[code][1]):
+            name, count = _TUPLE_N[code]
+            if any(tag in special for tag in stack[-count:]):
+                pos = _general(state, stream, code, pos, opcodes)
+                if pos < 0:
+                    return state.finish(facts)
+                continue
+            del stack[len(stack) - count + 1 :]
+            stack[-1] = _UNHASHABLE_KEY
+            seen.add(name)
+        elif code == _REDUCE and roomy and _above_mark(stack, marks, 2):
+            if stack[-1] in special or stack[-2] in special:
+                pos = _general(state, stream, code, pos, opcodes)
+                if pos < 0:
+                    return state.finish(facts)
+                continue
+            del stack[-1]
+            stack[-1] = _OBJECT
+            seen.add("REDUCE")
+        elif (
+            code == _BINPERSID
+            and roomy
+            and _above_mark(stack, marks, 1)
+            and stack[-1] not in state.dangerous
+        ):
+            stack[-1] = _OBJECT
+            seen.add("BINPERSID")
+        elif code == _EMPTY_TUPLE and len(stack) < state.max_stack:
+            stack.append(_UNHASHABLE_KEY)
+            seen.add("EMPTY_TUPLE")
+        elif code == _TUPLE and marks and len(stack) - marks[-1] - 1 <= limits.max_container_items:
+            mark = marks[-1]
+            items = stack[mark + 1 :]
+            if any(tag in special for tag in items):
+                pos = _general(state, stream, code, pos, opcodes)
+                if pos < 0:
+                    return state.finish(facts)
+                continue
+            marks.pop()
+            del stack[mark:]
+            stack.append(_UNHASHABLE_KEY)
+            seen.add("TUPLE")
         else:
-            op = _BY_CODE.get(code)
-            if op is None:
-                raise _NotFast
-            arg = None
-            if op.arg is not None:
-                stream.seek(pos)
-                try:
-                    arg = op.arg.reader(stream)
-                except Exception:  # noqa: BLE001 - the slow scan names what is wrong
-                    raise _NotFast from None
-                pos = stream.tell()
-            state.opcodes = opcodes
-            if state.general(op, arg):
+            pos = _general(state, stream, code, pos, opcodes)
+            if pos < 0:
                 return state.finish(facts)
+
+
+def _above_mark(stack: list[object], marks: list[int], count: int) -> bool:
+    """`count` values above the last mark (else `_pop` refuses: let `general` do it)."""
+    return len(stack) >= count and not (marks and marks[-1] >= len(stack) - count)
+
+
+def _general(state: _State, stream: io.BytesIO, code: int, pos: int, opcodes: int) -> int:
+    """One instruction through `_State.general`; the position after it, or -1 at STOP."""
+    op = _BY_CODE.get(code)
+    if op is None:
+        raise _NotFast
+    arg = None
+    if op.arg is not None:
+        stream.seek(pos)
+        try:
+            arg = op.arg.reader(stream)
+        except Exception:  # noqa: BLE001 - the slow scan names what is wrong
+            raise _NotFast from None
+        pos = stream.tell()
+    state.opcodes = opcodes
+    return -1 if state.general(op, arg) else pos
 
 
 def _pop(

@@ -24,6 +24,7 @@ the server adds `x` (the exit status) once the child has ended.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -279,6 +280,12 @@ def _child(reply: socket.socket, message: bytes) -> None:
         reply.sendall(_frame(b"p", str(os.getpid()).encode()))
         module, qualname, args, display, memory_bytes, seconds = pickle.loads(message)
         _limit_resources(memory_bytes, seconds)
+        # The server's objects (torch's modules) never become garbage in this short life:
+        # frozen, collections stop walking them; fewer collections for the file's objects
+        # (a 100,000-key pickle spent ~2 s of 5.5 s in the collector). Cycles are still
+        # collected, so garbage stays bounded.
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         target: Any = importlib.import_module(module)
         for part in qualname.split("."):
             target = getattr(target, part)

@@ -23,6 +23,7 @@ The stand-ins allocate nothing a file controls: a tensor is a few slots whatever
 from __future__ import annotations
 
 import collections
+import gc
 import io
 import math
 import pickle
@@ -129,10 +130,6 @@ class _StorageClass:
         self.dtype = dtype
 
 
-def _ints(value: Any) -> bool:
-    return isinstance(value, tuple) and all(type(v) is int and 0 <= v < _INT64 for v in value)
-
-
 def _rebuild_tensor_v2(
     storage: Any,
     storage_offset: Any,
@@ -143,22 +140,30 @@ def _rebuild_tensor_v2(
     *metadata: Any,
 ) -> TensorRef:
     if (
-        not isinstance(storage, StorageRef)
-        or type(storage_offset) is not int
-        or not 0 <= storage_offset < _INT64
-        or not _ints(size)
-        or not _ints(stride)
+        storage.__class__ is not StorageRef
+        or storage_offset.__class__ is not int
+        or size.__class__ is not tuple
+        or stride.__class__ is not tuple
         or len(size) != len(stride)
-        or type(requires_grad) is not bool
+        or requires_grad.__class__ is not bool
         or not isinstance(backward_hooks, collections.OrderedDict)
         or backward_hooks
         or metadata
+        or not 0 <= storage_offset < _INT64
     ):
         raise Unsupported("an unusual tensor record")
-    tensor = TensorRef(storage, storage_offset, size, stride)
-    if tensor.needed_bytes > storage.nbytes or math.prod(size) >= _INT64:
-        raise Unsupported("a shape its storage does not hold")  # torch's own error, below
-    return tensor
+    numel, last = 1, storage_offset
+    for n, step in zip(size, stride, strict=True):
+        if n.__class__ is not int or step.__class__ is not int or not 0 <= n < _INT64:
+            raise Unsupported("an unusual shape or stride")
+        if not 0 <= step < _INT64:
+            raise Unsupported("an unusual shape or stride")
+        numel *= n
+        last += (n - 1) * step
+    # torch's own checks (and ours after it) explain a shape its storage does not hold.
+    if numel >= _INT64 or numel and (last + 1) * DTYPE_ITEMSIZE[storage.dtype] > storage.nbytes:
+        raise Unsupported("a shape its storage does not hold")
+    return TensorRef(storage, storage_offset, size, stride)
 
 
 def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> TensorRef:
@@ -257,6 +262,8 @@ def read_data_pkl(data: bytes, facts: dict[str, Any]) -> MetadataPickle:
     if facts.get("max_memo_index", 1 << 62) > max(1024, len(data)):
         raise Unsupported("a sparse memo")
     reader = _MetadataUnpickler(data)
+    collecting = gc.isenabled()
+    gc.disable()  # ~10 objects per tensor and no cycles: collections were 90% of the time
     try:
         obj = reader.load()
     except (MemoryError, RecursionError):
@@ -265,6 +272,9 @@ def read_data_pkl(data: bytes, facts: dict[str, Any]) -> MetadataPickle:
         raise
     except Exception as exc:  # noqa: BLE001 - any oddity goes to torch's path, which explains it
         raise Unsupported(f"{type(exc).__name__}") from None
+    finally:
+        if collecting:
+            gc.enable()
     if isinstance(obj, _StorageClass) or isinstance(obj, StorageRef):
         raise Unsupported("a bare storage")
     return MetadataPickle(obj, reader.storages)
