@@ -121,6 +121,28 @@ def chromium() -> Iterator[object]:
             browser.close()
 
 
+class Server(str):
+    """A running server's URL (use it as the URL) with its process (`proc`)."""
+
+    proc: subprocess.Popen
+
+
+def server_fixture(extra_args: Sequence[str] = (), env: dict[str, str] | None = None):
+    """A module-scoped fixture: one `streamlit run` server for the whole test module,
+    stopped when the module's tests are done. Assign it in the module:
+    `server = server_fixture()`."""
+
+    @pytest.fixture(scope="module")
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+        log = tmp_path_factory.mktemp("streamlit") / "server.log"
+        with streamlit_server(log, extra_args, env) as (url, proc):
+            server = Server(url)
+            server.proc = proc
+            yield server
+
+    return fixture
+
+
 def open_page(browser, url: str):
     """A new browser session (its own context: its own Streamlit session) on the app."""
     context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
@@ -142,6 +164,16 @@ def wait_idle(page, timeout: float = 60_000) -> None:
 def go_to(page, title: str) -> None:
     page.get_by_test_id("stSidebarNav").get_by_text(title, exact=False).click()
     wait_idle(page)
+
+
+def choose_checkpoint(page, files) -> None:
+    """Choose `files` (a path, or Playwright's file payloads) in the sidebar's "Open another
+    checkpoint" box. On a page whose demo is still being scored, `wait_scored` first: a
+    file chosen while that progress redraws can be lost."""
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_text("Open another checkpoint").click()
+    # the checkpoint box (the sidebar may hold other uploaders)
+    sidebar.get_by_test_id("stTabs").locator("input[type=file]").set_input_files(files)
 
 
 def wait_scored(page, timeout: float = 120_000) -> None:

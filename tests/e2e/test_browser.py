@@ -7,7 +7,6 @@ them to assets/screenshots/, which the README shows).
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,13 +15,14 @@ import pytest
 from tests.e2e.harness import (
     REPO,
     TRAIN_SECONDS,
+    choose_checkpoint,
     chromium,
     go_to,
     healthy,
     in_view,
     open_page,
     screenshot,
-    streamlit_server,
+    server_fixture,
     wait_idle,
     wait_scored,
 )
@@ -30,10 +30,7 @@ from tests.e2e.harness import (
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with streamlit_server(tmp_path_factory.mktemp("streamlit") / "server.log") as (url, _):
-        yield url
+server = server_fixture()
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +52,14 @@ def _losses(text: str) -> tuple[float, float]:
 
 
 EVAL_LINE = "[data-testid='stPlotlyChart'] .scatterlayer .trace:nth-child(2) path.js-line"
+
+
+# True once the line has more than n points (the same count as `_points`).
+MORE_POINTS = """([selector, n]) => {
+  const path = document.querySelector(selector);
+  const d = path ? path.getAttribute("d") || "" : "";
+  return d.split("L").length - 1 + (d.startsWith("M") ? 1 : 0) > n;
+}"""
 
 
 def _points(page) -> int:
@@ -117,11 +122,10 @@ def test_demo_flow_from_table_to_a_loadable_torchscript_file(
         f"() => document.querySelectorAll({EVAL_LINE!r}).length > 0", timeout=30_000
     )
     first = _points(page)
-    deadline = time.monotonic() + TRAIN_SECONDS
-    while _points(page) <= first:  # the chart refreshes about once a second
-        assert time.monotonic() < deadline, "the live evaluation line never grew while training"
-        page.wait_for_timeout(250)
-    page.wait_for_timeout(2000)  # a little more training, then Stop keeps the best weights
+    # The chart refreshes about once a second: the line grows while it trains; then a
+    # little more training (two more points), and Stop keeps the best weights.
+    page.wait_for_function(MORE_POINTS, arg=[EVAL_LINE, first], timeout=TRAIN_SECONDS * 1000)
+    page.wait_for_function(MORE_POINTS, arg=[EVAL_LINE, first + 2], timeout=TRAIN_SECONDS * 1000)
     # In a 1440x900 window, without scrolling: Stop and the evaluation line.
     chart = main.get_by_test_id("stPlotlyChart").first
     assert in_view(page, stop), "Stop is not in view after Start"
@@ -189,9 +193,8 @@ def test_demo_flow_from_table_to_a_loadable_torchscript_file(
 
     # 7. A bad upload: one sentence in the sidebar, the server stays healthy, the demo stays open.
     sidebar = page.get_by_test_id("stSidebar")
-    sidebar.get_by_text("Open another checkpoint").click()
-    sidebar.get_by_test_id("stTabs").locator("input[type=file]").set_input_files(
-        files=[{"name": "../../x.pt", "mimeType": "application/octet-stream", "buffer": b"junk"}]
+    choose_checkpoint(
+        page, [{"name": "../../x.pt", "mimeType": "application/octet-stream", "buffer": b"junk"}]
     )
     expect(sidebar.get_by_test_id("stAlertContentError")).to_contain_text("Could not open x.pt")
     assert healthy(server)

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.dashboard.test_forward_family import check_retrained_family
 from tests.e2e.harness import (
     TRAIN_SECONDS,
+    choose_checkpoint,
     chromium,
     go_to,
     open_page,
     screenshot,
-    streamlit_server,
+    server_fixture,
     wait_idle,
     wait_scored,
 )
@@ -32,10 +33,7 @@ from tests.forward_zoo import FORWARD_BY_NAME
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with streamlit_server(tmp_path_factory.mktemp("streamlit") / "server.log") as (url, _):
-        yield url
+server = server_fixture()
 
 
 def _saved(obj: object) -> bytes:
@@ -55,11 +53,8 @@ def test_the_seq2seq_family_recovered_by_clicking(server: str, tmp_path: Path) -
         wait_scored(page)  # a file chosen while the demo's scoring redraws can be lost
         main, sidebar = page.get_by_test_id("stMain"), page.get_by_test_id("stSidebar")
 
-        sidebar.get_by_text("Open another checkpoint").click()
-        sidebar.get_by_test_id("stTabs").locator("input[type=file]").set_input_files(
-            files=[{"name": "family.pt", "mimeType": "application/octet-stream",
-                    "buffer": _saved(original.state_dict())}]
-        )  # fmt: skip
+        choose_checkpoint(page, [{"name": "family.pt", "mimeType": "application/octet-stream",
+                                  "buffer": _saved(original.state_dict())}])  # fmt: skip
         expect(sidebar.get_by_text("family.pt")).to_be_visible(timeout=60_000)
         wait_idle(page)
         go_to(page, "Data and baseline")
@@ -103,15 +98,4 @@ def test_the_seq2seq_family_recovered_by_clicking(server: str, tmp_path: Path) -
         info.value.save_as(target)
         page.context.close()
 
-    scripted = torch.jit.load(str(target))
-    state = original.state_dict()
-    assert list(scripted.state_dict()) == list(state)
-    for key, tensor in scripted.state_dict().items():
-        if not key.startswith("out."):
-            assert torch.equal(tensor, state[key]), key
-    mse = torch.nn.functional.mse_loss
-    with torch.no_grad():
-        ours = mse(scripted(data["src"], data["tgt"]), data["y"])
-        before = mse(original(data["src"], data["tgt"]), data["y"])
-    assert ours < before
-    scripted.load_state_dict(state, strict=True)
+    check_retrained_family(target, original, data)

@@ -5,18 +5,18 @@ checkpoint and keeps working, and both files are refused in one sentence each.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.e2e.harness import (
+    choose_checkpoint,
     chromium,
     go_to,
     healthy,
     open_page,
-    streamlit_server,
+    server_fixture,
     wait_idle,
     wait_scored,
 )
@@ -25,21 +25,13 @@ from tests.hostile import _payloads as p
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    with streamlit_server(log) as (url, proc):
-        yield url, proc
+server = server_fixture()
 
 
 def upload(page, path: Path) -> None:
-    # The demo's settings are scored in the background at first; a file chosen while that
-    # progress redraws can be lost, so wait until it is done.
+    # The demo's settings are scored in the background at first: wait until it is done.
     wait_scored(page)
-    sidebar = page.get_by_test_id("stSidebar")
-    sidebar.get_by_text("Open another checkpoint").click()
-    # the checkpoint box (the sidebar may hold other uploaders)
-    sidebar.get_by_test_id("stTabs").locator("input[type=file]").set_input_files(str(path))
+    choose_checkpoint(page, str(path))
     wait_idle(page)
 
 
@@ -48,7 +40,7 @@ def test_crashing_and_uninitialised_uploads_leave_the_server_and_other_sessions_
 ) -> None:
     from playwright.sync_api import expect
 
-    url, proc = server
+    url, proc = server, server.proc
     torch.manual_seed(0)
     other = tmp_path / "their_model.pt"
     torch.save(

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.e2e.harness import (
+    choose_checkpoint,
     chromium,
     go_to,
     healthy,
     open_page,
-    streamlit_server,
+    server_fixture,
     wait_idle,
     wait_scored,
 )
@@ -56,15 +56,10 @@ def cpu_use(pid: int, seconds: float = 3.0) -> float:
     return (cpu_time() - before) / (time.monotonic() - started)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    args = [
-        "--server.disconnectedSessionTTL", str(SESSION_TTL),
-        "--server.maxUploadSize", str(UPLOAD_LIMIT_MB),
-    ]  # fmt: skip
-    with streamlit_server(log, args) as (url, proc):
-        yield url, proc.pid
+server = server_fixture([
+    "--server.disconnectedSessionTTL", str(SESSION_TTL),
+    "--server.maxUploadSize", str(UPLOAD_LIMIT_MB),
+])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +83,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def upload_checkpoint(page, path: Path) -> None:
-    sidebar = page.get_by_test_id("stSidebar")
-    sidebar.get_by_text("Open another checkpoint").click()
-    sidebar.get_by_test_id("stTabs").locator("input[type=file]").set_input_files(str(path))
-    sidebar.get_by_text(path.name).first.wait_for()
+    choose_checkpoint(page, str(path))
+    page.get_by_test_id("stSidebar").get_by_text(path.name).first.wait_for()
     wait_idle(page)
 
 
@@ -120,7 +113,7 @@ def start_training(page) -> None:
 def test_sessions_are_isolated_and_release_their_threads_and_memory(server, files):
     from playwright.sync_api import expect
 
-    url, pid = server
+    url, pid = server, server.proc.pid
     with chromium() as browser:
         # Warm up: the first session pays for imports and the shared demo cache.
         warm = open_page(browser, url)
@@ -198,15 +191,14 @@ def test_sessions_are_isolated_and_release_their_threads_and_memory(server, file
 def test_an_upload_above_the_size_limit_is_refused_and_the_app_keeps_working(server, tmp_path):
     from playwright.sync_api import expect
 
-    url, _ = server
+    url = server
     big = tmp_path / "big.pt"
     big.write_bytes(b"\0" * (UPLOAD_LIMIT_MB * 2**20 + 1))
     with chromium() as browser:
         page = open_page(browser, url)
         wait_idle(page)
         sidebar = page.get_by_test_id("stSidebar")
-        sidebar.get_by_text("Open another checkpoint").click()
-        sidebar.get_by_test_id("stTabs").locator("input[type=file]").set_input_files(str(big))
+        choose_checkpoint(page, str(big))
         expect(sidebar).to_contain_text(f"{UPLOAD_LIMIT_MB}.0MB or smaller")
         wait_idle(page)
         expect(sidebar).to_contain_text("demo_checkpoint.pt")  # the previous checkpoint stays

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,7 +18,7 @@ from tests.e2e.harness import (
     go_to,
     open_page,
     screenshot,
-    streamlit_server,
+    server_fixture,
     wait_idle,
     wait_scored,
 )
@@ -50,19 +49,9 @@ CUT_CHECK = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def unscored_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Scoring by a click only, so the demo stays on its unverified defaults."""
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    with streamlit_server(log, env={"RECOVERY_AUTO_SCORE": "off"}) as (url, _):
-        yield url
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    with streamlit_server(log) as (url, _):
-        yield url
+# Scoring by a click only, so the demo stays on its unverified defaults.
+unscored_server = server_fixture(env={"RECOVERY_AUTO_SCORE": "off"})
+server = server_fixture()
 
 
 def _train(page, epochs: int) -> None:
