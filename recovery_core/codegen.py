@@ -21,7 +21,7 @@ from typing import Any
 from recovery_core import forwards, names
 from recovery_core.errors import BuildError
 from recovery_core.infer.conv import GROUPS, SETTINGS, groups_name, setting_of
-from recovery_core.infer.registry import ARGUMENT_NAMES, CLASS_SOURCES
+from recovery_core.infer.registry import ARGUMENT_NAMES, CLASS_SOURCES, TYPES
 from recovery_core.infer.unknown import UNKNOWN_CHOICES
 from recovery_core.spec import (
     SOURCE_DEFAULT,
@@ -41,56 +41,19 @@ FORWARD_ONLY = frozenset({"scale_embedding", "causal_mask", "reduce", "pos_dim"}
 # as types of their own: the choices inference offers for them.
 PARAMETER_FREE = UNKNOWN_CHOICES
 
-# Constructor argument names of the hidden hyperparameters, where torch spells them
-# differently from our global names (each family declares its own; infer/registry.py).
+# Every layer type comes from its family (infer/registry.py): built by one call to
+# `nn.<type>` (or to the class the file defines when torch.nn has none), with the
+# constructor's own names for our hidden values; or by an emitter below (the encoder and
+# decoder stacks, the positional table).
 _RENAMED = ARGUMENT_NAMES
-
-_LEAF_TYPES = frozenset(
-    {
-        "Linear",
-        "Embedding",
-        "Conv1d",
-        "Conv2d",
-        "Conv3d",
-        "ConvTranspose1d",
-        "ConvTranspose2d",
-        "ConvTranspose3d",
-        "BatchNorm1d",
-        "BatchNorm2d",
-        "BatchNorm3d",
-        "LayerNorm",
-        "RMSNorm",
-        "GroupNorm",
-        "MultiheadAttention",
-        "TransformerEncoderLayer",
-        "TransformerDecoderLayer",
-        "Transformer",
-        "LSTM",
-        "GRU",
-        "RNN",
-        "PReLU",
-        "Bilinear",
-        "InstanceNorm1d",
-        "InstanceNorm2d",
-        "InstanceNorm3d",
-        *PARAMETER_FREE,
-    }
-)
-# Layer types torch.nn lacks: the generated file defines each class (infer/<family>.py).
 FAMILY_CLASSES = CLASS_SOURCES
-_STACKS = frozenset({"TransformerEncoder", "TransformerDecoder"})
-_CONTAINERS = frozenset({"Sequential", "ModuleList", "Module"})
-_SUPPORTED = (
-    _LEAF_TYPES
-    | _CONTAINERS
-    | set(FAMILY_CLASSES)
-    | {
-        "TransformerEncoder",
-        "TransformerDecoder",
-        "PositionalEncoding",
-        "Unknown",
-    }
+_LEAF_TYPES = frozenset(
+    {t.name for t in TYPES.values() if t.build == "call" and not t.class_source}
+    | set(PARAMETER_FREE)
 )
+_STACKS = frozenset(t.name for t in TYPES.values() if t.build == "stack")
+_CONTAINERS = frozenset({"Sequential", "ModuleList", "Module"})
+_SUPPORTED = frozenset(TYPES) | _LEAF_TYPES | _CONTAINERS | {"Unknown"}
 
 # Names our RecoveredModel uses itself, plus nn.Module's own API: a checkpoint child
 # with one of these names cannot become an attribute.
@@ -291,7 +254,7 @@ class _Renderer:
         if m.type in _CONTAINERS:
             for child in m.children:
                 yield from self._built_modules(child)
-        elif m.type in ("TransformerEncoder", "TransformerDecoder"):
+        elif m.type in _STACKS:
             norm = self._child(m, "norm")
             if norm is not None:
                 yield norm
@@ -299,7 +262,7 @@ class _Renderer:
     def _collect_hidden(self, root: ModuleSpec) -> None:
         for m in self._built_modules(root):
             names = list(m.hidden)
-            if m.type in ("TransformerEncoder", "TransformerDecoder"):
+            if m.type in _STACKS:
                 names = list(self._layer_of(m).hidden)
                 if self._child(m, "norm") is None and m.args.get("has_norm"):
                     names.append("layer_norm_eps")
@@ -500,7 +463,7 @@ class _Renderer:
                 )
             self.helpers.add("positions")
             return _call(self._pe_class(buffer, persistent), [f"shape={_literal(shape)}"], room)
-        if m.type in ("TransformerEncoder", "TransformerDecoder"):
+        if m.type in _STACKS:
             return self._stack(m, room)
         return self._container(m, room)
 

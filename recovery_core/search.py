@@ -33,6 +33,7 @@ from recovery_core import stack_shapes
 from recovery_core.build import check_fit, model_class
 from recovery_core.codegen import FORWARD_ONLY, hidden_arguments
 from recovery_core.errors import HyperparameterError
+from recovery_core.infer.registry import RETUNABLE_NAMES, RETUNABLE_TYPES
 from recovery_core.infer.unknown import shape_class
 from recovery_core.layout import batch_dims, prune_by_data, sequence_dims, take
 from recovery_core.spec import SOURCE_SEARCH, SOURCE_USER, WIRING, ArchSpec
@@ -50,18 +51,10 @@ EXPENSIVE_SECONDS = 0.05  # a combination slower than this is scored on every th
 # attributes at forward time: screening switches one built model between them instead of
 # building one per value (a build costs ~20 ms, a screening forward ~5 ms). Finalists are
 # always built fresh, and a test holds switched and fresh models to equal outputs.
-RETUNABLE = frozenset({"nhead", "batch_first", "norm_first", "activation", "layer_norm_eps"})
-_RETUNABLE_TYPES = (
-    torch.nn.MultiheadAttention,
-    torch.nn.TransformerEncoderLayer,
-    torch.nn.TransformerDecoderLayer,
-    torch.nn.TransformerEncoder,
-    torch.nn.TransformerDecoder,
-    torch.nn.Transformer,
-    torch.nn.LayerNorm,
-    torch.nn.RMSNorm,
-    torch.nn.RNNBase,
-)
+RETUNABLE = RETUNABLE_NAMES  # each family says which of its values it can switch
+# (torch class, how to switch it) per family type that can; the first match applies.
+_RETUNERS = tuple((getattr(torch.nn, t.name), t.retune) for t in RETUNABLE_TYPES)
+_RETUNABLE_TYPES = tuple(cls for cls, _ in _RETUNERS)
 
 # Up to this many combinations every one is screened; beyond, a beam search (`_beam`).
 EXHAUSTIVE_UP_TO = 1024
@@ -712,26 +705,10 @@ def _retunable(model: torch.nn.Module) -> bool:
 
 def _retune(model: torch.nn.Module, values: Mapping[str, Any]) -> None:
     """Switch a built model to other values of the RETUNABLE names, in place."""
-    activation = values.get("activation")
     for m in model.modules():
-        if isinstance(m, torch.nn.MultiheadAttention):
-            if "nhead" in values:
-                m.num_heads = values["nhead"]
-                m.head_dim = m.embed_dim // values["nhead"]
-            if "batch_first" in values:
-                m.batch_first = values["batch_first"]
-        elif isinstance(m, torch.nn.TransformerEncoderLayer | torch.nn.TransformerDecoderLayer):
-            if "norm_first" in values:
-                m.norm_first = values["norm_first"]
-            if activation is not None:
-                m.activation = _ACTIVATIONS[activation]
-                m.activation_relu_or_gelu = 1 if activation == "relu" else 2
-        elif isinstance(m, torch.nn.TransformerEncoder):
-            m.use_nested_tensor = False  # decided at build time from the layer's settings
-        elif isinstance(m, torch.nn.LayerNorm | torch.nn.RMSNorm) and "layer_norm_eps" in values:
-            m.eps = values["layer_norm_eps"]
-        elif isinstance(m, torch.nn.Transformer | torch.nn.RNNBase) and "batch_first" in values:
-            m.batch_first = values["batch_first"]
+        retune = next((fn for cls, fn in _RETUNERS if isinstance(m, cls)), None)
+        if retune is not None:
+            retune(m, values)
         elif hasattr(m, "seq_dim") and "batch_first" in values:
             # The generated PositionalEncoding: an [L, d] table picks its sequence
             # dimension from batch_first when built ([1, L, d] / [L, 1, d] fix it).
@@ -740,12 +717,6 @@ def _retune(model: torch.nn.Module, values: Mapping[str, Any]) -> None:
                 cast(Any, m).seq_dim = 1 if values["batch_first"] else 0  # a plain int, no Tensor
     if "batch_first" in values and hasattr(model, "batch_first"):
         model.batch_first = values["batch_first"]
-
-
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": torch.nn.functional.relu,
-    "gelu": torch.nn.functional.gelu,
-}
 
 
 def _set_forward_only(

@@ -33,9 +33,7 @@ def infer_spec(checkpoint: Checkpoint) -> ArchSpec:
     wiring = wirings[0] if wirings else None
     root = with_forward_types(root, None, wiring)  # the modules as the forward reads them
     determined = determined_hyperparameters(root, wiring, shapes)
-    free, metadata_notes = free_hyperparameters(
-        root, wiring, checkpoint.hyper_parameters, wirings
-    )
+    free, metadata_notes = free_hyperparameters(root, wiring, checkpoint.hyper_parameters, wirings)
     notes += metadata_notes + metadata_conflicts(determined, checkpoint.hyper_parameters)
     return ArchSpec(
         root=root,

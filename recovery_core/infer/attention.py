@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from recovery_core.infer.detection import Detection, Group, call, fmt
+from recovery_core.infer.family import Family, LayerType
 
 Shapes = Mapping[str, tuple[int, ...]]
 
 ATTENTION_HIDDEN = ("nhead", "dropout", "batch_first")
-ARGUMENT_NAMES = {"MultiheadAttention": {"nhead": "num_heads"}}  # read by codegen
 
 
 def packed_attention_shapes(embed_dim: int, bias: bool) -> dict[str, tuple[int, ...]]:
@@ -81,3 +81,28 @@ def detect_attention(group: Group) -> Detection | None:
         hidden=ATTENTION_HIDDEN,
         composite=True,
     )
+
+
+def _retune(m: Any, values: Mapping[str, Any]) -> None:
+    if "nhead" in values:
+        m.num_heads = values["nhead"]
+        m.head_dim = m.embed_dim // values["nhead"]
+    if "batch_first" in values:
+        m.batch_first = values["batch_first"]
+
+
+FAMILY = Family(
+    "MultiheadAttention",
+    detect_attention,
+    (
+        LayerType(
+            "MultiheadAttention",
+            "Lets every position of a sequence gather information from the others, "
+            "weighing each by how relevant it looks.",
+            arguments={"nhead": "num_heads"},
+            retunes=frozenset({"nhead", "batch_first"}),
+            retune=_retune,
+        ),
+    ),
+    composite=True,
+)

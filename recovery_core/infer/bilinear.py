@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from recovery_core.infer.detection import Detection, Group, call, fmt
+from recovery_core.infer.family import Family, LayerType, Shapes
 from recovery_core.names import is_index
 
 BILINEAR_NAME = re.compile(r"bilin", re.IGNORECASE)
@@ -48,3 +49,29 @@ def detect_bilinear(group: Group) -> Detection | None:
             f"chose Bilinear because {why}."
         ),
     )
+
+
+def _rebuild(shapes: Shapes) -> tuple[dict, tuple[str, ...]] | None:
+    weight, bias = shapes.get("weight"), shapes.get("bias")
+    if weight is None or len(weight) != 3 or bias not in (None, weight[:1]):
+        return None
+    out, in1, in2 = weight
+    return {
+        "in1_features": in1,
+        "in2_features": in2,
+        "out_features": out,
+        "bias": bias is not None,
+    }, ()
+
+
+FAMILY = Family(
+    "Bilinear",
+    detect_bilinear,
+    (
+        LayerType(
+            "Bilinear",
+            "Combines two inputs: every output weighs each pair of their features.",
+            rebuild=_rebuild,
+        ),
+    ),
+)

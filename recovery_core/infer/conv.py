@@ -21,18 +21,24 @@ from __future__ import annotations
 import re
 
 from recovery_core.infer.detection import Detection, Group, call, fmt
+from recovery_core.infer.family import (
+    EXAMPLE_BATCH,
+    EXAMPLE_SPATIAL,
+    Args,
+    Family,
+    LayerType,
+    Rebuild,
+    Shapes,
+    StackStep,
+    dims_of,
+)
+from recovery_core.spec import ModelInput
 
 TRANSPOSED_NAME = re.compile(r"deconv|transpose|convt|upconv|upsample", re.IGNORECASE)
 # One value for every convolution, as before: still read from a checkpoint's metadata
 # (hyper_parameters' conv_stride / conv_padding apply to every layer) and from specs
 # that name them.
 CONV_HIDDEN = ("conv_padding", "conv_stride")
-# Family parts read by codegen: the constructor's own names for our hidden values.
-ARGUMENT_NAMES = {
-    f"{kind}{dims}d": {"conv_padding": "padding", "conv_stride": "stride"}
-    for kind in ("Conv", "ConvTranspose")
-    for dims in (1, 2, 3)
-}
 GROUPS = "groups"
 # Per-layer settings, in constructor order, and what each is when nothing says otherwise.
 SETTINGS = ("stride", "padding", "dilation", "output_padding")
@@ -175,3 +181,61 @@ def detect_conv(group: Group) -> Detection | None:
         + ("the name." if transposed else "the more common case.")
     )
     return Detection(type_name, args, evidence, hidden=hidden, alternatives=(other,), note=note)
+
+
+def _rebuild_as(type_name: str) -> Rebuild:
+    def rebuild(shapes: Shapes) -> tuple[dict, tuple[str, ...]] | None:
+        weight, bias = shapes.get("weight"), shapes.get("bias")
+        if weight is None or len(weight) != dims_of(type_name) + 2:
+            return None
+        transposed = type_name.startswith("ConvTranspose")
+        inp, out = (weight[0], weight[1]) if transposed else (weight[1], weight[0])
+        if bias not in (None, (out,)):
+            return None
+        kernel = tuple(weight[2:])
+        args = {"in_channels": inp, "out_channels": out, "kernel_size": kernel}
+        # Its own stride, padding, ... are named by its path: the caller places them.
+        return {**args, "bias": bias is not None}, hidden_settings("", type_name, kernel)
+
+    return rebuild
+
+
+def _stack(args: Args) -> StackStep:
+    return StackStep("map", args["in_channels"], args["out_channels"])
+
+
+def _example_of(dims: int):
+    def example(args: Args, spatial_total: int | None) -> ModelInput:
+        side = EXAMPLE_SPATIAL
+        if spatial_total is not None:  # a Linear after it reads this many positions
+            root = round(spatial_total ** (1 / dims))
+            side = root if root**dims == spatial_total else side
+        return ModelInput("x", "float", (EXAMPLE_BATCH, args["in_channels"]) + (side,) * dims)
+
+    return example
+
+
+def _conv_type(kind: str, dims: int) -> LayerType:
+    name = f"{kind}{dims}d"
+    what = {1: "a signal", 2: "an image", 3: "a volume"}[dims]
+    meaning = (
+        f"Slides small learned filters over {what}, each making one output channel."
+        if kind == "Conv"
+        else f"Spreads each position of {what} over a learned filter: the upsampling "
+        "counterpart of a convolution."
+    )
+    return LayerType(
+        name,
+        meaning,
+        arguments={"conv_padding": "padding", "conv_stride": "stride"},
+        stack=_stack,
+        example=_example_of(dims),
+        rebuild=_rebuild_as(name),
+    )
+
+
+FAMILY = Family(
+    "Convolution",
+    detect_conv,
+    tuple(_conv_type(kind, dims) for kind in ("Conv", "ConvTranspose") for dims in (1, 2, 3)),
+)

@@ -14,6 +14,16 @@ from __future__ import annotations
 import re
 
 from recovery_core.infer.detection import Detection, Group, call, fmt
+from recovery_core.infer.family import (
+    EXAMPLE_BATCH,
+    EXAMPLE_SEQUENCE,
+    Args,
+    Family,
+    LayerType,
+    Shapes,
+    StackStep,
+)
+from recovery_core.spec import ModelInput
 
 EMBEDDING_NAME = re.compile(r"emb|wte|wpe|lookup|^shared$|bias$", re.IGNORECASE)
 
@@ -56,3 +66,33 @@ def detect_embedding(group: Group) -> Detection | None:
         if certain
         else "Bias-free tied 2-D weights: the first is taken as the Embedding table.",
     )
+
+
+def _rebuild(shapes: Shapes) -> tuple[dict, tuple[str, ...]] | None:
+    weight = shapes.get("weight")
+    if weight is None or len(weight) != 2 or set(shapes) != {"weight"}:
+        return None
+    return {"num_embeddings": weight[0], "embedding_dim": weight[1]}, ()
+
+
+def _stack(args: Args) -> StackStep:
+    return StackStep("tokens", None, args["embedding_dim"])
+
+
+def _example(args: Args, spatial_total: int | None) -> ModelInput:
+    return ModelInput("tokens", "long", (EXAMPLE_BATCH, EXAMPLE_SEQUENCE - 1))
+
+
+FAMILY = Family(
+    "Embedding",
+    detect_embedding,
+    (
+        LayerType(
+            "Embedding",
+            "A lookup table: each token number picks one row of numbers that stands for it.",
+            stack=_stack,
+            example=_example,
+            rebuild=_rebuild,
+        ),
+    ),
+)

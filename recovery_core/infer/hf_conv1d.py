@@ -12,6 +12,7 @@ arguments. Its keys are `weight` and `bias`, both parameters.
 from __future__ import annotations
 
 from recovery_core.infer.detection import Detection, Group, call, fmt
+from recovery_core.infer.family import Family, LayerType, Shapes
 
 TYPE = "HFConv1D"
 
@@ -29,9 +30,6 @@ class HFConv1D(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.matmul(x, self.weight) + self.bias
 '''
-
-
-CLASS_SOURCES = {TYPE: CLASS_SOURCE}  # read by codegen
 
 
 def proves_transposed(weight: tuple[int, ...], bias: tuple[int, ...]) -> bool:
@@ -68,3 +66,25 @@ def detect_hf_conv1d(group: Group) -> Detection | None:
             "Conv1D because other modules of the same name store their weight (in, out)."
         ),
     )
+
+
+def _rebuild(shapes: Shapes) -> tuple[dict, tuple[str, ...]] | None:
+    weight, bias = shapes.get("weight"), shapes.get("bias")
+    if weight is None or len(weight) != 2 or bias != (weight[1],):
+        return None
+    return {"nf": weight[1], "nx": weight[0]}, ()
+
+
+FAMILY = Family(
+    "Hugging Face Conv1D",
+    detect_hf_conv1d,
+    (
+        LayerType(
+            TYPE,
+            "Hugging Face's linear layer with its weight stored the other way round "
+            "(inputs first): mixes input features into new ones.",
+            class_source=CLASS_SOURCE,
+            rebuild=_rebuild,
+        ),
+    ),
+)

@@ -8,6 +8,8 @@ and names Embedding as the runner-up.
 from __future__ import annotations
 
 from recovery_core.infer.detection import Detection, Group, call, fmt
+from recovery_core.infer.family import EXAMPLE_BATCH, Args, Family, LayerType, Shapes, StackStep
+from recovery_core.spec import ModelInput
 
 
 def detect_linear(group: Group) -> Detection | None:
@@ -45,3 +47,35 @@ def detect_linear(group: Group) -> Detection | None:
         alternatives=("Embedding",),
         note="A 2-D weight without bias may also be an Embedding table; its name does not suggest one.",
     )
+
+
+def _rebuild(shapes: Shapes) -> tuple[dict, tuple[str, ...]] | None:
+    weight, bias = shapes.get("weight"), shapes.get("bias")
+    if weight is None or len(weight) != 2 or bias not in (None, (weight[0],)):
+        return None
+    out, inp = weight
+    return {"in_features": inp, "out_features": out, "bias": bias is not None}, ()
+
+
+def _stack(args: Args) -> StackStep:
+    return StackStep("vector", args["in_features"], args["out_features"])
+
+
+def _example(args: Args, spatial_total: int | None) -> ModelInput:
+    return ModelInput("x", "float", (EXAMPLE_BATCH, args["in_features"]))
+
+
+FAMILY = Family(
+    "Linear",
+    detect_linear,
+    (
+        LayerType(
+            "Linear",
+            "Mixes its input features into new ones: every output is a weighted sum of "
+            "every input, plus an offset.",
+            stack=_stack,
+            example=_example,
+            rebuild=_rebuild,
+        ),
+    ),
+)

@@ -10,22 +10,23 @@ and what the keys leave out decide, and the other types are listed as alternativ
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from recovery_core.infer.detection import Detection, Group, call, fmt
+from recovery_core.infer.family import (
+    EXAMPLE_BATCH,
+    EXAMPLE_SPATIAL,
+    Args,
+    Family,
+    LayerType,
+    Shapes,
+    StackStep,
+)
+from recovery_core.spec import ModelInput
 
 BATCHNORM_KEYS = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
 RUNNING_STATISTICS = frozenset({"running_mean", "running_var", "num_batches_tracked"})
-# Family parts read by inspect and codegen: which keys torch registers as buffers, and
-# the constructor's own names for our hidden values.
-BUFFERS = {
-    f"{kind}{dims}d": RUNNING_STATISTICS
-    for kind in ("BatchNorm", "InstanceNorm")
-    for dims in (1, 2, 3)
-}
-ARGUMENT_NAMES = {
-    "LayerNorm": {"layer_norm_eps": "eps"},
-    "RMSNorm": {"layer_norm_eps": "eps"},
-}
 GROUPNORM_NAME = re.compile(r"(^|_)gn\d*($|_)|group", re.IGNORECASE)
 LAYERNORM_NAME = re.compile(r"(^|_)ln\d*($|_)|layer_?norm", re.IGNORECASE)
 RMSNORM_NAME = re.compile(r"rms", re.IGNORECASE)
@@ -178,3 +179,168 @@ def _weight_only(group: Group, shape: tuple[int, ...]) -> Detection:
             "because neither the name nor a neighbouring convolution suggests another."
         ),
     )
+
+
+# ---------------------------------------------------------------- the families
+
+
+def _rebuild_running(shapes: Shapes) -> tuple[dict, tuple[str, ...]] | None:
+    if "running_mean" not in shapes:
+        return None
+    (features,) = shapes["running_mean"]
+    args = {"num_features": features, "affine": "weight" in shapes, "track_running_stats": True}
+    return args, ("eps",)
+
+
+def _batchnorm_stack(args: Args) -> StackStep:
+    width = args["num_features"]
+    return StackStep("same", width, width)
+
+
+def _batchnorm_map_stack(args: Args) -> StackStep:
+    width = args["num_features"]
+    return StackStep("same", width, width, map_when_first=True)
+
+
+def _batchnorm_example(dims: int):
+    def example(args: Args, spatial_total: int | None) -> ModelInput:
+        channels = args["num_features"]
+        if dims == 1:
+            return ModelInput("x", "float", (EXAMPLE_BATCH, channels))
+        return ModelInput("x", "float", (EXAMPLE_BATCH, channels) + (EXAMPLE_SPATIAL,) * dims)
+
+    return example
+
+
+def _running_type(kind: str, dims: int) -> LayerType:
+    what = {1: "features", 2: "image channels", 3: "volume channels"}[dims]
+    batch = kind == "BatchNorm"
+    return LayerType(
+        f"{kind}{dims}d",
+        (
+            f"Rescales each of its {what} to a steady range, using averages kept from training."
+            if batch
+            else f"Rescales each sample's {what} to a steady range on its own."
+        ),
+        buffers=RUNNING_STATISTICS,
+        # A stack of InstanceNorms is not one the wiring proposes (it never was).
+        stack=(_batchnorm_map_stack if dims > 1 else _batchnorm_stack) if batch else None,
+        example=_batchnorm_example(dims) if batch else None,
+        rebuild=_rebuild_running,
+    )
+
+
+RUNNING_NORMS = Family(
+    "BatchNorm / InstanceNorm",
+    detect_batchnorm,
+    tuple(
+        _running_type(kind, dims) for kind in ("BatchNorm", "InstanceNorm") for dims in (1, 2, 3)
+    ),
+)
+
+
+def _affine_weight(shapes: Shapes) -> tuple[tuple[int, ...], bool] | None:
+    """(weight shape, has bias) when the keys are a weight and maybe a bias like it."""
+    weight, bias = shapes.get("weight"), shapes.get("bias")
+    if weight is None or len(weight) < 1 or bias not in (None, weight):
+        return None
+    return weight, bias is not None
+
+
+def _rebuild_layer_norm(shapes: Shapes) -> tuple[dict, tuple[str, ...]] | None:
+    found = _affine_weight(shapes)
+    if found is None:
+        return None
+    shape, bias = found
+    args = {"normalized_shape": shape, "elementwise_affine": True, "bias": bias}
+    return args, ("layer_norm_eps",)
+
+
+def _rebuild_rms_norm(shapes: Shapes) -> tuple[dict, tuple[str, ...]] | None:
+    found = _affine_weight(shapes)
+    if found is None or found[1]:
+        return None
+    return {"normalized_shape": found[0], "elementwise_affine": True}, ("layer_norm_eps",)
+
+
+def _rebuild_group_norm(shapes: Shapes) -> tuple[dict, tuple[str, ...]] | None:
+    found = _affine_weight(shapes)
+    if found is None or not found[1] or len(found[0]) != 1:
+        return None
+    return {"num_channels": found[0][0], "affine": True}, ("num_groups",)
+
+
+def _rebuild_prelu(shapes: Shapes) -> tuple[dict, tuple[str, ...]] | None:
+    found = _affine_weight(shapes)
+    if found is None or found[1] or len(found[0]) != 1:
+        return None
+    return {"num_parameters": found[0][0]}, ()
+
+
+def _sequence_stack(args: Args) -> StackStep:
+    width = args["normalized_shape"][-1]
+    return StackStep("same", width, width)
+
+
+def _sequence_example(args: Args, spatial_total: int | None) -> ModelInput:
+    return ModelInput("x", "float", (EXAMPLE_BATCH, *args["normalized_shape"]))
+
+
+def _group_stack(args: Args) -> StackStep:
+    width = args["num_channels"]
+    return StackStep("same", width, width, map_when_first=True)
+
+
+def _group_example(args: Args, spatial_total: int | None) -> ModelInput:
+    channels = args["num_channels"]
+    return ModelInput("x", "float", (EXAMPLE_BATCH, channels, EXAMPLE_SPATIAL, EXAMPLE_SPATIAL))
+
+
+def _retune_eps(m: Any, values: Mapping[str, Any]) -> None:
+    if "layer_norm_eps" in values:
+        m.eps = values["layer_norm_eps"]
+
+
+AFFINE_NORMS = Family(
+    "LayerNorm / GroupNorm / RMSNorm",
+    detect_affine_norm,
+    (
+        LayerType(
+            "LayerNorm",
+            "Rescales each position's features to a steady range, then applies a learned "
+            "scale (and offset).",
+            arguments={"layer_norm_eps": "eps"},
+            stack=_sequence_stack,
+            example=_sequence_example,
+            rebuild=_rebuild_layer_norm,
+            retunes=frozenset({"layer_norm_eps"}),
+            retune=_retune_eps,
+            roles=frozenset({"final_norm"}),
+        ),
+        LayerType(
+            "RMSNorm",
+            "Rescales each position's features by their typical size, then applies a "
+            "learned scale.",
+            arguments={"layer_norm_eps": "eps"},
+            stack=_sequence_stack,
+            example=_sequence_example,
+            rebuild=_rebuild_rms_norm,
+            retunes=frozenset({"layer_norm_eps"}),
+            retune=_retune_eps,
+            roles=frozenset({"final_norm"}),
+        ),
+        LayerType(
+            "GroupNorm",
+            "Rescales groups of channels of each sample to a steady range, then applies a "
+            "learned scale and offset.",
+            stack=_group_stack,
+            example=_group_example,
+            rebuild=_rebuild_group_norm,
+        ),
+        LayerType(
+            "PReLU",
+            "A bend like ReLU whose slope for negative values is learned.",
+            rebuild=_rebuild_prelu,
+        ),
+    ),
+)

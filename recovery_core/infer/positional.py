@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 
 from recovery_core.infer.detection import Detection, Group, call, fmt
-
-BUFFERS = {"PositionalEncoding": None}  # None: every key of the module is a buffer
+from recovery_core.infer.family import Family, LayerType
 
 POSITIONAL_NAME = re.compile(
     r"^(pe|pos_?emb(edding)?s?|pos(itional)?_?enc(oding)?s?|position(al)?_?(embedding|encoding)s?)$",
@@ -27,3 +26,17 @@ def detect_positional_encoding(group: Group) -> Detection | None:
         args,
         f"a lone {len(info.shape)}-D table '{name}' {fmt(info.shape)} → {call('PositionalEncoding', args)}",
     )
+
+
+FAMILY = Family(
+    "PositionalEncoding",
+    detect_positional_encoding,
+    (
+        LayerType(
+            "PositionalEncoding",
+            "A fixed table added to a sequence so the model can tell positions apart.",
+            build="positional",
+            all_buffers=True,
+        ),
+    ),
+)

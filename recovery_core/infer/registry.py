@@ -1,63 +1,107 @@
-"""Every detector, in the order they are tried. The first that explains a group wins.
+"""Every layer family, in the order their detectors are tried. The first that explains a
+group wins.
 
-Ordering rule: composites first (they claim whole subtrees and match exact key sets),
-larger before smaller (Transformer before its stacks before their layers); then the
-leaves, name-based ones before the shape-only ones that would also match
+Why the order matters: composites first (they claim whole subtrees and match exact key
+sets), larger before smaller (Transformer before its stacks before their layers); then
+the leaves, name-based ones before the shape-only ones that would also match
 (PositionalEncoding and Embedding before Linear, BatchNorm before the affine norms,
 Bilinear before Conv since both read a 3-D weight, Hugging Face's Conv1D before Linear
-since a bias fitting the second dimension proves it). Weight norm is not a detector: the
-composer unwraps it and asks these (`weight_norm.py`). A new layer type is one new file
-plus one line here.
+since a bias fitting the second dimension proves it). A family whose keys another one
+also explains goes before it and declines unless its evidence is there; the other then
+names it as the runner-up (`LayerType.same_keys_as`). Weight norm is not a family: the
+composer unwraps it and asks these (`weight_norm.py`).
+
+Adding a layer family is one new file in infer/ (its detector and its `Family`) plus one
+line here (docs/spec-conventions.md, "Adding a layer family"). Everything below is
+read from `FAMILIES`; nothing else in the pipeline lists layer types.
 """
 
 from __future__ import annotations
 
-from recovery_core.infer import attention, conv, hf_conv1d, norm, positional, rnn
-from recovery_core.infer.attention import detect_attention
-from recovery_core.infer.bilinear import detect_bilinear
-from recovery_core.infer.conv import detect_conv
+from collections.abc import Iterator
+
+from recovery_core.infer import (
+    attention,
+    bilinear,
+    conv,
+    embedding,
+    hf_conv1d,
+    linear,
+    norm,
+    positional,
+    rnn,
+    transformer,
+)
 from recovery_core.infer.detection import Detector
-from recovery_core.infer.embedding import detect_embedding
-from recovery_core.infer.hf_conv1d import detect_hf_conv1d
-from recovery_core.infer.linear import detect_linear
-from recovery_core.infer.norm import detect_affine_norm, detect_batchnorm
-from recovery_core.infer.positional import detect_positional_encoding
-from recovery_core.infer.rnn import detect_rnn
-from recovery_core.infer.transformer import (
-    detect_decoder,
-    detect_decoder_layer,
-    detect_encoder,
-    detect_encoder_layer,
-    detect_transformer,
+from recovery_core.infer.family import Family, LayerType
+
+FAMILIES: tuple[Family, ...] = (
+    transformer.TRANSFORMER,
+    transformer.ENCODER,
+    transformer.DECODER,
+    transformer.DECODER_LAYER,
+    transformer.ENCODER_LAYER,
+    attention.FAMILY,
+    rnn.FAMILY,
+    positional.FAMILY,
+    norm.RUNNING_NORMS,
+    bilinear.FAMILY,
+    conv.FAMILY,
+    embedding.FAMILY,
+    hf_conv1d.FAMILY,
+    linear.FAMILY,
+    norm.AFFINE_NORMS,
 )
 
-DETECTORS: tuple[Detector, ...] = (
-    detect_transformer,
-    detect_encoder,
-    detect_decoder,
-    detect_decoder_layer,
-    detect_encoder_layer,
-    detect_attention,
-    detect_rnn,
-    detect_positional_encoding,
-    detect_batchnorm,
-    detect_bilinear,
-    detect_conv,
-    detect_embedding,
-    detect_hf_conv1d,
-    detect_linear,
-    detect_affine_norm,
-)
+DETECTORS: tuple[Detector, ...] = tuple(family.detect for family in FAMILIES)
 
-# What families declare besides detection, gathered once for the readers:
+
+def layer_types() -> Iterator[LayerType]:
+    for family in FAMILIES:
+        yield from family.types
+
+
+TYPES: dict[str, LayerType] = {t.name: t for t in layer_types()}
+FAMILY_OF: dict[str, Family] = {t.name: f for f in FAMILIES for t in f.types}
+# Composite types: their parts repeat what the type itself determines.
+COMPOSITES = frozenset(t.name for f in FAMILIES if f.composite for t in f.types)
 # type -> keys torch registers as buffers (None: all of them); inspect reads it.
-BUFFERS_BY_TYPE: dict[str, frozenset[str] | None] = {**norm.BUFFERS, **positional.BUFFERS}
+BUFFERS_BY_TYPE: dict[str, frozenset[str] | None] = {
+    t.name: None if t.all_buffers else t.buffers
+    for t in layer_types()
+    if t.all_buffers or t.buffers
+}
 # type -> {our hidden name: the constructor's argument name}; codegen reads it.
 ARGUMENT_NAMES: dict[str, dict[str, str]] = {
-    **attention.ARGUMENT_NAMES,
-    **conv.ARGUMENT_NAMES,
-    **norm.ARGUMENT_NAMES,
-    **rnn.ARGUMENT_NAMES,
+    t.name: dict(t.renames) for t in layer_types() if t.renames
 }
 # type -> the class a generated file defines because torch.nn has none; codegen reads it.
-CLASS_SOURCES: dict[str, str] = {**hf_conv1d.CLASS_SOURCES}
+CLASS_SOURCES: dict[str, str] = {t.name: t.class_source for t in layer_types() if t.class_source}
+# Hidden names a built model can switch in place (the search), and the types that do it.
+RETUNABLE_NAMES = frozenset(name for t in layer_types() for name in t.retunes)
+RETUNABLE_TYPES: tuple[LayerType, ...] = tuple(t for t in layer_types() if t.retune is not None)
+
+
+def layer_type(type_name: str) -> LayerType | None:
+    """The family's description of `type_name`; None for containers and placeholders."""
+    return TYPES.get(type_name)
+
+
+def types_with_role(role: str) -> frozenset[str]:
+    return frozenset(t.name for t in layer_types() if role in t.roles)
+
+
+def meaning(type_name: str) -> str:
+    """What a layer of this type does, in a sentence a person who does not program can
+    follow; "" for containers and types no family knows."""
+    found = TYPES.get(type_name)
+    return found.meaning if found is not None else ""
+
+
+def opened_for_training(type_name: str) -> bool:
+    """True when a module of this type is offered part by part when choosing what trains
+    (containers, and the Transformer and its stacks); else it is one unit."""
+    found = TYPES.get(type_name)
+    if found is None:
+        return type_name in ("Module", "Sequential", "ModuleList")
+    return found.opened_for_training

@@ -7,12 +7,14 @@ The gate multiple of weight_ih_l0's first dimension tells the type (4 LSTM, 3 GR
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from recovery_core.infer.detection import Detection, Group, call, fmt
+from recovery_core.infer.family import Family, LayerType
 
 RNN_KEY = re.compile(r"^(weight|bias)_(ih|hh|hr)_l(\d+)(_reverse)?$")
 TYPE_BY_GATES = {4: "LSTM", 3: "GRU", 1: "RNN"}
-ARGUMENT_NAMES = {"RNN": {"rnn_nonlinearity": "nonlinearity"}}  # read by codegen
 
 
 def _expected(
@@ -75,3 +77,31 @@ def detect_rnn(group: Group) -> Detection | None:
         f"{f', projection {proj}' if proj else ''} → {call(type_name, args)}"
     )
     return Detection(type_name, args, evidence, hidden=tuple(hidden_names), composite=True)
+
+
+def _retune(m: Any, values: Mapping[str, Any]) -> None:
+    if "batch_first" in values:
+        m.batch_first = values["batch_first"]
+
+
+_MEANINGS = {
+    "LSTM": "Reads a sequence step by step, keeping a memory it learns to update and forget.",
+    "GRU": "Reads a sequence step by step, keeping a memory it learns to update (a lighter LSTM).",
+    "RNN": "Reads a sequence step by step, carrying a running summary from one step to the next.",
+}
+
+FAMILY = Family(
+    "Recurrent",
+    detect_rnn,
+    tuple(
+        LayerType(
+            name,
+            _MEANINGS[name],
+            arguments={"rnn_nonlinearity": "nonlinearity"} if name == "RNN" else None,
+            retunes=frozenset({"batch_first"}),
+            retune=_retune,
+        )
+        for name in ("LSTM", "GRU", "RNN")
+    ),
+    composite=True,
+)

@@ -12,6 +12,7 @@ from typing import Any
 
 from recovery_core.infer.attention import packed_attention_shapes
 from recovery_core.infer.detection import Detection, Group, call, fmt
+from recovery_core.infer.family import Family, LayerType, nothing
 
 Shapes = Mapping[str, tuple[int, ...]]
 LayerArgs = dict[str, Any]
@@ -143,3 +144,101 @@ def detect_transformer(group: Group) -> Detection | None:
         f"→ {call('Transformer', args)}"
     )
     return Detection("Transformer", args, evidence, hidden=LAYER_HIDDEN, composite=True)
+
+
+def activation_function(name: str) -> Callable[[Any], Any]:
+    """The function torch's Transformer layers call for `activation` ("relu", "gelu")."""
+    import torch.nn.functional as F  # only a built model asks: inference stays torch-free
+
+    functions: dict[str, Callable[[Any], Any]] = {"relu": F.relu, "gelu": F.gelu}
+    return functions[name]
+
+
+def _retune_layer(m: Any, values: Mapping[str, Any]) -> None:
+    if "norm_first" in values:
+        m.norm_first = values["norm_first"]
+    activation = values.get("activation")
+    if activation is not None:
+        m.activation = activation_function(activation)
+        m.activation_relu_or_gelu = 1 if activation == "relu" else 2
+
+
+def _retune_encoder(m: Any, values: Mapping[str, Any]) -> None:
+    m.use_nested_tensor = False  # decided at build time from the layer's settings
+
+
+def _retune_transformer(m: Any, values: Mapping[str, Any]) -> None:
+    if "batch_first" in values:
+        m.batch_first = values["batch_first"]
+
+
+TRANSFORMER = Family(
+    "Transformer",
+    detect_transformer,
+    (
+        LayerType(
+            "Transformer",
+            "A whole encoder-decoder: reads one sequence and writes another.",
+            retunes=frozenset({"batch_first"}),
+            retune=_retune_transformer,
+            opened_for_training=True,
+        ),
+    ),
+    composite=True,
+)
+ENCODER = Family(
+    "TransformerEncoder",
+    detect_encoder,
+    (
+        LayerType(
+            "TransformerEncoder",
+            "A stack of encoder layers that read a sequence.",
+            build="stack",
+            retune=_retune_encoder,
+            opened_for_training=True,
+        ),
+    ),
+    composite=True,
+)
+DECODER = Family(
+    "TransformerDecoder",
+    detect_decoder,
+    (
+        LayerType(
+            "TransformerDecoder",
+            "A stack of decoder layers that write a sequence while reading another.",
+            build="stack",
+            retune=nothing,
+            opened_for_training=True,
+        ),
+    ),
+    composite=True,
+)
+DECODER_LAYER = Family(
+    "TransformerDecoderLayer",
+    detect_decoder_layer,
+    (
+        LayerType(
+            "TransformerDecoderLayer",
+            "One decoder block: attends to what it wrote so far and to the input, then "
+            "mixes each position's features.",
+            retunes=frozenset({"norm_first", "activation"}),
+            retune=_retune_layer,
+        ),
+    ),
+    composite=True,
+)
+ENCODER_LAYER = Family(
+    "TransformerEncoderLayer",
+    detect_encoder_layer,
+    (
+        LayerType(
+            "TransformerEncoderLayer",
+            "One encoder block: attention across the sequence, then mixing each "
+            "position's features.",
+            retunes=frozenset({"norm_first", "activation"}),
+            retune=_retune_layer,
+        ),
+    ),
+    composite=True,
+)

@@ -28,18 +28,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from recovery_core.infer.family import (
+    EXAMPLE_BATCH,
+    EXAMPLE_SEQUENCE,
+    EXAMPLE_TARGET_SEQUENCE,
+    StackStep,
+)
+from recovery_core.infer.registry import layer_type, types_with_role
 from recovery_core.infer.unknown import name_hint
 from recovery_core.spec import ModelInput, ModuleSpec, Wiring, WiringKind, positional_length
 
 RNN_TYPES = frozenset({"LSTM", "GRU", "RNN"})
-NORM_TYPES = frozenset(
-    {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "RMSNorm"}
-)
-SEQUENCE_NORMS = frozenset({"LayerNorm", "RMSNorm"})
-EXAMPLE_BATCH = 2
-EXAMPLE_SEQUENCE = 7  # short, and cut to the positional table's length
-EXAMPLE_TARGET_SEQUENCE = 5
-EXAMPLE_SPATIAL = 8
+# Norms a sequence forward may end in (as wide as the core's output), by their family.
+SEQUENCE_NORMS = types_with_role("final_norm")
 MAX_PARTS = 10  # sequence hypotheses are enumerated over at most this many modules
 
 # Weak name hints for the prior (a hint adds to a hypothesis' rank, never decides it).
@@ -620,7 +621,8 @@ def _flow(a: Arrangement, inputs: tuple[ModelInput, ...]) -> str:
 
 
 def _stack(module: ModuleSpec) -> list[ModuleSpec] | None:
-    """The leaves a sequential forward calls in order, or None if one cannot be chained."""
+    """The leaves a sequential forward calls in order, or None if one cannot be chained
+    (its family says how a stack passes data through it, or that none can)."""
     leaves: list[ModuleSpec] = []
     for child in module.children:
         if child.type in ("Sequential", "ModuleList"):
@@ -628,13 +630,16 @@ def _stack(module: ModuleSpec) -> list[ModuleSpec] | None:
             if inner is None:
                 return None
             leaves.extend(inner)
-        elif child.type in ("Linear", "Embedding", "Unknown") or child.type in NORM_TYPES:
-            leaves.append(child)
-        elif child.type.startswith(("Conv", "ConvTranspose")):
+        elif child.type == "Unknown" or _step_of(child) is not None:
             leaves.append(child)
         else:
             return None
     return leaves
+
+
+def _step_of(module: ModuleSpec) -> StackStep | None:
+    found = layer_type(module.type)
+    return None if found is None or found.stack is None else found.stack(module.args)
 
 
 def _chain_input(leaves: list[ModuleSpec]) -> ModelInput | None:
@@ -647,34 +652,34 @@ def _chain_input(leaves: list[ModuleSpec]) -> ModelInput | None:
     spatial_total: int | None = None  # positions per channel where a Linear flattens a map
     may_flatten = False  # a parameter-less module since the last layer could be a Flatten
     for layer in leaves:
-        args = layer.args
         if layer.type == "Unknown":
             may_flatten = may_flatten or name_hint(layer.name) in (None, "Flatten")
             continue
-        if layer.type == "Linear":
+        step = _step_of(layer)
+        assert step is not None  # _stack keeps only modules a stack can call
+        if step.reads == "vector":
+            assert step.width_in is not None
             if channels is not None:
-                if args["in_features"] % channels or not may_flatten:
+                if step.width_in % channels or not may_flatten:
                     return None
-                spatial_total = spatial_total or args["in_features"] // channels
-            elif features is not None and args["in_features"] != features:
+                spatial_total = spatial_total or step.width_in // channels
+            elif features is not None and step.width_in != features:
                 return None
-            channels, features = None, args["out_features"]
-        elif layer.type.startswith(("Conv", "ConvTranspose")):
-            if features is not None or (channels is not None and args["in_channels"] != channels):
+            channels, features = None, step.width_out
+        elif step.reads == "map":
+            if features is not None or (channels is not None and step.width_in != channels):
                 return None
-            channels = args["out_channels"]
-        elif layer.type == "Embedding":
+            channels = step.width_out
+        elif step.reads == "tokens":
             if layer is not layers[0]:
                 return None
-            features = args["embedding_dim"]
-        else:  # a norm: keeps the size
-            width = (
-                args.get("num_features") or args.get("num_channels") or args["normalized_shape"][-1]
-            )
+            features = step.width_out
+        else:  # "same": keeps the size (a norm)
             expected = channels if channels is not None else features
-            if expected is not None and width != expected:
+            width = step.width_in
+            if expected is not None and width is not None and width != expected:
                 return None
-            if expected is None and layer.type in ("BatchNorm2d", "BatchNorm3d", "GroupNorm"):
+            if expected is None and step.map_when_first:
                 channels = width
             elif expected is None:
                 features = width
@@ -682,27 +687,11 @@ def _chain_input(leaves: list[ModuleSpec]) -> ModelInput | None:
     return _first_input(layers[0], spatial_total)
 
 
-def _first_input(first: ModuleSpec, spatial_total: int | None) -> ModelInput:
-    args = first.args
-    if first.type == "Embedding":
-        return ModelInput("tokens", "long", (EXAMPLE_BATCH, EXAMPLE_SEQUENCE - 1))
-    if first.type == "Linear":
-        return ModelInput("x", "float", (EXAMPLE_BATCH, args["in_features"]))
-    if first.type.startswith(("Conv", "ConvTranspose", "BatchNorm")):
-        dims = int(first.type[-2])
-        channels = args.get("in_channels") or args["num_features"]
-        if dims == 1 and first.type.startswith("BatchNorm"):
-            return ModelInput("x", "float", (EXAMPLE_BATCH, channels))
-        side = EXAMPLE_SPATIAL
-        if spatial_total is not None and first.type.startswith("Conv"):
-            root = round(spatial_total ** (1 / dims))
-            side = root if root**dims == spatial_total else side
-        return ModelInput("x", "float", (EXAMPLE_BATCH, channels) + (side,) * dims)
-    if first.type == "GroupNorm":
-        return ModelInput(
-            "x", "float", (EXAMPLE_BATCH, args["num_channels"], EXAMPLE_SPATIAL, EXAMPLE_SPATIAL)
-        )
-    return ModelInput("x", "float", (EXAMPLE_BATCH, *args["normalized_shape"]))
+def _first_input(first: ModuleSpec, spatial_total: int | None) -> ModelInput | None:
+    found = layer_type(first.type)
+    if found is None or found.example is None:
+        return None
+    return found.example(first.args, spatial_total)
 
 
 def _sequential(root: ModuleSpec) -> Wiring | None:
