@@ -61,4 +61,4 @@ def _wirings(
             f"{len(unusable)} tensor(s) that no known layer explains ({', '.join(unusable[:3])}) "
             "are used by a forward we cannot see, so no forward is proposed."
         )
-    return propose_wirings(root, tables)
+    return propose_wirings(root, tables, shapes)

@@ -26,7 +26,7 @@ from recovery_core.checkpoint import Checkpoint, TensorInfo
 from recovery_core.infer.detection import Detection, Group
 from recovery_core.infer.hf_conv1d import proves_transposed
 from recovery_core.infer.kept import kept_tensor
-from recovery_core.infer.registry import DETECTORS
+from recovery_core.infer.registry import DETECTORS, SAME_KEYS
 from recovery_core.infer.weight_norm import unwrap_weight_norm
 from recovery_core.names import is_index
 from recovery_core.spec import ModuleSpec
@@ -249,7 +249,7 @@ class Composer:
             keys=tuple(join(group.path, k) for k in group.direct),
             children=children,
             evidence=found.evidence,
-            alternatives=() if certain else found.alternatives,
+            alternatives=() if certain else found.alternatives + _runners_up(group, found),
             note="" if certain else found.note,
         )
 
@@ -317,6 +317,22 @@ class Composer:
             alternatives=("Sequential",),
             note="Numbered children without parameter-less ones between them may be a ModuleList or a Sequential.",
         )
+
+
+def _runners_up(group: Group, found: Detection) -> tuple[str, ...]:
+    """Types of other families that declare they store the same keys as the one found
+    (`LayerType.same_keys_as`) and can hold these: offered after the detector's own."""
+    if found.composite:
+        return ()
+    others = SAME_KEYS.get(found.type, ())
+    if not others:
+        return ()
+    shapes = {k: v.shape for k, v in group.direct.items()}
+    return tuple(
+        t.name
+        for t in others
+        if t.name not in found.alternatives and t.rebuild is not None and t.rebuild(shapes)
+    )
 
 
 def compose_tree(checkpoint: Checkpoint) -> tuple[ModuleSpec, tuple[str, ...]]:

@@ -26,6 +26,7 @@ from recovery_core.infer.conv import (
     split_setting,
 )
 from recovery_core.infer.detection import fmt
+from recovery_core.infer.registry import COMPOSITES
 from recovery_core.infer.unknown import POOLS, UNKNOWN_CHOICES, name_hint
 from recovery_core.infer.wiring import POS_DIM
 from recovery_core.spec import (
@@ -40,19 +41,6 @@ from recovery_core.spec import (
 )
 
 NOT_DETERMINED = "not determined by the weights"
-COMPOSITES = frozenset(
-    {
-        "Transformer",
-        "TransformerEncoder",
-        "TransformerDecoder",
-        "TransformerEncoderLayer",
-        "TransformerDecoderLayer",
-        "MultiheadAttention",
-        "LSTM",
-        "GRU",
-        "RNN",
-    }
-)
 # name -> (candidates, default), from docs/spec-conventions.md
 FREE_TABLE: dict[str, tuple[tuple[Any, ...], Any]] = {
     "batch_first": ((False, True), False),
@@ -327,6 +315,7 @@ def free_names(root: ModuleSpec, wirings: tuple[Wiring, ...] | list[Wiring]) -> 
     names: list[str] = [WIRING] if len(wirings) > 1 else []
     hidden = [h for module in root.walk() for h in module.hidden]
     hidden += [h for wiring in wirings for h in wiring.hidden]
+    hidden += [h for wiring in wirings for _, read in wiring.retyped for h in read.hidden]
     seen = set(names)  # a set: a tree can hide thousands of names (one per Unknown module)
     for name in hidden:
         if name not in seen:

@@ -80,6 +80,11 @@ CLASS_SOURCES: dict[str, str] = {t.name: t.class_source for t in layer_types() i
 # Hidden names a built model can switch in place (the search), and the types that do it.
 RETUNABLE_NAMES = frozenset(name for t in layer_types() for name in t.retunes)
 RETUNABLE_TYPES: tuple[LayerType, ...] = tuple(t for t in layer_types() if t.retune is not None)
+# type -> the other families' types that declare they store the same keys (runners-up).
+SAME_KEYS: dict[str, tuple[LayerType, ...]] = {
+    name: tuple(t for t in layer_types() if name in t.same_keys_as and t.name != name)
+    for name in TYPES
+}
 
 
 def layer_type(type_name: str) -> LayerType | None:

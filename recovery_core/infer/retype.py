@@ -15,8 +15,8 @@ from typing import Any
 
 from recovery_core.errors import HyperparameterError
 from recovery_core.infer.conv import hidden_settings, split_setting
-from recovery_core.infer.hf_conv1d import TYPE as HF_CONV1D
 from recovery_core.infer.hyperparameters import FREE_TABLE, NOT_DETERMINED, conv_setting_value
+from recovery_core.infer.registry import layer_type
 from recovery_core.spec import SOURCE_DEFAULT, ArchSpec, Hyperparameter, ModuleSpec
 
 Shape = tuple[int, ...]
@@ -25,53 +25,9 @@ _CONTAINERS = ("Sequential", "ModuleList")
 
 def _args_for(type_name: str, shapes: Mapping[str, Shape]) -> tuple[dict[str, Any], tuple] | None:
     """(constructor args, hidden names) of `type_name` for these keys, or None if it
-    cannot hold them."""
-    weight, bias = shapes.get("weight"), shapes.get("bias")
-    has_bias = bias is not None
-    if type_name in ("Linear", "Embedding", HF_CONV1D) and weight is not None and len(weight) == 2:
-        out, inp = weight
-        if type_name == "Embedding" and not has_bias and set(shapes) == {"weight"}:
-            return {"num_embeddings": out, "embedding_dim": inp}, ()
-        if type_name == "Linear" and bias in (None, (out,)):
-            return {"in_features": inp, "out_features": out, "bias": has_bias}, ()
-        if type_name == HF_CONV1D and bias == (inp,):
-            return {"nf": inp, "nx": out}, ()
-        return None
-    if type_name.startswith(("Conv", "ConvTranspose")) and weight is not None:
-        dims = int(type_name[-2]) if type_name[-1] == "d" and type_name[-2] in "123" else 0
-        if len(weight) != dims + 2:
-            return None
-        transposed = type_name.startswith("ConvTranspose")
-        inp, out = (weight[0], weight[1]) if transposed else (weight[1], weight[0])
-        if bias not in (None, (out,)):
-            return None
-        kernel = tuple(weight[2:])
-        conv = {"in_channels": inp, "out_channels": out, "kernel_size": kernel, "bias": has_bias}
-        return conv, hidden_settings("", type_name, kernel)  # per layer: placed by choose_type
-    if type_name == "Bilinear" and weight is not None and len(weight) == 3:
-        if bias not in (None, weight[:1]):
-            return None
-        out, in1, in2 = weight
-        return {"in1_features": in1, "in2_features": in2, "out_features": out, "bias": has_bias}, ()
-    if type_name.startswith(("BatchNorm", "InstanceNorm")) and "running_mean" in shapes:
-        (features,) = shapes["running_mean"]
-        args: dict[str, Any] = {
-            "num_features": features,
-            "affine": weight is not None,
-            "track_running_stats": True,
-        }
-        return args, ("eps",)
-    if weight is not None and len(weight) >= 1 and bias in (None, weight):
-        if type_name == "LayerNorm":
-            args = {"normalized_shape": weight, "elementwise_affine": True, "bias": has_bias}
-            return args, ("layer_norm_eps",)
-        if type_name == "RMSNorm" and not has_bias:
-            return {"normalized_shape": weight, "elementwise_affine": True}, ("layer_norm_eps",)
-        if type_name == "GroupNorm" and has_bias and len(weight) == 1:
-            return {"num_channels": weight[0], "affine": True}, ("num_groups",)
-        if type_name == "PReLU" and not has_bias and len(weight) == 1:
-            return {"num_parameters": weight[0]}, ()
-    return None
+    cannot hold them: its family reads them (`LayerType.rebuild`)."""
+    found = layer_type(type_name)
+    return None if found is None or found.rebuild is None else found.rebuild(shapes)
 
 
 def _default(name: str, module: ModuleSpec) -> Hyperparameter:

@@ -42,6 +42,7 @@ RNN_TYPES = frozenset({"LSTM", "GRU", "RNN"})
 # Norms a sequence forward may end in (as wide as the core's output), by their family.
 SEQUENCE_NORMS = types_with_role("final_norm")
 MAX_PARTS = 10  # sequence hypotheses are enumerated over at most this many modules
+MAX_RETYPED_STACKS = 8  # readings of a stack with leaves read as a runner-up type
 
 # Weak name hints for the prior (a hint adds to a hypothesis' rank, never decides it).
 HINTS = {
@@ -694,35 +695,112 @@ def _first_input(first: ModuleSpec, spatial_total: int | None) -> ModelInput | N
     return found.example(first.args, spatial_total)
 
 
-def _sequential(root: ModuleSpec) -> Wiring | None:
+def _sequentials(root: ModuleSpec, shapes: Mapping[str, tuple[int, ...]] | None) -> list[Wiring]:
+    """The stack called in order, as inferred; then as many readings of it with
+    size-keeping leaves read as a runner-up type another family declared for the same
+    keys (PReLU for a weight-only LayerNorm): the shapes cannot tell, the data can."""
     if root.type not in ("Sequential", "ModuleList", "Module"):
-        return None
+        return []
     leaves = _stack(root)
     if not leaves:
-        return None
+        return []
     model_input = _chain_input(leaves)
     if model_input is None:
-        return None
-    return Wiring(
-        kind="sequential",
-        roles={},
-        inputs=(model_input,),
-        description="x → each child in order (a ModuleList's items in order)",
-        name="each child in order",
-        reason="every child is a layer and their sizes chain",
-    )
+        return []
+    wirings = [
+        Wiring(
+            kind="sequential",
+            roles={},
+            inputs=(model_input,),
+            description="x → each child in order (a ModuleList's items in order)",
+            name="each child in order",
+            reason="every child is a layer and their sizes chain",
+        )
+    ]
+    choices = [(i, views) for i, leaf in enumerate(leaves) if (views := _views(leaf, shapes))]
+    for picked in itertools.islice(_retypings(choices), MAX_RETYPED_STACKS):
+        read = list(leaves)
+        for i, view in picked:
+            read[i] = view
+        model_input = _chain_input(read)
+        if model_input is None:
+            continue
+        retyped = tuple((leaves[i], view) for i, view in picked)
+        names = ", ".join(f"{view.path} as {view.type}" for _, view in retyped)
+        wirings.append(
+            Wiring(
+                kind="sequential",
+                roles={},
+                inputs=(model_input,),
+                description=f"x → each child in order, {names}",
+                name=f"each child in order, {names}",
+                reason=f"{names}: the same keys, a different layer; only the data can tell",
+                retyped=retyped,
+            )
+        )
+    return wirings
+
+
+def _views(leaf: ModuleSpec, shapes: Mapping[str, tuple[int, ...]] | None) -> list[ModuleSpec]:
+    """`leaf` read as each runner-up that keeps the size and whose family declares it
+    stores the same keys (`LayerType.same_keys_as`, either way round)."""
+    found = layer_type(leaf.type)
+    if shapes is None or found is None or leaf.weight_norm is not None:
+        return []
+    step = _step_of(leaf)
+    if step is None or step.reads != "same":
+        return []
+    prefix = f"{leaf.path}." if leaf.path else ""
+    own = {key[len(prefix) :]: shapes[key] for key in leaf.keys if key in shapes}
+    views = []
+    for name in leaf.alternatives:
+        other = layer_type(name)
+        if other is None or other.rebuild is None or other.stack is None:
+            continue
+        if name not in found.same_keys_as and leaf.type not in other.same_keys_as:
+            continue
+        rebuilt = other.rebuild(own)
+        if rebuilt is None or other.stack(rebuilt[0]).reads != "same":
+            continue
+        args, hidden = rebuilt
+        rest = tuple(a for a in (leaf.type, *leaf.alternatives) if a != name)
+        views.append(
+            replace(
+                leaf,
+                type=name,
+                args=args,
+                hidden=hidden,
+                alternatives=rest,
+                evidence=f"{leaf.evidence}; read as {name} by this forward",
+                note="",
+            )
+        )
+    return views
+
+
+def _retypings(
+    choices: list[tuple[int, list[ModuleSpec]]],
+) -> Iterator[tuple[tuple[int, ModuleSpec], ...]]:
+    """(leaf index, view) sets, fewest retyped leaves first."""
+    for count in range(1, len(choices) + 1):
+        for subset in itertools.combinations(choices, count):
+            for views in itertools.product(*(v for _, v in subset)):
+                yield tuple(zip((i for i, _ in subset), views, strict=True))
 
 
 # ---------------------------------------------------------------- entry points
 
 
 def propose_wirings(
-    root: ModuleSpec, tables: Mapping[str, tuple[int, ...]] | None = None
+    root: ModuleSpec,
+    tables: Mapping[str, tuple[int, ...]] | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> tuple[tuple[Wiring, ...], str]:
     """Every forward that fits, best-ranked first; or none, with a sentence saying why.
 
     `tables` are raw tensors held directly by containers (path -> shape): they may be
-    positional tables that a forward adds.
+    positional tables that a forward adds. `shapes` (every key's) let a stack offer its
+    leaves read as the runner-up types their keys equally fit.
     """
     if (
         root.type in RNN_TYPES
@@ -734,14 +812,14 @@ def propose_wirings(
     parts = parts_of(root)
     scored, why = _sequence_wirings(parts, tables)
     wirings = [w for _, w in sorted(scored, key=lambda pair: -pair[0])]
-    sequential = _sequential(root) if not tables else None
-    if sequential is not None:
+    sequential = _sequentials(root, shapes) if not tables else []
+    if sequential:
         # A stack competes with the sequence hypotheses; it is the usual reading of a
         # Sequential root, and the last resort of a container.
         if root.type == "Sequential" or not wirings:
-            wirings.insert(0, sequential)
+            wirings[:0] = sequential
         else:
-            wirings.append(sequential)
+            wirings += sequential
     if not wirings:
         if root.type not in ("Module", "Sequential", "ModuleList"):
             return (), f"The root is a single {root.type}; no forward around it was recognised."
