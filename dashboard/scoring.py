@@ -83,6 +83,7 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
                 budget_seconds=BUDGET_SECONDS,
                 max_samples=SAMPLES,
                 progress=progress,
+                threads=None,  # process-wide: the app chose it once for every session
             )
         except _Stopped:
             job.stopped = True

@@ -25,7 +25,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 
@@ -76,6 +76,7 @@ ABSOLUTE_TIE = 1e-9  # and this, for a best loss at or near zero
 NOISE_TIE = 0.01  # a gap above this (relative) is never put down to noise
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+Threads = int | Literal["auto"] | None
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,65 @@ class _Data:
         )
 
 
+class _Scorer:
+    """Screens combinations once each, within the budget, and remembers every result."""
+
+    def __init__(
+        self,
+        groups: list[_Group],
+        data: _Data,
+        loss_fn: LossFn,
+        limits: tuple[float, float, int, int],  # started, budget seconds, max count, samples
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.groups, self.data, self.loss_fn, self.progress = groups, data, loss_fn, progress
+        self.started, self.budget, self.max_count, self.samples = limits
+        self.results: dict[tuple[int, tuple[Any, ...]], Candidate] = {}
+        self.to_score = min(sum(g.total for g in groups), self.max_count)
+
+    def spent(self) -> bool:
+        return time.monotonic() - self.started > self.budget
+
+    def score(self, index: int, combo: tuple[Any, ...]) -> Candidate | None:
+        """Screen one combination (once); None when the budget is spent."""
+        if (index, combo) in self.results:
+            return self.results[(index, combo)]
+        if len(self.results) >= self.max_count or self.spent():
+            return None
+        group = self.groups[index]
+        values = group.values(combo)
+        model, error = group.model(values)
+        if model is None:
+            candidate = Candidate(values, math.inf, error)
+        else:
+            count, steps = self.data.size(group.spec, values, self.samples)
+            part = self.data.first(group.spec, values, count, steps)
+            candidate = _score(model, values, part.inputs, part.target, self.loss_fn, part.samples)
+            candidate = dataclasses.replace(candidate, steps=steps)
+        self.results[(index, combo)] = candidate
+        if self.progress is not None:
+            self.progress(len(self.results), self.to_score)
+        return candidate
+
+    def runs(self, index: int, combo: tuple[Any, ...]) -> bool:
+        """A dry run on one sample: do the shapes chain? (A failure is recorded as scored.)"""
+        if (index, combo) in self.results:
+            return self.results[(index, combo)].error is None
+        if self.spent():
+            return False
+        group = self.groups[index]
+        values = group.values(combo)
+        model, error = group.model(values)
+        if model is not None:
+            part = self.data.first(group.spec, values, *self.data.size(group.spec, values, 1))
+            tried = _score(model, values, part.inputs, part.target, self.loss_fn, part.samples)
+            if tried.error is None:
+                return True
+            error = tried.error
+        self.results[(index, combo)] = Candidate(values, math.inf, error)
+        return False
+
+
 def score_candidates(
     spec: ArchSpec,
     state_dict: Mapping[str, torch.Tensor],
@@ -317,99 +377,78 @@ def score_candidates(
     finalists: int = 12,
     exhaustive_up_to: int = EXHAUSTIVE_UP_TO,
     progress: Callable[[int, int], None] | None = None,
+    threads: Threads = "auto",
 ) -> SearchResult:
     """Score combinations of candidate values by loss_fn(model(*inputs), target).
 
     Up to `exhaustive_up_to` combinations every one is screened; beyond that a beam of
     the best combinations is refined one value at a time (see `_beam`), so the cost grows
-    with the number of values, not with their product.
+    with the number of values, not with their product. `threads`, torch's process-wide
+    thread count: "auto" lets the search choose (a process of its own, the CLI); a number
+    holds it; None leaves it alone (a server whose sessions all score at once).
     """
     started = time.monotonic()
     fixed = dict(fixed or {})
     base = spec.with_values(fixed, source=SOURCE_USER)
-    weights = {
-        k: v.detach().float() if v.is_floating_point() else v.detach()
-        for k, v in state_dict.items()
-    }
-    pruned = prune_by_data(base, inputs, target)
-    groups = _groups(base, names, fixed, pruned, weights)
+    weights = _float_weights(state_dict)
+    groups = _groups(base, names, fixed, prune_by_data(base, inputs, target), weights)
     total = sum(g.total for g in groups)
-    data = _Data(tuple(inputs), target)
-    results: dict[tuple[int, tuple[Any, ...]], Candidate] = {}
-    to_score = min(total, max_combinations)
-
-    def score(index: int, combo: tuple[Any, ...]) -> Candidate | None:
-        """Screen one combination (once); None when the budget is spent."""
-        if (index, combo) in results:
-            return results[(index, combo)]
-        if len(results) >= max_combinations or time.monotonic() - started > budget_seconds:
-            return None
-        group = groups[index]
-        values = group.values(combo)
-        model, error = group.model(values)
-        if model is None:
-            candidate = Candidate(values, math.inf, error)
-        else:
-            count, steps = data.size(group.spec, values, min(screen_samples, max_samples))
-            part = data.first(group.spec, values, count, steps)
-            candidate = _score(model, values, part.inputs, part.target, loss_fn, part.samples)
-            candidate = dataclasses.replace(candidate, steps=steps)
-        results[(index, combo)] = candidate
-        if progress is not None:
-            progress(len(results), to_score)
-        return candidate
-
-    def runs(index: int, combo: tuple[Any, ...]) -> bool:
-        """A dry run on one sample: do the shapes chain? (A failure is recorded as scored.)"""
-        if (index, combo) in results:
-            return results[(index, combo)].error is None
-        if time.monotonic() - started > budget_seconds:
-            return False
-        group = groups[index]
-        values = group.values(combo)
-        model, error = group.model(values)
-        if model is not None:
-            part = data.first(group.spec, values, *data.size(group.spec, values, 1))
-            tried = _score(model, values, part.inputs, part.target, loss_fn, part.samples)
-            if tried.error is None:
-                return True
-            error = tried.error
-        results[(index, combo)] = Candidate(values, math.inf, error)
-        return False
-
     sample = tuple(inputs[0].shape[1:]) if len(inputs) == 1 else None
     # A float target is what a stack puts out per sample; class labels are not.
     out = tuple(target.shape[1:]) if target.is_floating_point() else None
+    union = _union(groups)
     impossible = _no_way_through(groups, sample, out)
     if impossible is not None:  # the shapes alone tell: no forward needs to run
-        union = _union(groups)
         return _summarise(
             tuple(union), list(union.values()), [], total, fixed, time.monotonic() - started,
             base, "shapes only", impossible,
         )  # fmt: skip
+    data = _Data(tuple(inputs), target)
+    limits = (started, budget_seconds, max_combinations, min(screen_samples, max_samples))
+    scorer = _Scorer(groups, data, loss_fn, limits, progress)
     small = sum(v.numel() for v in weights.values()) < SINGLE_THREAD_BELOW
-    every_thread = torch.get_num_threads()
-    with warnings.catch_warnings(), torch.no_grad(), _threads(1 if small else None):
+    choose = _ThreadChoice(threads)
+    with warnings.catch_warnings(), torch.no_grad(), choose(1 if small else None):
         warnings.simplefilter("ignore")  # torch's fast-path notices, once per combination
-        strategy = "every combination"
-        if total > exhaustive_up_to or not _exhaustive(groups, score, started, budget_seconds):
-            strategy = "a beam refined one value at a time"
-            cost = _cost(groups, score, results)
-            # A small model on long inputs (one sequence of thousands of steps) is slow per
-            # combination: then every thread helps more than it costs.
-            with _threads(every_thread if cost > EXPENSIVE_SECONDS else None):
-                _beam(groups, score, runs, results, cost, budget_seconds, sample, out)
-        screened = list(results.items())
+        strategy = _screen(scorer, exhaustive_up_to, (sample, out), choose)
         deadline = started + budget_seconds  # the best finalist is always scored, then others
-        with _threads(every_thread if strategy != "every combination" else None):
+        with choose(choose.every if strategy != "every combination" else None):
             final = _rescore_finalists(
-                screened, groups, finalists, data, (screen_samples, max_samples), loss_fn, deadline
-            )
-    union = _union(groups)
+                list(scorer.results.items()), groups, finalists, data,
+                (screen_samples, max_samples), loss_fn, deadline,
+            )  # fmt: skip
     return _summarise(
         tuple(union), list(union.values()), final, total, fixed, time.monotonic() - started,
         base, strategy,
     )  # fmt: skip
+
+
+def _float_weights(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {
+        k: v.detach().float() if v.is_floating_point() else v.detach()
+        for k, v in state_dict.items()
+    }
+
+
+def _screen(
+    scorer: _Scorer,
+    exhaustive_up_to: int,
+    shapes: tuple[tuple[int, ...] | None, tuple[int, ...] | None],
+    choose: _ThreadChoice,
+) -> str:
+    """Screen every combination, or, when there are too many or they are too slow, a
+    beam (see `_beam`); the strategy taken, in words."""
+    groups, total = scorer.groups, sum(g.total for g in scorer.groups)
+    if total <= exhaustive_up_to and _exhaustive(
+        groups, scorer.score, scorer.started, scorer.budget
+    ):
+        return "every combination"
+    cost = _cost(groups, scorer.score, scorer.results)
+    # A small model on long inputs (one sequence of thousands of steps) is slow per
+    # combination: then every thread helps more than it costs.
+    with choose(choose.every if cost > EXPENSIVE_SECONDS else None):
+        _beam(groups, scorer.score, scorer.runs, scorer.results, cost, scorer.budget, *shapes)
+    return "a beam refined one value at a time"
 
 
 def _cost(
@@ -804,16 +843,26 @@ def _rung_length(
     return longer if longer < steps else None
 
 
-@contextlib.contextmanager
-def _threads(count: int | None) -> Iterator[None]:
-    """Use `count` intra-op threads for a while (process-wide in torch), then restore."""
-    before = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+class _ThreadChoice:
+    """torch's intra-op thread count for a while (a process-wide setting): changed only
+    when the caller asked for "auto" or a number; None leaves it to the caller."""
+
+    def __init__(self, threads: Threads) -> None:
+        self.threads = threads
+        self.every = torch.get_num_threads() if threads == "auto" else None
+
+    @contextlib.contextmanager
+    def __call__(self, count: int | None) -> Iterator[None]:
+        if self.threads is None or (self.threads == "auto" and count is None):
+            yield
+            return
+        wanted = count if self.threads == "auto" else self.threads
+        before = torch.get_num_threads()
+        torch.set_num_threads(cast(int, wanted))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def _names_to_search(
@@ -923,43 +972,16 @@ def _summarise(
     screened_only = sorted((c for c in ok if c.screen_loss is None), key=lambda c: c.loss)
     failed = [c for c in results if c.error is not None]
     complete = len(results) == total
-    # Per value, the best loss on the screening samples, which every combination shares.
-    screen_losses = [(c.values, c.loss if c.screen_loss is None else c.screen_loss) for c in ok]
-    per_name = {
-        name: tuple(
-            (
-                value,
-                min((loss for v, loss in screen_losses if v.get(name) == value), default=math.inf),
-            )
-            for value in values
-        )
-        for name, values in zip(names, candidates, strict=True)
-    }
-    if complete or impossible is not None:
-        progress_note = ""
-    elif strategy == "every combination":
-        progress_note = (
-            f" Scored {len(results)} of {total} combinations before the time budget or the "
-            "limit on combinations stopped the search."
-        )
-    else:
-        progress_note = (
-            f" Scored {len(results)} of {total} combinations: the best ones refined one value "
-            "at a time, not every combination."
-        )
-    cut = sorted({c.steps for c in ok if c.steps is not None})
-    if cut and scored:
-        progress_note += (
-            f" Long sequences were screened on their first {cut[0]} steps; the best climbed "
-            f"to longer ones, and {len(scored)} were scored on whole sequences."
-        )
+    note = _progress_note(results, total, strategy, impossible is not None)
+    note += _length_note(ok, len(scored))
+    per_name = _per_name(names, candidates, ok)
     if not scored:
         reason = failed[0].error if failed else "there was nothing to score"
         if impossible is not None:
             reason = f"the data's shapes cannot pass through the model: {impossible}"
         return SearchResult(
             names, tuple(failed), {}, None, None, False, (), per_name, len(results), total,
-            complete, seconds, f"No combination could be scored: {reason}.{progress_note}", fixed,
+            complete, seconds, f"No combination could be scored: {reason}.{note}", fixed,
             strategy, 0,
         )  # fmt: skip
     best = scored[0]
@@ -969,21 +991,7 @@ def _summarise(
         relative = margin / max(abs(best.loss), ABSOLUTE_TIE)
     group = [c for c in scored if _tied(c, best)]
     tied = tuple(n for n in names if len({repr(c.values.get(n)) for c in group}) > 1)
-    separable = len(group) == 1
-    if not separable:
-        message = (
-            f"The data cannot tell apart {len(group)} combinations (their losses differ by less "
-            f"than the noise between samples, from the best {best.loss:.6g}); tied: "
-            f"{', '.join(tied) or 'none of the searched names'} (the current values are kept "
-            "where they are among the tied, else the first)."
-        )
-    elif margin is None:
-        message = f"Only one combination could be scored: {_describe(best.values)} (loss {best.loss:.6g})."
-    else:
-        message = (
-            f"Best: {_describe(best.values)} (loss {best.loss:.6g}); the runner-up is "
-            f"{margin:.3g} higher ({relative:.2%})."
-        )
+    message = _verdict(best, len(group), tied, margin, relative)
     if failed:
         message += f" {len(failed)} combinations failed and are ranked last."
     return SearchResult(
@@ -992,15 +1000,84 @@ def _summarise(
         best_values=dict(best.values),
         margin=margin,
         relative_margin=relative,
-        separable=separable,
+        separable=len(group) == 1,
         tied_names=tied,
         per_name=per_name,
         scored=len(results),
         total=total,
         complete=complete,
         seconds=seconds,
-        message=message + progress_note,
+        message=message + note,
         fixed=fixed,
         strategy=strategy,
         fully_scored=len(scored),
+    )
+
+
+def _per_name(
+    names: tuple[str, ...], candidates: list[tuple[Any, ...]], ok: list[Candidate]
+) -> dict[str, tuple[tuple[Any, float], ...]]:
+    """Per value, the best loss on the screening samples, which every combination shares."""
+    screen_losses = [(c.values, c.loss if c.screen_loss is None else c.screen_loss) for c in ok]
+    return {
+        name: tuple(
+            (
+                value,
+                min((loss for v, loss in screen_losses if v.get(name) == value), default=math.inf),
+            )
+            for value in values
+        )
+        for name, values in zip(names, candidates, strict=True)
+    }
+
+
+def _progress_note(results: list[Candidate], total: int, strategy: str, impossible: bool) -> str:
+    """How much of the search ran, when not all of it."""
+    if len(results) == total or impossible:
+        return ""
+    if strategy == "every combination":
+        return (
+            f" Scored {len(results)} of {total} combinations before the time budget or the "
+            "limit on combinations stopped the search."
+        )
+    return (
+        f" Scored {len(results)} of {total} combinations: the best ones refined one value "
+        "at a time, not every combination."
+    )
+
+
+def _length_note(ok: list[Candidate], whole: int) -> str:
+    """How long sequences were screened, when they were cut."""
+    cut = sorted({c.steps for c in ok if c.steps is not None})
+    if not cut or not whole:
+        return ""
+    return (
+        f" Long sequences were screened on their first {cut[0]} steps; the best climbed "
+        f"to longer ones, and {whole} were scored on whole sequences."
+    )
+
+
+def _verdict(
+    best: Candidate,
+    tied_count: int,
+    tied: tuple[str, ...],
+    margin: float | None,
+    relative: float | None,
+) -> str:
+    """What the ranking says: tied combinations, a lone one, or the best and its margin."""
+    if tied_count > 1:
+        return (
+            f"The data cannot tell apart {tied_count} combinations (their losses differ by less "
+            f"than the noise between samples, from the best {best.loss:.6g}); tied: "
+            f"{', '.join(tied) or 'none of the searched names'} (the current values are kept "
+            "where they are among the tied, else the first)."
+        )
+    if margin is None or relative is None:
+        return (
+            f"Only one combination could be scored: {_describe(best.values)} "
+            f"(loss {best.loss:.6g})."
+        )
+    return (
+        f"Best: {_describe(best.values)} (loss {best.loss:.6g}); the runner-up is "
+        f"{margin:.3g} higher ({relative:.2%})."
     )

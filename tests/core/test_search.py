@@ -14,7 +14,7 @@ from recovery_core.build import build_model, construct, example_inputs, load_wei
 from recovery_core.checkpoint import Checkpoint
 from recovery_core.errors import HyperparameterError
 from recovery_core.infer import infer_spec
-from recovery_core.search import RETUNABLE, _retune, _threads, score_candidates, searchable_names
+from recovery_core.search import RETUNABLE, _retune, score_candidates, searchable_names
 from recovery_core.spec import SOURCE_SEARCH, SOURCE_USER
 from tests.zoo import ZOO_BY_NAME, tokens
 
@@ -245,11 +245,20 @@ def _assert_switching_matches_fresh(state: dict[str, torch.Tensor]) -> None:
     names = [n for n in searchable_names(spec) if n in RETUNABLE]
     assert names, "the case should have switchable hyperparameters"
     inputs = example_inputs(spec, batch_size=3)
-    cls = model_class(spec)
     switched = build_model(spec)
     assert load_weights(switched, state).ok
     switched.eval()
-    with _threads(1), torch.no_grad():  # tiny models: one thread is several times faster
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is several times faster
+    try:
+        _switch_every_combination(spec, state, names, switched, inputs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _switch_every_combination(spec, state, names, switched, inputs) -> None:
+    cls = model_class(spec)
+    with torch.no_grad():
         for combo in itertools.product(*(spec.hyperparameter(n).candidates for n in names)):
             values = dict(zip(names, combo, strict=True))
             fresh = construct(cls, spec, values)
@@ -333,3 +342,24 @@ def test_data_no_setting_can_read_is_refused_by_shapes_before_any_forward():
     assert result.best is None and result.scored == 0
     assert "cannot pass through" in result.message and "(5, 16, 16)" in result.message
     assert "0 (Conv2d)" in result.message  # the layer where it breaks
+
+
+@pytest.mark.parametrize("threads", [None, "auto"])
+def test_the_thread_count_changes_only_when_the_caller_lets_the_search_choose(seq2seq, threads):
+    """torch's thread count is process-wide: a server whose sessions score at once passes
+    None and the search never touches it; "auto" (the CLI) uses one thread for a small
+    model, and the count is restored afterwards."""
+    _, weights, spec, target, inputs = seq2seq
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        score_candidates(
+            spec, weights, inputs, target, F.mse_loss, names=("nhead",),
+            progress=lambda done, total: seen.append(torch.get_num_threads()),
+            threads=threads,
+        )  # fmt: skip
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == ({2} if threads is None else {1})
