@@ -241,6 +241,15 @@ class Composer:
                 if (spec := self.explain(join(group.path, name), inside_composite=True)) is not None
             )
         certain = inside_composite  # a composite's parts are exactly what torch builds
+        runners_up = () if certain else _runners_up(group, found)
+        note = found.note
+        if runners_up:
+            also = " and ".join(runners_up)
+            note = (
+                f"{note} {also} stores the same keys too."
+                if note
+                else f"{also} stores the same keys."
+            )
         return ModuleSpec(
             path=group.path,
             type=found.type,
@@ -249,8 +258,8 @@ class Composer:
             keys=tuple(join(group.path, k) for k in group.direct),
             children=children,
             evidence=found.evidence,
-            alternatives=() if certain else found.alternatives + _runners_up(group, found),
-            note="" if certain else found.note,
+            alternatives=() if certain else found.alternatives + runners_up,
+            note="" if certain else note,
         )
 
     def _container(self, group: Group, inside_composite: bool) -> ModuleSpec:

@@ -2,7 +2,8 @@
 
 BatchNorm1d/2d/3d store the same keys; the neighbouring convolution's dimensionality
 picks one. A 1-D weight and bias is LayerNorm or GroupNorm; a weight alone is
-LayerNorm(bias=False), RMSNorm or PReLU (one slope per channel, or one for all).
+LayerNorm(bias=False) or RMSNorm (or another family's type that stores the same key and
+declares it: infer/registry.py lists it as the runner-up).
 InstanceNorm with running statistics stores exactly BatchNorm's keys. Names, neighbours
 and what the keys leave out decide, and the other types are listed as alternatives.
 """
@@ -30,7 +31,6 @@ RUNNING_STATISTICS = frozenset({"running_mean", "running_var", "num_batches_trac
 GROUPNORM_NAME = re.compile(r"(^|_)gn\d*($|_)|group", re.IGNORECASE)
 LAYERNORM_NAME = re.compile(r"(^|_)ln\d*($|_)|layer_?norm", re.IGNORECASE)
 RMSNORM_NAME = re.compile(r"rms", re.IGNORECASE)
-PRELU_NAME = re.compile(r"prelu|act|relu", re.IGNORECASE)
 INSTANCENORM_NAME = re.compile(r"instance|(^|_)in\d*($|_)|inorm", re.IGNORECASE)
 
 
@@ -132,31 +132,8 @@ def _weight_and_bias(group: Group, shape: tuple[int, ...]) -> Detection:
     )
 
 
-def _prelu(group: Group, shape: tuple[int, ...]) -> Detection | None:
-    """PReLU when the evidence says so: its name, a single slope, or a feature map around it."""
-    if shape == (1,):
-        why = "a single value normalises nothing, but is PReLU's one shared slope"
-    elif PRELU_NAME.search(group.name) and not RMSNORM_NAME.search(group.name):
-        why = f"its name '{group.name}'"
-    elif group.neighbour_conv_dims is not None and not LAYERNORM_NAME.search(group.name):
-        why = "it sits next to a convolution, where channels are not the last dimension"
-    else:
-        return None
-    args = {"num_parameters": shape[0]}
-    return Detection(
-        "PReLU",
-        args,
-        f"weight {fmt(shape)} without bias → {call('PReLU', args)}",
-        alternatives=("LayerNorm", "RMSNorm"),
-        note=f"PReLU, LayerNorm(bias=False) and RMSNorm store the same key; chose PReLU because {why}.",
-    )
-
-
 def _weight_only(group: Group, shape: tuple[int, ...]) -> Detection:
     evidence = f"weight {fmt(shape)} without bias"
-    prelu = _prelu(group, shape) if len(shape) == 1 else None
-    if prelu is not None:
-        return prelu
     if RMSNORM_NAME.search(group.name):
         args = {"normalized_shape": shape, "elementwise_affine": True}
         return Detection(
@@ -164,8 +141,8 @@ def _weight_only(group: Group, shape: tuple[int, ...]) -> Detection:
             args,
             f"{evidence} named '{group.name}' → {call('RMSNorm', args)}",
             hidden=("layer_norm_eps",),
-            alternatives=("LayerNorm", "PReLU"),
-            note="RMSNorm, LayerNorm(bias=False) and PReLU store the same key; chose RMSNorm because of its name.",
+            alternatives=("LayerNorm",),
+            note="RMSNorm and LayerNorm(bias=False) store the same key; chose RMSNorm because of its name.",
         )
     args = {"normalized_shape": shape, "elementwise_affine": True, "bias": False}
     return Detection(
@@ -173,10 +150,10 @@ def _weight_only(group: Group, shape: tuple[int, ...]) -> Detection:
         args,
         f"{evidence} → {call('LayerNorm', args)}",
         hidden=("layer_norm_eps",),
-        alternatives=("RMSNorm", "PReLU"),
+        alternatives=("RMSNorm",),
         note=(
-            "LayerNorm(bias=False), RMSNorm and PReLU store the same key; chose LayerNorm "
-            "because neither the name nor a neighbouring convolution suggests another."
+            "LayerNorm(bias=False) and RMSNorm store the same key; chose LayerNorm because "
+            "its name does not suggest RMSNorm."
         ),
     )
 
@@ -270,13 +247,6 @@ def _rebuild_group_norm(shapes: Shapes) -> tuple[dict, tuple[str, ...]] | None:
     return {"num_channels": found[0][0], "affine": True}, ("num_groups",)
 
 
-def _rebuild_prelu(shapes: Shapes) -> tuple[dict, tuple[str, ...]] | None:
-    found = _affine_weight(shapes)
-    if found is None or found[1] or len(found[0]) != 1:
-        return None
-    return {"num_parameters": found[0][0]}, ()
-
-
 def _sequence_stack(args: Args) -> StackStep:
     width = args["normalized_shape"][-1]
     return StackStep("same", width, width)
@@ -336,11 +306,6 @@ AFFINE_NORMS = Family(
             stack=_group_stack,
             example=_group_example,
             rebuild=_rebuild_group_norm,
-        ),
-        LayerType(
-            "PReLU",
-            "A bend like ReLU whose slope for negative values is learned.",
-            rebuild=_rebuild_prelu,
         ),
     ),
 )
