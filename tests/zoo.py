@@ -575,6 +575,15 @@ ZOO: tuple[ZooCase, ...] = (
         hidden={},
         inputs=lambda: (torch.randn(2, 8),),
     ),
+    ZooCase(
+        name="prelu_mlp",  # infer/prelu.py: a weight-only 1-D module, ranked as LayerNorm
+        build=lambda: nn.Sequential(nn.Linear(8, 16), nn.PReLU(16), nn.Linear(16, 4)),
+        types={"0": "Linear", "1": "LayerNorm", "2": "Linear"},
+        determined={},
+        wiring="sequential",
+        hidden={"wiring": "each child in order, 1 as PReLU"},  # what the data picks
+        inputs=lambda: (torch.randn(2, 8),),
+    ),
 )
 
 ZOO_BY_NAME: dict[str, ZooCase] = {case.name: case for case in ZOO}

@@ -29,6 +29,7 @@ from recovery_core.infer import (
     linear,
     norm,
     positional,
+    prelu,
     rnn,
     transformer,
 )
@@ -50,6 +51,7 @@ FAMILIES: tuple[Family, ...] = (
     embedding.FAMILY,
     hf_conv1d.FAMILY,
     linear.FAMILY,
+    prelu.FAMILY,  # before the affine norms: the same key, taken on evidence only
     norm.AFFINE_NORMS,
 )
 
