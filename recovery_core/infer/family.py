@@ -84,22 +84,10 @@ class LayerType:
 
 
 @dataclass(frozen=True)
-class Setting:
-    """A hidden hyperparameter a family's layers take: candidates, default, meaning."""
-
-    name: str
-    candidates: tuple[Any, ...]
-    default: Any
-    meaning: str
-    metadata_names: tuple[str, ...] = ()  # entries of a checkpoint's hyper_parameters
-
-
-@dataclass(frozen=True)
 class Family:
     name: str
     detect: Detector
     types: tuple[LayerType, ...]
-    settings: tuple[Setting, ...] = ()
     # Claims its whole subtree: its parts are exactly what torch builds, and what they
     # would determine the family already says.
     composite: bool = False
