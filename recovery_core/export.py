@@ -21,13 +21,15 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from recovery_core.errors import ExportError
 from recovery_core.freeze import eval_mode
@@ -299,10 +301,7 @@ def export_torchscript(
     path = os.fspath(path)
     _refuse_input(path, input_path)
     example_inputs = tuple(example_inputs)
-    # torch.jit warns that it is deprecated and about harmless constants; the checks below
-    # are what tell whether the file works.
-    with eval_mode(model), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with eval_mode(model):
         note, method = "", "script"
         try:
             compiled = torch.jit.script(model)
@@ -314,39 +313,78 @@ def export_torchscript(
             try:
                 compiled = torch.jit.trace(model, example_inputs, check_trace=False)
             except Exception as e2:
-                return ExportCheck(
-                    path,
-                    "torchscript",
-                    "none",
-                    (Check("compiled", False, f"{note}; tracing failed too ({_first_line(e2)})"),),
-                )
-        _atomic_write(path, _to_bytes(lambda b: torch.jit.save(compiled, b)))
-        checks = [Check("compiled", True, f"torch.jit.{method}")]
-        try:
-            loaded = torch.jit.load(path, map_location="cpu")
-        except Exception as e:
-            return ExportCheck(
-                path,
-                "torchscript",
-                method,
-                (*checks, Check("reloads", False, _first_line(e))),
-                note,
-            )
-        checks.append(Check("reloads", True, "torch.jit.load succeeded"))
+                failed = Check("compiled", False, f"{note}; tracing failed too ({_first_line(e2)})")
+                return ExportCheck(path, "torchscript", "none", (failed,))
         # A trace may bake the example's shapes in: then say whether another batch size works.
-        checks += _verify_reloaded(
-            model,
-            loaded,
-            example_inputs,
-            original_state_dict,
-            other_batch=method == "trace",
-            batch_dim=batch_dim,
-        )
-    return ExportCheck(path, "torchscript", method, tuple(checks), note)
+        return _saved_and_verified(
+            ExportCheck(path, "torchscript", method, (Check("compiled", True, f"torch.jit.{method}"),), note),
+            lambda b: torch.jit.save(compiled, b),
+            ("torch.jit.load", lambda: torch.jit.load(path, map_location="cpu")),
+            lambda loaded: _verify_reloaded(
+                _eager(model), loaded, example_inputs, original_state_dict,
+                other_batch=method == "trace", batch_dim=batch_dim,
+            ),
+        )  # fmt: skip
+
+
+def _saved_and_verified(
+    written: ExportCheck,
+    save: Callable[[io.BytesIO], None],
+    loader: tuple[str, Callable[[], Any]],
+    verify: Callable[[Any], list[Check]],
+) -> ExportCheck:
+    """Write the file `written` names (atomically), reload it and verify it; `written` holds
+    the checks so far, which the reload's and `verify`'s are added to."""
+    _atomic_write(written.path, _to_bytes(save))
+    name, load = loader
+    try:
+        loaded = load()
+    except Exception as e:
+        return replace(written, checks=(*written.checks, Check("reloads", False, _first_line(e))))
+    reloads = Check("reloads", True, f"{name} succeeded")
+    return replace(written, checks=(*written.checks, reloads, *verify(loaded)))
+
+
+def _eager(model: nn.Module) -> Callable[[tuple[Tensor, ...]], list[Tensor]]:
+    """The in-memory model's outputs, as it runs (the fused attention fast path included)."""
+
+    def outputs(inputs: tuple[Tensor, ...]) -> list[Tensor]:
+        with torch.no_grad():
+            return _outputs(model(*inputs))
+
+    return outputs
+
+
+def _standard_path(model: nn.Module) -> Callable[[tuple[Tensor, ...]], list[Tensor]]:
+    """The in-memory model's outputs through PyTorch's standard attention path, the one
+    torch.export records (bit for bit). In eval mode nn.MultiheadAttention and the
+    Transformer layers may take a fused fast path (~2e-5 off), but never while a torch
+    function mode is active: `_PlainOps`, which only passes every call through, is one.
+    Modes are per thread, so this changes nothing for any other thread, unlike
+    torch.backends.mha.set_fastpath_enabled, which would switch every session's models."""
+
+    def outputs(inputs: tuple[Tensor, ...]) -> list[Tensor]:
+        with torch.no_grad(), _PlainOps():
+            return _outputs(model(*inputs))
+
+    return outputs
+
+
+class _PlainOps(TorchFunctionMode):
+    """A torch function mode that runs every call as it is (see `_standard_path`)."""
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Collection[type],
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
+        return func(*args, **(kwargs or {}))
 
 
 def _verify_reloaded(
-    model: nn.Module,
+    reference: Callable[[tuple[Tensor, ...]], list[Tensor]],
     loaded: Any,
     example_inputs: tuple[Tensor, ...],
     original_state_dict: Mapping[str, Tensor],
@@ -354,17 +392,19 @@ def _verify_reloaded(
     other_batch: bool,
     batch_dim: int = 0,
 ) -> list[Check]:
-    """What every reloaded export must show: the model's outputs, the original's keys and
-    shapes, and that the original weights load into it."""
+    """What every reloaded export must show: the model's outputs (`reference`), the
+    original's keys and shapes, and that the original weights load into it."""
     checks = []
     with torch.no_grad():
         checks.append(
-            _compare_outputs("outputs match", model(*example_inputs), loaded(*example_inputs))
+            _compare_outputs("outputs match", reference(example_inputs), loaded(*example_inputs))
         )
         if other_batch:
             varied = _varied_batch(example_inputs, batch_dim)
             try:
-                checks.append(_compare_outputs("other batch size", model(*varied), loaded(*varied)))
+                checks.append(
+                    _compare_outputs("other batch size", reference(varied), loaded(*varied))
+                )
             except Exception as e:
                 checks.append(Check("other batch size", False, _first_line(e)))
     checks.append(_compare_keys(loaded.state_dict(), original_state_dict))
@@ -398,50 +438,28 @@ def export_program(
         # range it allows (a positional table bounds it), in one trace; fixed otherwise.
         dynamic = tuple({batch_dim: torch.export.Dim.AUTO} for _ in example_inputs)
         try:
-            with _quiet_torch():
+            with _quiet_torch_logs():
                 program = torch.export.export(model, example_inputs, dynamic_shapes=dynamic)
         except Exception as e:
-            return ExportCheck(
-                path,
-                "torch.export",
-                "export",
-                (Check("exported", False, f"torch.export failed: {_first_line(e)}"),),
-                optional=True,
-            )
+            failed = Check("exported", False, f"torch.export failed: {_first_line(e)}")
+            return ExportCheck(path, "torch.export", "export", (failed,), optional=True)
         batch_range = _dynamic_batch(program, batch_dim)
-        note = "" if batch_range is not None else "the model fixes its batch size: fixed shapes"
-        _atomic_write(path, _to_bytes(lambda b: torch.export.save(program, b)))
-        checks = [
-            Check(
-                "exported",
-                True,
-                "fixed shapes" if batch_range is None else f"dynamic batch dimension{batch_range}",
-            )
-        ]
-        try:
-            loaded = torch.export.load(path).module()
-        except Exception as e:
-            return ExportCheck(
-                path,
-                "torch.export",
-                "export",
-                (*checks, Check("reloads", False, _first_line(e))),
-                note,
-                True,
-            )
-        checks.append(Check("reloads", True, "torch.export.load succeeded"))
-        # torch.export records the standard attention path; in eval mode the eager model
-        # may take PyTorch's fused fast path, which differs by ~2e-5. Compare like with like.
-        with _standard_attention_path():
-            checks += _verify_reloaded(
-                model,
-                loaded,
-                example_inputs,
-                original_state_dict,
-                other_batch=not note,  # fixed shapes take only the example's batch size
+        fixed = batch_range is None
+        exported = Check(
+            "exported", True, "fixed shapes" if fixed else f"dynamic batch dimension{batch_range}"
+        )
+        note = "the model fixes its batch size: fixed shapes" if fixed else ""
+        # torch.export records the standard attention path: compare like with like.
+        return _saved_and_verified(
+            ExportCheck(path, "torch.export", "export", (exported,), note, optional=True),
+            lambda b: torch.export.save(program, b),
+            ("torch.export.load", lambda: torch.export.load(path).module()),
+            lambda loaded: _verify_reloaded(
+                _standard_path(model), loaded, example_inputs, original_state_dict,
+                other_batch=not fixed,  # fixed shapes take only the example's batch size
                 batch_dim=batch_dim,
-            )
-    return ExportCheck(path, "torch.export", "export", tuple(checks), note, optional=True)
+            ),
+        )  # fmt: skip
 
 
 def _dynamic_batch(program: Any, batch_dim: int) -> str | None:
@@ -460,17 +478,6 @@ def _dynamic_batch(program: Any, batch_dim: int) -> str | None:
         return f" ({int(ranges.lower)} to {int(ranges.upper)})"
     except (AttributeError, TypeError, ValueError, OverflowError):  # none, or no upper bound
         return ""
-
-
-@contextlib.contextmanager
-def _standard_attention_path() -> Iterator[None]:
-    """Turn off the fused attention fast path for a while (a process-wide switch)."""
-    before = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(before)
 
 
 # ---------------------------------------------------------------- state dicts
@@ -599,67 +606,138 @@ def export_all(
 
     `report` holds what the caller knows (hyperparameters and how they were chosen, the
     freeze set, losses); the verification results are added. With `trainable_keys`, every
-    other tensor must be bit-identical to `original_state_dict`.
+    other tensor must be bit-identical to `original_state_dict`. The same work one step at
+    a time, each file ready as soon as it is verified: `Exporter`.
     """
-    out = os.fspath(out_dir)
-    wanted = formats_to_write(formats)
-    paths = {
-        kind: path
-        for kind, path in export_paths(out, stem, with_code=code is not None).items()
-        if kind in wanted or kind == "report"
-    }
-    refuse_overwriting_input(paths.values(), input_path)  # before writing anything
-    os.makedirs(out, exist_ok=True)
+    return Exporter(
+        model, example_inputs, out_dir, original_state_dict, code=code, report=report,
+        input_path=input_path, stem=stem, trainable_keys=trainable_keys,
+        batch_dim=batch_dim, formats=formats,
+    ).finish()  # fmt: skip
 
-    # TorchScript first: the file most people want, ready while the others are written.
-    exports = [
-        export_torchscript(
-            model, example_inputs, paths["torchscript"], original_state_dict, batch_dim=batch_dim
-        )
-    ]
-    if "torch.export" in paths:
-        exports.append(
-            export_program(
-                model,
-                example_inputs,
-                paths["torch.export"],
-                original_state_dict,
-                batch_dim=batch_dim,
+
+# The steps of an export in the order they run, and the files each writes: TorchScript
+# first (the file most people want), torch.export (the slowest) next, then the weights
+# (one reload serves both) and the code.
+STEPS: dict[str, tuple[str, ...]] = {
+    "torchscript": ("torchscript",),
+    "torch.export": ("torch.export",),
+    "state_dict": ("state_dict", "safetensors"),
+    "code": ("code",),
+}
+
+
+class Exporter:
+    """`export_all` one step at a time. Construction refuses to write over any file that
+    was read and creates the folder; `run(step)` writes and verifies one step's files
+    (`steps`, in order, TorchScript first); `finish()` runs whatever is left, checks the
+    frozen tensors and writes the report once, complete. Iterating gives each ExportCheck
+    as soon as it is verified. `exports` and `done` may be read from another thread while
+    one thread runs the steps."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Sequence[Tensor],
+        out_dir: str | os.PathLike[str],
+        original_state_dict: Mapping[str, Tensor],
+        *,
+        code: str | None = None,
+        report: Mapping[str, Any],
+        input_path: InputPaths = None,
+        stem: str = "model",
+        trainable_keys: Sequence[str] | None = None,
+        batch_dim: int = 0,
+        formats: Collection[str] | None = None,
+    ) -> None:
+        self.out_dir = os.fspath(out_dir)
+        wanted = formats_to_write(formats)
+        self.paths = {
+            kind: path
+            for kind, path in export_paths(self.out_dir, stem, with_code=code is not None).items()
+            if kind in wanted or kind == "report"
+        }
+        refuse_overwriting_input(self.paths.values(), input_path)  # before writing anything
+        os.makedirs(self.out_dir, exist_ok=True)
+        self.model, self.example_inputs = model, tuple(example_inputs)
+        self.original, self.code, self.report = original_state_dict, code, dict(report)
+        self.trainable_keys, self.batch_dim = trainable_keys, batch_dim
+        self.steps = tuple(step for step in STEPS if step in self.paths)
+        self.done: list[str] = []  # the steps run, in order
+        self.exports: list[ExportCheck] = []  # their files' checks, each as it is verified
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        return tuple(step for step in self.steps if step not in self.done)
+
+    def run(self, step: str) -> tuple[ExportCheck, ...]:
+        """Write and verify the files of `step` (one of `steps`, each once)."""
+        if step not in self.pending:
+            raise ValueError(f"{step!r} is not a pending step of this export: {self.pending}")
+        model, example, paths = self.model, self.example_inputs, self.paths
+        if step == "torchscript":
+            checks: tuple[ExportCheck, ...] = (
+                export_torchscript(
+                    model, example, paths[step], self.original, batch_dim=self.batch_dim
+                ),
             )
+        elif step == "torch.export":
+            checks = (
+                export_program(
+                    model, example, paths[step], self.original, batch_dim=self.batch_dim
+                ),
+            )
+        elif step == "state_dict":
+            checks = export_state_dict(model, paths["state_dict"], paths["safetensors"])
+        else:
+            assert self.code is not None  # the step exists only with code
+            checks = (_export_code(self.code, paths["code"]),)
+        self.exports.extend(checks)
+        self.done.append(step)
+        return checks
+
+    def __iter__(self) -> Iterator[ExportCheck]:
+        for step in self.pending:
+            yield from self.run(step)
+
+    def finish(self) -> ExportBundle:
+        """Run the steps left, check the frozen tensors, write the report; the bundle."""
+        for _ in self:
+            pass
+        changes: list[TensorChange] = []
+        frozen_check = None
+        if self.trainable_keys is not None:
+            changes = compare_state_dicts(
+                self.original, self.model.state_dict(), self.trainable_keys
+            )
+            frozen_check = frozen_unchanged(changes)
+        bundle = ExportBundle(
+            out_dir=self.out_dir,
+            files=dict(self.paths),
+            exports=tuple(self.exports),
+            frozen_check=frozen_check,
+            changes=tuple(changes),
+            report_path=self.paths["report"],
         )
-    if "state_dict" in paths:
-        exports.extend(export_state_dict(model, paths["state_dict"], paths["safetensors"]))
-    if "code" in paths and code is not None:
-        exports.append(_export_code(code, paths["code"]))
+        _write_report(bundle, self.report)
+        return bundle
 
-    changes: list[TensorChange] = []
-    frozen_check = None
-    if trainable_keys is not None:
-        changes = compare_state_dicts(original_state_dict, model.state_dict(), trainable_keys)
-        frozen_check = frozen_unchanged(changes)
 
-    bundle = ExportBundle(
-        out_dir=out,
-        files=dict(paths),
-        exports=tuple(exports),
-        frozen_check=frozen_check,
-        changes=tuple(changes),
-        report_path=paths["report"],
-    )
+def _write_report(bundle: ExportBundle, report: Mapping[str, Any]) -> None:
+    """`report` with the verification's results added, as strict JSON."""
     full_report = dict(report)
     full_report["verification"] = {
         "passed": bundle.passed,
-        "exports": [e.to_json() for e in exports],
-        "frozen_check": None if frozen_check is None else vars(frozen_check),
+        "exports": [e.to_json() for e in bundle.exports],
+        "frozen_check": None if bundle.frozen_check is None else vars(bundle.frozen_check),
         "changed_tensors": [
             {"key": c.key, "max_abs_change": c.max_abs_change, "frozen": c.frozen}
-            for c in changes
+            for c in bundle.changes
             if c.changed
         ],
     }
     text = json.dumps(_finite(full_report), indent=2, default=_json_default, allow_nan=False)
-    _atomic_write(paths["report"], text.encode())
-    return bundle
+    _atomic_write(bundle.report_path, text.encode())
 
 
 # What export_all can write besides the report; the TorchScript file is always written.
@@ -713,32 +791,56 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-# Loggers torch.export writes its failure diagnostics to (we report the failure ourselves).
-NOISY_LOGGERS = (
-    "torch.fx.experimental.symbolic_shapes",
-    "torch._dynamo",
-    "torch.export",
-    "torch._export",
-)
+# torch.jit warns on every use that it is deprecated, and about harmless constants; the
+# checks are what tell whether a file works. Narrow filters, added once (and idempotent):
+# a save-and-restore `catch_warnings` around each export would race between sessions'
+# threads and could leave the process's warnings silenced.
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", DeprecationWarning)
+warnings.filterwarnings("ignore", r".* was found in ScriptModule constants", UserWarning)
+
+
+class _QuietThreads(logging.Filter):
+    """Drops torch's log records below ERROR made by a thread that is running torch.export
+    (it logs a failed trace's diagnostics; the failure is reported in its check). Records of
+    every other thread pass: nothing process-wide is switched while one session exports."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or record.thread not in self.threads
+
+
+_QUIET = _QuietThreads()
+_QUIET_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _quiet_torch() -> Iterator[None]:
-    """Keep torch.export's graph dumps and warnings off the console while it tries.
+def _quiet_torch_logs() -> Iterator[None]:
+    """Keep torch's warnings about this thread's torch.export off the console.
 
-    It prints a failed graph to stdout/stderr; those are process-wide, so this is kept
-    to the export call itself.
+    Torch's loggers end at their own handlers (they do not propagate to the root), so the
+    filter goes on those handlers, added where missing (torch may add handlers later).
+    One thing it cannot catch: torch.export `print`s a partial graph to stderr when it
+    fails on data-dependent control flow. That stays on stderr: redirecting sys.stderr
+    would silence every thread of the process, not only this export.
     """
-    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
+    ident = threading.get_ident()
+    with _QUIET_LOCK:
+        for name, logger in list(logging.Logger.manager.loggerDict.items()):
+            if (name == "torch" or name.startswith("torch.")) and isinstance(
+                logger, logging.Logger
+            ):
+                for handler in logger.handlers:
+                    if _QUIET not in handler.filters:
+                        handler.addFilter(_QUIET)
+        _QUIET.threads.add(ident)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
+        yield
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+        with _QUIET_LOCK:
+            _QUIET.threads.discard(ident)
 
 
 def _first_line(e: BaseException) -> str:

@@ -40,7 +40,7 @@ from recovery_core.data import (
     mapped_tensors,
 )
 from recovery_core.errors import BuildError, DataError, TrainingError
-from recovery_core.export import ExportBundle, export_all, write_atomic
+from recovery_core.export import STEPS, ExportBundle, ExportCheck, Exporter, write_atomic
 from recovery_core.freeze import (
     FreezePlan,
     eval_mode,
@@ -182,7 +182,28 @@ def export_trained(
 ) -> ExportBundle:
     """Write a trained model in every format, reload and verify each. `model` takes the
     data as the user gives it (no batch-major view); `example` is two samples of it."""
-    return export_all(
+    return trained_exporter(
+        model, example, out_dir, spec=spec, original=original, plan=plan, report=report,
+        stem=stem, read=read, formats=formats,
+    ).finish()  # fmt: skip
+
+
+def trained_exporter(
+    model: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    out_dir: str | os.PathLike[str],
+    *,
+    spec: ArchSpec,
+    original: Mapping[str, torch.Tensor],
+    plan: FreezePlan,
+    report: Mapping[str, Any],
+    stem: str,
+    read: Sequence[str] | None = None,
+    formats: Sequence[str] | None = None,
+) -> Exporter:
+    """`export_trained` one file at a time, TorchScript first (see export.Exporter): for a
+    caller that offers each file as soon as it is verified."""
+    return Exporter(
         model,
         first_steps(example, spec, EXAMPLE_STEPS),
         out_dir,
@@ -516,6 +537,9 @@ def _followed(run: TrainingRun, log: Log, progress_bar: bool) -> TrainingResult:
 
 
 __all__ = [
+    "STEPS",
+    "ExportCheck",
+    "Exporter",
     "Recovery",
     "choose_forward",
     "default_loss",
@@ -528,4 +552,5 @@ __all__ = [
     "paths_matching",
     "person_values",
     "recovery_report",
+    "trained_exporter",
 ]

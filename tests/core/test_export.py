@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from torch import nn
 from recovery_core import export as export_module
 from recovery_core.errors import ExportError
 from recovery_core.export import (
+    Exporter,
     compare_state_dicts,
     export_all,
     export_program,
@@ -20,6 +23,9 @@ from recovery_core.export import (
     export_torchscript,
     frozen_unchanged,
 )
+
+# torch.jit's deprecation notices: the module silences them once; pytest turns them back on.
+pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated")
 
 
 class Seq2Seq(nn.Module):
@@ -286,3 +292,83 @@ def test_torch_export_keeps_a_batch_that_a_positional_table_bounds(tmp_path):
     assert "dynamic batch dimension" in exported["exported"].detail
     assert "to 5000" in exported["exported"].detail
     assert exported["other batch size"].passed
+
+
+def test_an_exporter_gives_torchscript_first_each_file_as_it_is_verified_and_the_report_last(
+    tmp_path,
+):
+    model = mlp()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    exporter = Exporter(
+        model, (torch.randn(2, 4),), tmp_path, original, code="x = 1\n", report={"run": 7},
+        trainable_keys=["3.weight", "3.bias"],
+    )  # fmt: skip
+    assert exporter.steps == ("torchscript", "torch.export", "state_dict", "code")
+    seen = []
+    for check in exporter:
+        seen.append(check.kind)
+        assert check.passed and os.path.isfile(check.path)  # ready before the next starts
+        assert not (tmp_path / "report.json").exists()  # written once, complete, at the end
+    assert seen == ["torchscript", "torch.export", "state_dict", "safetensors", "code"]
+    assert exporter.pending == ()
+    bundle = exporter.finish()
+    assert bundle.passed and [e.kind for e in bundle.exports] == seen
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["run"] == 7 and report["verification"]["passed"] is True
+    assert [e["kind"] for e in report["verification"]["exports"]] == seen
+    with pytest.raises(ValueError, match="not a pending step"):
+        exporter.run("torchscript")
+    # Only the TorchScript file when asked: the steps follow the formats.
+    only = Exporter(model, (torch.randn(2, 4),), tmp_path / "o", original, report={}, formats=())
+    assert only.steps == ("torchscript",)
+
+
+def test_torch_export_is_checked_on_the_standard_attention_path_without_a_global_switch(
+    tmp_path, monkeypatch
+):
+    """torch.export records the standard attention path; eager eval mode may take the fused
+    fast path. The reference is computed on the standard path for this model only: the
+    process-wide switch is never touched (another session's model may be running)."""
+    torch.manual_seed(0)
+    model = Seq2Seq().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)  # frozen, as after training: the fast path would apply
+    inputs = seq2seq_inputs()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            standard = model(*inputs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+
+    def flipped(_: bool) -> None:
+        raise AssertionError("export flipped the process-wide attention switch")
+
+    monkeypatch.setattr(torch.backends.mha, "set_fastpath_enabled", flipped)
+    (reference,) = export_module._standard_path(model)(inputs)
+    assert torch.equal(reference, standard)
+    check = export_program(model, inputs, tmp_path / "m.pt2", model.state_dict())
+    assert check.passed, check.checks
+
+
+def test_torch_logs_are_quieted_for_the_exporting_thread_only():
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("torch.export")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        with export_module._quiet_torch_logs():
+            logger.warning("from the exporting thread")
+            other = threading.Thread(target=lambda: logger.warning("from another session"))
+            other.start()
+            other.join()
+            logger.error("an error still shows")
+        logger.warning("after the export")
+    finally:
+        logger.removeHandler(handler)
+    assert records == ["from another session", "an error still shows", "after the export"]
