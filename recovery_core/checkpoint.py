@@ -53,15 +53,14 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from recovery_core.container import (
     check_safetensors_header,
@@ -73,8 +72,8 @@ from recovery_core.container import (
 from recovery_core.errors import CheckpointFormatError, LimitExceededError
 from recovery_core.limits import DEFAULT_LIMITS, LoadLimits
 from recovery_core.sandbox import run_isolated
-from recovery_core.tensor_stats import summarize_values, value_histogram
 from recovery_core.torch_file import load_torch_legacy, load_torch_zip
+from recovery_core.torch_pickle import DTYPE_ITEMSIZE
 from recovery_core.unwrap import (
     check_key,
     strip_module_paths,
@@ -82,6 +81,12 @@ from recovery_core.unwrap import (
     text_chars,
     unwrap,
 )
+
+if TYPE_CHECKING:
+    import torch
+
+# Listing a checkpoint (names, shapes, dtypes, sizes) needs no torch: it is imported when
+# values are read (tensor, stats, histogram, state_dict) or an unusual dtype is named.
 
 __all__ = [
     "Checkpoint",
@@ -172,6 +177,8 @@ class Checkpoint:
 
     def stats(self, name: str) -> TensorStats:
         """mean/std/min/max over finite values and NaN/Inf counts, in float64."""
+        from recovery_core.tensor_stats import summarize_values
+
         return TensorStats(
             name, *summarize_values(self._read(name), self.limits.stats_time_seconds, name)
         )
@@ -181,6 +188,8 @@ class Checkpoint:
 
     def histogram(self, name: str, bins: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
         """(counts [bins], edges [bins + 1]) of the finite values, via torch.histc."""
+        from recovery_core.tensor_stats import value_histogram
+
         return value_histogram(self._read(name), bins, self.limits.stats_time_seconds, name)
 
     @classmethod
@@ -206,6 +215,8 @@ def find_tied(state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
 
     Slices of one storage at different offsets (a split fused weight) are not tied.
     """
+    import torch
+
     first_by_storage: dict[tuple[Any, ...], str] = {}
     tied = {}
     for key, t in state_dict.items():
@@ -450,11 +461,12 @@ def _from_plan(plan: dict, blobs: list[bytes], display: str, limits: LoadLimits)
     infos: dict[str, TensorInfo] = {}
     placements: dict[str, list] = plan["tensors"]
     for key, (_, dtype, shape, _, _, _) in placements.items():
-        torch_dtype = _dtype(dtype, display)
         numel = math.prod(shape)
-        infos[key] = TensorInfo(key, tuple(shape), dtype, numel, numel * torch_dtype.itemsize)
+        infos[key] = TensorInfo(key, tuple(shape), dtype, numel, numel * _itemsize(dtype, display))
 
     def read(key: str) -> torch.Tensor:
+        import torch
+
         file_index, dtype, shape, stride, offset, storage = placements[key]
         if storage < 0:
             return torch.empty_strided(shape, stride, dtype=_dtype(dtype, display), device="meta")
@@ -476,7 +488,25 @@ def _from_plan(plan: dict, blobs: list[bytes], display: str, limits: LoadLimits)
     return replace(_finish(part, plan["format"], display, limits), source_files=tuple(plan["read"]))
 
 
+# Bytes per element of dtype names torch.save and safetensors use (torch's itemsize).
+_ITEMSIZE = {
+    **DTYPE_ITEMSIZE,
+    "float8_e5m2": 1,
+    "float8_e4m3fn": 1,
+    "uint16": 2,
+    "uint32": 4,
+    "uint64": 8,
+}
+
+
+def _itemsize(name: str, display: str) -> int:
+    size = _ITEMSIZE.get(name) if isinstance(name, str) else None
+    return size if size is not None else _dtype(name, display).itemsize
+
+
 def _dtype(name: str, display: str) -> torch.dtype:
+    import torch
+
     dtype = getattr(torch, str(name), None)
     if not isinstance(dtype, torch.dtype):
         raise CheckpointFormatError(f"{display} uses an unknown tensor type {name!r}.")
@@ -494,16 +524,22 @@ class _FileStorages:
         self._blobs = (
             None if first_blob is None else blobs[first_blob : first_blob + len(self._ranges)]
         )
-        self._whole = None
+        self._map: mmap.mmap | None = None
+        self._whole: torch.UntypedStorage | None = None
         self._size, self._display = plan["size"], display
         if self._blobs is None and plan["size"]:
-            with open_regular(Path(plan["path"]), display) as (_, size):
+            with open_regular(Path(plan["path"]), display) as (f, size):
                 if size != plan["size"]:
                     raise CheckpointFormatError(f"{display} changed while it was being read.")
-                # shared=False: MAP_PRIVATE, so writes to a tensor never reach the file.
-                self._whole = torch.UntypedStorage.from_file(plan["path"], False, size)
+                # ACCESS_COPY: MAP_PRIVATE, so writes to a tensor never reach the file. Mapped
+                # now (an upload's file is removed after loading), given to torch when read.
+                self._map = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
 
     def storage(self, index: int) -> torch.UntypedStorage:
+        import torch
+
+        if self._whole is None and self._map is not None:
+            self._whole = torch.frombuffer(self._map, dtype=torch.uint8).untyped_storage()
         if index not in self._cache:
             if self._blobs is not None:
                 data = bytearray(self._blobs[index])

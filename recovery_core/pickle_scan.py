@@ -18,10 +18,9 @@ from __future__ import annotations
 import functools
 import io
 import pickletools
+import sys
 import time
 from typing import IO, Any
-
-import torch
 
 from recovery_core.errors import LimitExceededError, UnsafeCheckpointError
 from recovery_core.limits import LoadLimits
@@ -66,11 +65,99 @@ _CALL_OPS = {"REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "BUILD"}
 _TUPLE_OPS = {"TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"}
 
 
-@functools.lru_cache(maxsize=1)
-def memory_owning_globals() -> frozenset[str]:
+# What `_from_torch` derives from torch 2.13's allow-list, kept here so the scan needs no
+# torch (tests/hostile checks that torch's current list adds nothing to it).
+KNOWN_MEMORY_OWNING = frozenset(
+    (
+        "builtins.bytearray",
+        "torch.BFloat16Storage",
+        "torch.BFloat16Tensor",
+        "torch.BoolStorage",
+        "torch.BoolTensor",
+        "torch.ByteStorage",
+        "torch.ByteTensor",
+        "torch.CharStorage",
+        "torch.CharTensor",
+        "torch.ComplexDoubleStorage",
+        "torch.ComplexFloatStorage",
+        "torch.DoubleStorage",
+        "torch.DoubleTensor",
+        "torch.FloatStorage",
+        "torch.FloatTensor",
+        "torch.HalfStorage",
+        "torch.HalfTensor",
+        "torch.IntStorage",
+        "torch.IntTensor",
+        "torch.LongStorage",
+        "torch.LongTensor",
+        "torch.QInt32Storage",
+        "torch.QInt8Storage",
+        "torch.QUInt2x4Storage",
+        "torch.QUInt4x2Storage",
+        "torch.QUInt8Storage",
+        "torch.ShortStorage",
+        "torch.ShortTensor",
+        "torch.Tensor",
+        "torch.cuda.BFloat16Storage",
+        "torch.cuda.BFloat16Tensor",
+        "torch.cuda.BoolStorage",
+        "torch.cuda.BoolTensor",
+        "torch.cuda.ByteStorage",
+        "torch.cuda.ByteTensor",
+        "torch.cuda.CharStorage",
+        "torch.cuda.CharTensor",
+        "torch.cuda.ComplexDoubleStorage",
+        "torch.cuda.ComplexFloatStorage",
+        "torch.cuda.DoubleStorage",
+        "torch.cuda.DoubleTensor",
+        "torch.cuda.FloatStorage",
+        "torch.cuda.FloatTensor",
+        "torch.cuda.HalfStorage",
+        "torch.cuda.HalfTensor",
+        "torch.cuda.IntStorage",
+        "torch.cuda.IntTensor",
+        "torch.cuda.LongStorage",
+        "torch.cuda.LongTensor",
+        "torch.cuda.ShortStorage",
+        "torch.cuda.ShortTensor",
+        "torch.cuda.sparse.BFloat16Tensor",
+        "torch.cuda.sparse.ByteTensor",
+        "torch.cuda.sparse.CharTensor",
+        "torch.cuda.sparse.DoubleTensor",
+        "torch.cuda.sparse.FloatTensor",
+        "torch.cuda.sparse.HalfTensor",
+        "torch.cuda.sparse.IntTensor",
+        "torch.cuda.sparse.LongTensor",
+        "torch.cuda.sparse.ShortTensor",
+        "torch.nn.parameter.Parameter",
+        "torch.sparse.BFloat16Tensor",
+        "torch.sparse.ByteTensor",
+        "torch.sparse.CharTensor",
+        "torch.sparse.DoubleTensor",
+        "torch.sparse.FloatTensor",
+        "torch.sparse.HalfTensor",
+        "torch.sparse.IntTensor",
+        "torch.sparse.LongTensor",
+        "torch.sparse.ShortTensor",
+        "torch.storage.TypedStorage",
+        "torch.storage.UntypedStorage",
+    )
+)
+
+
+@functools.lru_cache(maxsize=2)
+def memory_owning_globals(with_torch: bool | None = None) -> frozenset[str]:
     """Names torch's weights-only unpickler allows that allocate memory when called:
     tensor classes (`torch.Tensor`, `torch.FloatTensor`, Parameter), storage classes and
-    `bytearray`. Derived from torch's own allow-list, so new dtypes are covered."""
+    `bytearray`. The known list, plus what torch's own allow-list says when torch is
+    loaded already (new dtypes are covered without importing torch for it)."""
+    if with_torch is None:
+        return memory_owning_globals("torch" in sys.modules)
+    return KNOWN_MEMORY_OWNING | (_from_torch() if with_torch else frozenset())
+
+
+def _from_torch() -> frozenset[str]:
+    import torch
     from torch._weights_only_unpickler import _get_allowed_globals
 
     storage_type = torch.serialization.StorageType

@@ -18,9 +18,7 @@ import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, cast
-
-import torch
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from recovery_core.container import (
     TorchZipLayout,
@@ -33,6 +31,9 @@ from recovery_core.limits import LoadLimits
 from recovery_core.pickle_scan import scan_pickle, scan_pickle_bytes
 from recovery_core.torch_pickle import StorageRef, TensorRef, Unsupported, read_data_pkl
 from recovery_core.unwrap import walk
+
+if TYPE_CHECKING:
+    import torch
 
 _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
 
@@ -69,6 +70,8 @@ class LoadedPickle:
                 storage_offset=t.storage_offset,
                 storage=self._index[("key", t.storage.key)],
             )
+        import torch  # a tensor from torch's path: torch is loaded
+
         key = _storage_key(torch.Tensor.untyped_storage(t))
         return Placement(
             dtype=str(t.dtype).removeprefix("torch."),
@@ -180,6 +183,8 @@ def load_torch_legacy(
         if key is not None and key not in index:
             index[key] = len(storages)
             storages.append((-1, storage.nbytes()))
+            import torch
+
             as_bytes = torch.empty(0, dtype=torch.uint8).set_(storage)
             blobs.append(as_bytes.numpy().tobytes())
     return LoadedPickle(loaded, storages, blobs, index)
@@ -194,6 +199,8 @@ def _weights_only_load(
     object (already checked to be a regular file) is read, never the path: torch.load
     would treat a path ending in ".safetensors" as safetensors whatever its content.
     """
+    import torch  # only here and for what it returns: the metadata reader needs none
+
     try:
         return torch.load(f, weights_only=True, **kwargs)
     except pickle.UnpicklingError as exc:
@@ -282,6 +289,8 @@ def _check_tensors(
     through torch.Tensor, never the instance: an allowed global could have put an
     attribute named `numel` or `stride` on a tensor.
     """
+    import torch
+
     declared: dict[tuple[str, int], torch.UntypedStorage] = {}
     for name, value in walk(skeleton, limits, display):
         if not isinstance(value, torch.Tensor):
