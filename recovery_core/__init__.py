@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from recovery_core import (
+        families,  # layer families: meaning(type), opened_for_training(type)
         humanize,
         plan,  # the recovery plan: save, load, replay
         session,  # the pipeline object (Recovery) and the steps' shared pieces
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
     from recovery_core.spec import ArchSpec, Hyperparameter, ModelInput, ModuleSpec, Wiring
     from recovery_core.train import TrainingConfig, TrainingResult, TrainingRun
 
-_SUBMODULES = ("humanize", "plan", "session")
+_SUBMODULES = ("families", "humanize", "plan", "session")
 _WHERE = {
     "ArchSpec": "recovery_core.spec",
     "BatchDims": "recovery_core.layout",
@@ -145,6 +146,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "families",
     "humanize",
     "plan",
     "session",
