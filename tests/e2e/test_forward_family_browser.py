@@ -55,7 +55,7 @@ def test_the_seq2seq_family_recovered_by_clicking(server: str, tmp_path: Path) -
 
         choose_checkpoint(page, [{"name": "family.pt", "mimeType": "application/octet-stream",
                                   "buffer": _saved(original.state_dict())}])  # fmt: skip
-        expect(sidebar.get_by_text("family.pt")).to_be_visible(timeout=60_000)
+        expect(sidebar.get_by_text("family.pt").first).to_be_visible(timeout=60_000)
         wait_idle(page)
         go_to(page, "Data and baseline")
         uploads = main.locator("input[type=file]")
