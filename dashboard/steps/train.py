@@ -10,15 +10,6 @@ import recovery_core as rc
 from dashboard import charts, datasets, state, status, ui
 from dashboard import format as fmt
 
-# Module types we open up to offer their parts; anything else is one tickable unit.
-CONTAINERS = {
-    "Module",
-    "Sequential",
-    "ModuleList",
-    "Transformer",
-    "TransformerEncoder",
-    "TransformerDecoder",
-}
 METHOD_WORDS = {
     "auto": "automatic",
     "lstsq": "closed form (exact)",
@@ -65,7 +56,9 @@ def units(spec: rc.ArchSpec, inspection: rc.Inspection) -> list[tuple[str, str, 
 
     def visit(module: rc.ModuleSpec) -> None:
         params = inspection.module_parameter_count(module)
-        if module.path and (module.type not in CONTAINERS or not module.children) and params:
+        # Containers (and a Transformer's stacks) offer their parts; else one tickable unit.
+        opened = rc.families.opened_for_training(module.type)
+        if module.path and (not opened or not module.children) and params:
             found.append((module.path, module.type, params))
             return
         for child in module.children:
