@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import linecache
 import threading
-from collections import OrderedDict
+import weakref
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,8 @@ from recovery_core.errors import BuildError
 from recovery_core.spec import ArchSpec, positional_length
 
 _CLASS_CACHE: OrderedDict[str, type[nn.Module]] = OrderedDict()
+_LIVE_SOURCES: Counter[str] = Counter()  # generated file name -> classes alive from it
+_SOURCES_LOCK = threading.RLock()
 _CLASS_CACHE_SIZE = 64  # distinct specs per process; the search reuses one class
 _CLASS_CACHE_LOCK = threading.Lock()
 
@@ -66,10 +69,29 @@ def model_class(spec: ArchSpec) -> type[nn.Module]:
         namespace: dict[str, Any] = {"__name__": f"recovered_model_{digest}"}
         exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own checked source
         cls = namespace["RecoveredModel"]
+        _keep_source(cls, filename)
         _CLASS_CACHE[source] = cls
         if len(_CLASS_CACHE) > _CLASS_CACHE_SIZE:
             _CLASS_CACHE.popitem(last=False)
         return cls
+
+
+def _keep_source(cls: type, filename: str) -> None:
+    """Keep a generated class's source in linecache (tracebacks and torch.jit.script read
+    it there) for as long as some class compiled from it lives, and no longer: a server
+    builds many over its life."""
+    with _SOURCES_LOCK:
+        _LIVE_SOURCES[filename] += 1
+    weakref.finalize(cls, _drop_source, filename)
+
+
+def _drop_source(filename: str) -> None:
+    # Re-entrant: the collector may run this inside _keep_source on the same thread.
+    with _SOURCES_LOCK:
+        _LIVE_SOURCES[filename] -= 1
+        if _LIVE_SOURCES[filename] <= 0:
+            del _LIVE_SOURCES[filename]
+            linecache.cache.pop(filename, None)
 
 
 def construct(cls: type[nn.Module], spec: ArchSpec, values: Mapping[str, Any]) -> nn.Module:

@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from recovery_core import names
-from recovery_core.build import build_model, check_rebuild, example_inputs, load_weights
+from recovery_core.build import (
+    build_model,
+    check_rebuild,
+    example_inputs,
+    load_weights,
+    model_class,
+)
 from recovery_core.checkpoint import Checkpoint
 from recovery_core.codegen import generate_code
 from recovery_core.errors import BuildError
@@ -272,3 +278,27 @@ def test_a_root_module_list_stack_gets_a_forward_that_calls_its_items_in_order()
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected)
         torch.testing.assert_close(torch.jit.script(model)(x), expected)
+
+
+def test_generated_sources_leave_linecache_with_their_classes(tmp_path):
+    """A server builds many models: a generated source stays in linecache (tracebacks and
+    TorchScript read it there) while a class compiled from it lives, then goes, instead
+    of piling up for the process's life."""
+    import gc
+    import linecache
+
+    from recovery_core.build import _CLASS_CACHE_SIZE
+
+    def spec_of(width: int) -> ArchSpec:
+        layer = torch.nn.Linear(width, 97)  # sizes no other test builds
+        return infer_spec(Checkpoint.from_state_dict(layer.state_dict()))
+
+    kept = build_model(spec_of(1000))
+    before = set(linecache.cache)
+    for width in range(1, _CLASS_CACHE_SIZE + 12):
+        model_class(spec_of(width))
+    gc.collect()
+    ours = {name for name in linecache.cache if name.startswith("<recovered-model-")} - before
+    assert len(ours) <= _CLASS_CACHE_SIZE  # the cached classes' sources, not every one
+    # A model whose class left the cache still scripts: its source is still there.
+    torch.jit.script(kept).save(str(tmp_path / "kept.pt"))
