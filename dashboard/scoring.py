@@ -150,6 +150,12 @@ def collect(studio: state.Studio) -> bool:
     if state.spec_key(studio.spec) != job.spec_key:
         return True  # the person changed a setting meanwhile: their choice wins
     studio.search = job.result
+    if job.result.best is None:  # nothing could be scored: nothing is found either
+        studio.scoring_error = ui.Problem(
+            f"{job.result.message.rstrip('.')}. Check the data's mapping in step 3, or choose "
+            "the settings yourself in step 2."
+        )
+        return True
     studio.scored_names.update(job.result.names)
     studio.set_spec(job.result.apply(studio.spec))
     return True

@@ -34,6 +34,7 @@ from torch import nn
 import recovery_core as rc
 
 if TYPE_CHECKING:  # both import this module: for the annotations only
+    from dashboard.exporting import ExportJob
     from dashboard.scoring import ScoringJob
     from dashboard.ui import Problem
 
@@ -276,6 +277,7 @@ class Studio:
     freeze_version: int = 0  # bumped by presets, so the checkboxes pick them up
     runs: list[RunRecord] = field(default_factory=list)
     exports: dict[int, rc.ExportBundle] = field(default_factory=dict)  # by run number
+    export_jobs: dict[int, ExportJob] = field(default_factory=dict)  # being written, by run
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="recovery-session-"))
     token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     # Hidden settings: the background scoring job, and the person's explicit "use the
@@ -320,6 +322,7 @@ class Studio:
         self.trainable = None
         self.runs.clear()
         self.exports.clear()
+        self.export_jobs.clear()  # a job still writing finishes into its own folder, unseen
         if opened.source.kind == "demo":
             self.dataset_source, self.dataset, self.data_error = None, None, None
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import os
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import streamlit as st
 
 import recovery_core as rc
+from dashboard import exporting, state, status, ui
 from dashboard import format as fmt
-from dashboard import state, status, ui
 
 # What each exported file is, in words, and its download type.
 KIND_WORDS = {
@@ -29,59 +30,25 @@ KIND_WORDS = {
 }
 
 
-def export(studio: state.Studio, record: state.RunRecord) -> None:
-    """Export one run with the data it trained on (not what step 3 shows now)."""
-    mapping = record.mapping
-    assert studio.opened is not None and mapping is not None
-    result = record.outcome
-    out_dir = Path(studio.workdir) / f"run-{record.number}"
-    report = rc.session.recovery_report(
-        checkpoint=studio.opened.source.label,
-        data=record.data_name,
-        mapping=mapping,
-        spec=record.spec,
-        plan=record.plan,
-        training=result,
-        states=record.states,
-        details={
-            "settings": [
-                {**row, "state": record.states.get(row["name"], row["state"])}
-                for row in rc.plan.settings_report(record.spec)
-            ],
-            "unverified_settings": list(record.unverified),
-            "wiring": record.spec.wiring.description if record.spec.wiring else None,
-            "evaluated_on": (
-                f"{record.held_out:.0%} held out" if record.held_out else "training data"
-            ),
-        },
-    )
-    # The files take the data as the user gives it: the batch-major view is dropped.
-    studio.exports[record.number] = rc.session.export_trained(
-        rc.drop_batch_major(copy.deepcopy(result.model)),
-        rc.from_batch_major(record.example_inputs, rc.batch_dims(record.spec)),
-        out_dir,
-        spec=record.spec,
-        original=studio.opened.checkpoint.state_dict(),
-        plan=record.plan,
-        report=report,
-        stem="recovered",
-    )
+# What each step of an export writes, in words, while it runs.
+STEP_WORDS = {
+    "torchscript": "TorchScript model",
+    "torch.export": "torch.export program",
+    "state_dict": "Weights only (state dict and safetensors)",
+    "code": "The model's Python code",
+}
+RUNNING = ":blue[:material/progress_activity:]"
+WAITING = ":gray[:material/schedule:]"
 
 
 def _mark(passed: bool, optional: bool = False) -> str:
     return ui.PASSED if passed else (ui.OPTIONAL if optional else ui.FAILED)
 
 
-def checklist(bundle: rc.ExportBundle, record: state.RunRecord) -> None:
-    """The four things that matter first (loss, each file, frozen layers), details below."""
-    st.subheader("Checks")
-    result = record.outcome
-    below = result.final_loss < result.baseline_loss
-    lines = [
-        f"{_mark(below)} **Loss below the baseline**: {fmt.loss(result.final_loss)} after "
-        f"training, {fmt.loss(result.baseline_loss)} before."
-    ]
-    for export in bundle.exports:
+def file_lines(exports: Sequence[rc.session.ExportCheck]) -> list[str]:
+    """A line per verified file: written, read back and checked, or the check it failed."""
+    lines = []
+    for export in exports:
         words = KIND_WORDS.get(export.kind, (export.kind, ""))[0].split(":")[0]
         if export.passed:
             n = len(export.checks)
@@ -91,18 +58,59 @@ def checklist(bundle: rc.ExportBundle, record: state.RunRecord) -> None:
             summary = f"failed the check '{failed.name}' ({failed.detail})"
             summary += "; it is optional, so it is not offered below." if export.optional else "."
         lines.append(f"{_mark(export.passed, export.optional)} **{words}**: {summary}")
+    return lines
+
+
+def settings_line(record: state.RunRecord) -> str:
+    if record.unverified:
+        names = ", ".join(status.label(n) for n in record.unverified)
+        return (
+            f"{ui.FAILED} **Hidden settings checked on data**: no: {names} stayed unverified "
+            "defaults (your choice); the report records it."
+        )
+    return f"{ui.PASSED} **Hidden settings checked on data**: yes."
+
+
+def loss_line(record: state.RunRecord) -> str:
+    result = record.outcome
+    below = result.final_loss < result.baseline_loss
+    return (
+        f"{_mark(below)} **Loss below the baseline**: {fmt.loss(result.final_loss)} after "
+        f"training, {fmt.loss(result.baseline_loss)} before."
+    )
+
+
+def progress(job: exporting.ExportJob, record: state.RunRecord) -> None:
+    """While the files are written: each verified file's line and download, the one being
+    written with its time so far, the ones waiting; no verdict until every file is checked."""
+    st.subheader("Checks")
+    exporter = job.exporter
+    done = job.exports
+    now = time.monotonic()
+    lines = [settings_line(record), loss_line(record), *file_lines(done)]
+    for step in exporter.pending:
+        if step == job.step:
+            elapsed = fmt.seconds(now - job.step_started)
+            lines.append(
+                f"{RUNNING} **{STEP_WORDS[step]}**: being written and checked ({elapsed})…"
+            )
+        else:
+            lines.append(f"{WAITING} **{STEP_WORDS[step]}**: waiting.")
+    st.markdown("\n".join(f"- {line}" for line in lines))
+    n, total = len(exporter.done), len(exporter.steps)
+    st.progress(job.fraction, text=f"Writing and checking the files: {n} of {total} steps done")
+    downloads(exporter.paths, done)
+
+
+def checklist(bundle: rc.ExportBundle, record: state.RunRecord) -> None:
+    """The four things that matter first (loss, each file, frozen layers), details below."""
+    st.subheader("Checks")
+    result = record.outcome
+    below = result.final_loss < result.baseline_loss
+    lines = [settings_line(record), loss_line(record), *file_lines(bundle.exports)]
     if bundle.frozen_check is not None:
         check = bundle.frozen_check
         lines.append(f"{_mark(check.passed)} **Frozen layers untouched**: {check.detail}.")
-    if record.unverified:
-        names = ", ".join(status.label(n) for n in record.unverified)
-        lines.insert(
-            0,
-            f"{ui.FAILED} **Hidden settings checked on data**: no: {names} stayed unverified "
-            "defaults (your choice); the report records it.",
-        )
-    else:
-        lines.insert(0, f"{ui.PASSED} **Hidden settings checked on data**: yes.")
     st.markdown("\n".join(f"- {line}" for line in lines))
     with st.expander("Every check in detail"):
         st.markdown(
@@ -123,23 +131,50 @@ def checklist(bundle: rc.ExportBundle, record: state.RunRecord) -> None:
         st.error("Some checks failed: look at the crosses above before using these files.")
 
 
-def downloads(bundle: rc.ExportBundle) -> None:
-    """A button per file that passed its checks; a file that failed one is not offered."""
+def downloads(files: Mapping[str, str], exports: Sequence[rc.session.ExportCheck]) -> None:
+    """A button per file that passed its checks (the report once it is written); a file
+    that failed one is not offered. The bytes are read when the button is pressed."""
     st.subheader("Download")
-    failed = {e.kind for e in bundle.exports if not e.passed}
-    for kind, name in bundle.files.items():
+    verified = {e.kind for e in exports if e.passed}
+    for kind, name in files.items():
         path = Path(name)
-        if kind in failed or not path.is_file():
+        if (kind not in verified and kind != "report") or not path.is_file():
             continue
         words, mime = KIND_WORDS.get(kind, (kind, "application/octet-stream"))
         st.download_button(
             f"{path.name} · {fmt.size(os.path.getsize(path))} · {words}",
-            path.read_bytes(),
+            path.read_bytes,
             file_name=path.name,
             mime=mime,
             key=f"export_download_{kind}",
+            on_click="ignore",
             width="stretch",
         )
+
+
+def live(studio: state.Studio, record: state.RunRecord) -> None:
+    """This run's export: its progress while it is written (refreshed by itself), then
+    the checks and the downloads."""
+    job = studio.export_jobs.get(record.number)
+
+    @st.fragment(run_every=exporting.REFRESH_SECONDS if job is not None and job.running else None)
+    def panel() -> None:
+        if exporting.collect(studio):
+            st.rerun(scope="app")  # it ended: the whole page follows (the Export button)
+        if any(ui.missed_upload(key, studio.handled_uploads) for key in status.UPLOAD_KEYS):
+            st.rerun(scope="app")  # a file arrived during this refresh: open it now
+        job = studio.export_jobs.get(record.number)
+        bundle = studio.exports.get(record.number)
+        if job is not None and job.running:
+            progress(job, record)
+        elif job is not None and job.error is not None:
+            ui.show(ui.problem(job.error, "exporting"))
+        elif bundle is not None:
+            checklist(bundle, record)
+            downloads(bundle.files, bundle.exports)
+
+    with st.container(key="export_live"):
+        panel()
 
 
 def render() -> None:
@@ -166,13 +201,23 @@ def render() -> None:
         ),
     )
     record = finished[best if choice is None else names.index(choice)]
-    if st.button("Export and verify", type="primary", key="export_go"):
-        with st.spinner("Writing and checking the files…"), ui.reported("exporting"):
-            export(studio, record)
-    bundle = studio.exports.get(record.number)
-    if bundle is not None:
-        checklist(bundle, record)
-        downloads(bundle)
+    busy = any(job.running for job in studio.export_jobs.values())
+    cols = st.columns([1, 3], vertical_alignment="center")
+    if cols[0].button(
+        "Export and verify",
+        type="primary",
+        key="export_go",
+        disabled=busy,
+        help="Runs in the background: each file can be downloaded as soon as it is checked.",
+    ):
+        with ui.reported("exporting"):
+            exporting.start(studio, record)
+            st.rerun()  # the button greys out; the progress refreshes itself
+    with cols[1]:
+        ui.disabled_reason(
+            "Files are being written: wait for them to be checked." if busy else None
+        )
+    live(studio, record)
 
 
 render()

@@ -106,8 +106,8 @@ def _label(values: dict, names: list[str]) -> str:
 def verdict(result: rc.SearchResult) -> str:
     """The search's outcome in the page's words (yes/no, plain labels)."""
     best = result.best
-    if best is None:
-        return "No combination could be scored on this data."
+    if best is None:  # the search's own words: where the data's shapes break, or why
+        return result.message or "No combination could be scored on this data."
     text = f"Best: {_values(best.values, result.names)} (loss {fmt.loss(best.loss)})."
     if result.tied_names:
         tied = ", ".join(status.label(n) for n in result.tied_names)

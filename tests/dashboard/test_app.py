@@ -63,6 +63,19 @@ def wait_for_run(at: AppTest, timeout: float = 120) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+def export_and_wait(at: AppTest, timeout: float = 180) -> None:
+    """Click Export and poll as the browser does until every file is written and checked."""
+    at.button(key="export_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    deadline = time.monotonic() + timeout
+    while jobs := [j for j in studio(at).export_jobs.values() if j.running]:
+        assert time.monotonic() < deadline, "the export did not end in time"
+        jobs[0].join(0.3)
+        at.run()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
 def start_training(at: AppTest, epochs: int) -> None:
     go(at, "train")
     at.number_input(key="train_epochs").set_value(epochs).run()
@@ -187,6 +200,28 @@ def test_export_writes_files_that_pass_verification(tmp_path):
     go(at, "export")
     at.button(key="export_go").click().run()
     assert not at.exception, [e.value for e in at.exception]
+    # In the background, TorchScript first: its download is offered while the others are
+    # still written, and the verdict waits for all of them.
+    job = studio(at).export_jobs[1]
+    deadline = time.monotonic() + 120
+    while "torchscript" not in job.exporter.done and job.running:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    if job.running:
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        labels = [b.label for b in at.get("download_button")]
+        assert any(label.startswith("recovered.pt ") for label in labels), labels
+        assert not any("check passed" in s.value for s in at.success)
+        assert at.button(key="export_go").disabled  # one export at a time
+    go(at, "train")  # the other pages stay usable meanwhile
+    go(at, "export")
+    while job.running:
+        job.join(0.3)
+        at.run()
+    at.run()
+    assert job.ready_after["torchscript"] == min(job.ready_after.values())
+    assert job.ready_after["torchscript"] < 10, job.ready_after  # ~3 s alone on 2 cores
     assert any("check passed: the files hold the model" in s.value for s in at.success)
     labels = [b.label for b in at.get("download_button")]
     assert any(label.startswith("recovered.pt ") for label in labels)
@@ -264,7 +299,7 @@ def test_an_uploaded_model_and_dataset_go_through_every_step():
     assert result.method_used.startswith("lstsq")
     assert result.final_loss < result.baseline_loss
     go(at, "export")
-    at.button(key="export_go").click().run()
+    export_and_wait(at)
     assert any("check passed: the files hold the model" in s.value for s in at.success)
 
 
@@ -295,6 +330,30 @@ def test_data_kept_across_checkpoints_is_matched_to_the_new_model():
     assert studio(at).opened.source.label == "second.pt"
     assert studio(at).mapping.inputs == ("x",) and studio(at).mapping.target == "y"
     assert [m.label for m in at.metric] == ["Loss with the original weights"]
+
+    # A CNN that reads 3 channels, given 5: no setting lets the shapes through. The search
+    # says where they break at once, and nothing counts as found.
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(8, 3),
+    )  # fmt: skip
+    upload = at.sidebar.file_uploader(key="source_upload")
+    settled(
+        upload.set_value(("cnn.pt", _saved(cnn.state_dict()), "application/octet-stream")).run()
+    )
+    go(at, "data")
+    images = {"x": torch.randn(64, 5, 16, 16), "y": torch.randn(64, 3)}
+    at.file_uploader(key="data_upload").set_value(
+        ("i.pt", _saved(images), "application/octet-stream")
+    )
+    started = time.monotonic()
+    settled(at.run())  # mapped, scored and shown
+    assert studio(at).mapping is not None and studio(at).search.best is None
+    assert time.monotonic() - started < 3.0 and studio(at).search.seconds < 1.0
+    banner = studio(at).scoring_error.text
+    assert "0 (Conv2d) cannot read (5, 16, 16) per sample" in banner, banner
+    assert any(banner in e.value for e in at.error)
+    assert rc.plan.FOUND not in studio(at).states().values()
 
 
 def test_data_the_guess_cannot_map_is_kept_for_the_person_to_map():
@@ -344,7 +403,7 @@ def test_an_export_reports_the_data_its_run_trained_on():
     assert studio(at).mapping.inputs == ("x2",)
 
     go(at, "export")
-    at.button(key="export_go").click().run()
+    export_and_wait(at)
 
     bundle = studio(at).exports[1]
     report = json.loads(Path(bundle.report_path).read_text())

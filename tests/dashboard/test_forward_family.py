@@ -14,7 +14,15 @@ import hashlib
 import pytest
 import torch
 
-from tests.dashboard.test_app import _saved, go, open_app, settled, studio, wait_for_run
+from tests.dashboard.test_app import (
+    _saved,
+    export_and_wait,
+    go,
+    open_app,
+    settled,
+    studio,
+    wait_for_run,
+)
 from tests.forward_zoo import FORWARD_BY_NAME
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -48,8 +56,7 @@ def test_the_seq2seq_family_is_recovered_trained_and_exported_by_clicking():
     record = studio(at).runs[0]
     assert record.result.final_loss < record.result.baseline_loss
     go(at, "export")
-    at.button(key="export_go").click().run()
-    assert not at.exception, [e.value for e in at.exception]
+    export_and_wait(at)
 
     bundle = studio(at).exports[record.number]
     assert bundle.passed

@@ -11,7 +11,15 @@ from streamlit.testing.v1 import AppTest
 
 import recovery_core as rc
 from dashboard import scoring, state
-from tests.dashboard.test_app import APP, go, open_app, settled, studio, wait_for_run
+from tests.dashboard.test_app import (
+    APP,
+    export_and_wait,
+    go,
+    open_app,
+    settled,
+    studio,
+    wait_for_run,
+)
 
 
 @pytest.fixture()
@@ -52,7 +60,7 @@ def test_unverified_settings_run_only_by_choice_and_never_end_green(unscored, tm
     assert not [s for s in at.success if "Run 1" in s.value]
     assert any("unverified settings" in w.value for w in at.warning)
     go(at, "export")
-    at.button(key="export_go").click().run()
+    export_and_wait(at)
     assert not any("the files hold the model you trained" in s.value for s in at.success)
     assert any("built on unverified settings" in w.value for w in at.warning)
     report = json.loads(Path(studio(at).exports[1].report_path).read_text())
