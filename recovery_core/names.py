@@ -9,18 +9,22 @@ accepts `²`, but neither is what the checkpoint's author could have typed as an
 
 from __future__ import annotations
 
+import functools
 import keyword
 import re
-
-import torch
-from torch import nn
 
 _ASCII_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ASCII_INDEX = re.compile(r"(0|[1-9][0-9]*)")
 
-# What an nn.Module instance keeps in its own __dict__: a child or tensor by one of these
-# names would overwrite the module's bookkeeping, so no working model can have one.
-MODULE_STATE = frozenset(nn.Module().__dict__)
+
+@functools.cache
+def _module_state() -> tuple[frozenset[str], type]:
+    """What an nn.Module instance keeps in its own __dict__ (a child or tensor by one of
+    these names would overwrite the module's bookkeeping, so no working model has one),
+    and nn.Module itself. Asked of torch on first use: listing a checkpoint needs none."""
+    from torch import nn
+
+    return frozenset(nn.Module().__dict__), nn.Module
 
 
 def is_index(name: str) -> bool:
@@ -40,13 +44,14 @@ def is_identifier(name: str) -> bool:
 def is_plain_attribute(name: str) -> bool:
     """True when `obj.name = child` and `obj.name` mean the child itself on any nn.Module:
     an identifier that nn.Module (and our generated classes) do not already define."""
-    return is_identifier(name) and name not in MODULE_STATE and not hasattr(nn.Module, name)
+    return is_identifier(name) and not shadows_module_attribute(name)
 
 
 def is_registrable(name: str) -> bool:
     """True when the name can be given to a child, parameter or buffer at all (through
     add_module and friends, or their tables for names nn.Module's methods also use)."""
-    return bool(name) and "." not in name and name not in MODULE_STATE and name.isprintable()
+    state, _ = _module_state()
+    return bool(name) and "." not in name and name not in state and name.isprintable()
 
 
 def argument_name(name: str) -> str:
@@ -61,6 +66,8 @@ def argument_name(name: str) -> str:
 
 def dtype_expression(dtype: str) -> str:
     """`torch.int64` for "int64": only a real torch dtype's name becomes code."""
+    import torch
+
     if not _ASCII_IDENTIFIER.fullmatch(dtype) or not isinstance(
         getattr(torch, dtype, None), torch.dtype
     ):
@@ -72,4 +79,5 @@ def shadows_module_attribute(name: str) -> bool:
     """True for `forward`, `state_dict`, `__class__`, `training`: nn.Module itself answers
     `getattr(module, name)`, so code can reach a child of that name only through the
     module's tables, which TorchScript cannot read."""
-    return name in MODULE_STATE or hasattr(nn.Module, name)
+    state, module = _module_state()
+    return name in state or hasattr(module, name)

@@ -44,8 +44,11 @@ from typing import Any
 from recovery_core import errors
 from recovery_core.errors import LimitExceededError, ReaderCrashedError, RecoveryError
 
-# Imported once by the server, so each forked child starts with torch loaded.
+# Imported once by the server, so each forked child starts with torch loaded; by the
+# server of a process that has not imported torch itself (`recovery inspect` lists names
+# and shapes without it), only what listing needs: a child imports torch if it must.
 PRELOAD = ("recovery_core.checkpoint", "recovery_core.data")  # data: datasets are checked too
+LIGHT_PRELOAD = ("recovery_core.checkpoint",)
 _STARTUP_SECONDS = 180.0  # importing torch on a busy machine; not charged to any file
 _HEADER = struct.Struct("<cQ")
 
@@ -179,7 +182,8 @@ class _ServerHandle:
             [
                 sys.executable,
                 "-c",
-                f"from recovery_core.sandbox import serve; serve({theirs.fileno()})",
+                "from recovery_core.sandbox import serve; "
+                f"serve({theirs.fileno()}, light={'torch' not in sys.modules})",
             ],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
@@ -226,9 +230,9 @@ def _server(*, fresh: bool = False) -> _ServerHandle:
 # --- the parse server itself (a separate, single-threaded interpreter) ----------------------
 
 
-def serve(control_fd: int) -> None:
+def serve(control_fd: int, light: bool = False) -> None:
     """Fork one limited child per request until the caller closes the control socket."""
-    for module in PRELOAD:
+    for module in LIGHT_PRELOAD if light else PRELOAD:
         importlib.import_module(module)
     control = socket.socket(fileno=control_fd)
     replies: dict[int, socket.socket] = {}  # child pid -> its reply socket (for `x`)

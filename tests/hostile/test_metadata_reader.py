@@ -145,6 +145,25 @@ def test_listing_a_checkpoint_imports_no_torch() -> None:
     assert run.returncode == 0, run.stderr[-2000:]
 
 
+def test_recovery_inspect_runs_without_torch() -> None:
+    """`recovery inspect` lists names, shapes and the layer tree without importing torch,
+    in its process or its file reader's (torch's import is most of a whole run's time)."""
+    corpus = REPO / "tests" / "hostile" / "corpus"
+    code = (
+        "import sys\n"
+        "from recovery_core.cli import main\n"
+        f"assert main(['inspect', {str(corpus / 'seed_zip.pt')!r}]) == 0\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)\n"
+        "from recovery_core import sandbox\n"
+        "server = sandbox._server().process.pid\n"
+        "maps = open(f'/proc/{server}/maps').read()\n"
+        "assert 'libtorch' not in maps, 'the reader imported torch'\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "embed.weight" in run.stdout
+
+
 def test_storage_table_matches_torch() -> None:
     names = {k: str(v).removeprefix("torch.") for v, k in torch.storage._dtype_to_storage_type_map().items()}  # fmt: skip
     for name, dtype in torch_pickle.STORAGE_DTYPES.items():
