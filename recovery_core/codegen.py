@@ -44,6 +44,7 @@ from recovery_core.codegen_names import (
     annotation,
     argument,
     attribute,
+    dotted,
     forward_setting,
     inputs,
     literal,
@@ -262,7 +263,7 @@ class _Renderer(RenderState):
         for c in root.children:
             plain = attribute(c.name)
             if plain is not None:
-                target = f"self.{plain} = "
+                target = f"{dotted('self', plain)} = "
                 lines.append(target + self.modules.expr(c, LINE - 8 - len(target)))
             else:  # `self`, `class`, `²`, `forward`: registered under the very name
                 self.helpers.add("register")

@@ -21,6 +21,7 @@ from recovery_core.codegen_names import (
     attribute,
     dtype,
     identifier,
+    keyword_argument,
     literal,
     registrable,
     registrable_key,
@@ -182,13 +183,14 @@ class ModuleWriter:
             args["in_channels"] = Code(f"{per_group} * {self.state.arg(groups)}")
             args[GROUPS] = Code(self.state.arg(groups))
         words = [
-            f"{identifier(k, 'the constructor argument')}={literal(v)}" for k, v in args.items()
+            keyword_argument(identifier(k, "the constructor argument"), literal(v))
+            for k, v in args.items()
         ]
         renamed = RENAMED.get(m.type, {})
         for name in m.hidden:
             if name in self.state.hidden and name != groups and setting_of(name, m.path) is None:
-                keyword = identifier(renamed.get(name, name), "the constructor argument")
-                words.append(f"{keyword}={self._hidden_value(m, name)}")
+                own = identifier(renamed.get(name, name), "the constructor argument")
+                words.append(keyword_argument(own, self._hidden_value(m, name)))
         if m.type.startswith("Conv"):
             words += self._conv_settings(m)
         return words
@@ -270,7 +272,7 @@ class ModuleWriter:
         for c in m.children:
             plain = attribute(c.name)
             if plain is not None:
-                words.append(f"{plain}={self.expr(c)}")
+                words.append(keyword_argument(plain, self.expr(c)))
             else:
                 self.helpers.add("register")
                 words.append(f"**{{{registrable(c.name, c.path)}: {self.expr(c)}}}")

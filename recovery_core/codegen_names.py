@@ -110,6 +110,22 @@ class Name(str):
         return super().__new__(cls, text)
 
 
+def _checked(name: Name) -> Name:
+    if type(name) is not Name:  # a plain str never reaches an identifier position
+        raise TypeError(f"{name!r} was not made by the name factory")
+    return name
+
+
+def keyword_argument(name: Name, value: str) -> str:
+    """`name=value`: a keyword in a call, the name from the factory."""
+    return f"{_checked(name)}={value}"
+
+
+def dotted(owner: str, name: Name) -> str:
+    """`owner.name`: an attribute, the name from the factory."""
+    return f"{owner}.{_checked(name)}"
+
+
 def identifier(text: str, what: str) -> Name:
     """`text` as a Name (a constructor keyword, a buffer name), or a BuildError."""
     if not _is_strict_identifier(text):
@@ -132,6 +148,8 @@ def argument(hyperparameter: str, taken: AbstractSet[str]) -> Name:
     """A keyword argument of RecoveredModel for a hyperparameter ("net.1" -> net_1),
     never one already `taken` (then suffixed with `_<len(taken)>`) nor a global."""
     text = names.argument_name(hyperparameter)
+    if text.startswith("__"):  # "ñ.1" -> "__1": never a dunder
+        text = "module" + text
     if text in INIT_GLOBALS:
         text += "_"
     if text in taken:
@@ -222,7 +240,7 @@ def access(path: str) -> str:
         if names.is_index(part):
             code += f"[{part}]"
         elif plain is not None:
-            code += "." + plain
+            code = dotted(code, plain)
         elif names.shadows_module_attribute(part):
             raise BuildError(
                 f"a forward cannot reach {path}: nn.Module itself answers to the name "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
+from recovery_core import codegen_names
 from recovery_core.build import build_model, example_inputs, load_weights
 from recovery_core.checkpoint import Checkpoint
 from recovery_core.codegen import generate_code, hidden_arguments
@@ -164,3 +167,93 @@ def test_a_spec_that_cannot_be_built_raises_a_build_error():
     spec = ArchSpec(ModuleSpec("", "Module", children=(ModuleSpec("x", "Frobnicator"),)), (), None)
     with pytest.raises(BuildError, match="cannot be rebuilt"):
         generate_code(spec)
+
+
+HOSTILE = ("self", "class", "__import__", "x;import os", "²", "ñ", "nn", "torch")
+
+
+def hostile_model(nested: bool = True) -> nn.Module:
+    """Children named after `self`, a keyword, a builtin, a statement, a Unicode digit,
+    a non-ASCII letter and the generated file's own globals; nested: also a container
+    holding `²` (the key net.².weight) and a parameter-free slot under `ñ2`."""
+    model = nn.Module()
+    for name in HOSTILE:
+        model._modules[name] = nn.Linear(4, 4)
+    if nested:
+        model._modules["net"] = nn.Module()
+        model.net._modules["²"] = nn.Linear(4, 4)
+        model._modules["ñ2"] = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    return model
+
+
+def identifiers(source: str) -> set[str]:
+    """Every name the code binds, reads, sets as an attribute or passes as a keyword."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.arg):
+            found.add(node.arg)
+        elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+            found.add(node.name)
+        elif isinstance(node, ast.keyword) and node.arg is not None:
+            found.add(node.arg)
+        elif isinstance(node, ast.alias):
+            found.add(node.asname or node.name)
+    return found
+
+
+def assert_only_literals(source: str) -> None:
+    """No hostile name is code: each is at most a string constant."""
+    names = identifiers(source)
+    assert all(n.isascii() and n.isidentifier() for n in names)
+    assert not names & {"class", "__import__", "x;import os", "²", "ñ", "ñ2", "os"}
+    strings = {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant)}
+    assert {"class", "__import__", "x;import os", "²", "ñ"} <= strings
+
+
+def test_hostile_names_never_become_code():
+    state = hostile_model().state_dict()
+    spec = infer_spec(Checkpoint.from_state_dict(state))
+    assert_only_literals(generate_code(spec))
+    build_model(spec).load_state_dict(state, strict=True)
+
+
+def test_a_stack_of_hostile_names_runs_and_scripts():
+    original = hostile_model(nested=False)
+    state = original.state_dict()
+    inputs = (ModelInput("x;import os", "float", (2, 4)),)  # not a name: `x` instead
+    stack = Wiring("sequential", {}, inputs, "each child in order")
+    spec = dataclasses.replace(infer_spec(Checkpoint.from_state_dict(state)), wiring=stack)
+    source = generate_code(spec)
+    assert_only_literals(source)
+    assert "def forward(self, x: Tensor)" in source
+    model = build_model(spec)
+    model.load_state_dict(state, strict=True)
+    x = torch.randn(2, 4)
+    expected = x
+    for name in HOSTILE:
+        expected = original.get_submodule(name)(expected)
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected)
+        assert torch.allclose(torch.jit.script(model)(x), expected)
+
+
+def test_names_come_only_from_the_ascii_strict_factory():
+    identifier, attribute = codegen_names.identifier, codegen_names.attribute
+    argument = codegen_names.argument
+    with pytest.raises(TypeError):
+        codegen_names.Name("x")  # no Name without the factory
+    for bad in ("ñ", "x²", "class", "__import__", "x;import os", "", "a.b"):
+        with pytest.raises(BuildError):
+            identifier(bad, "the name")
+        assert attribute(bad) is None
+    assert identifier("in_features", "the keyword") == "in_features"
+    assert attribute("self") == "self" and attribute("forward") is None
+    assert argument("nn", set()) == "nn_"  # never shadows what the constructor reads
+    assert argument("ñ.1", set()) == "module__1"
+    assert argument("net.1", {"net_1"}) == "net_1_1"
+    with pytest.raises(TypeError):
+        codegen_names.keyword_argument("in_features", "4")  # type: ignore[arg-type]
