@@ -20,6 +20,7 @@ keyword arguments, the constructor's body by kind of root, the stack's forward, 
 
 from __future__ import annotations
 
+import ast
 from typing import Any
 
 from recovery_core import codegen_templates as templates
@@ -41,15 +42,19 @@ from recovery_core.codegen_modules import (
 from recovery_core.codegen_names import (
     Name,
     access,
+    access_node,
     annotation,
     argument,
     attribute,
     dotted,
     forward_setting,
+    identifier,
     inputs,
     literal,
+    load,
     one_line,
     registrable,
+    store,
 )
 from recovery_core.errors import BuildError
 from recovery_core.spec import (
@@ -280,34 +285,12 @@ class _Renderer(RenderState):
     def _forward(self, root: ModuleSpec) -> str | None:
         if self.wiring is not None and root.type == "ModuleList":
             # A ModuleList has no forward of its own; the recognised stack calls its items.
-            (x,) = self._input_names(("x",))
-            return "\n".join([
-                f"def forward(self, {x}: Tensor) -> Tensor:",
-                "    for layer in self:",
-                f"        {x} = layer({x})",
-                f"    return {x}",
-            ])  # fmt: skip
+            return _stack_forward(self._input_names(("x",))[0], [("loop", "")])
         if self.wiring is None or root.type != "Module":
             return None  # a root torch module keeps its own forward
         if self.wiring.kind == "sequential":
-            return self._forward_sequential(root)
+            return _stack_forward(self._input_names(("x",))[0], _stack_steps(root))
         return forwards.write_forward(self)
-
-    def _forward_sequential(self, root: ModuleSpec) -> str:
-        (x,) = self._input_names(("x",))
-        lines = [f"def forward(self, {x}: Tensor) -> Tensor:"]
-        for c in root.children:
-            step = access(c.path)  # `getattr(self, "class")` for names Python refuses
-            if c.type == "ModuleList":
-                lines += [f"    for layer in {step}:", f"        {x} = layer({x})"]
-            elif c.type == "Module":
-                raise BuildError(
-                    f"{c.path} is a plain container, so the stack cannot call it in order."
-                )
-            else:
-                lines.append(f"    {x} = {step}({x})")
-        lines.append(f"    return {x}")
-        return "\n".join(lines)
 
     def _role(self, role: str, required: bool = True) -> str | None:
         path = self.wiring.roles.get(role) if self.wiring else None
@@ -329,3 +312,42 @@ class _Renderer(RenderState):
     def _tensor(self, path: str) -> str:
         """`self.a.pe` for a tensor kept as is at the path "a.pe"."""
         return access(path)
+
+
+# ---------------------------------------------------------------- a stack's forward, as a tree
+
+_LAYER = identifier("layer", "the loop variable")
+
+
+def _stack_steps(root: ModuleSpec) -> list[tuple[str, str]]:
+    """("call", path) for a child called on the running value, ("loop", path) for a
+    ModuleList whose items are called in turn."""
+    steps = []
+    for c in root.children:
+        if c.type == "Module":
+            raise BuildError(
+                f"{c.path} is a plain container, so the stack cannot call it in order."
+            )
+        steps.append(("loop" if c.type == "ModuleList" else "call", c.path))
+    return steps
+
+
+def _stack_forward(x: Name, steps: list[tuple[str, str]]) -> str:
+    """`def forward(self, x: Tensor) -> Tensor:` calling each step on x, built as an ast
+    tree (every name in it a factory Name or one of ours) and written by ast.unparse."""
+    body: list[ast.stmt] = []
+    for how, path in steps:
+        module = access_node(path) if path else ast.Name("self", ast.Load())
+        if how == "loop":
+            update = ast.Assign([store(x)], ast.Call(load(_LAYER), [load(x)], []))
+            body.append(ast.For(store(_LAYER), module, [update], []))
+        else:
+            body.append(ast.Assign([store(x)], ast.Call(module, [load(x)], [])))
+    body.append(ast.Return(load(x)))
+    tensor = ast.Name("Tensor", ast.Load())
+    arguments = ast.arguments(
+        [], [ast.arg("self"), ast.arg(str(x), tensor)], None, [], [], None, []
+    )
+    tree = ast.FunctionDef("forward", arguments, body, [], tensor)
+    compile(ast.fix_missing_locations(ast.Module([tree], [])), "<forward>", "exec")
+    return ast.unparse(tree)

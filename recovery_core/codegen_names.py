@@ -13,6 +13,7 @@ checkpoint text becomes a one-line comment. The ASCII rules themselves live in
 
 from __future__ import annotations
 
+import ast
 import keyword
 import re
 from collections.abc import Set as AbstractSet
@@ -232,23 +233,41 @@ def registrable_key(key: str) -> str:
     return literal(key)
 
 
-def access(path: str) -> str:
-    """`self.a.b[0]` for the module path "a.b.0"."""
-    code = "self"
+def load(name: Name) -> ast.Name:
+    """A read of a factory name, as an ast node."""
+    return ast.Name(str(_checked(name)), ast.Load())
+
+
+def store(name: Name) -> ast.Name:
+    """An assignment target named by the factory, as an ast node."""
+    return ast.Name(str(_checked(name)), ast.Store())
+
+
+def access_node(path: str) -> ast.expr:
+    """The module at a path ("a.b.0") as reached from `self`: an ast expression whose
+    attributes are factory names and whose other names are string constants."""
+    node: ast.expr = ast.Name("self", ast.Load())
     for part in path.split("."):
         plain = attribute(part)
         if names.is_index(part):
-            code += f"[{part}]"
+            node = ast.Subscript(node, ast.Constant(int(part)), ast.Load())
         elif plain is not None:
-            code = dotted(code, plain)
+            node = ast.Attribute(node, str(_checked(plain)), ast.Load())
         elif names.shadows_module_attribute(part):
             raise BuildError(
                 f"a forward cannot reach {path}: nn.Module itself answers to the name "
                 f"{part!r}; the model loads without a forward, or rename the keys."
             )
         else:  # `self`, `class`, `²`, `a b`: reached by name, as TorchScript allows
-            code = f"getattr({code}, {registrable(part, path)})"
-    return code
+            registrable(part, path)
+            node = ast.Call(ast.Name("getattr", ast.Load()), [node, ast.Constant(part)], [])
+    return node
+
+
+def access(path: str) -> str:
+    """`self.a.b[0]` for the module path "a.b.0" (`getattr(self, 'class')` for names
+    Python refuses)."""
+    return ast.unparse(access_node(path))
 
 
 def dtype(text: str, where: str) -> str:
