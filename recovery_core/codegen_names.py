@@ -110,6 +110,10 @@ class Name(str):
             raise BuildError(f"{text!r} is not a plain ASCII Python name.")
         return super().__new__(cls, text)
 
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        # Pickled and copied as text, checked again when made anew.
+        return identifier, (str(self), "a pickled name")
+
 
 def _checked(name: Name) -> Name:
     if type(name) is not Name:  # a plain str never reaches an identifier position

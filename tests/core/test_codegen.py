@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import importlib.util
+import pickle
 import subprocess
 import sys
 import uuid
@@ -257,3 +259,6 @@ def test_names_come_only_from_the_ascii_strict_factory():
     assert argument("net.1", {"net_1"}) == "net_1_1"
     with pytest.raises(TypeError):
         codegen_names.keyword_argument("in_features", "4")  # type: ignore[arg-type]
+    name = identifier("nhead", "the name")
+    for copied in (copy.deepcopy(name), pickle.loads(pickle.dumps(name))):
+        assert copied == "nhead" and isinstance(copied, codegen_names.Name)
