@@ -7,6 +7,7 @@ them to assets/screenshots/, which the README shows).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,18 +171,25 @@ def test_demo_flow_from_table_to_a_loadable_torchscript_file(
     block = main.get_by_test_id("stCheckbox").filter(has_text="decoder.layers.1")
     expect(block.get_by_role("checkbox")).to_be_checked()  # the last choice of layers
 
-    # 6. Export, check, download the TorchScript file and load it.
+    # 6. Export in the background: the TorchScript file is offered as soon as it is
+    # checked, downloaded while the other files are written; then every check passes.
     go_to(page, "Export")
+    clicked = time.monotonic()
     main.get_by_role("button", name="Export and verify").click()
-    passed = re.compile(r"Every (required )?check passed")
-    expect(main.get_by_text(passed)).to_be_visible(timeout=180_000)
-    wait_idle(page)
-    shot(page, "07-export")
     button = main.get_by_test_id("stDownloadButton").filter(has_text=re.compile(r"^recovered\.pt "))
+    expect(button).to_be_visible(timeout=60_000)
+    ready = time.monotonic() - clicked
+    print(f"TorchScript download ready {ready:.1f} s after the click")
+    assert ready < 15, ready  # ~3-5 s on 2 idle cores; room for a busy machine
     with page.expect_download() as info:
         button.get_by_role("button").click()
     target = tmp_path / "recovered.pt"
     info.value.save_as(target)
+    passed = re.compile(r"Every (required )?check passed")
+    expect(main.get_by_text(passed)).to_be_visible(timeout=180_000)
+    print(f"every file checked {time.monotonic() - clicked:.1f} s after the click")
+    wait_idle(page)
+    shot(page, "07-export")
 
     import torch
 
