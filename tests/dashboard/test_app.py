@@ -220,8 +220,8 @@ def test_export_writes_files_that_pass_verification(tmp_path):
         job.join(0.3)
         at.run()
     at.run()
+    # TorchScript first (~3 s alone on 2 cores; the time itself is a benchmark's to hold).
     assert job.ready_after["torchscript"] == min(job.ready_after.values())
-    assert job.ready_after["torchscript"] < 10, job.ready_after  # ~3 s alone on 2 cores
     assert any("check passed: the files hold the model" in s.value for s in at.success)
     labels = [b.label for b in at.get("download_button")]
     assert any(label.startswith("recovered.pt ") for label in labels)
@@ -346,10 +346,9 @@ def test_data_kept_across_checkpoints_is_matched_to_the_new_model():
     at.file_uploader(key="data_upload").set_value(
         ("i.pt", _saved(images), "application/octet-stream")
     )
-    started = time.monotonic()
     settled(at.run())  # mapped, scored and shown
     assert studio(at).mapping is not None and studio(at).search.best is None
-    assert time.monotonic() - started < 3.0 and studio(at).search.seconds < 1.0
+    assert studio(at).search.scored == 0  # the shapes told: not one forward ran
     banner = studio(at).scoring_error.text
     assert "0 (Conv2d) cannot read (5, 16, 16) per sample" in banner, banner
     assert any(banner in e.value for e in at.error)

@@ -180,7 +180,9 @@ def test_demo_flow_from_table_to_a_loadable_torchscript_file(
     expect(button).to_be_visible(timeout=60_000)
     ready = time.monotonic() - clicked
     print(f"TorchScript download ready {ready:.1f} s after the click")
-    assert ready < 15, ready  # ~3-5 s on 2 idle cores; room for a busy machine
+    # Offered before the other files are done (~3-5 s after the click on 2 cores; the
+    # time itself is a benchmark's to hold, not a test's on a machine of unknown load).
+    expect(main.get_by_text(re.compile(r"Every (required )?check passed"))).to_have_count(0)
     with page.expect_download() as info:
         button.get_by_role("button").click()
     target = tmp_path / "recovered.pt"
