@@ -83,8 +83,9 @@ def write_forward(r: _Renderer) -> str:
     """The forward for the renderer's wiring (kind encoder, rnn or seq2seq)."""
     wiring = r.wiring
     assert wiring is not None
-    used = set(wiring_hidden(r))
-    for name in used:
+    hidden = wiring_hidden(r)
+    used = set(hidden)
+    for name in dict.fromkeys(hidden):  # in the wiring's order: the same file every time
         r.extra_init.append(f"self.{name} = {r._arg(name)}")
     if "scale_embedding" in used:
         r.extra_init.insert(0, f"self.d_model = {_model_width(r)}")

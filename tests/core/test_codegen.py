@@ -6,6 +6,7 @@ import ast
 import copy
 import dataclasses
 import importlib.util
+import os
 import pickle
 import subprocess
 import sys
@@ -262,3 +263,23 @@ def test_names_come_only_from_the_ascii_strict_factory():
     name = identifier("nhead", "the name")
     for copied in (copy.deepcopy(name), pickle.loads(pickle.dumps(name))):
         assert copied == "nhead" and isinstance(copied, codegen_names.Name)
+
+
+def test_the_same_spec_gives_the_same_file_in_every_process():
+    """Generated code does not depend on the process's string hashing (set order)."""
+    code = (
+        "from recovery_core.checkpoint import Checkpoint\n"
+        "from recovery_core.codegen import generate_code\n"
+        "from recovery_core.infer import infer_spec\n"
+        "from tests.forward_zoo import FORWARD_BY_NAME\n"
+        "model = FORWARD_BY_NAME['vector_seq2seq_fed_as_is'].make()\n"
+        "print(generate_code(infer_spec(Checkpoint.from_state_dict(model.state_dict()))))\n"
+    )
+    files = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2", "3")
+    }  # fmt: skip
+    assert len(files) == 1
