@@ -265,6 +265,7 @@ def serve(control_fd: int, light: bool = False) -> None:
         if not message or not fds:
             return  # the caller closed the control socket: it has exited
         reply = socket.socket(fileno=fds[0])
+        _import_once(message)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         try:
             pid = os.fork()
@@ -276,6 +277,17 @@ def serve(control_fd: int, light: bool = False) -> None:
             replies[pid] = reply
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+
+
+def _import_once(message: bytes) -> None:
+    """A light server imports a request's module itself, once (datasets need torch), so
+    that every later child starts with it instead of importing it again."""
+    try:
+        module = pickle.loads(message)[0]  # our own caller's request, not a file's bytes
+        if module not in sys.modules and module.startswith("recovery_core."):
+            importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - the child imports it, and reports what fails
+        return
 
 
 def _child(reply: socket.socket, message: bytes) -> None:

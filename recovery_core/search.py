@@ -277,7 +277,7 @@ class _Data:
         length = None
         seq = sequence_dims(spec, values)
         if cut and seq is not None and per_sample > ELEMENTS_PER_SAMPLE:
-            steps = max(t.shape[seq[0]] for t in self.inputs if t.dim() > seq[0])
+            steps = max((t.shape[seq[0]] for t in self.inputs if t.dim() > seq[0]), default=0)
             per_step = per_sample / max(1, steps)
             fits = max(MIN_SCREEN_STEPS, int(ELEMENTS_PER_SAMPLE / per_step))
             if fits < steps:
@@ -839,7 +839,7 @@ def _rung_length(
     longer = length * RUNG_GROWTH**rung
     seq = sequence_dims(group.spec, values)
     assert seq is not None  # only sequences are cut
-    steps = max(t.shape[seq[0]] for t in data.inputs if t.dim() > seq[0])
+    steps = max((t.shape[seq[0]] for t in data.inputs if t.dim() > seq[0]), default=0)
     return longer if longer < steps else None
 
 

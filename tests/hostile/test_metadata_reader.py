@@ -164,6 +164,25 @@ def test_recovery_inspect_runs_without_torch() -> None:
     assert "embed.weight" in run.stdout
 
 
+def test_a_reader_started_without_torch_imports_it_once_for_datasets(tmp_path) -> None:
+    """A process that listed a checkpoint without torch, then reads datasets: its reader
+    imports torch once, not in every child (each import costs seconds)."""
+    data = tmp_path / "data.pt"
+    torch.save({"x": torch.randn(4, 3)}, data)
+    code = (
+        "import recovery_core as rc\n"
+        "from recovery_core import sandbox\n"
+        f"rc.load_checkpoint({str(REPO / 'tests' / 'hostile' / 'corpus' / 'seed_zip.pt')!r})\n"
+        "server = sandbox._server().process.pid\n"
+        "assert 'libtorch' not in open(f'/proc/{server}/maps').read()\n"
+        f"rc.load_dataset({str(data)!r})\n"
+        "assert sandbox._server().process.pid == server\n"
+        "assert 'libtorch' in open(f'/proc/{server}/maps').read()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
 def test_storage_table_matches_torch() -> None:
     names = {k: str(v).removeprefix("torch.") for v, k in torch.storage._dtype_to_storage_type_map().items()}  # fmt: skip
     for name, dtype in torch_pickle.STORAGE_DTYPES.items():
