@@ -9,36 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from recovery_core import (
-        families,  # layer families: meaning(type), opened_for_training(type)
         humanize,
         plan,  # the recovery plan: save, load, replay
         session,  # the pipeline object (Recovery) and the steps' shared pieces
-    )
-    from recovery_core.build import (
-        RebuildStatus,
-        build_model,
-        check_rebuild,
-        example_inputs,
-        load_weights,
-    )
-    from recovery_core.checkpoint import (
-        Checkpoint,
-        LoadLimits,
-        TensorInfo,
-        TensorStats,
-        load_checkpoint,
-    )
-    from recovery_core.codegen import generate_code
-    from recovery_core.data import (
-        DataMapping,
-        Dataset,
-        baseline_loss,
-        guess_mapping,
-        load_dataset,
-        loss_function,
-        make_mapping,
-        mapped_tensors,
-        split_indices,
     )
     from recovery_core.errors import (
         BuildError,
@@ -51,11 +24,42 @@ if TYPE_CHECKING:
         TrainingError,
         UnsafeCheckpointError,
     )
-    from recovery_core.export import ExportBundle, export_all
-    from recovery_core.freeze import FreezePlan, plan_freeze, preset_patterns
+    from recovery_core.export.exporter import ExportBundle, export_all
+    from recovery_core.fit.freeze import FreezePlan, plan_freeze, preset_patterns
+    from recovery_core.fit.search import SearchResult, score_candidates, searchable_names
+    from recovery_core.fit.train import TrainingConfig, TrainingResult, TrainingRun
+    from recovery_core.infer import (
+        catalog as families,  # layer families: meaning(type), opened_for_training(type)
+    )
     from recovery_core.infer import infer_spec
     from recovery_core.inspect import Inspection, describe
-    from recovery_core.layout import (
+    from recovery_core.io.checkpoint import (
+        Checkpoint,
+        LoadLimits,
+        TensorInfo,
+        TensorStats,
+        load_checkpoint,
+    )
+    from recovery_core.io.data import (
+        DataMapping,
+        Dataset,
+        baseline_loss,
+        guess_mapping,
+        load_dataset,
+        loss_function,
+        make_mapping,
+        mapped_tensors,
+        split_indices,
+    )
+    from recovery_core.model.build import (
+        RebuildStatus,
+        build_model,
+        check_rebuild,
+        example_inputs,
+        load_weights,
+    )
+    from recovery_core.model.codegen import generate_code
+    from recovery_core.model.layout import (
         BatchDims,
         attach_batch_major,
         batch_dims,
@@ -64,67 +68,71 @@ if TYPE_CHECKING:
         take,
         to_batch_major,
     )
-    from recovery_core.search import SearchResult, score_candidates, searchable_names
-    from recovery_core.spec import ArchSpec, Hyperparameter, ModelInput, ModuleSpec, Wiring
-    from recovery_core.train import TrainingConfig, TrainingResult, TrainingRun
+    from recovery_core.model.spec import ArchSpec, Hyperparameter, ModelInput, ModuleSpec, Wiring
 
-_SUBMODULES = ("families", "humanize", "plan", "session")
+# Public submodules, by the name callers use -> where they live.
+_SUBMODULES = {
+    "families": "recovery_core.infer.catalog",
+    "humanize": "recovery_core.humanize",
+    "plan": "recovery_core.plan",
+    "session": "recovery_core.session",
+}
 _WHERE = {
-    "ArchSpec": "recovery_core.spec",
-    "BatchDims": "recovery_core.layout",
+    "ArchSpec": "recovery_core.model.spec",
+    "BatchDims": "recovery_core.model.layout",
     "BuildError": "recovery_core.errors",
-    "Checkpoint": "recovery_core.checkpoint",
+    "Checkpoint": "recovery_core.io.checkpoint",
     "CheckpointFormatError": "recovery_core.errors",
     "DataError": "recovery_core.errors",
-    "DataMapping": "recovery_core.data",
-    "Dataset": "recovery_core.data",
-    "ExportBundle": "recovery_core.export",
+    "DataMapping": "recovery_core.io.data",
+    "Dataset": "recovery_core.io.data",
+    "ExportBundle": "recovery_core.export.exporter",
     "ExportError": "recovery_core.errors",
-    "FreezePlan": "recovery_core.freeze",
-    "Hyperparameter": "recovery_core.spec",
+    "FreezePlan": "recovery_core.fit.freeze",
+    "Hyperparameter": "recovery_core.model.spec",
     "HyperparameterError": "recovery_core.errors",
     "InferenceError": "recovery_core.errors",
     "Inspection": "recovery_core.inspect",
-    "LoadLimits": "recovery_core.checkpoint",
-    "ModelInput": "recovery_core.spec",
-    "ModuleSpec": "recovery_core.spec",
-    "RebuildStatus": "recovery_core.build",
+    "LoadLimits": "recovery_core.io.checkpoint",
+    "ModelInput": "recovery_core.model.spec",
+    "ModuleSpec": "recovery_core.model.spec",
+    "RebuildStatus": "recovery_core.model.build",
     "RecoveryError": "recovery_core.errors",
-    "SearchResult": "recovery_core.search",
-    "TensorInfo": "recovery_core.checkpoint",
-    "TensorStats": "recovery_core.checkpoint",
-    "TrainingConfig": "recovery_core.train",
+    "SearchResult": "recovery_core.fit.search",
+    "TensorInfo": "recovery_core.io.checkpoint",
+    "TensorStats": "recovery_core.io.checkpoint",
+    "TrainingConfig": "recovery_core.fit.train",
     "TrainingError": "recovery_core.errors",
-    "TrainingResult": "recovery_core.train",
-    "TrainingRun": "recovery_core.train",
+    "TrainingResult": "recovery_core.fit.train",
+    "TrainingRun": "recovery_core.fit.train",
     "UnsafeCheckpointError": "recovery_core.errors",
-    "Wiring": "recovery_core.spec",
-    "attach_batch_major": "recovery_core.layout",
-    "baseline_loss": "recovery_core.data",
-    "batch_dims": "recovery_core.layout",
-    "build_model": "recovery_core.build",
-    "check_rebuild": "recovery_core.build",
+    "Wiring": "recovery_core.model.spec",
+    "attach_batch_major": "recovery_core.model.layout",
+    "baseline_loss": "recovery_core.io.data",
+    "batch_dims": "recovery_core.model.layout",
+    "build_model": "recovery_core.model.build",
+    "check_rebuild": "recovery_core.model.build",
     "describe": "recovery_core.inspect",
-    "drop_batch_major": "recovery_core.layout",
-    "example_inputs": "recovery_core.build",
-    "export_all": "recovery_core.export",
-    "from_batch_major": "recovery_core.layout",
-    "generate_code": "recovery_core.codegen",
-    "guess_mapping": "recovery_core.data",
+    "drop_batch_major": "recovery_core.model.layout",
+    "example_inputs": "recovery_core.model.build",
+    "export_all": "recovery_core.export.exporter",
+    "from_batch_major": "recovery_core.model.layout",
+    "generate_code": "recovery_core.model.codegen",
+    "guess_mapping": "recovery_core.io.data",
     "infer_spec": "recovery_core.infer",
-    "load_checkpoint": "recovery_core.checkpoint",
-    "load_dataset": "recovery_core.data",
-    "load_weights": "recovery_core.build",
-    "loss_function": "recovery_core.data",
-    "make_mapping": "recovery_core.data",
-    "mapped_tensors": "recovery_core.data",
-    "plan_freeze": "recovery_core.freeze",
-    "preset_patterns": "recovery_core.freeze",
-    "score_candidates": "recovery_core.search",
-    "searchable_names": "recovery_core.search",
-    "split_indices": "recovery_core.data",
-    "take": "recovery_core.layout",
-    "to_batch_major": "recovery_core.layout",
+    "load_checkpoint": "recovery_core.io.checkpoint",
+    "load_dataset": "recovery_core.io.data",
+    "load_weights": "recovery_core.model.build",
+    "loss_function": "recovery_core.io.data",
+    "make_mapping": "recovery_core.io.data",
+    "mapped_tensors": "recovery_core.io.data",
+    "plan_freeze": "recovery_core.fit.freeze",
+    "preset_patterns": "recovery_core.fit.freeze",
+    "score_candidates": "recovery_core.fit.search",
+    "searchable_names": "recovery_core.fit.search",
+    "split_indices": "recovery_core.io.data",
+    "take": "recovery_core.model.layout",
+    "to_batch_major": "recovery_core.model.layout",
 }
 
 
@@ -132,7 +140,7 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     if name in _SUBMODULES:
-        value: Any = importlib.import_module(f"recovery_core.{name}")
+        value: Any = importlib.import_module(_SUBMODULES[name])
     elif name in _WHERE:
         value = getattr(importlib.import_module(_WHERE[name]), name)
     else:

@@ -178,11 +178,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _codegen(args: argparse.Namespace) -> int:
-    from recovery_core.code_check import check_generated_code
-    from recovery_core.codegen import generate_code
-    from recovery_core.export import refuse_overwriting_input, write_atomic
+    from recovery_core.export.exporter import refuse_overwriting_input, write_atomic
     from recovery_core.infer.retype import apply_type_choices
     from recovery_core.inspect import inspect_checkpoint
+    from recovery_core.model.code_check import check_generated_code
+    from recovery_core.model.codegen import generate_code
 
     refuse_overwriting_input([args.output], args.checkpoint)
     inspection = inspect_checkpoint(args.checkpoint)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from recovery_core import humanize
-from recovery_core.checkpoint import Checkpoint, load_checkpoint
 from recovery_core.infer import infer_spec
 from recovery_core.infer.registry import BUFFERS_BY_TYPE
-from recovery_core.spec import ArchSpec, ModuleSpec
+from recovery_core.io.checkpoint import Checkpoint, load_checkpoint
+from recovery_core.model.spec import ArchSpec, ModuleSpec
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from recovery_core.errors import RecoveryError
-from recovery_core.spec import (
+from recovery_core.model.spec import (
     SOURCE_DEFAULT,
     SOURCE_SEARCH,
     SOURCE_USER,
@@ -77,7 +77,7 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
 
 
 if TYPE_CHECKING:  # the training run imports torch; a plan needs only the names
-    from recovery_core.train import Method, TrainingConfig
+    from recovery_core.fit.train import Method, TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class TrainingSettings:
     def config(self, *, device: str = "auto", val_fraction: float | None = None) -> TrainingConfig:
         """The run's configuration (checked there): these settings, on `device`; the part
         held out may be narrowed by the caller (0 when the data is too small to split)."""
-        from recovery_core.train import TrainingConfig
+        from recovery_core.fit.train import TrainingConfig
 
         held_out = self.val_fraction if val_fraction is None else val_fraction
         return TrainingConfig(**{**asdict(self), "val_fraction": held_out}, device=device)

@@ -13,17 +13,17 @@ from typing import Any
 
 from recovery_core import humanize
 from recovery_core.errors import ExportError
-from recovery_core.export import (
+from recovery_core.export.exporter import (
     ExportBundle,
     export_paths,
     formats_to_write,
     refuse_overwriting_input,
 )
+from recovery_core.fit.search import SearchResult
+from recovery_core.fit.train import Method, TrainingResult
+from recovery_core.model.spec import ArchSpec
 from recovery_core.plan import TrainingSettings
-from recovery_core.search import SearchResult
 from recovery_core.session import Log, Recovery, choose_forward
-from recovery_core.spec import ArchSpec
-from recovery_core.train import Method, TrainingResult
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,21 @@ import torch
 from torch import nn
 
 from recovery_core import humanize
-from recovery_core.budget import check_build_budget
-from recovery_core.build import build_model, load_weights
-from recovery_core.checkpoint import Checkpoint, load_checkpoint
-from recovery_core.codegen import generate_code
-from recovery_core.data import (
+from recovery_core.errors import BuildError, DataError, TrainingError
+from recovery_core.export.exporter import STEPS, ExportBundle, ExportCheck, Exporter, write_atomic
+from recovery_core.fit.freeze import (
+    FreezePlan,
+    eval_mode,
+    paths_matching,
+    plan_freeze,
+    preset_patterns,
+)
+from recovery_core.fit.search import Candidate, SearchResult, score_candidates, searchable_names
+from recovery_core.fit.train import TrainingResult, TrainingRun
+from recovery_core.infer import infer_spec
+from recovery_core.infer.wiring import output_module
+from recovery_core.io.checkpoint import Checkpoint, load_checkpoint
+from recovery_core.io.data import (
     DataMapping,
     Dataset,
     default_loss,
@@ -39,18 +49,10 @@ from recovery_core.data import (
     make_mapping,
     mapped_tensors,
 )
-from recovery_core.errors import BuildError, DataError, TrainingError
-from recovery_core.export import STEPS, ExportBundle, ExportCheck, Exporter, write_atomic
-from recovery_core.freeze import (
-    FreezePlan,
-    eval_mode,
-    paths_matching,
-    plan_freeze,
-    preset_patterns,
-)
-from recovery_core.infer import infer_spec
-from recovery_core.infer.wiring import output_module
-from recovery_core.layout import (
+from recovery_core.model.budget import check_build_budget
+from recovery_core.model.build import build_model, load_weights
+from recovery_core.model.codegen import generate_code
+from recovery_core.model.layout import (
     BatchDims,
     batch_dims,
     batch_major,
@@ -59,10 +61,8 @@ from recovery_core.layout import (
     take,
     to_batch_major,
 )
+from recovery_core.model.spec import SOURCE_USER, WIRING, ArchSpec
 from recovery_core.plan import TrainingSettings
-from recovery_core.search import Candidate, SearchResult, score_candidates, searchable_names
-from recovery_core.spec import SOURCE_USER, WIRING, ArchSpec
-from recovery_core.train import TrainingResult, TrainingRun
 
 Log = Callable[[str], None]
 # Export checks run two samples, each sequence cut to this many steps: any prefix is a
@@ -340,7 +340,7 @@ class Recovery:
         """Load the checkpoint (refusing `writes` that are files it reads, its shards or
         `reads`), check its build budget, infer its spec with the named forward and fix
         the `values` the person knows."""
-        from recovery_core.export import refuse_overwriting_input
+        from recovery_core.export.exporter import refuse_overwriting_input
 
         checkpoint = load_checkpoint(path)
         read = (path, *checkpoint.source_files, *reads)

@@ -576,7 +576,7 @@ ZOO: tuple[ZooCase, ...] = (
         inputs=lambda: (torch.randn(2, 8),),
     ),
     ZooCase(
-        name="prelu_mlp",  # infer/prelu.py: a weight-only 1-D module, ranked as LayerNorm
+        name="prelu_mlp",  # infer/families/prelu.py: a weight-only 1-D module, ranked as LayerNorm
         build=lambda: nn.Sequential(nn.Linear(8, 16), nn.PReLU(16), nn.Linear(16, 4)),
         types={"0": "Linear", "1": "LayerNorm", "2": "Linear"},
         determined={},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from recovery_core.checkpoint import Checkpoint
 from recovery_core.errors import InferenceError
 from recovery_core.infer.compose import compose_tree, module_notes
 from recovery_core.infer.hyperparameters import (
@@ -12,7 +11,8 @@ from recovery_core.infer.hyperparameters import (
 )
 from recovery_core.infer.registry import DETECTORS
 from recovery_core.infer.wiring import propose_wirings
-from recovery_core.spec import ArchSpec, ModuleSpec, Wiring, with_forward_types
+from recovery_core.io.checkpoint import Checkpoint
+from recovery_core.model.spec import ArchSpec, ModuleSpec, Wiring, with_forward_types
 
 __all__ = ["DETECTORS", "infer_spec"]
 

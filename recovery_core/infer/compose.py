@@ -8,7 +8,7 @@ a path no detector explains is a container whose children are explained in turn.
 Keys no detector explains are kept as is on their owning module (`infer/kept.py`): a
 parameter or buffer of that name and shape, so the rebuilt model still loads them.
 A weight-normed module is shown to the detectors as if it held its plain weight
-(`infer/weight_norm.py`).
+(`infer/families/weight_norm.py`).
 
 Container rule: a module whose children are all integer-named is a Sequential when
 parameter-less children sit among them (seen in `_metadata`, or as gaps in the
@@ -22,16 +22,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from recovery_core.checkpoint import Checkpoint, TensorInfo
 from recovery_core.infer.detection import Detection, Group
-from recovery_core.infer.hf_conv1d import proves_transposed
+from recovery_core.infer.families.hf_conv1d import proves_transposed
+from recovery_core.infer.families.weight_norm import unwrap_weight_norm
 from recovery_core.infer.kept import kept_tensor
 from recovery_core.infer.registry import DETECTORS, SAME_KEYS
-from recovery_core.infer.weight_norm import unwrap_weight_norm
-from recovery_core.names import is_index
-from recovery_core.spec import ModuleSpec
+from recovery_core.io.checkpoint import Checkpoint, TensorInfo
+from recovery_core.model.names import is_index
+from recovery_core.model.spec import ModuleSpec
 
-# Leaf names of a convolution's weight: plain, or weight-normed (infer/weight_norm.py).
+# Leaf names of a convolution's weight: plain, or weight-normed (infer/families/weight_norm.py).
 CONV_WEIGHTS = frozenset({"weight", "original1", "weight_v"})
 MAX_GAPS = 10_000  # parameter-less children inferred from holes in one numbering, at most
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from recovery_core.checkpoint import TensorInfo
+from recovery_core.io.checkpoint import TensorInfo
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from recovery_core.infer.detection import Detector
-from recovery_core.spec import ModelInput
+from recovery_core.model.spec import ModelInput
 
 Shapes = Mapping[str, tuple[int, ...]]
 Args = Mapping[str, Any]

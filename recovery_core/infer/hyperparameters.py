@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from recovery_core.infer.compose import join
-from recovery_core.infer.conv import (
+from recovery_core.infer.detection import fmt
+from recovery_core.infer.families.conv import (
     GROUPS,
     LEGACY_NAMES,
     SETTING_DEFAULTS,
@@ -25,11 +26,10 @@ from recovery_core.infer.conv import (
     padding_candidates,
     split_setting,
 )
-from recovery_core.infer.detection import fmt
 from recovery_core.infer.registry import COMPOSITES
 from recovery_core.infer.unknown import POOLS, UNKNOWN_CHOICES, name_hint
 from recovery_core.infer.wiring import POS_DIM
-from recovery_core.spec import (
+from recovery_core.model.spec import (
     SOURCE_DEFAULT,
     SOURCE_METADATA,
     SOURCE_SHAPE,
@@ -250,7 +250,7 @@ def _groups_owner(root: ModuleSpec, name: str) -> ModuleSpec | None:
 
 
 def _conv_setting(name: str, root: ModuleSpec) -> FreeValue | None:
-    """One convolution's stride, padding, dilation or output padding (infer/conv.py):
+    """One convolution's stride, padding, dilation or output padding (infer/families/conv.py):
     none of them shows in the weights; the data's shapes settle most (stack_shapes.py)."""
     split = split_setting(name)
     owner = _groups_owner(root, name) if split is not None else None
@@ -279,7 +279,7 @@ def conv_setting_value(owner: ModuleSpec, setting: str) -> FreeValue:
 
 
 def _conv_groups(name: str, root: ModuleSpec) -> FreeValue | None:
-    """A convolution's groups the shapes leave open (infer/conv.py): any divisor of
+    """A convolution's groups the shapes leave open (infer/families/conv.py): any divisor of
     out_channels keeps every shape, with in_channels = groups × the stored input width."""
     if name != GROUPS and not name.endswith(f".{GROUPS}"):
         return None

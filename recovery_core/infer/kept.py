@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 
-from recovery_core.checkpoint import TensorInfo
-from recovery_core.spec import KeptTensor, TensorKind
+from recovery_core.io.checkpoint import TensorInfo
+from recovery_core.model.spec import KeptTensor, TensorKind
 
 _FLOATING = frozenset({"float16", "bfloat16", "float32", "float64"}) | {
     f"float8_{kind}" for kind in ("e4m3fn", "e4m3fnuz", "e5m2", "e5m2fnuz", "e8m0fnu")

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from recovery_core.infer import (
+from recovery_core.infer.detection import Detector
+from recovery_core.infer.families import (
     attention,
     bilinear,
     conv,
@@ -33,7 +34,6 @@ from recovery_core.infer import (
     rnn,
     transformer,
 )
-from recovery_core.infer.detection import Detector
 from recovery_core.infer.family import Family, LayerType
 
 FAMILIES: tuple[Family, ...] = (

@@ -14,10 +14,10 @@ from dataclasses import replace
 from typing import Any
 
 from recovery_core.errors import HyperparameterError
-from recovery_core.infer.conv import hidden_settings, split_setting
+from recovery_core.infer.families.conv import hidden_settings, split_setting
 from recovery_core.infer.hyperparameters import FREE_TABLE, NOT_DETERMINED, conv_setting_value
 from recovery_core.infer.registry import layer_type
-from recovery_core.spec import SOURCE_DEFAULT, ArchSpec, Hyperparameter, ModuleSpec
+from recovery_core.model.spec import SOURCE_DEFAULT, ArchSpec, Hyperparameter, ModuleSpec
 
 Shape = tuple[int, ...]
 _CONTAINERS = ("Sequential", "ModuleList")

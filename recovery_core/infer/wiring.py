@@ -36,7 +36,7 @@ from recovery_core.infer.family import (
 )
 from recovery_core.infer.registry import layer_type, types_with_role
 from recovery_core.infer.unknown import name_hint
-from recovery_core.spec import ModelInput, ModuleSpec, Wiring, WiringKind, positional_length
+from recovery_core.model.spec import ModelInput, ModuleSpec, Wiring, WiringKind, positional_length
 
 RNN_TYPES = frozenset({"LSTM", "GRU", "RNN"})
 # Norms a sequence forward may end in (as wide as the core's output), by their family.

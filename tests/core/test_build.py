@@ -6,19 +6,19 @@ import pytest
 import torch
 from torch import nn
 
-from recovery_core import names
-from recovery_core.build import (
+from recovery_core.errors import BuildError
+from recovery_core.infer import infer_spec
+from recovery_core.io.checkpoint import Checkpoint
+from recovery_core.model import names
+from recovery_core.model.build import (
     build_model,
     check_rebuild,
     example_inputs,
     load_weights,
     model_class,
 )
-from recovery_core.checkpoint import Checkpoint
-from recovery_core.codegen import generate_code
-from recovery_core.errors import BuildError
-from recovery_core.infer import infer_spec
-from recovery_core.spec import (
+from recovery_core.model.codegen import generate_code
+from recovery_core.model.spec import (
     SOURCE_DEFAULT,
     ArchSpec,
     Hyperparameter,
@@ -287,7 +287,7 @@ def test_generated_sources_leave_linecache_with_their_classes(tmp_path):
     import gc
     import linecache
 
-    from recovery_core.build import _CLASS_CACHE_SIZE
+    from recovery_core.model.build import _CLASS_CACHE_SIZE
 
     def spec_of(width: int) -> ArchSpec:
         layer = torch.nn.Linear(width, 97)  # sizes no other test builds

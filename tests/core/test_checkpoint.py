@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from recovery_core import tensor_stats
-from recovery_core.checkpoint import Checkpoint, LoadLimits, load_checkpoint
 from recovery_core.errors import CheckpointFormatError
+from recovery_core.io import tensor_stats
+from recovery_core.io.checkpoint import Checkpoint, LoadLimits, load_checkpoint
 
 
 def make_model() -> nn.Sequential:
@@ -445,7 +445,7 @@ def test_inspecting_reads_no_tensor_data_until_asked(tmp_path: Path, monkeypatch
 RSS_PROBE = """
 import resource, sys
 import torch  # imported before measuring: only the load itself counts
-from recovery_core.checkpoint import load_checkpoint
+from recovery_core.io.checkpoint import load_checkpoint
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 checkpoint = load_checkpoint(sys.argv[1])
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -17,13 +17,13 @@ import pytest
 import torch
 from torch import nn
 
-from recovery_core import codegen_names
-from recovery_core.build import build_model, example_inputs, load_weights
-from recovery_core.checkpoint import Checkpoint
-from recovery_core.codegen import generate_code, hidden_arguments
 from recovery_core.errors import BuildError
 from recovery_core.infer import infer_spec
-from recovery_core.spec import (
+from recovery_core.io.checkpoint import Checkpoint
+from recovery_core.model import codegen_names
+from recovery_core.model.build import build_model, example_inputs, load_weights
+from recovery_core.model.codegen import generate_code, hidden_arguments
+from recovery_core.model.spec import (
     SOURCE_DEFAULT,
     SOURCE_SEARCH,
     ArchSpec,
@@ -268,8 +268,8 @@ def test_names_come_only_from_the_ascii_strict_factory():
 def test_the_same_spec_gives_the_same_file_in_every_process():
     """Generated code does not depend on the process's string hashing (set order)."""
     code = (
-        "from recovery_core.checkpoint import Checkpoint\n"
-        "from recovery_core.codegen import generate_code\n"
+        "from recovery_core.io.checkpoint import Checkpoint\n"
+        "from recovery_core.model.codegen import generate_code\n"
         "from recovery_core.infer import infer_spec\n"
         "from tests.forward_zoo import FORWARD_BY_NAME\n"
         "model = FORWARD_BY_NAME['vector_seq2seq_fed_as_is'].make()\n"

@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from recovery_core.data import (
+from recovery_core.errors import DataError
+from recovery_core.io.data import (
     baseline_loss,
     dataset_from_tensors,
     guess_mapping,
@@ -22,8 +23,7 @@ from recovery_core.data import (
     make_mapping,
     split,
 )
-from recovery_core.errors import DataError
-from recovery_core.spec import ModelInput
+from recovery_core.model.spec import ModelInput
 
 X = torch.randn(10, 3)
 Y = torch.randint(0, 4, (10,))

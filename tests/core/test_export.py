@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from recovery_core import export as export_module
 from recovery_core.errors import ExportError
-from recovery_core.export import (
+from recovery_core.export import exporter as export_module
+from recovery_core.export.exporter import (
     Exporter,
     compare_state_dicts,
     export_all,

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from recovery_core.build import build_model, load_weights
-from recovery_core.checkpoint import Checkpoint
 from recovery_core.errors import BuildError, ExportError
 from recovery_core.infer import infer_spec
+from recovery_core.io.checkpoint import Checkpoint
+from recovery_core.model.build import build_model, load_weights
 from recovery_core.recover import RecoverOptions, recover
 from tests.forward_zoo import FORWARD_BY_NAME, FORWARD_ZOO, ForwardCase, TokenSeq2Seq
 

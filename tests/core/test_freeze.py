@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from recovery_core.errors import TrainingError
-from recovery_core.freeze import apply_freeze, plan_freeze, preset_patterns, set_train_mode
+from recovery_core.fit.freeze import apply_freeze, plan_freeze, preset_patterns, set_train_mode
 
 
 class Encoder(nn.Module):

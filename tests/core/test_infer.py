@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from recovery_core.checkpoint import Checkpoint
 from recovery_core.infer import infer_spec
-from recovery_core.spec import SOURCE_METADATA, SOURCE_SHAPE, ArchSpec, ModuleSpec
+from recovery_core.io.checkpoint import Checkpoint
+from recovery_core.model.spec import SOURCE_METADATA, SOURCE_SHAPE, ArchSpec, ModuleSpec
 from tests.zoo import ZOO, ZOO_BY_NAME, ZooCase
 
 

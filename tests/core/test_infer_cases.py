@@ -6,15 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from recovery_core.build import build_model
-from recovery_core.checkpoint import Checkpoint, TensorInfo
 from recovery_core.errors import HyperparameterError, InferenceError, RecoveryError
 from recovery_core.infer import infer_spec
 from recovery_core.infer.registry import TYPES
 from recovery_core.infer.retype import choose_type
+from recovery_core.io.checkpoint import Checkpoint, TensorInfo
+from recovery_core.model.build import build_model
 from tests.zoo import ZOO_BY_NAME
 
-# PReLU is its own family (infer/prelu.py); these run while it is registered.
+# PReLU is its own family (infer/families/prelu.py); these run while it is registered.
 NEEDS_PRELU = pytest.mark.skipif("PReLU" not in TYPES, reason="no PReLU family is registered")
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recovery_core.checkpoint import Checkpoint
 from recovery_core.inspect import describe
+from recovery_core.io.checkpoint import Checkpoint
 from tests.zoo import ZOO
 
 

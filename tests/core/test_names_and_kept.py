@@ -10,17 +10,17 @@ import pytest
 import torch
 from torch import nn
 
-from recovery_core.build import build_model
-from recovery_core.checkpoint import Checkpoint
 from recovery_core.cli import main
-from recovery_core.code_check import check_generated_code
-from recovery_core.codegen import generate_code
 from recovery_core.errors import BuildError
 from recovery_core.infer import compose, infer_spec
 from recovery_core.infer.detection import Detection
 from recovery_core.infer.registry import TYPES
 from recovery_core.inspect import describe
-from recovery_core.names import is_identifier, is_index, is_plain_attribute
+from recovery_core.io.checkpoint import Checkpoint
+from recovery_core.model.build import build_model
+from recovery_core.model.code_check import check_generated_code
+from recovery_core.model.codegen import generate_code
+from recovery_core.model.names import is_identifier, is_index, is_plain_attribute
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 

@@ -15,12 +15,12 @@ import pytest
 import torch
 from torch import nn
 
-from recovery_core.build import build_model
-from recovery_core.checkpoint import Checkpoint
 from recovery_core.infer import infer_spec
 from recovery_core.infer.registry import TYPES
 from recovery_core.inspect import describe
-from recovery_core.spec import ArchSpec
+from recovery_core.io.checkpoint import Checkpoint
+from recovery_core.model.build import build_model
+from recovery_core.model.spec import ArchSpec
 from tests.real_world_zoo import HAVE_TRANSFORMERS, REAL_WORLD, RealCase
 
 pytestmark = [

@@ -191,10 +191,10 @@ def test_recover_never_writes_over_the_dataset(tmp_path):
 
 
 def test_a_rebuild_above_the_build_budget_is_refused_before_allocating():
-    from recovery_core.build import check_rebuild
-    from recovery_core.checkpoint import Checkpoint
     from recovery_core.errors import LimitExceededError
     from recovery_core.infer import infer_spec
+    from recovery_core.io.checkpoint import Checkpoint
+    from recovery_core.model.build import check_rebuild
 
     huge = {"proj.weight": torch.empty(40_000, 40_000, device="meta")}  # 6.4 GB declared
     checkpoint = Checkpoint.from_state_dict(huge)
@@ -204,8 +204,8 @@ def test_a_rebuild_above_the_build_budget_is_refused_before_allocating():
 
 
 def test_the_pipeline_pieces_keep_the_persons_values_and_match_layer_paths():
-    from recovery_core.checkpoint import Checkpoint
     from recovery_core.infer import infer_spec
+    from recovery_core.io.checkpoint import Checkpoint
     from recovery_core.plan import TrainingSettings
     from recovery_core.session import paths_matching, person_values
 
@@ -230,8 +230,8 @@ def test_the_pipeline_pieces_keep_the_persons_values_and_match_layer_paths():
 
 @pytest.mark.parametrize("seed_global_rng", [True, False])
 def test_seeding_torchs_global_generator_is_the_callers_choice(seed_global_rng):
-    from recovery_core.freeze import plan_freeze
-    from recovery_core.train import TrainingConfig, TrainingRun
+    from recovery_core.fit.freeze import plan_freeze
+    from recovery_core.fit.train import TrainingConfig, TrainingRun
 
     model = torch.nn.Linear(3, 1)
     x, y = torch.randn(8, 3), torch.randn(8, 1)

@@ -10,12 +10,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recovery_core.build import build_model, construct, example_inputs, load_weights, model_class
-from recovery_core.checkpoint import Checkpoint
 from recovery_core.errors import HyperparameterError
+from recovery_core.fit.search import RETUNABLE, _retune, score_candidates, searchable_names
 from recovery_core.infer import infer_spec
-from recovery_core.search import RETUNABLE, _retune, score_candidates, searchable_names
-from recovery_core.spec import SOURCE_SEARCH, SOURCE_USER
+from recovery_core.io.checkpoint import Checkpoint
+from recovery_core.model.build import (
+    build_model,
+    construct,
+    example_inputs,
+    load_weights,
+    model_class,
+)
+from recovery_core.model.spec import SOURCE_SEARCH, SOURCE_USER
 from tests.zoo import ZOO_BY_NAME, tokens
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # torch's fast-path notices

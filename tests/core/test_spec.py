@@ -7,11 +7,12 @@ from typing import get_args
 
 import pytest
 
-from recovery_core.checkpoint import Checkpoint
-from recovery_core.data import LOSSES
 from recovery_core.errors import HyperparameterError
+from recovery_core.fit.train import METHODS, RunStatus
 from recovery_core.infer import infer_spec
-from recovery_core.spec import (
+from recovery_core.io.checkpoint import Checkpoint
+from recovery_core.io.data import LOSSES
+from recovery_core.model.spec import (
     SOURCE_DEFAULT,
     SOURCE_METADATA,
     SOURCE_SEARCH,
@@ -21,7 +22,6 @@ from recovery_core.spec import (
     WIRING_KINDS,
     Hyperparameter,
 )
-from recovery_core.train import METHODS, RunStatus
 from tests.zoo import ZOO, ZOO_BY_NAME
 
 

@@ -18,14 +18,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from recovery_core import stack_shapes
-from recovery_core.build import build_model, load_weights
-from recovery_core.checkpoint import Checkpoint
-from recovery_core.codegen import generate_code
+from recovery_core.fit.search import score_candidates, searchable_names
 from recovery_core.infer import infer_spec
+from recovery_core.io.checkpoint import Checkpoint
+from recovery_core.model import stack_shapes
+from recovery_core.model.build import build_model, load_weights
+from recovery_core.model.codegen import generate_code
+from recovery_core.model.spec import ArchSpec
 from recovery_core.recover import RecoverOptions, recover
-from recovery_core.search import score_candidates, searchable_names
-from recovery_core.spec import ArchSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

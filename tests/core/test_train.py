@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recovery_core.data import LossFunction
 from recovery_core.errors import TrainingError
-from recovery_core.freeze import plan_freeze
-from recovery_core.train import TrainingConfig, TrainingRun
+from recovery_core.fit.freeze import plan_freeze
+from recovery_core.fit.train import TrainingConfig, TrainingRun
+from recovery_core.io.data import LossFunction
 
 MSE = LossFunction("mse")
 CE = LossFunction("cross_entropy")
@@ -279,7 +279,7 @@ def test_validation_split_reports_validation_losses():
 
 
 def test_least_squares_matches_the_svd_solution_and_handles_rank_deficient_features():
-    from recovery_core.closed_form import _least_squares
+    from recovery_core.fit.closed_form import _least_squares
 
     torch.manual_seed(0)
     a = torch.randn(500, 20, dtype=torch.float64)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from recovery_core import train
-from recovery_core.data import LossFunction
-from recovery_core.freeze import plan_freeze
-from recovery_core.train import TrainingConfig, TrainingRun
+from recovery_core.fit import train
+from recovery_core.fit.freeze import plan_freeze
+from recovery_core.fit.train import TrainingConfig, TrainingRun
+from recovery_core.io.data import LossFunction
 
 MSE = LossFunction("mse")
 

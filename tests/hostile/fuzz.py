@@ -32,8 +32,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recovery_core.checkpoint import LoadLimits, load_checkpoint
 from recovery_core.errors import RecoveryError
+from recovery_core.io.checkpoint import LoadLimits, load_checkpoint
 from tests.hostile._memory import peak_rss_mib
 
 CORPUS = Path(__file__).resolve().parent / "corpus"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from recovery_core.budget import BuildLimits, check_build_budget, check_example_budget
-from recovery_core.checkpoint import load_checkpoint
 from recovery_core.errors import LimitExceededError
+from recovery_core.io.checkpoint import load_checkpoint
+from recovery_core.model.budget import BuildLimits, check_build_budget, check_example_budget
 from tests.hostile import _payloads as p
 
 

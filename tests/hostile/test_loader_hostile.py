@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from recovery_core.checkpoint import LoadLimits, load_checkpoint
 from recovery_core.errors import CheckpointFormatError, LimitExceededError, UnsafeCheckpointError
+from recovery_core.io.checkpoint import LoadLimits, load_checkpoint
 from tests.hostile import _payloads as p
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from recovery_core import checkpoint, torch_file, torch_pickle
-from recovery_core.checkpoint import LoadLimits
 from recovery_core.errors import RecoveryError
+from recovery_core.io import checkpoint, torch_file, torch_pickle
+from recovery_core.io.checkpoint import LoadLimits
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -133,7 +133,7 @@ def test_listing_a_checkpoint_imports_no_torch() -> None:
     reading values loads it."""
     corpus = REPO / "tests" / "hostile" / "corpus"
     code = (
-        "import sys, recovery_core, recovery_core.torch_pickle, recovery_core.unwrap\n"
+        "import sys, recovery_core, recovery_core.io.torch_pickle, recovery_core.io.unwrap\n"
         "from recovery_core import load_checkpoint\n"
         f"cp = load_checkpoint({str(corpus / 'seed_zip.pt')!r})\n"
         "assert cp.shapes['embed.weight'] == (4, 3) and cp.tied, cp\n"
@@ -154,7 +154,7 @@ def test_recovery_inspect_runs_without_torch() -> None:
         "from recovery_core.cli import main\n"
         f"assert main(['inspect', {str(corpus / 'seed_zip.pt')!r}]) == 0\n"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)\n"
-        "from recovery_core import sandbox\n"
+        "from recovery_core.io import sandbox\n"
         "server = sandbox._server().process.pid\n"
         "maps = open(f'/proc/{server}/maps').read()\n"
         "assert 'libtorch' not in maps, 'the reader imported torch'\n"
@@ -171,7 +171,7 @@ def test_a_reader_started_without_torch_imports_it_once_for_datasets(tmp_path) -
     torch.save({"x": torch.randn(4, 3)}, data)
     code = (
         "import recovery_core as rc\n"
-        "from recovery_core import sandbox\n"
+        "from recovery_core.io import sandbox\n"
         f"rc.load_checkpoint({str(REPO / 'tests' / 'hostile' / 'corpus' / 'seed_zip.pt')!r})\n"
         "server = sandbox._server().process.pid\n"
         "assert 'libtorch' not in open(f'/proc/{server}/maps').read()\n"
@@ -196,7 +196,7 @@ def test_the_inline_scan_refuses_exactly_as_the_pickletools_scan() -> None:
     facts, or the same refusal (type and message)."""
     import random
 
-    from recovery_core.pickle_scan import scan_pickle, scan_pickle_bytes
+    from recovery_core.io.pickle_scan import scan_pickle, scan_pickle_bytes
     from tests.hostile import fuzz
 
     limits = LoadLimits(max_pickle_opcodes=400, max_container_items=50)
@@ -230,8 +230,7 @@ def test_the_inline_scan_refuses_exactly_as_the_pickletools_scan() -> None:
 def test_the_known_memory_owning_globals_cover_torchs_list() -> None:
     """The scan's torch-free list holds everything the installed torch's allow-list would
     add (a torch upgrade with new tensor or storage classes fails here first)."""
-    from recovery_core import pickle_scan
-
+    from recovery_core.io import pickle_scan
     assert pickle_scan._from_torch() <= pickle_scan.KNOWN_MEMORY_OWNING
 
 

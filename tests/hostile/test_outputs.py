@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from recovery_core.checkpoint import load_checkpoint
 from recovery_core.cli import main
 from recovery_core.errors import ExportError
-from recovery_core.export import refuse_overwriting_input, write_atomic
+from recovery_core.export.exporter import refuse_overwriting_input, write_atomic
+from recovery_core.io.checkpoint import load_checkpoint
 
 
 def digest(path: Path) -> str:

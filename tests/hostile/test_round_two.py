@@ -19,7 +19,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from recovery_core.checkpoint import LoadLimits, load_checkpoint
 from recovery_core.errors import (
     CheckpointFormatError,
     LimitExceededError,
@@ -27,6 +26,7 @@ from recovery_core.errors import (
     RecoveryError,
     UnsafeCheckpointError,
 )
+from recovery_core.io.checkpoint import LoadLimits, load_checkpoint
 from tests.hostile import _payloads as p
 from tests.hostile.test_loader_hostile import fingerprint, refused
 
@@ -88,7 +88,7 @@ def test_archive_records_are_validated_before_torch_reads_them(
 
 
 def test_a_crash_while_parsing_is_contained_in_the_reader(tmp_path) -> None:
-    from recovery_core.sandbox import run_isolated
+    from recovery_core.io.sandbox import run_isolated
 
     with pytest.raises(ReaderCrashedError, match="SIGFPE"):
         run_isolated(p.crash_with_sigfpe, (), display="crash.pt", seconds=30, memory_bytes=2**30)
@@ -98,8 +98,7 @@ def test_a_crash_while_parsing_is_contained_in_the_reader(tmp_path) -> None:
 
 
 def test_a_parse_server_that_died_is_started_again(tmp_path) -> None:
-    from recovery_core import sandbox
-
+    from recovery_core.io import sandbox
     path = p.torch_zip(tmp_path / "fine.pt", p.small_state_dict())
     load_checkpoint(path)
     server = sandbox._server()
@@ -405,8 +404,8 @@ def test_files_are_not_unpickled_in_this_process(tmp_path, monkeypatch) -> None:
 
 
 def test_dataset_files_get_the_checkpoint_checks(tmp_path) -> None:
-    from recovery_core.data import load_dataset
     from recovery_core.errors import DataError
+    from recovery_core.io.data import load_dataset
 
     crash = p.with_record(
         tmp_path / "a.pt", ".storage_alignment", b"0", {"x": torch.ones(4, 2), "y": torch.ones(4)}
@@ -429,8 +428,8 @@ def test_dataset_files_get_the_checkpoint_checks(tmp_path) -> None:
 def test_dataset_compression_bomb_and_damaged_archives_are_typed(tmp_path) -> None:
     import numpy as np
 
-    from recovery_core.data import load_dataset
     from recovery_core.errors import DataError
+    from recovery_core.io.data import load_dataset
 
     bomb = tmp_path / "bomb.npz"
     np.savez_compressed(bomb, x=np.zeros((96 * 2**20,), dtype=np.uint8), y=np.zeros(1))

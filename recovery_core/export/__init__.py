@@ -1,0 +1,1 @@
+"""Export the trained model and prove each file by reloading it."""

@@ -1,0 +1,1 @@
+"""Fitting the recovered model: what trains, the search for hidden values, training."""

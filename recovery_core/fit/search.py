@@ -1,0 +1,1083 @@
+"""Find the hidden hyperparameters on data: score every combination of candidates.
+
+The weights cannot show nhead, batch_first, norm_first, the activation, whether
+embeddings are scaled or the target masked. Each combination of candidate values is
+built, loaded with the original weights and scored by its loss in eval mode without
+gradients; the ranking and the margin between the best and the runner-up say how sure
+the choice is. Names whose values the loss cannot separate are reported, not picked.
+
+Speed: the generated class is compiled once; a model is built and loaded once per
+combination of the values that change its modules, and the forward-only settings
+(scale_embedding, causal_mask) are switched on that model. Only the first
+`max_samples` samples are scored, in two stages: every combination is first screened on
+the first `screen_samples` samples, then the `finalists` best are scored again on all
+`max_samples`; the ranking and the margin come from that second, comparable scoring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import torch
+
+from recovery_core.errors import HyperparameterError
+from recovery_core.infer.registry import RETUNABLE_NAMES, RETUNABLE_TYPES
+from recovery_core.infer.unknown import shape_class
+from recovery_core.model import stack_shapes
+from recovery_core.model.build import check_fit, model_class
+from recovery_core.model.codegen import FORWARD_ONLY, hidden_arguments
+from recovery_core.model.layout import batch_dims, prune_by_data, sequence_dims, take
+from recovery_core.model.spec import SOURCE_SEARCH, SOURCE_USER, WIRING, ArchSpec
+
+# Hyperparameters that cannot change an eval-mode forward, so the data cannot find them.
+NO_EFFECT_IN_EVAL = frozenset({"dropout"})
+
+# Below this many parameters one thread scores faster: handing tiny matrix products to a
+# second thread costs more than it saves (measured on the seq2seq zoo model, 2 shared
+# cores: 7 ms per forward on one thread, 196 ms on two).
+SINGLE_THREAD_BELOW = 5_000_000
+EXPENSIVE_SECONDS = 0.05  # a combination slower than this is scored on every thread
+
+# Values that torch.nn's transformer, attention, norm and RNN modules read from plain
+# attributes at forward time: screening switches one built model between them instead of
+# building one per value (a build costs ~20 ms, a screening forward ~5 ms). Finalists are
+# always built fresh, and a test holds switched and fresh models to equal outputs.
+RETUNABLE = RETUNABLE_NAMES  # each family says which of its values it can switch
+# (torch class, how to switch it) per family type that can; the first match applies.
+_RETUNERS = tuple((getattr(torch.nn, t.name), t.retune) for t in RETUNABLE_TYPES)
+_RETUNABLE_TYPES = tuple(cls for cls, _ in _RETUNERS)
+
+# Up to this many combinations every one is screened; beyond, a beam search (`_beam`).
+EXHAUSTIVE_UP_TO = 1024
+BEAM_START = 48  # combinations a beam starts from per forward hypothesis
+MAX_BEAM_WIDTH = 32  # combinations kept between refinements, when they are cheap
+MAX_SKELETONS = 4096  # shape skeletons a stack's beam may start from
+# Samples are screened and scored within this many input elements each (at least one).
+ELEMENTS_PER_SAMPLE = 1024
+# A sample longer than that is screened on a prefix of its sequence, this many steps at
+# least; finalists are then scored on RUNG_GROWTH times longer prefixes, the better half
+# going on each time, until whole sequences decide (successive halving).
+MIN_SCREEN_STEPS = 16
+RUNG_GROWTH = 4
+FINAL_KEEP = 4  # combinations that reach whole sequences (when the budget allows)
+MODELS_PER_GROUP = 4  # built models kept per forward hypothesis while screening
+
+RELATIVE_TIE = 1e-4  # losses closer than this (relative to the best) count as tied
+ABSOLUTE_TIE = 1e-9  # and this, for a best loss at or near zero
+NOISE_TIE = 0.01  # a gap above this (relative) is never put down to noise
+
+LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+Threads = int | Literal["auto"] | None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    values: dict[str, Any]
+    loss: float  # math.inf when the combination failed
+    error: str | None = None  # why it failed: cannot load, forward raised, loss not finite
+    samples: int = 0  # how many samples the loss is measured on (finalists: all scored)
+    steps: int | None = None  # each sample's sequence cut to its first `steps` (None: whole)
+    screen_loss: float | None = None  # a finalist's loss on the screening samples
+    # A finalist's loss on each sample, in order: tells a real difference from noise.
+    sample_losses: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    names: tuple[str, ...]  # the hyperparameters that were searched
+    ranking: tuple[Candidate, ...]  # scored combinations best first, then the failed ones
+    best_values: dict[str, Any]
+    margin: float | None  # runner-up loss - best loss (None with fewer than two scored)
+    relative_margin: float | None  # margin / |best loss|
+    separable: bool  # False when the runner-up is within the tie tolerance of the best
+    tied_names: tuple[str, ...]  # names whose values differ among the tied best combinations
+    per_name: dict[str, tuple[tuple[Any, float], ...]]  # name -> (value, best loss with it)
+    scored: int  # combinations tried (including failed ones)
+    total: int  # combinations there are
+    complete: bool  # False when the budget or the count stopped the search early
+    seconds: float
+    message: str
+    fixed: dict[str, Any] = field(default_factory=dict)  # values the person set; not searched
+    strategy: str = "every combination"  # or "a beam refined one value at a time"
+    fully_scored: int = 0  # finalists scored on every sample (the rest on the screening ones)
+
+    @property
+    def best(self) -> Candidate | None:
+        first = self.ranking[0] if self.ranking else None
+        return first if first is not None and first.error is None else None
+
+    def to_json(self, top: int = 20) -> dict[str, Any]:
+        """Plain JSON values (failed losses as null) for reports; the first `top` ranked."""
+
+        def number(x: float | None) -> float | None:
+            return x if x is not None and math.isfinite(x) else None
+
+        return {
+            "names": list(self.names),
+            "fixed": dict(self.fixed),
+            "best_values": dict(self.best_values),
+            "margin": number(self.margin),
+            "relative_margin": number(self.relative_margin),
+            "separable": self.separable,
+            "tied_names": list(self.tied_names),
+            "scored": self.scored,
+            "total": self.total,
+            "complete": self.complete,
+            "seconds": self.seconds,
+            "message": self.message,
+            "strategy": self.strategy,
+            "fully_scored": self.fully_scored,
+            "ranking": [
+                {
+                    "values": dict(c.values),
+                    "loss": number(c.loss),
+                    "error": c.error,
+                    "samples": c.samples,
+                    "steps": c.steps,
+                }
+                for c in self.ranking[:top]
+            ],
+            "per_name": {
+                name: [[value, number(loss)] for value, loss in pairs]
+                for name, pairs in self.per_name.items()
+            },
+        }
+
+    def apply(self, spec: ArchSpec) -> ArchSpec:
+        """The spec with the chosen values. Where the data cannot separate some names, the
+        tied combination that keeps the most of their current values is taken (the guess
+        stands where the data cannot overrule it): always a combination that was scored."""
+        spec = spec.with_values(self.fixed, source=SOURCE_USER)
+        chosen = dict(self.best_values)
+        if self.tied_names and self.best is not None:
+            best = self.best
+            current = {n: spec.value(n) for n in self.tied_names}
+            tied = [
+                c
+                for c in self.ranking
+                if c.error is None and c.screen_loss is not None and _tied(c, best)
+            ]
+            # The tied combination that keeps the most current values (the guess stands
+            # where the data cannot overrule it); among equals, the better ranked.
+            keeps = [sum(c.values.get(n) == v for n, v in current.items()) for c in tied]
+            if tied:
+                chosen = dict(tied[keeps.index(max(keeps))].values)
+        if WIRING in chosen:  # the forward first: the other names may belong to it alone
+            spec = spec.with_values({WIRING: chosen.pop(WIRING)}, source=SOURCE_SEARCH)
+        return spec.with_values(chosen, source=SOURCE_SEARCH)
+
+
+def searchable_names(spec: ArchSpec) -> tuple[str, ...]:
+    """Free hyperparameters with a choice to make that change the eval-mode forward."""
+    used = {h.name for h in hidden_arguments(spec)} | {WIRING}
+    return tuple(
+        hp.name
+        for hp in spec.free
+        if hp.name in used and hp.name not in NO_EFFECT_IN_EVAL and len(hp.candidates) > 1
+    )
+
+
+@dataclass
+class _Group:
+    """The combinations of one forward hypothesis: one class, models cached by build key."""
+
+    spec: ArchSpec
+    names: tuple[str, ...]  # searched, structural names varying slowest
+    candidates: list[tuple[Any, ...]]
+    wiring: str | None  # the "wiring" value these combinations carry, when it is searched
+    weights: Mapping[str, torch.Tensor]
+    cls: type[torch.nn.Module] = field(init=False)
+    arguments: dict[str, str] = field(init=False)
+    structural: tuple[str, ...] = field(init=False)
+    rebuild_on: tuple[str, ...] = field(init=False)
+    models: dict[tuple[Any, ...], tuple[torch.nn.Module | None, str | None]] = field(
+        default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        self.cls = model_class(self.spec)
+        self.arguments = {h.name: h.argument for h in hidden_arguments(self.spec)}
+        self.structural = tuple(n for n in self.names if n not in FORWARD_ONLY)
+        # Parameter-less slots hold no weights: a built model swaps them in place.
+        self.slots = frozenset(n for n in self.names if _is_slot(self.spec, n))
+        self.rebuild_on = tuple(
+            n for n in self.structural if n not in RETUNABLE and n not in self.slots
+        )
+
+    @property
+    def total(self) -> int:
+        return math.prod(len(c) for c in self.candidates)
+
+    def values(self, combo: tuple[Any, ...]) -> dict[str, Any]:
+        values = dict(zip(self.names, combo, strict=True))
+        return values if self.wiring is None else {WIRING: self.wiring} | values
+
+    def model(self, values: Mapping[str, Any]) -> tuple[torch.nn.Module | None, str | None]:
+        """A loaded model switched to these values (built once per build key)."""
+        key = tuple(values[n] for n in self.rebuild_on)
+        if key not in self.models:
+            if len(self.models) >= MODELS_PER_GROUP:
+                self.models.pop(next(iter(self.models)))
+            self.models[key] = _build_and_load(
+                self.cls, self.arguments, values, self.structural, self.weights
+            )
+            model = self.models[key][0]
+            if model is not None and not _retunable(model):
+                # Something else reads these: build each (slots are still swapped).
+                self.rebuild_on = tuple(n for n in self.structural if n not in self.slots)
+        model, error = self.models[key]
+        if model is not None:
+            _retune(model, values)
+            _set_forward_only(model, self.arguments, values)
+            self._swap_slots(model, values)
+        return model, error
+
+    def _swap_slots(self, model: torch.nn.Module, values: Mapping[str, Any]) -> None:
+        for name in self.slots & values.keys():
+            make = self.cls.__init__.__globals__["parameter_free_layer"]  # the generated helper
+            parent, _, child = name.rpartition(".")
+            model.get_submodule(parent)._modules[child] = make(values[name]).eval()
+
+    def fresh(self, values: Mapping[str, Any]) -> torch.nn.Module | None:
+        """A model built for exactly these values, nothing switched (finalists)."""
+        model, _ = _build_and_load(self.cls, self.arguments, values, self.structural, self.weights)
+        if model is not None:
+            _set_forward_only(model, self.arguments, values)
+        return model
+
+
+@dataclass
+class _Data:
+    inputs: tuple[torch.Tensor, ...]
+    target: torch.Tensor
+    samples: int = 0  # along the model's batch dimension
+
+    def size(
+        self, spec: ArchSpec, values: Mapping[str, Any], count: int, cut: bool = True
+    ) -> tuple[int, int | None]:
+        """`count` samples, fewer when each is large, and (with `cut`) how long a prefix
+        of each sequence when even one sample is larger than ELEMENTS_PER_SAMPLE (None:
+        whole). A model that reads dimension 0 as its sequence sees the whole of it in
+        every sample (see layout.py); a cut sequence is a cheap stand-in for screening,
+        and finalists climb back to whole sequences (`_finalists`)."""
+        dims = batch_dims(spec, values)
+        per_sample = sum(
+            t.numel() // max(1, t.shape[dims.inputs]) if t.dim() > dims.inputs else 1
+            for t in self.inputs
+        )
+        length = None
+        seq = sequence_dims(spec, values)
+        if cut and seq is not None and per_sample > ELEMENTS_PER_SAMPLE:
+            steps = max((t.shape[seq[0]] for t in self.inputs if t.dim() > seq[0]), default=0)
+            per_step = per_sample / max(1, steps)
+            fits = max(MIN_SCREEN_STEPS, int(ELEMENTS_PER_SAMPLE / per_step))
+            if fits < steps:
+                length, per_sample = fits, math.ceil(per_step * fits)
+        return max(1, min(count, count * ELEMENTS_PER_SAMPLE // max(1, per_sample))), length
+
+    def first(
+        self, spec: ArchSpec, values: Mapping[str, Any], count: int, length: int | None = None
+    ) -> _Data:
+        """The first `count` samples along the model's batch dimension for these values,
+        each sequence cut to its first `length` steps when given."""
+        dims = batch_dims(spec, values)
+        inputs = tuple(take(t, count, dims.inputs) for t in self.inputs)
+        target = take(self.target, count, dims.target)
+        seq = sequence_dims(spec, values)
+        if length is not None and seq is not None:
+            inputs = tuple(take(t, length, seq[0]) for t in inputs)
+            if seq[1] is not None:
+                target = take(target, length, seq[1])
+        return _Data(
+            inputs, target, target.shape[dims.target] if target.dim() > dims.target else len(target)
+        )
+
+
+class _Scorer:
+    """Screens combinations once each, within the budget, and remembers every result."""
+
+    def __init__(
+        self,
+        groups: list[_Group],
+        data: _Data,
+        loss_fn: LossFn,
+        limits: tuple[float, float, int, int],  # started, budget seconds, max count, samples
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.groups, self.data, self.loss_fn, self.progress = groups, data, loss_fn, progress
+        self.started, self.budget, self.max_count, self.samples = limits
+        self.results: dict[tuple[int, tuple[Any, ...]], Candidate] = {}
+        self.to_score = min(sum(g.total for g in groups), self.max_count)
+
+    def spent(self) -> bool:
+        return time.monotonic() - self.started > self.budget
+
+    def score(self, index: int, combo: tuple[Any, ...]) -> Candidate | None:
+        """Screen one combination (once); None when the budget is spent."""
+        if (index, combo) in self.results:
+            return self.results[(index, combo)]
+        if len(self.results) >= self.max_count or self.spent():
+            return None
+        group = self.groups[index]
+        values = group.values(combo)
+        model, error = group.model(values)
+        if model is None:
+            candidate = Candidate(values, math.inf, error)
+        else:
+            count, steps = self.data.size(group.spec, values, self.samples)
+            part = self.data.first(group.spec, values, count, steps)
+            candidate = _score(model, values, part.inputs, part.target, self.loss_fn, part.samples)
+            candidate = dataclasses.replace(candidate, steps=steps)
+        self.results[(index, combo)] = candidate
+        if self.progress is not None:
+            self.progress(len(self.results), self.to_score)
+        return candidate
+
+    def runs(self, index: int, combo: tuple[Any, ...]) -> bool:
+        """A dry run on one sample: do the shapes chain? (A failure is recorded as scored.)"""
+        if (index, combo) in self.results:
+            return self.results[(index, combo)].error is None
+        if self.spent():
+            return False
+        group = self.groups[index]
+        values = group.values(combo)
+        model, error = group.model(values)
+        if model is not None:
+            part = self.data.first(group.spec, values, *self.data.size(group.spec, values, 1))
+            tried = _score(model, values, part.inputs, part.target, self.loss_fn, part.samples)
+            if tried.error is None:
+                return True
+            error = tried.error
+        self.results[(index, combo)] = Candidate(values, math.inf, error)
+        return False
+
+
+def score_candidates(
+    spec: ArchSpec,
+    state_dict: Mapping[str, torch.Tensor],
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    loss_fn: LossFn,
+    *,
+    fixed: Mapping[str, Any] | None = None,
+    names: Sequence[str] | None = None,
+    budget_seconds: float = 30.0,
+    max_combinations: int = 16384,
+    max_samples: int = 256,
+    screen_samples: int = 32,
+    finalists: int = 12,
+    exhaustive_up_to: int = EXHAUSTIVE_UP_TO,
+    progress: Callable[[int, int], None] | None = None,
+    threads: Threads = "auto",
+) -> SearchResult:
+    """Score combinations of candidate values by loss_fn(model(*inputs), target).
+
+    Up to `exhaustive_up_to` combinations every one is screened; beyond that a beam of
+    the best combinations is refined one value at a time (see `_beam`), so the cost grows
+    with the number of values, not with their product. `threads`, torch's process-wide
+    thread count: "auto" lets the search choose (a process of its own, the CLI); a number
+    holds it; None leaves it alone (a server whose sessions all score at once).
+    """
+    started = time.monotonic()
+    fixed = dict(fixed or {})
+    base = spec.with_values(fixed, source=SOURCE_USER)
+    weights = _float_weights(state_dict)
+    groups = _groups(base, names, fixed, prune_by_data(base, inputs, target), weights)
+    total = sum(g.total for g in groups)
+    sample = tuple(inputs[0].shape[1:]) if len(inputs) == 1 else None
+    # A float target is what a stack puts out per sample; class labels are not.
+    out = tuple(target.shape[1:]) if target.is_floating_point() else None
+    union = _union(groups)
+    impossible = _no_way_through(groups, sample, out)
+    if impossible is not None:  # the shapes alone tell: no forward needs to run
+        return _summarise(
+            tuple(union), list(union.values()), [], total, fixed, time.monotonic() - started,
+            base, "shapes only", impossible,
+        )  # fmt: skip
+    data = _Data(tuple(inputs), target)
+    limits = (started, budget_seconds, max_combinations, min(screen_samples, max_samples))
+    scorer = _Scorer(groups, data, loss_fn, limits, progress)
+    small = sum(v.numel() for v in weights.values()) < SINGLE_THREAD_BELOW
+    choose = _ThreadChoice(threads)
+    with warnings.catch_warnings(), torch.no_grad(), choose(1 if small else None):
+        warnings.simplefilter("ignore")  # torch's fast-path notices, once per combination
+        strategy = _screen(scorer, exhaustive_up_to, (sample, out), choose)
+        deadline = started + budget_seconds  # the best finalist is always scored, then others
+        with choose(choose.every if strategy != "every combination" else None):
+            final = _rescore_finalists(
+                list(scorer.results.items()), groups, finalists, data,
+                (screen_samples, max_samples), loss_fn, deadline,
+            )  # fmt: skip
+    return _summarise(
+        tuple(union), list(union.values()), final, total, fixed, time.monotonic() - started,
+        base, strategy,
+    )  # fmt: skip
+
+
+def _float_weights(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {
+        k: v.detach().float() if v.is_floating_point() else v.detach()
+        for k, v in state_dict.items()
+    }
+
+
+def _screen(
+    scorer: _Scorer,
+    exhaustive_up_to: int,
+    shapes: tuple[tuple[int, ...] | None, tuple[int, ...] | None],
+    choose: _ThreadChoice,
+) -> str:
+    """Screen every combination, or, when there are too many or they are too slow, a
+    beam (see `_beam`); the strategy taken, in words."""
+    groups, total = scorer.groups, sum(g.total for g in scorer.groups)
+    if total <= exhaustive_up_to and _exhaustive(
+        groups, scorer.score, scorer.started, scorer.budget
+    ):
+        return "every combination"
+    cost = _cost(groups, scorer.score, scorer.results)
+    # A small model on long inputs (one sequence of thousands of steps) is slow per
+    # combination: then every thread helps more than it costs.
+    with choose(choose.every if cost > EXPENSIVE_SECONDS else None):
+        _beam(groups, scorer.score, scorer.runs, scorer.results, cost, scorer.budget, *shapes)
+    return "a beam refined one value at a time"
+
+
+def _cost(
+    groups: list[_Group],
+    score: Callable[[int, tuple[Any, ...]], Candidate | None],
+    results: Mapping[tuple[int, tuple[Any, ...]], Candidate],
+) -> float:
+    """Seconds one combination takes: timed on the current values of each forward (the
+    first model of a group is built then, so the time is of a switch and a forward)."""
+    times = []
+    for index, group in enumerate(groups):
+        combo = tuple(_current(group))
+        if (index, combo) in results:
+            continue
+        score(index, combo)  # builds the group's first model
+        alternative = list(combo)
+        for position, candidates in enumerate(group.candidates):
+            others = [c for c in candidates if c != combo[position]]
+            name = group.names[position]
+            if others and (name in RETUNABLE | FORWARD_ONLY or name in group.slots):
+                alternative[position] = others[0]
+                break
+        started = time.monotonic()
+        score(index, tuple(alternative))
+        times.append(time.monotonic() - started)
+    return statistics.median(times) if times else 0.001
+
+
+def _exhaustive(
+    groups: list[_Group],
+    score: Callable[[int, tuple[Any, ...]], Candidate | None],
+    started: float,
+    budget: float,
+) -> bool:
+    """Screen every combination; False (stopped early) as soon as doing so would take more
+    than half the budget at the pace so far, so the beam can take over."""
+    total = sum(g.total for g in groups)
+    done = 0
+    for index, group in enumerate(groups):
+        for combo in itertools.product(*group.candidates):
+            if score(index, combo) is None:
+                return True  # the budget or the count is spent: say so, as before
+            done += 1
+            elapsed = time.monotonic() - started
+            if done >= 3 and done < total and elapsed / done * total > budget / 2:
+                return False
+    return True
+
+
+def _groups(
+    base: ArchSpec,
+    names: Sequence[str] | None,
+    fixed: Mapping[str, Any],
+    pruned: Mapping[str, tuple[Any, ...]],
+    weights: Mapping[str, torch.Tensor],
+) -> list[_Group]:
+    """One group per forward hypothesis to score (one when the forward is fixed)."""
+    searched = _names_to_search(base, names, fixed)
+    specs: list[tuple[str | None, ArchSpec]]
+    if WIRING in searched:
+        specs = [(w.name, base.with_values({WIRING: w.name})) for w in base.wirings]
+    else:
+        specs = [(None, base)]
+    groups = []
+    for wiring, spec in specs:
+        own = searchable_names(spec) if wiring is not None else searched
+        own = tuple(n for n in own if n not in fixed and n != WIRING)
+        if names is not None:
+            own = tuple(n for n in own if n in names)
+        candidates = [pruned.get(n, spec.hyperparameter(n).candidates) for n in own]
+        # Structural names vary slowest, so one built model serves every forward-only setting.
+        order = sorted(range(len(own)), key=lambda i: (own[i] in FORWARD_ONLY, own[i] in RETUNABLE))
+        groups.append(
+            _Group(
+                spec=spec,
+                names=tuple(own[i] for i in order),
+                candidates=[candidates[i] for i in order],
+                wiring=wiring,
+                weights=weights,
+            )
+        )
+    return groups
+
+
+def _union(groups: list[_Group]) -> dict[str, tuple[Any, ...]]:
+    """Every searched name with every candidate it took in some group ("wiring" first)."""
+    union: dict[str, list[Any]] = {}
+    if any(g.wiring is not None for g in groups):
+        union[WIRING] = [g.wiring for g in groups]
+    for group in groups:
+        for name, candidates in zip(group.names, group.candidates, strict=True):
+            known = union.setdefault(name, [])
+            known.extend(c for c in candidates if c not in known)
+    return {name: tuple(values) for name, values in union.items()}
+
+
+def _no_way_through(
+    groups: list[_Group], input_shape: tuple[int, ...] | None, output_shape: tuple[int, ...] | None
+) -> str | None:
+    """Why no combination can run, when the shapes alone tell it for every forward
+    hypothesis (stacks of layers: stack_shapes); None when something may run."""
+    if input_shape is None or not groups:
+        return None
+    reasons = []
+    for group in groups:
+        reason = stack_shapes.why_nothing_chains(
+            group.spec, group.names, group.candidates, _current(group), input_shape, output_shape
+        )
+        if reason is None:
+            return None
+        reasons.append(reason)
+    return "; ".join(dict.fromkeys(reasons))
+
+
+def _current(group: _Group) -> list[Any]:
+    current = []
+    for name, candidates in zip(group.names, group.candidates, strict=True):
+        value = group.spec.value(name)
+        current.append(value if value in candidates else candidates[0])
+    return current
+
+
+def _is_slot(spec: ArchSpec, name: str) -> bool:
+    try:
+        return spec.module(name).type == "Unknown"
+    except KeyError:
+        return False
+
+
+def _skeletons(
+    group: _Group, input_shape: tuple[int, ...] | None, output_shape: tuple[int, ...] | None = None
+) -> list[tuple[Any, ...]] | None:
+    """For a stack with parameter-less slots: every way their shapes can go (keep, pool,
+    flatten: one representative value each) crossed with the other constructor values of
+    few candidates (stride, padding). Only combinations whose shapes chain run, and a
+    beam that starts from every one of them can reach pooling placements one value at a
+    time could not. None when there are no slots or too many skeletons."""
+    slots = [i for i, n in enumerate(group.names) if n in group.slots]
+    if not slots and not any(stack_shapes.is_shape_name(n) for n in group.names):
+        return None
+    current = _current(group)
+    if input_shape is not None:  # shapes reasoned through: only what chains (stack_shapes)
+        chained = stack_shapes.skeletons(
+            group.spec,
+            group.names,
+            group.candidates,
+            current,
+            input_shape,
+            MAX_SKELETONS,
+            output_shape,
+        )
+        if chained is not None:
+            return chained
+    axes: list[list[tuple[int, Any]]] = []
+    for i, (name, candidates) in enumerate(zip(group.names, group.candidates, strict=True)):
+        if i in slots:
+            by_class: dict[str, Any] = {}
+            for value in [current[i], *candidates]:
+                by_class.setdefault(shape_class(value), value)
+            axes.append([(i, v) for v in by_class.values()])
+        elif stack_shapes.is_shape_name(name):  # a convolution's stride, padding, ...
+            axes.append([(i, v) for v in candidates])
+    if math.prod(len(a) for a in axes) > MAX_SKELETONS:
+        return None
+    starts = []
+    for choice in itertools.product(*axes):
+        combo = list(current)
+        for i, value in choice:
+            combo[i] = value
+        starts.append(tuple(combo))
+    return starts
+
+
+def _start(group: _Group, limit: int = BEAM_START) -> list[tuple[Any, ...]]:
+    """Where a beam starts (without skeletons): every value of the names with the most
+    candidates (up to `limit` combinations), the rest at the spec's current values (which
+    come first)."""
+    current = _current(group)
+    widest = sorted(range(len(group.names)), key=lambda i: -len(group.candidates[i]))
+    varied: list[int] = []
+    for i in widest:
+        if math.prod(len(group.candidates[j]) for j in [*varied, i]) <= limit:
+            varied.append(i)
+    starts = [tuple(current)]
+    for values in itertools.product(*(group.candidates[i] for i in varied)):
+        combo = list(current)
+        for i, value in zip(varied, values, strict=True):
+            combo[i] = value
+        starts.append(tuple(combo))
+    return starts
+
+
+def _distinct(
+    ranked: list[tuple[int, tuple[Any, ...]]],
+    results: Mapping[tuple[int, tuple[Any, ...]], Candidate],
+) -> list[tuple[int, tuple[Any, ...]]]:
+    """One combination per loss: equal losses are (almost surely) the same function reached
+    by equivalent choices (ReLU before or after a max pool, a flatten here or there); a
+    beam full of them would see nothing else."""
+    seen: set[float] = set()
+    kept = []
+    for key in ranked:
+        loss = results[key].loss
+        if loss not in seen:
+            seen.add(loss)
+            kept.append(key)
+    return kept
+
+
+def _settle_slots(
+    group: _Group,
+    index: int,
+    combo: tuple[Any, ...],
+    score: Callable[[int, tuple[Any, ...]], Candidate | None],
+) -> bool:
+    """One pass over a skeleton's shape-keeping slots, each set to its best shape-keeping
+    value in turn: a skeleton is judged by its best activations, not by the guessed ones
+    (a right placement with a wrong activation can look worse than a wrong placement).
+    False when the budget is spent."""
+    best = combo
+    for position, name in enumerate(group.names):
+        if name not in group.slots or shape_class(best[position]) != "keep":
+            continue
+        for value in group.candidates[position]:
+            if shape_class(value) != "keep" or value == best[position]:
+                continue
+            trial = best[:position] + (value,) + best[position + 1 :]
+            result, current = score(index, trial), score(index, best)
+            if result is None or current is None:
+                return False
+            if result.error is None and result.loss < current.loss:
+                best = trial
+    return True
+
+
+def _beam(
+    groups: list[_Group],
+    score: Callable[[int, tuple[Any, ...]], Candidate | None],
+    runs: Callable[[int, tuple[Any, ...]], bool],
+    results: Mapping[tuple[int, tuple[Any, ...]], Candidate],
+    cost: float,
+    budget: float,
+    input_shape: tuple[int, ...] | None = None,
+    output_shape: tuple[int, ...] | None = None,
+) -> None:
+    """Keep the best few combinations; try every one-value change of each; repeat until
+    the beam stops changing. A wrong value costs its own few neighbours, not the product
+    of everything else. Where one combination costs much (`cost` seconds so far), the
+    beam starts from fewer combinations and keeps fewer (down to coordinate descent)."""
+    affordable = budget / max(cost, 1e-6)
+    limit = int(min(BEAM_START, max(2, affordable / (4 * len(groups)))))
+    # A wider beam sees more of the near-ties (equal-loss variants crowd a narrow one);
+    # each state costs its neighbours per round, so the width follows what is affordable.
+    neighbours = max(sum(len(c) - 1 for c in g.candidates) for g in groups)
+    width = int(min(MAX_BEAM_WIDTH, max(1, affordable / (8 * neighbours * len(groups)))))
+    for index, group in enumerate(groups):
+        skeletons = _skeletons(group, input_shape, output_shape)
+        for combo in skeletons if skeletons is not None else _start(group, limit):
+            # Most skeletons' shapes do not chain: a one-sample dry run tells, cheaply.
+            if skeletons is not None and not runs(index, combo):
+                continue
+            if score(index, combo) is None:
+                return
+            if skeletons is not None and not _settle_slots(group, index, combo, score):
+                return
+    beam: list[tuple[int, tuple[Any, ...]]] = []
+    while True:
+        ranked = sorted(
+            (key for key, c in results.items() if c.error is None), key=lambda k: results[k].loss
+        )
+        # While nothing runs, the failures seed the beam: their neighbours (another layout,
+        # another reduction) are the likeliest to run.
+        failed = [key for key, c in results.items() if c.error is not None]
+        new_beam = _distinct(ranked, results)[:width] if ranked else failed[:width]
+        if new_beam == beam:
+            return
+        beam = new_beam
+        for index, combo in beam:
+            group = groups[index]
+            for position, candidates in enumerate(group.candidates):
+                for value in candidates:
+                    if value == combo[position]:
+                        continue
+                    neighbour = combo[:position] + (value,) + combo[position + 1 :]
+                    if score(index, neighbour) is None:
+                        return
+
+
+def _retunable(model: torch.nn.Module) -> bool:
+    """True when only known torch.nn modules (and the root's own flags) hold tuned values."""
+    return any(isinstance(m, _RETUNABLE_TYPES) for m in model.modules())
+
+
+def _retune(model: torch.nn.Module, values: Mapping[str, Any]) -> None:
+    """Switch a built model to other values of the RETUNABLE names, in place."""
+    for m in model.modules():
+        retune = next((fn for cls, fn in _RETUNERS if isinstance(m, cls)), None)
+        if retune is not None:
+            retune(m, values)
+        elif hasattr(m, "seq_dim") and "batch_first" in values:
+            # The generated PositionalEncoding: an [L, d] table picks its sequence
+            # dimension from batch_first when built ([1, L, d] / [L, 1, d] fix it).
+            table = next(m.buffers(recurse=False))
+            if table.dim() == 2:
+                cast(Any, m).seq_dim = 1 if values["batch_first"] else 0  # a plain int, no Tensor
+    if "batch_first" in values and hasattr(model, "batch_first"):
+        model.batch_first = values["batch_first"]
+
+
+def _set_forward_only(
+    model: torch.nn.Module, arguments: Mapping[str, str], values: Mapping[str, Any]
+) -> None:
+    for name, value in values.items():
+        if name in FORWARD_ONLY:
+            setattr(model, arguments[name], value)
+
+
+def _rescore_finalists(
+    screened: list[tuple[tuple[int, tuple[Any, ...]], Candidate]],
+    groups: list[_Group],
+    finalists: int,
+    data: _Data,
+    samples: tuple[int, int],
+    loss_fn: LossFn,
+    deadline: float = math.inf,
+) -> list[Candidate]:
+    """The best screened combinations scored on every sample (`samples`: screening and
+    final counts), ahead of the rest (the best always; the others while the deadline
+    allows). Combinations screened on cut sequences first climb rungs of longer prefixes,
+    the better half going on each time (never fewer than FINAL_KEEP), so that only a few
+    pay for whole sequences."""
+    ok = sorted((pair for pair in screened if pair[1].error is None), key=lambda p: p[1].loss)
+    rest = [c for _, c in screened if c.error is not None]
+    leaders = ok[:finalists]
+    dropped: list[Candidate] = []
+    rung = 1
+    while len(leaders) > 1 and time.monotonic() <= deadline:
+        climbing = [
+            (pair, _rung_length(groups[pair[0][0]], pair[1].values, data, samples[0], rung))
+            for pair in leaders
+        ]
+        if all(length is None for _, length in climbing):
+            break  # every leader is at whole sequences: the final scoring decides
+        rescored = []
+        for (key, candidate), length in climbing:
+            group = groups[key[0]]
+            count = data.size(group.spec, candidate.values, samples[0], cut=False)[0]
+            part = data.first(group.spec, candidate.values, count, length)
+            model = group.fresh(candidate.values)
+            assert model is not None, "a leader was built once already"
+            rung_loss = _score(model, candidate.values, part.inputs, part.target, loss_fn).loss
+            rescored.append(((key, candidate), rung_loss))
+        rescored.sort(key=lambda pair: pair[1])
+        keep = max(FINAL_KEEP, len(rescored) // 2)
+        leaders = [pair for pair, _ in rescored[:keep]]
+        dropped += [candidate for (_, candidate), _ in rescored[keep:]]
+        rung += 1
+    final = []
+    # Rebuilt rather than kept: holding every screened model could cost many copies.
+    for rank, ((index, _), candidate) in enumerate(leaders):
+        if rank and time.monotonic() > deadline:
+            dropped = [c for _, c in leaders[rank:]] + dropped
+            break
+        group = groups[index]
+        model = group.fresh(candidate.values)
+        assert model is not None, "a finalist was built once already"
+        # Whole sequences; when they are long, as many samples as screening had elements.
+        cut = data.size(group.spec, candidate.values, samples[0])[1] is not None
+        count = data.size(group.spec, candidate.values, samples[0 if cut else 1], cut=False)[0]
+        part = data.first(group.spec, candidate.values, count)
+        dims = batch_dims(group.spec, candidate.values)
+        scored = _score(
+            model, candidate.values, part.inputs, part.target, loss_fn, part.samples, dims.target
+        )
+        final.append(dataclasses.replace(scored, screen_loss=candidate.loss))
+    dropped.sort(key=lambda c: c.loss)
+    return final + dropped + [c for _, c in ok[finalists:]] + rest
+
+
+def _rung_length(
+    group: _Group, values: Mapping[str, Any], data: _Data, count: int, rung: int
+) -> int | None:
+    """The prefix a combination screened on cut sequences is scored on at `rung` (None:
+    whole sequences)."""
+    length = data.size(group.spec, values, count)[1]
+    if length is None:
+        return None
+    longer = length * RUNG_GROWTH**rung
+    seq = sequence_dims(group.spec, values)
+    assert seq is not None  # only sequences are cut
+    steps = max((t.shape[seq[0]] for t in data.inputs if t.dim() > seq[0]), default=0)
+    return longer if longer < steps else None
+
+
+class _ThreadChoice:
+    """torch's intra-op thread count for a while (a process-wide setting): changed only
+    when the caller asked for "auto" or a number; None leaves it to the caller."""
+
+    def __init__(self, threads: Threads) -> None:
+        self.threads = threads
+        self.every = torch.get_num_threads() if threads == "auto" else None
+
+    @contextlib.contextmanager
+    def __call__(self, count: int | None) -> Iterator[None]:
+        if self.threads is None or (self.threads == "auto" and count is None):
+            yield
+            return
+        wanted = count if self.threads == "auto" else self.threads
+        before = torch.get_num_threads()
+        torch.set_num_threads(cast(int, wanted))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+
+def _names_to_search(
+    spec: ArchSpec, names: Sequence[str] | None, fixed: Mapping[str, Any]
+) -> tuple[str, ...]:
+    available = searchable_names(spec)
+    if names is None:
+        return tuple(n for n in available if n not in fixed)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise HyperparameterError(
+            f"{', '.join(unknown)} cannot be searched; searchable here: "
+            f"{', '.join(available) or 'nothing'}."
+        )
+    return tuple(n for n in names if n not in fixed)
+
+
+def _build_and_load(
+    cls: type[torch.nn.Module],
+    arguments: Mapping[str, str],
+    values: Mapping[str, Any],
+    structural: tuple[str, ...],
+    weights: Mapping[str, torch.Tensor],
+) -> tuple[torch.nn.Module | None, str | None]:
+    """A model for these values with the weights in place, or why there is none."""
+    kwargs = {arguments[n]: values[n] for n in structural}
+    try:
+        # Not on the meta device: its random init pulls in torch._dynamo (seconds, once).
+        model = cls(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure is a result to show, not a crash
+        return None, f"cannot be built: {exc}"
+    fit = check_fit(model, weights, strict=True)
+    if not fit.ok:
+        return None, f"cannot load the weights: {fit.message}"
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        return None, f"cannot load the weights: {exc}"
+    return model.eval(), None
+
+
+def _score(
+    model: torch.nn.Module,
+    values: dict[str, Any],
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    loss_fn: LossFn,
+    samples: int | None = None,
+    per_sample_dim: int | None = None,
+) -> Candidate:
+    """The loss of one combination; with `per_sample_dim` (finalists) also each sample's."""
+    samples = len(target) if samples is None else samples
+    try:
+        output = model(*inputs)
+        loss = float(loss_fn(output, target))
+        each = None
+        if per_sample_dim is not None and math.isfinite(loss):
+            out_dim = per_sample_dim if output.dim() > per_sample_dim else 0
+            each = tuple(
+                float(loss_fn(output.narrow(out_dim, i, 1), target.narrow(per_sample_dim, i, 1)))
+                for i in range(min(output.shape[out_dim], target.shape[per_sample_dim]))
+            )
+    except Exception as exc:  # noqa: BLE001 - a failing combination is ruled out, with its reason
+        return Candidate(values, math.inf, f"the forward or the loss failed: {exc}", samples)
+    if not math.isfinite(loss):
+        return Candidate(values, math.inf, f"the loss is not finite ({loss})", samples)
+    return Candidate(values, loss, None, samples, sample_losses=each)
+
+
+def _tied(candidate: Candidate, best: Candidate) -> bool:
+    """True when the data cannot tell `candidate` from `best`: the difference is within
+    RELATIVE_TIE, or it is small (within NOISE_TIE) and, both being scored on the same
+    samples, within two standard errors of the per-sample differences: noise in the
+    data, not a worse model."""
+    gap = candidate.loss - best.loss
+    if gap <= max(RELATIVE_TIE * abs(best.loss), ABSOLUTE_TIE):
+        return True
+    a, b = candidate.sample_losses, best.sample_losses
+    if gap > NOISE_TIE * abs(best.loss) or a is None or b is None or len(a) != len(b):
+        return False
+    if len(a) < 8:
+        return False
+    differences = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    standard_error = float(differences.std()) / math.sqrt(len(differences))
+    return float(differences.mean()) <= 2 * standard_error
+
+
+def _describe(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{n}={v!r}" for n, v in values.items()) or "(nothing to choose)"
+
+
+def _summarise(
+    names: tuple[str, ...],
+    candidates: list[tuple[Any, ...]],
+    results: list[Candidate],
+    total: int,
+    fixed: dict[str, Any],
+    seconds: float,
+    spec: ArchSpec,
+    strategy: str,
+    impossible: str | None = None,
+) -> SearchResult:
+    # Losses are comparable only on the same samples: the finalists (scored on every
+    # sample) rank first, the screened-only combinations after them.
+    ok = [c for c in results if c.error is None]
+    scored = sorted((c for c in ok if c.screen_loss is not None), key=lambda c: c.loss)
+    screened_only = sorted((c for c in ok if c.screen_loss is None), key=lambda c: c.loss)
+    failed = [c for c in results if c.error is not None]
+    complete = len(results) == total
+    note = _progress_note(results, total, strategy, impossible is not None)
+    note += _length_note(ok, len(scored))
+    per_name = _per_name(names, candidates, ok)
+    if not scored:
+        reason = failed[0].error if failed else "there was nothing to score"
+        if impossible is not None:
+            reason = f"the data's shapes cannot pass through the model: {impossible}"
+        return SearchResult(
+            names, tuple(failed), {}, None, None, False, (), per_name, len(results), total,
+            complete, seconds, f"No combination could be scored: {reason}.{note}", fixed,
+            strategy, 0,
+        )  # fmt: skip
+    best = scored[0]
+    margin = relative = None
+    if len(scored) > 1:
+        margin = scored[1].loss - best.loss
+        relative = margin / max(abs(best.loss), ABSOLUTE_TIE)
+    group = [c for c in scored if _tied(c, best)]
+    tied = tuple(n for n in names if len({repr(c.values.get(n)) for c in group}) > 1)
+    message = _verdict(best, len(group), tied, margin, relative)
+    if failed:
+        message += f" {len(failed)} combinations failed and are ranked last."
+    return SearchResult(
+        names=names,
+        ranking=tuple(scored + screened_only + failed),
+        best_values=dict(best.values),
+        margin=margin,
+        relative_margin=relative,
+        separable=len(group) == 1,
+        tied_names=tied,
+        per_name=per_name,
+        scored=len(results),
+        total=total,
+        complete=complete,
+        seconds=seconds,
+        message=message + note,
+        fixed=fixed,
+        strategy=strategy,
+        fully_scored=len(scored),
+    )
+
+
+def _per_name(
+    names: tuple[str, ...], candidates: list[tuple[Any, ...]], ok: list[Candidate]
+) -> dict[str, tuple[tuple[Any, float], ...]]:
+    """Per value, the best loss on the screening samples, which every combination shares."""
+    screen_losses = [(c.values, c.loss if c.screen_loss is None else c.screen_loss) for c in ok]
+    return {
+        name: tuple(
+            (
+                value,
+                min((loss for v, loss in screen_losses if v.get(name) == value), default=math.inf),
+            )
+            for value in values
+        )
+        for name, values in zip(names, candidates, strict=True)
+    }
+
+
+def _progress_note(results: list[Candidate], total: int, strategy: str, impossible: bool) -> str:
+    """How much of the search ran, when not all of it."""
+    if len(results) == total or impossible:
+        return ""
+    if strategy == "every combination":
+        return (
+            f" Scored {len(results)} of {total} combinations before the time budget or the "
+            "limit on combinations stopped the search."
+        )
+    return (
+        f" Scored {len(results)} of {total} combinations: the best ones refined one value "
+        "at a time, not every combination."
+    )
+
+
+def _length_note(ok: list[Candidate], whole: int) -> str:
+    """How long sequences were screened, when they were cut."""
+    cut = sorted({c.steps for c in ok if c.steps is not None})
+    if not cut or not whole:
+        return ""
+    return (
+        f" Long sequences were screened on their first {cut[0]} steps; the best climbed "
+        f"to longer ones, and {whole} were scored on whole sequences."
+    )
+
+
+def _verdict(
+    best: Candidate,
+    tied_count: int,
+    tied: tuple[str, ...],
+    margin: float | None,
+    relative: float | None,
+) -> str:
+    """What the ranking says: tied combinations, a lone one, or the best and its margin."""
+    if tied_count > 1:
+        return (
+            f"The data cannot tell apart {tied_count} combinations (their losses differ by less "
+            f"than the noise between samples, from the best {best.loss:.6g}); tied: "
+            f"{', '.join(tied) or 'none of the searched names'} (the current values are kept "
+            "where they are among the tied, else the first)."
+        )
+    if margin is None or relative is None:
+        return (
+            f"Only one combination could be scored: {_describe(best.values)} "
+            f"(loss {best.loss:.6g})."
+        )
+    return (
+        f"Best: {_describe(best.values)} (loss {best.loss:.6g}); the runner-up is "
+        f"{margin:.3g} higher ({relative:.2%})."
+    )

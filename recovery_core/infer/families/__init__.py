@@ -1,0 +1,1 @@
+"""One file per layer family; infer/registry.py lists them in detection order."""

@@ -1,0 +1,1 @@
+"""Reading untrusted files: containers, pickles, checkpoints, datasets, all under limits."""

@@ -1,0 +1,607 @@
+"""Read a pickle's opcodes (never run them) and refuse what the weights-only unpickler allows
+but a weights file never needs.
+
+torch's allow-list is by name; some allowed names misbehave when a file calls them:
+`torch.FloatTensor(N)`, `torch.Tensor(N)` and `torch.UntypedStorage(N)` return tensors on
+fresh, uninitialised memory (another session's numbers), and `bytearray(N)` allocates N
+bytes. In a real torch.save file a tensor or storage class appears only as the storage
+type inside a persistent id `('storage', <class>, key, location, numel)`. This scan runs
+the pickle's stack machine on tags (no objects are built) and refuses any other use of
+such a class, whether called directly, through NEWOBJ, memoized and fetched again, or
+passed as an argument. It also enforces the opcode, container and stack budgets before
+the real unpickler spends memory, and refuses dict keys whose hashes a file can make
+collide (big ints, floats, tuples: quadratic insertion).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import pickletools
+import sys
+import time
+from typing import IO, Any
+
+from recovery_core.errors import LimitExceededError, UnsafeCheckpointError
+from recovery_core.io.limits import LoadLimits
+
+# Python 2 names that protocol-2 pickles use (torch.save writes protocol 2).
+_RENAMED_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+# Tags on the abstract stack.
+_PLAIN = None  # strings, small ints, containers of plain things
+_MARK = "<mark>"
+_PERSID = "<persistent id with a storage class>"
+_UNHASHABLE_KEY = "<value whose hash a file can choose>"  # big int, float, tuple, object
+_OBJECT = "<object built by a call>"
+# Dict keys and set items of these kinds have string-independent hashes; all others are
+# randomised per process (str, bytes) or bounded (small ints).
+_CRAFTABLE_HASH = {_UNHASHABLE_KEY, _OBJECT}
+_SMALL_INT = 1 << 60  # ints below this hash to themselves: no two collide
+
+_INT_OPS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
+_FLOAT_OPS = {"FLOAT", "BINFLOAT"}
+_STRING_OPS = {
+    "STRING",
+    "BINSTRING",
+    "SHORT_BINSTRING",
+    "UNICODE",
+    "BINUNICODE",
+    "SHORT_BINUNICODE",
+    "BINUNICODE8",
+}
+_PLAIN_PUSHES = {
+    "BININT1",
+    "BININT2",
+    "EMPTY_DICT",
+    "EMPTY_LIST",
+    "EMPTY_SET",
+    "NONE",
+    "NEWTRUE",
+    "NEWFALSE",
+}
+_NO_STACK_EFFECT = {"FRAME", "PROTO"}
+_CALL_OPS = {"REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "BUILD"}
+_TUPLE_OPS = {"TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"}
+
+
+# What `_from_torch` derives from torch 2.13's allow-list, kept here so the scan needs no
+# torch (tests/hostile checks that torch's current list adds nothing to it).
+KNOWN_MEMORY_OWNING = frozenset(
+    (
+        "builtins.bytearray",
+        "torch.BFloat16Storage",
+        "torch.BFloat16Tensor",
+        "torch.BoolStorage",
+        "torch.BoolTensor",
+        "torch.ByteStorage",
+        "torch.ByteTensor",
+        "torch.CharStorage",
+        "torch.CharTensor",
+        "torch.ComplexDoubleStorage",
+        "torch.ComplexFloatStorage",
+        "torch.DoubleStorage",
+        "torch.DoubleTensor",
+        "torch.FloatStorage",
+        "torch.FloatTensor",
+        "torch.HalfStorage",
+        "torch.HalfTensor",
+        "torch.IntStorage",
+        "torch.IntTensor",
+        "torch.LongStorage",
+        "torch.LongTensor",
+        "torch.QInt32Storage",
+        "torch.QInt8Storage",
+        "torch.QUInt2x4Storage",
+        "torch.QUInt4x2Storage",
+        "torch.QUInt8Storage",
+        "torch.ShortStorage",
+        "torch.ShortTensor",
+        "torch.Tensor",
+        "torch.cuda.BFloat16Storage",
+        "torch.cuda.BFloat16Tensor",
+        "torch.cuda.BoolStorage",
+        "torch.cuda.BoolTensor",
+        "torch.cuda.ByteStorage",
+        "torch.cuda.ByteTensor",
+        "torch.cuda.CharStorage",
+        "torch.cuda.CharTensor",
+        "torch.cuda.ComplexDoubleStorage",
+        "torch.cuda.ComplexFloatStorage",
+        "torch.cuda.DoubleStorage",
+        "torch.cuda.DoubleTensor",
+        "torch.cuda.FloatStorage",
+        "torch.cuda.FloatTensor",
+        "torch.cuda.HalfStorage",
+        "torch.cuda.HalfTensor",
+        "torch.cuda.IntStorage",
+        "torch.cuda.IntTensor",
+        "torch.cuda.LongStorage",
+        "torch.cuda.LongTensor",
+        "torch.cuda.ShortStorage",
+        "torch.cuda.ShortTensor",
+        "torch.cuda.sparse.BFloat16Tensor",
+        "torch.cuda.sparse.ByteTensor",
+        "torch.cuda.sparse.CharTensor",
+        "torch.cuda.sparse.DoubleTensor",
+        "torch.cuda.sparse.FloatTensor",
+        "torch.cuda.sparse.HalfTensor",
+        "torch.cuda.sparse.IntTensor",
+        "torch.cuda.sparse.LongTensor",
+        "torch.cuda.sparse.ShortTensor",
+        "torch.nn.parameter.Parameter",
+        "torch.sparse.BFloat16Tensor",
+        "torch.sparse.ByteTensor",
+        "torch.sparse.CharTensor",
+        "torch.sparse.DoubleTensor",
+        "torch.sparse.FloatTensor",
+        "torch.sparse.HalfTensor",
+        "torch.sparse.IntTensor",
+        "torch.sparse.LongTensor",
+        "torch.sparse.ShortTensor",
+        "torch.storage.TypedStorage",
+        "torch.storage.UntypedStorage",
+    )
+)
+
+
+@functools.lru_cache(maxsize=2)
+def memory_owning_globals(with_torch: bool | None = None) -> frozenset[str]:
+    """Names torch's weights-only unpickler allows that allocate memory when called:
+    tensor classes (`torch.Tensor`, `torch.FloatTensor`, Parameter), storage classes and
+    `bytearray`. The known list, plus what torch's own allow-list says when torch is
+    loaded already (new dtypes are covered without importing torch for it)."""
+    if with_torch is None:
+        return memory_owning_globals("torch" in sys.modules)
+    return KNOWN_MEMORY_OWNING | (_from_torch() if with_torch else frozenset())
+
+
+def _from_torch() -> frozenset[str]:
+    import torch
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    storage_type = torch.serialization.StorageType
+    names = {"builtins.bytearray"}
+    for name, value in _get_allowed_globals().items():
+        owns_memory = isinstance(value, storage_type) or (
+            isinstance(value, type)
+            and (
+                issubclass(value, (torch.Tensor, torch.UntypedStorage, torch.TypedStorage))
+                or value in torch._tensor_classes
+            )
+        )
+        if owns_memory:
+            names.add(name)
+    names.update(f"{t.__module__}.{t.__name__}" for t in torch._tensor_classes)
+    return frozenset(names)
+
+
+def scan_pickle(
+    stream: IO[bytes],
+    display: str,
+    limits: LoadLimits,
+    *,
+    deadline: float | None = None,
+    facts: dict[str, Any] | None = None,
+) -> int:
+    """Walk one pickle (up to its STOP); refuse misused classes and blown budgets.
+
+    Returns the number of opcodes read, so a caller scanning several pickles in one file
+    can charge them to one budget (pass what is left through `limits`). `facts`, when
+    given, receives "max_memo_index" (the largest memo slot written; -1 for none) and
+    "instructions" (the set of opcode names used besides MARK and the memo's).
+    """
+    try:
+        return _scan(stream, display, limits, deadline, facts)
+    except (ValueError, EOFError, UnicodeDecodeError, OverflowError, IndexError) as exc:
+        # pickletools says what it met: unknown opcode, truncated argument, bad text.
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UnsafeCheckpointError(
+            f"{display} has a damaged or non-standard pickle ({type(exc).__name__}: "
+            f"{reason!r}); it was refused before unpickling."
+        ) from None
+
+
+def _scan(
+    stream: IO[bytes],
+    display: str,
+    limits: LoadLimits,
+    deadline: float | None,
+    facts: dict[str, Any] | None,
+) -> int:
+    state = _State(display, limits)
+    for op, arg, _pos in pickletools.genops(stream):
+        state.opcodes += 1
+        if state.opcodes > limits.max_pickle_opcodes:
+            raise LimitExceededError(
+                f"{display} holds more than {limits.max_pickle_opcodes} pickle instructions "
+                "(max_pickle_opcodes); it was refused before unpickling.",
+                limit="max_pickle_opcodes",
+            )
+        if deadline is not None and state.opcodes % 65536 == 0 and time.monotonic() > deadline:
+            raise LimitExceededError(
+                f"reading {display} took longer than {limits.time_budget_seconds:g} seconds "
+                "(time_budget_seconds); it was refused.",
+                limit="time_budget_seconds",
+            )
+        name = op.name
+        stack = state.stack
+        # Fast paths for the instructions that make up most of a state dict's pickle.
+        if name in _PLAIN_PUSHES:
+            state.seen.add(name)
+            stack.append(_PLAIN)
+            continue
+        if name == "BINUNICODE" or name == "SHORT_BINUNICODE":
+            state.seen.add(name)
+            stack.append(f"str:{arg}" if isinstance(arg, str) and len(arg) <= 200 else _PLAIN)
+            continue
+        if name == "MARK":
+            state.marks.append(len(stack))
+            stack.append(_MARK)
+            continue
+        if name == "BINPUT" or name == "LONG_BINPUT":
+            if not stack:
+                raise UnsafeCheckpointError(f"{display} has a malformed pickle (memo of nothing).")
+            state.memo[_memo_key(arg)] = stack[-1]
+            continue
+        if name == "BINGET" or name == "LONG_BINGET":
+            stack.append(state.memo.get(_memo_key(arg), _PLAIN))
+            continue
+        if state.general(op, arg):
+            return state.finish(facts)
+    raise UnsafeCheckpointError(f"{display} has a pickle without an end (no STOP); refused.")
+
+
+class _State:
+    """The scan's abstract stack machine; `general` runs one instruction on tags."""
+
+    def __init__(self, display: str, limits: LoadLimits) -> None:
+        self.display, self.limits = display, limits
+        self.dangerous = memory_owning_globals()
+        self.stack: list[object] = []
+        self.marks: list[int] = []  # stack positions of the marks, so finding one is O(1)
+        self.memo: dict[int, object] = {}
+        self.seen: set[str] = set()  # instructions other than MARK and the memo's
+        self.opcodes = 0
+        self.max_stack = limits.max_container_items + 1024
+
+    def general(self, op: pickletools.OpcodeInfo, arg: object) -> bool:
+        """Any instruction but MARK, the memo's, strings and plain pushes; True at STOP."""
+        name, display, limits = op.name, self.display, self.limits
+        self.seen.add(name)
+        if name in _NO_STACK_EFFECT:
+            return False
+        stack = self.stack
+        consumed = _pop(stack, self.marks, op, display)
+        if len(consumed) > limits.max_container_items:
+            raise LimitExceededError(
+                f"{display} builds a container of {len(consumed)} items, more than the "
+                f"{limits.max_container_items} allowed (max_container_items); it was refused.",
+                limit="max_container_items",
+            )
+        pushed = _tag_for(name, arg, consumed, self.memo, stack, self.dangerous, display)
+        if name in ("SETITEM", "SETITEMS", "ADDITEMS", "FROZENSET", "DICT"):
+            _check_keys(name, consumed, display)
+        stack.extend(pushed)
+        if len(stack) > self.max_stack:
+            raise LimitExceededError(
+                f"{display} piles up more than {self.max_stack} values on the pickle stack "
+                "(max_container_items); it was refused before unpickling.",
+                limit="max_container_items",
+            )
+        return name == "STOP"
+
+    def finish(self, facts: dict[str, Any] | None) -> int:
+        if facts is not None:
+            facts["max_memo_index"] = max(self.memo, default=-1)
+            facts["instructions"] = self.seen
+        return self.opcodes
+
+
+class _NotFast(Exception):
+    """Something `_scan_bytes` leaves to `_scan` (which says exactly what is wrong)."""
+
+
+_BY_CODE = {op.code.encode("latin-1")[0]: op for op in pickletools.opcodes}
+_PLAIN_PUSH_CODES = {code: op.name for code, op in _BY_CODE.items() if op.name in _PLAIN_PUSHES}
+_ARG_BYTES = {"BININT1": 1, "BININT2": 2}
+_C = {op.name: code for code, op in _BY_CODE.items()}
+_BINPUT, _LONG_BINPUT, _BINGET, _LONG_BINGET = (
+    _C["BINPUT"], _C["LONG_BINPUT"], _C["BINGET"], _C["LONG_BINGET"]
+)  # fmt: skip
+_MARK_CODE, _BINUNICODE, _SHORT_BINUNICODE = _C["MARK"], _C["BINUNICODE"], _C["SHORT_BINUNICODE"]
+_TUPLE, _EMPTY_TUPLE = _C["TUPLE"], _C["EMPTY_TUPLE"]
+_TUPLE_N = {_C["TUPLE1"]: ("TUPLE1", 1), _C["TUPLE2"]: ("TUPLE2", 2), _C["TUPLE3"]: ("TUPLE3", 3)}
+_REDUCE, _BINPERSID = _C["REDUCE"], _C["BINPERSID"]
+
+
+def scan_pickle_bytes(
+    data: bytes,
+    display: str,
+    limits: LoadLimits,
+    *,
+    deadline: float | None = None,
+    facts: dict[str, Any] | None = None,
+) -> int:
+    """`scan_pickle` of one pickle held in memory: the same checks, the same refusals.
+
+    The instructions a state dict is made of are decoded inline (genops' generator and
+    readers cost ~2 us per instruction: seconds for 100,000 keys); anything unusual
+    (another instruction's argument is read by pickletools' own reader) or wrong (a
+    truncated argument, bad UTF-8, a budget reached) reruns the pickletools-based scan
+    from the start, which refuses it exactly as before.
+    """
+    try:
+        return _scan_bytes(data, display, limits, deadline, facts)
+    except _NotFast:
+        return scan_pickle(io.BytesIO(data), display, limits, deadline=deadline, facts=facts)
+
+
+def _scan_bytes(
+    data: bytes,
+    display: str,
+    limits: LoadLimits,
+    deadline: float | None,
+    facts: dict[str, Any] | None,
+) -> int:
+    state = _State(display, limits)
+    stack, marks, memo, seen = state.stack, state.marks, state.memo, state.seen
+    stream = io.BytesIO(data)
+    end = len(data)
+    budget = limits.max_pickle_opcodes
+    pos = opcodes = 0
+    plain_pushes = _PLAIN_PUSH_CODES
+    # Tags that need `general`'s rules when consumed: storage classes, storage records.
+    special = state.dangerous | {_PERSID}
+    # Below this, a shortcut's push or pop cannot reach a container or stack budget.
+    roomy = limits.max_container_items >= 3
+    while True:
+        if pos >= end:
+            raise _NotFast
+        code = data[pos]
+        pos += 1
+        opcodes += 1
+        if opcodes > budget:
+            raise _NotFast
+        if deadline is not None and opcodes % 65536 == 0 and time.monotonic() > deadline:
+            raise _NotFast
+        if code == _BINPUT:
+            if pos >= end or not stack:
+                raise _NotFast
+            memo[data[pos]] = stack[-1]
+            pos += 1
+        elif code == _BINGET:
+            if pos >= end:
+                raise _NotFast
+            stack.append(memo.get(data[pos], _PLAIN))
+            pos += 1
+        elif code == _MARK_CODE:
+            marks.append(len(stack))
+            stack.append(_MARK)
+        elif code in plain_pushes:
+            name = plain_pushes[code]
+            width = _ARG_BYTES.get(name, 0)
+            if pos + width > end:
+                raise _NotFast
+            pos += width
+            seen.add(name)
+            stack.append(_PLAIN)
+        elif code == _BINUNICODE or code == _SHORT_BINUNICODE:
+            width = 4 if code == _BINUNICODE else 1
+            size = int.from_bytes(data[pos : pos + width], "little")
+            start = pos + width
+            pos = start + size
+            if pos > end:
+                raise _NotFast
+            try:
+                text = data[start:pos].decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                raise _NotFast from None
+            seen.add("BINUNICODE" if code == _BINUNICODE else "SHORT_BINUNICODE")
+            stack.append(f"str:{text}" if len(text) <= 200 else _PLAIN)
+        elif code == _LONG_BINPUT or code == _LONG_BINGET:
+            if pos + 4 > end or (code == _LONG_BINPUT and not stack):
+                raise _NotFast
+            index = int.from_bytes(data[pos : pos + 4], "little")
+            pos += 4
+            if code == _LONG_BINPUT:
+                memo[index] = stack[-1]
+            else:
+                stack.append(memo.get(index, _PLAIN))
+        # A tuple, a call or a storage record of plain tags: what `general` would do,
+        # without its bookkeeping. Anything else takes `general`.
+        elif code in _TUPLE_N and roomy and _above_mark(stack, marks, _TUPLE_N[code][1]):
+            name, count = _TUPLE_N[code]
+            if any(tag in special for tag in stack[-count:]):
+                pos = _general(state, stream, code, pos, opcodes)
+                if pos < 0:
+                    return state.finish(facts)
+                continue
+            del stack[len(stack) - count + 1 :]
+            stack[-1] = _UNHASHABLE_KEY
+            seen.add(name)
+        elif code == _REDUCE and roomy and _above_mark(stack, marks, 2):
+            if stack[-1] in special or stack[-2] in special:
+                pos = _general(state, stream, code, pos, opcodes)
+                if pos < 0:
+                    return state.finish(facts)
+                continue
+            del stack[-1]
+            stack[-1] = _OBJECT
+            seen.add("REDUCE")
+        elif (
+            code == _BINPERSID
+            and roomy
+            and _above_mark(stack, marks, 1)
+            and stack[-1] not in state.dangerous
+        ):
+            stack[-1] = _OBJECT
+            seen.add("BINPERSID")
+        elif code == _EMPTY_TUPLE and len(stack) < state.max_stack:
+            stack.append(_UNHASHABLE_KEY)
+            seen.add("EMPTY_TUPLE")
+        elif code == _TUPLE and marks and len(stack) - marks[-1] - 1 <= limits.max_container_items:
+            mark = marks[-1]
+            items = stack[mark + 1 :]
+            if any(tag in special for tag in items):
+                pos = _general(state, stream, code, pos, opcodes)
+                if pos < 0:
+                    return state.finish(facts)
+                continue
+            marks.pop()
+            del stack[mark:]
+            stack.append(_UNHASHABLE_KEY)
+            seen.add("TUPLE")
+        else:
+            pos = _general(state, stream, code, pos, opcodes)
+            if pos < 0:
+                return state.finish(facts)
+
+
+def _above_mark(stack: list[object], marks: list[int], count: int) -> bool:
+    """`count` values above the last mark (else `_pop` refuses: let `general` do it)."""
+    return len(stack) >= count and not (marks and marks[-1] >= len(stack) - count)
+
+
+def _general(state: _State, stream: io.BytesIO, code: int, pos: int, opcodes: int) -> int:
+    """One instruction through `_State.general`; the position after it, or -1 at STOP."""
+    op = _BY_CODE.get(code)
+    if op is None:
+        raise _NotFast
+    arg = None
+    if op.arg is not None:
+        stream.seek(pos)
+        try:
+            arg = op.arg.reader(stream)
+        except Exception:  # noqa: BLE001 - the slow scan names what is wrong
+            raise _NotFast from None
+        pos = stream.tell()
+    state.opcodes = opcodes
+    return -1 if state.general(op, arg) else pos
+
+
+def _pop(
+    stack: list[object], marks: list[int], op: pickletools.OpcodeInfo, display: str
+) -> list[object]:
+    """Remove what `op` consumes; returns it (the slice above a mark first)."""
+    before = op.stack_before
+    consumed: list[object] = []
+    if pickletools.markobject in before:
+        if not marks:
+            raise UnsafeCheckpointError(f"{display} has a malformed pickle (no mark); refused.")
+        mark = marks.pop()
+        consumed = stack[mark + 1 :]
+        del stack[mark:]
+        fixed = before.index(pickletools.markobject)
+    else:
+        fixed = len(before)
+    if fixed:
+        if len(stack) < fixed or (marks and marks[-1] >= len(stack) - fixed):
+            raise UnsafeCheckpointError(f"{display} has a malformed pickle (stack underflow).")
+        consumed = stack[-fixed:] + consumed
+        del stack[-fixed:]
+    return consumed
+
+
+def _tag_for(
+    name: str,
+    arg: object,
+    consumed: list[object],
+    memo: dict[int, object],
+    stack: list[object],
+    dangerous: frozenset[str],
+    display: str,
+) -> list[object]:
+    """The tags `name` pushes; refuses any consumption of a memory-owning class but one."""
+    if name == "MEMOIZE":  # pops and pushes the same value
+        memo[len(memo)] = consumed[0]
+        return consumed
+    if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+        if not stack:
+            raise UnsafeCheckpointError(f"{display} has a malformed pickle (memo of nothing).")
+        memo[_memo_key(arg)] = stack[-1]
+        return []
+    if name in ("GET", "BINGET", "LONG_BINGET"):
+        return [memo.get(_memo_key(arg), _PLAIN)]
+    if name == "DUP":
+        return consumed * 2
+    if name in ("GLOBAL", "INST"):
+        module, _, attr = str(arg).partition(" ")
+        full = f"{_RENAMED_MODULES.get(module, module)}.{attr}"
+        if name == "INST" or full not in dangerous:
+            _refuse_misuse(consumed, name, display, dangerous)
+            return [_OBJECT if name == "INST" else _PLAIN]
+        return [full]
+    if name == "STACK_GLOBAL":
+        module, attr = (
+            c if isinstance(c, str) and c.startswith("str:") else "str:?" for c in consumed
+        )
+        full = f"{_RENAMED_MODULES.get(module[4:], module[4:])}.{attr[4:]}"
+        return [full if full in dangerous else _PLAIN]
+    _refuse_misuse(consumed, name, display, dangerous)
+    if name in _TUPLE_OPS:
+        # A class may sit in a tuple only as the type of a storage record:
+        # ('storage', <class>, key, location, numel, ...), which BINPERSID must consume.
+        classes = [i for i, c in enumerate(consumed) if c in dangerous]
+        if not classes:
+            return [_UNHASHABLE_KEY]
+        if classes != [1] or consumed[0] != "str:storage":
+            _refuse_class(str(consumed[classes[0]]), name, display)
+        return [_PERSID]
+    if name in _STRING_OPS and isinstance(arg, str) and len(arg) <= 200:
+        return [f"str:{arg}"]  # STACK_GLOBAL reads module and name from these
+    if name in _INT_OPS:
+        small = isinstance(arg, int) and -_SMALL_INT < arg < _SMALL_INT
+        return [_PLAIN if small else _UNHASHABLE_KEY]
+    if name in _FLOAT_OPS or name == "FROZENSET":
+        return [_UNHASHABLE_KEY]
+    if name in _CALL_OPS or name in ("BINPERSID", "PERSID", "EXT1", "EXT2", "EXT4"):
+        return [_OBJECT] * len(_after(name))
+    return [_PLAIN] * len(_after(name))
+
+
+def _after(name: str) -> list[object]:
+    return list(_STACK_AFTER[name])
+
+
+# What each opcode leaves on the stack, by name (pickletools' own table is keyed by code).
+_STACK_AFTER = {op.name: op.stack_after for op in pickletools.opcodes}
+
+
+def _memo_key(arg: object) -> int:
+    """A memo opcode's argument, which pickletools reads as an int (its type says Any)."""
+    if not isinstance(arg, int):
+        raise ValueError(f"a memo index that is not a number: {arg!r}")  # refused by scan_pickle
+    return arg
+
+
+def _refuse_misuse(
+    consumed: list[object], op: str, display: str, dangerous: frozenset[str]
+) -> None:
+    for tag in consumed:
+        if tag == _PERSID and op != "BINPERSID" or tag in dangerous and op not in _TUPLE_OPS:
+            _refuse_class(
+                "a storage class inside a value" if tag == _PERSID else f"{tag}", op, display
+            )
+
+
+def _refuse_class(what: str, op: str, display: str) -> None:
+    raise UnsafeCheckpointError(
+        f"{display} uses {what} outside a storage record (pickle instruction {op}): "
+        "that would make a tensor from uninitialised memory instead of the file's "
+        "bytes, so it was refused."
+    )
+
+
+def _check_keys(op: str, consumed: list[object], display: str) -> None:
+    if op in ("SETITEM", "SETITEMS", "DICT"):
+        start = 1 if op != "DICT" else 0  # the dict itself comes first
+        keys = consumed[start::2]
+    else:
+        keys = consumed[1:] if op == "ADDITEMS" else consumed
+    if any(k in _CRAFTABLE_HASH for k in keys):
+        raise UnsafeCheckpointError(
+            f"{display} uses dict keys or set items that are large integers, floats, tuples "
+            "or objects; a file can make their hashes collide and stall loading, and weights "
+            "files never need them, so it was refused."
+        )
