@@ -192,6 +192,18 @@ def check_torch_zip_file(
     every record must be stored raw and lie inside the file, and torch's own reader
     divides by, trusts or switches on the small records checked in `_archive_settings`.
     """
+    infos = _zip_members(f, display, limits)
+    names = [i.filename for i in infos]
+    _refuse_code_archives(names, display)
+    records = _member_records(f, infos, file_size, display, limits)
+    root = _archive_root(names, display)
+    by_name = {r.name: r for r in records}
+    byteorder = _archive_settings(f, by_name, root, display)
+    return TorchZipLayout(root=root, records=tuple(records), byteorder=byteorder)
+
+
+def _zip_members(f: IO[bytes], display: str, limits: LoadLimits) -> list[zipfile.ZipInfo]:
+    """The central directory's entries, with their number bounded by max_keys."""
     try:
         with zipfile.ZipFile(f) as zf:
             infos = zf.infolist()
@@ -209,8 +221,18 @@ def check_torch_zip_file(
             f"({2 * limits.max_keys + 16}, from max_keys); it was refused.",
             limit="max_keys",
         )
-    names = [i.filename for i in infos]
-    _refuse_code_archives(names, display)
+    return infos
+
+
+def _member_records(
+    f: IO[bytes],
+    infos: list[zipfile.ZipInfo],
+    file_size: int,
+    display: str,
+    limits: LoadLimits,
+) -> list[ZipRecord]:
+    """Where each member's data lies; refuses duplicates, compression, a declared total
+    above max_file_bytes and members that end past the file."""
     seen: set[str] = set()
     total = 0
     records = []
@@ -241,6 +263,11 @@ def check_torch_zip_file(
                 "the file; download or save it again."
             )
         records.append(ZipRecord(info.filename, data_offset, info.file_size))
+    return records
+
+
+def _archive_root(names: list[str], display: str) -> str:
+    """The one folder holding data.pkl ("archive/"); every member must sit inside it."""
     pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
     if not pickles:
         raise CheckpointFormatError(
@@ -258,9 +285,7 @@ def check_torch_zip_file(
             f"{display} has a member {outside!r} outside its {root!r} folder; torch.save "
             "never writes one, so it was refused."
         )
-    by_name = {r.name: r for r in records}
-    byteorder = _archive_settings(f, by_name, root, display)
-    return TorchZipLayout(root=root, records=tuple(records), byteorder=byteorder)
+    return root
 
 
 # The small records torch's reader acts on, with what a torch.save file holds in them.

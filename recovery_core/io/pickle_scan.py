@@ -20,6 +20,7 @@ import io
 import pickletools
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from recovery_core.errors import LimitExceededError, UnsafeCheckpointError
@@ -344,140 +345,188 @@ def _scan_bytes(
     deadline: float | None,
     facts: dict[str, Any] | None,
 ) -> int:
-    state = _State(display, limits)
-    stack, marks, memo, seen = state.stack, state.marks, state.memo, state.seen
-    stream = io.BytesIO(data)
-    end = len(data)
-    budget = limits.max_pickle_opcodes
+    scan = _FastScan(data, display, limits)
+    end, budget = len(data), limits.max_pickle_opcodes
+    handlers, other = scan.handlers, scan.other
+    stack, memo = scan.stack, scan.memo
     pos = opcodes = 0
-    plain_pushes = _PLAIN_PUSH_CODES
-    # Tags that need `general`'s rules when consumed: storage classes, storage records.
-    special = state.dangerous | {_PERSID}
-    # Below this, a shortcut's push or pop cannot reach a container or stack budget.
-    roomy = limits.max_container_items >= 3
     while True:
         if pos >= end:
             raise _NotFast
         code = data[pos]
-        pos += 1
         opcodes += 1
         if opcodes > budget:
             raise _NotFast
         if deadline is not None and opcodes % 65536 == 0 and time.monotonic() > deadline:
             raise _NotFast
-        if code == _BINPUT:
-            if pos >= end or not stack:
-                raise _NotFast
-            memo[data[pos]] = stack[-1]
-            pos += 1
-        elif code == _BINGET:
-            if pos >= end:
-                raise _NotFast
+        pos += 1
+        # The two most frequent instructions (a third of a state dict's) done inline as
+        # `long_memo` and `memo_get` do them: a call each would cost ~10% of the scan.
+        if code == _LONG_BINPUT and pos + 4 <= end and stack:
+            memo[int.from_bytes(data[pos : pos + 4], "little")] = stack[-1]
+            pos += 4
+            continue
+        if code == _BINGET and pos < end:
             stack.append(memo.get(data[pos], _PLAIN))
             pos += 1
-        elif code == _MARK_CODE:
-            marks.append(len(stack))
-            stack.append(_MARK)
-        elif code in plain_pushes:
-            name = plain_pushes[code]
-            width = _ARG_BYTES.get(name, 0)
-            if pos + width > end:
-                raise _NotFast
-            pos += width
-            seen.add(name)
-            stack.append(_PLAIN)
-        elif code == _BINUNICODE or code == _SHORT_BINUNICODE:
-            width = 4 if code == _BINUNICODE else 1
-            size = int.from_bytes(data[pos : pos + width], "little")
-            start = pos + width
-            pos = start + size
-            if pos > end:
-                raise _NotFast
-            try:
-                text = data[start:pos].decode("utf-8", "surrogatepass")
-            except UnicodeDecodeError:
-                raise _NotFast from None
-            seen.add("BINUNICODE" if code == _BINUNICODE else "SHORT_BINUNICODE")
-            stack.append(f"str:{text}" if len(text) <= 200 else _PLAIN)
-        elif code == _LONG_BINPUT or code == _LONG_BINGET:
-            if pos + 4 > end or (code == _LONG_BINPUT and not stack):
-                raise _NotFast
-            index = int.from_bytes(data[pos : pos + 4], "little")
-            pos += 4
-            if code == _LONG_BINPUT:
-                memo[index] = stack[-1]
-            else:
-                stack.append(memo.get(index, _PLAIN))
-        # A tuple, a call or a storage record of plain tags: what `general` would do,
-        # without its bookkeeping. Anything else takes `general`.
-        elif code in _TUPLE_N and roomy and _above_mark(stack, marks, _TUPLE_N[code][1]):
-            name, count = _TUPLE_N[code]
-            if any(tag in special for tag in stack[-count:]):
-                pos = _general(state, stream, code, pos, opcodes)
-                if pos < 0:
-                    return state.finish(facts)
-                continue
-            del stack[len(stack) - count + 1 :]
-            stack[-1] = _UNHASHABLE_KEY
-            seen.add(name)
-        elif code == _REDUCE and roomy and _above_mark(stack, marks, 2):
-            if stack[-1] in special or stack[-2] in special:
-                pos = _general(state, stream, code, pos, opcodes)
-                if pos < 0:
-                    return state.finish(facts)
-                continue
-            del stack[-1]
-            stack[-1] = _OBJECT
-            seen.add("REDUCE")
-        elif (
-            code == _BINPERSID
-            and roomy
-            and _above_mark(stack, marks, 1)
-            and stack[-1] not in state.dangerous
-        ):
-            stack[-1] = _OBJECT
-            seen.add("BINPERSID")
-        elif code == _EMPTY_TUPLE and len(stack) < state.max_stack:
-            stack.append(_UNHASHABLE_KEY)
-            seen.add("EMPTY_TUPLE")
-        elif code == _TUPLE and marks and len(stack) - marks[-1] - 1 <= limits.max_container_items:
-            mark = marks[-1]
-            items = stack[mark + 1 :]
-            if any(tag in special for tag in items):
-                pos = _general(state, stream, code, pos, opcodes)
-                if pos < 0:
-                    return state.finish(facts)
-                continue
-            marks.pop()
-            del stack[mark:]
-            stack.append(_UNHASHABLE_KEY)
-            seen.add("TUPLE")
+            continue
+        pos = handlers.get(code, other)(code, pos)
+        if pos < 0:
+            scan.opcodes = opcodes
+            return scan.finish(facts)
+
+
+class _FastScan(_State):
+    """`_State` on a pickle held in memory, with one method per instruction kind a state
+    dict is made of. Each takes the opcode and the position after it and returns the
+    position after its argument (-1 at STOP); `_NotFast` when the pickletools scan must
+    judge. A tuple, a call or a storage record of plain tags is done here without
+    `general`'s bookkeeping; anything else goes through `other`, which is `general`."""
+
+    def __init__(self, data: bytes, display: str, limits: LoadLimits) -> None:
+        super().__init__(display, limits)
+        self.data, self.end, self.stream = data, len(data), io.BytesIO(data)
+        # Tags that need `general`'s rules when consumed: storage classes, storage records.
+        self.special = self.dangerous | {_PERSID}
+        # Below this, a shortcut's push or pop cannot reach a container or stack budget.
+        self.roomy = limits.max_container_items >= 3
+        self.handlers: dict[int, Callable[[int, int], int]] = {
+            _BINPUT: self.memo_put,
+            _BINGET: self.memo_get,
+            _LONG_BINPUT: self.long_memo,
+            _LONG_BINGET: self.long_memo,
+            _MARK_CODE: self.mark,
+            _BINUNICODE: self.unicode,
+            _SHORT_BINUNICODE: self.unicode,
+            _EMPTY_TUPLE: self.empty_tuple,
+            _TUPLE: self.tuple_to_mark,
+            _REDUCE: self.reduce,
+            _BINPERSID: self.persistent_id,
+            **dict.fromkeys(_PLAIN_PUSH_CODES, self.plain_push),
+            **dict.fromkeys(_TUPLE_N, self.small_tuple),
+        }
+
+    def memo_put(self, code: int, pos: int) -> int:
+        if pos >= self.end or not self.stack:
+            raise _NotFast
+        self.memo[self.data[pos]] = self.stack[-1]
+        return pos + 1
+
+    def memo_get(self, code: int, pos: int) -> int:
+        if pos >= self.end:
+            raise _NotFast
+        self.stack.append(self.memo.get(self.data[pos], _PLAIN))
+        return pos + 1
+
+    def long_memo(self, code: int, pos: int) -> int:
+        if pos + 4 > self.end or (code == _LONG_BINPUT and not self.stack):
+            raise _NotFast
+        index = int.from_bytes(self.data[pos : pos + 4], "little")
+        if code == _LONG_BINPUT:
+            self.memo[index] = self.stack[-1]
         else:
-            pos = _general(state, stream, code, pos, opcodes)
-            if pos < 0:
-                return state.finish(facts)
+            self.stack.append(self.memo.get(index, _PLAIN))
+        return pos + 4
+
+    def mark(self, code: int, pos: int) -> int:
+        self.marks.append(len(self.stack))
+        self.stack.append(_MARK)
+        return pos
+
+    def plain_push(self, code: int, pos: int) -> int:
+        name = _PLAIN_PUSH_CODES[code]
+        width = _ARG_BYTES.get(name, 0)
+        if pos + width > self.end:
+            raise _NotFast
+        self.seen.add(name)
+        self.stack.append(_PLAIN)
+        return pos + width
+
+    def unicode(self, code: int, pos: int) -> int:
+        width = 4 if code == _BINUNICODE else 1
+        size = int.from_bytes(self.data[pos : pos + width], "little")
+        start = pos + width
+        pos = start + size
+        if pos > self.end:
+            raise _NotFast
+        try:
+            text = self.data[start:pos].decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            raise _NotFast from None
+        self.seen.add("BINUNICODE" if code == _BINUNICODE else "SHORT_BINUNICODE")
+        self.stack.append(f"str:{text}" if len(text) <= 200 else _PLAIN)
+        return pos
+
+    def small_tuple(self, code: int, pos: int) -> int:
+        name, count = _TUPLE_N[code]
+        stack = self.stack
+        if not (self.roomy and _above_mark(stack, self.marks, count)) or any(
+            tag in self.special for tag in stack[-count:]
+        ):
+            return self.other(code, pos)
+        del stack[len(stack) - count + 1 :]
+        stack[-1] = _UNHASHABLE_KEY
+        self.seen.add(name)
+        return pos
+
+    def empty_tuple(self, code: int, pos: int) -> int:
+        if len(self.stack) >= self.max_stack:
+            return self.other(code, pos)
+        self.stack.append(_UNHASHABLE_KEY)
+        self.seen.add("EMPTY_TUPLE")
+        return pos
+
+    def tuple_to_mark(self, code: int, pos: int) -> int:
+        stack, marks = self.stack, self.marks
+        if not marks or len(stack) - marks[-1] - 1 > self.limits.max_container_items:
+            return self.other(code, pos)
+        mark = marks[-1]
+        if any(tag in self.special for tag in stack[mark + 1 :]):
+            return self.other(code, pos)
+        marks.pop()
+        del stack[mark:]
+        stack.append(_UNHASHABLE_KEY)
+        self.seen.add("TUPLE")
+        return pos
+
+    def reduce(self, code: int, pos: int) -> int:
+        stack = self.stack
+        if not (self.roomy and _above_mark(stack, self.marks, 2)) or (
+            stack[-1] in self.special or stack[-2] in self.special
+        ):
+            return self.other(code, pos)
+        del stack[-1]
+        stack[-1] = _OBJECT
+        self.seen.add("REDUCE")
+        return pos
+
+    def persistent_id(self, code: int, pos: int) -> int:
+        stack = self.stack
+        if not (self.roomy and _above_mark(stack, self.marks, 1)) or stack[-1] in self.dangerous:
+            return self.other(code, pos)
+        stack[-1] = _OBJECT
+        self.seen.add("BINPERSID")
+        return pos
+
+    def other(self, code: int, pos: int) -> int:
+        """One instruction through `_State.general` (its argument read by pickletools)."""
+        op = _BY_CODE.get(code)
+        if op is None:
+            raise _NotFast
+        arg = None
+        if op.arg is not None:
+            self.stream.seek(pos)
+            try:
+                arg = op.arg.reader(self.stream)
+            except Exception:  # noqa: BLE001 - the slow scan names what is wrong
+                raise _NotFast from None
+            pos = self.stream.tell()
+        return -1 if self.general(op, arg) else pos
 
 
 def _above_mark(stack: list[object], marks: list[int], count: int) -> bool:
     """`count` values above the last mark (else `_pop` refuses: let `general` do it)."""
     return len(stack) >= count and not (marks and marks[-1] >= len(stack) - count)
-
-
-def _general(state: _State, stream: io.BytesIO, code: int, pos: int, opcodes: int) -> int:
-    """One instruction through `_State.general`; the position after it, or -1 at STOP."""
-    op = _BY_CODE.get(code)
-    if op is None:
-        raise _NotFast
-    arg = None
-    if op.arg is not None:
-        stream.seek(pos)
-        try:
-            arg = op.arg.reader(stream)
-        except Exception:  # noqa: BLE001 - the slow scan names what is wrong
-            raise _NotFast from None
-        pos = stream.tell()
-    state.opcodes = opcodes
-    return -1 if state.general(op, arg) else pos
 
 
 def _pop(

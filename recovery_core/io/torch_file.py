@@ -296,48 +296,78 @@ def _check_tensors(
         if not isinstance(value, torch.Tensor):
             continue
         label = name or "the top-level tensor"
-        # Class descriptors at run time; torch's stubs declare them as plain values.
-        layout_kind = cast(Any, torch.Tensor.layout).__get__(value)
-        if layout_kind != torch.strided or cast(Any, torch.Tensor.is_nested).__get__(value):
-            raise CheckpointFormatError(
-                f"{display}: tensor {label!r} is a {str(layout_kind).removeprefix('torch.')} "
-                "tensor; this tool reads dense weights only. Save tensor.to_dense() instead."
-            )
+        _check_dense(value, label, display)
         storage = torch.Tensor.untyped_storage(value)
-        offset = _offset(storage)
-        if layout is not None and offset is not None:
-            record = layout.record_at(offset)
-            if record is None:
-                raise UnsafeCheckpointError(
-                    f"{display}: the storage of tensor {label!r} does not start at any zip "
-                    "record; it was refused."
-                )
-            if storage.nbytes() > record.size:
-                raise UnsafeCheckpointError(
-                    f"{display}: record {record.name!r} holds {record.size} bytes but the "
-                    f"pickle declares {storage.nbytes()} for tensor {label!r}; it was refused "
-                    "(a short record would let the tensor read neighbouring bytes)."
-                )
-        elif layout is not None and torch.Tensor.device.__get__(value).type != "meta":
-            raise UnsafeCheckpointError(
-                f"{display}: tensor {label!r} has values that no storage record of the file "
-                "holds; it was refused."
-            )
-        shape = tuple(torch.Tensor.size(value))
-        strides = tuple(torch.Tensor.stride(value))
-        if math.prod(shape) > 0:
-            last = torch.Tensor.storage_offset(value) + sum(
-                (size - 1) * stride for size, stride in zip(shape, strides, strict=True)
-            )
-            needed = (last + 1) * torch.Tensor.element_size(value)
-            if needed > storage.nbytes() or min(strides, default=0) < 0:
-                raise UnsafeCheckpointError(
-                    f"{display}: tensor {label!r} declares shape {shape} "
-                    f"({needed} bytes) but its storage holds {storage.nbytes()} bytes; it was "
-                    "refused."
-                )
+        _check_storage_record(value, storage, label, display, layout)
+        _check_extent(value, storage, label, display)
         # Tied tensors share one storage: count it once.
         key = _storage_key(storage) or ("meta", id(storage))
         if key not in declared or declared[key].nbytes() < storage.nbytes():
             declared[key] = storage
     return list(declared.values())
+
+
+def _check_dense(value: torch.Tensor, label: str, display: str) -> None:
+    """Refuse tensors that are not strided (sparse, ...) or are nested: dense weights only."""
+    import torch
+
+    # Class descriptors at run time; torch's stubs declare them as plain values.
+    layout_kind = cast(Any, torch.Tensor.layout).__get__(value)
+    if layout_kind != torch.strided or cast(Any, torch.Tensor.is_nested).__get__(value):
+        raise CheckpointFormatError(
+            f"{display}: tensor {label!r} is a {str(layout_kind).removeprefix('torch.')} "
+            "tensor; this tool reads dense weights only. Save tensor.to_dense() instead."
+        )
+
+
+def _check_storage_record(
+    value: torch.Tensor,
+    storage: torch.UntypedStorage,
+    label: str,
+    display: str,
+    layout: TorchZipLayout | None,
+) -> None:
+    """Zip files: the storage starts at a record of the file and fits inside it, and a
+    tensor with values has a record."""
+    import torch
+
+    offset = _offset(storage)
+    if layout is not None and offset is not None:
+        record = layout.record_at(offset)
+        if record is None:
+            raise UnsafeCheckpointError(
+                f"{display}: the storage of tensor {label!r} does not start at any zip "
+                "record; it was refused."
+            )
+        if storage.nbytes() > record.size:
+            raise UnsafeCheckpointError(
+                f"{display}: record {record.name!r} holds {record.size} bytes but the "
+                f"pickle declares {storage.nbytes()} for tensor {label!r}; it was refused "
+                "(a short record would let the tensor read neighbouring bytes)."
+            )
+    elif layout is not None and torch.Tensor.device.__get__(value).type != "meta":
+        raise UnsafeCheckpointError(
+            f"{display}: tensor {label!r} has values that no storage record of the file "
+            "holds; it was refused."
+        )
+
+
+def _check_extent(
+    value: torch.Tensor, storage: torch.UntypedStorage, label: str, display: str
+) -> None:
+    """The tensor's shape, strides and offset stay inside its storage (no negative strides)."""
+    import torch
+
+    shape = tuple(torch.Tensor.size(value))
+    strides = tuple(torch.Tensor.stride(value))
+    if math.prod(shape) > 0:
+        last = torch.Tensor.storage_offset(value) + sum(
+            (size - 1) * stride for size, stride in zip(shape, strides, strict=True)
+        )
+        needed = (last + 1) * torch.Tensor.element_size(value)
+        if needed > storage.nbytes() or min(strides, default=0) < 0:
+            raise UnsafeCheckpointError(
+                f"{display}: tensor {label!r} declares shape {shape} "
+                f"({needed} bytes) but its storage holds {storage.nbytes()} bytes; it was "
+                "refused."
+            )
