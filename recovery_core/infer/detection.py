@@ -76,11 +76,6 @@ class Group:
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: v.shape for k, v in self.keys.items()}
 
-    def sub(self, prefix: str) -> dict[str, tuple[int, ...]]:
-        """Shapes of the keys under `prefix.`, relative to it."""
-        start = prefix + "."
-        return {k[len(start) :]: v.shape for k, v in self.keys.items() if k.startswith(start)}
-
 
 @dataclass(frozen=True)
 class Detection:

@@ -49,7 +49,6 @@ TARGET_NAMES = (
     "outputs",
     "output",
 )
-INPUT_NAMES = ("x", "inputs", "input", "src", "tgt", "features", "data")
 
 # Bound the work on untrusted files (zip members, entries).
 MAX_ZIP_MEMBERS = 10_000

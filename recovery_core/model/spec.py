@@ -155,9 +155,6 @@ class ModuleSpec:
         for child in self.children:
             yield from child.walk()
 
-    def all_keys(self) -> tuple[str, ...]:
-        return tuple(k for m in self.walk() for k in m.keys)
-
     def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
