@@ -325,28 +325,47 @@ def _plan_file(
             "(max_file_bytes); it was refused.",
             limit="max_file_bytes",
         )
-    file_index = len(files)
     if fmt == "safetensors":
-        entries, metadata, data_start = check_safetensors_header(path, display, limits)
-        files.append(
-            {
-                "path": str(path),
-                "size": size,
-                "storages": [[data_start + e.begin, e.end - e.begin] for e in entries],
-            }
-        )
-        tensors = {
-            e.name: [
-                file_index,
-                _SAFETENSORS_DTYPE_NAMES[e.dtype],
-                list(e.shape),
-                _contiguous_strides(e.shape),
-                0,
-                n,
-            ]
-            for n, e in enumerate(entries)
+        return _plan_safetensors(path, size, display, limits, files)
+    return _plan_torch(path, fmt, size, display, limits, files, blobs)
+
+
+def _plan_safetensors(
+    path: Path, size: int, display: str, limits: LoadLimits, files: list
+) -> dict[str, Any]:
+    file_index = len(files)
+    entries, metadata, data_start = check_safetensors_header(path, display, limits)
+    files.append(
+        {
+            "path": str(path),
+            "size": size,
+            "storages": [[data_start + e.begin, e.end - e.begin] for e in entries],
         }
-        return _part(tensors, metadata=metadata)
+    )
+    tensors = {
+        e.name: [
+            file_index,
+            _SAFETENSORS_DTYPE_NAMES[e.dtype],
+            list(e.shape),
+            _contiguous_strides(e.shape),
+            0,
+            n,
+        ]
+        for n, e in enumerate(entries)
+    }
+    return _part(tensors, metadata=metadata)
+
+
+def _plan_torch(
+    path: Path,
+    fmt: str,
+    size: int,
+    display: str,
+    limits: LoadLimits,
+    files: list,
+    blobs: list[bytes],
+) -> dict[str, Any]:
+    file_index = len(files)
     loader = load_torch_zip if fmt == "torch-zip" else load_torch_legacy
     loaded = loader(path, display, limits)
     found = unwrap(loaded.obj, display, limits)

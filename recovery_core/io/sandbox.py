@@ -10,6 +10,8 @@ milliseconds), under resource limits:
 - no files written, no core dumps.
 Past the wall-clock budget the caller kills the child. A child that dies on a signal
 becomes a `ReaderCrashedError`; the caller's process is never affected.
+A caller that has not imported torch and runs a single thread (`recovery inspect`) is
+as small and single-threaded as the server: it forks the same limited child itself.
 
 The server is our own rather than multiprocessing's: multiprocessing re-imports the
 caller's main script in each child (a script without an `if __name__ == "__main__"` guard
@@ -66,6 +68,8 @@ def run_isolated(
     request = pickle.dumps(
         (target.__module__, target.__qualname__, args, display, memory_bytes, seconds)
     )
+    if _fork_here():
+        return _run_forked(request, display, seconds)
     mine, theirs = socket.socketpair()
     with mine:
         try:
@@ -73,6 +77,54 @@ def run_isolated(
         finally:
             theirs.close()
         return _collect(mine, display, seconds)
+
+
+def _fork_here() -> bool:
+    """A caller that has not imported torch and runs one thread (`recovery inspect`) is
+    what the parse server is: small and single-threaded. It forks the limited child itself
+    (milliseconds) instead of starting a server (a fresh interpreter: ~0.3 s, most of a
+    small file's whole inspect). A threaded caller (the app) must not fork: it uses the
+    server."""
+    return (
+        "torch" not in sys.modules
+        and threading.active_count() == 1
+        and threading.current_thread() is threading.main_thread()
+    )
+
+
+def _run_forked(request: bytes, display: str, seconds: float) -> tuple[Any, list[bytes]]:
+    """The same child as the server forks (same limits, same frames), forked from here;
+    its exit status is read here, where the server would have sent it as `x`."""
+    mine, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        mine.close()
+        _quiet_stdio()
+        _child(theirs, request)
+    theirs.close()
+    reaped = False
+
+    def exit_status() -> int:
+        nonlocal reaped
+        _, status = os.waitpid(pid, 0)
+        reaped = True
+        return os.waitstatus_to_exitcode(status)
+
+    try:
+        with mine:
+            return _collect(mine, display, seconds, exit_status=exit_status)
+    finally:
+        if not reaped:
+            _kill(pid)  # done sending (or past its budget): it has nothing left to do
+            os.waitpid(pid, 0)
+
+
+def _quiet_stdio() -> None:
+    """Like the server's: a child's output (torch's warnings) never reaches our terminal."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _submit(request: bytes, reply: socket.socket) -> None:
@@ -86,7 +138,15 @@ def _submit(request: bytes, reply: socket.socket) -> None:
     raise ReaderCrashedError("the file reader could not be reached; try again.")
 
 
-def _collect(sock: socket.socket, display: str, seconds: float) -> tuple[Any, list[bytes]]:
+def _collect(
+    sock: socket.socket,
+    display: str,
+    seconds: float,
+    *,
+    exit_status: Callable[[], int] | None = None,
+) -> tuple[Any, list[bytes]]:
+    """The child's frames until its result; `exit_status` (a child forked here) waits for
+    the child's status when its socket closes early, where the server sends `x`."""
     deadline = time.monotonic() + seconds
     pid = None
     value: Any = None
@@ -105,6 +165,9 @@ def _collect(sock: socket.socket, display: str, seconds: float) -> tuple[Any, li
                 limit="time_budget_seconds",
             ) from None
         except EOFError:
+            status = exit_status() if exit_status is not None else 0
+            if status:
+                raise _crashed(display, status) from None
             raise ReaderCrashedError(
                 f"{display} stopped the file reader; it was refused."
             ) from None
@@ -118,14 +181,17 @@ def _collect(sock: socket.socket, display: str, seconds: float) -> tuple[Any, li
         elif kind == b"b":
             blobs.append(payload)
         elif kind == b"x":
-            status = json.loads(payload)["status"]
-            name = signal.Signals(-status).name if status < 0 else f"exit code {status}"
-            raise ReaderCrashedError(
-                f"{display} made the file reader crash ({name}); it is damaged or hostile and "
-                "was refused. Nothing else was affected."
-            )
+            raise _crashed(display, json.loads(payload)["status"])
         if expected >= 0 and len(blobs) == expected:
             return value, blobs
+
+
+def _crashed(display: str, status: int) -> ReaderCrashedError:
+    name = signal.Signals(-status).name if status < 0 else f"exit code {status}"
+    return ReaderCrashedError(
+        f"{display} made the file reader crash ({name}); it is damaged or hostile and "
+        "was refused. Nothing else was affected."
+    )
 
 
 def _kill(pid: int) -> None:

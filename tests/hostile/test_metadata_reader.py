@@ -164,6 +164,61 @@ def test_recovery_inspect_runs_without_torch() -> None:
     assert "embed.weight" in run.stdout
 
 
+_FORKED_READER = """
+import os, sys, threading, time
+from recovery_core.errors import LimitExceededError, ReaderCrashedError
+from recovery_core.io.sandbox import run_isolated
+
+def pid(*_):
+    return [os.getpid(), os.getppid()], []
+
+def crash(*_):
+    import signal
+    os.kill(os.getpid(), signal.SIGFPE)
+
+def hang(*_):
+    while True:
+        pass
+
+def hog(*_):
+    return len(bytearray(1 << 30)), []
+
+def refused(call, expected):
+    try:
+        call()
+    except expected as exc:
+        return exc
+    raise AssertionError(f"no {expected.__name__}")
+
+def run(target, seconds=30.0, memory=1 << 28):
+    return run_isolated(target, (), display="f.pt", seconds=seconds, memory_bytes=memory)
+
+child, parent = run(pid)[0]
+assert child != os.getpid() and parent == os.getpid()  # parsed in a child of this process
+assert "SIGFPE" in str(refused(lambda: run(crash), ReaderCrashedError))
+assert refused(lambda: run(hang, seconds=0.5), LimitExceededError).limit == "time_budget_seconds"
+assert refused(lambda: run(hog), LimitExceededError).limit == "parse_memory_bytes"
+assert run(pid)[0][0] != os.getpid()  # this process carries on
+assert not os.listdir(f"/proc/{os.getpid()}/task")[1:], "a thread was left behind"
+try:
+    os.waitpid(-1, os.WNOHANG)
+    raise AssertionError("a child was left unreaped")
+except ChildProcessError:
+    pass
+assert "torch" not in sys.modules
+"""
+
+
+def test_a_torch_free_caller_forks_its_reader_under_the_same_limits() -> None:
+    """A single-threaded caller without torch (`recovery inspect`) forks the reader itself
+    instead of starting a server: still another process, which a crash, the time budget
+    and the memory budget stop as before, and nothing of it is left behind."""
+    run = subprocess.run(
+        [sys.executable, "-c", _FORKED_READER], cwd=REPO, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
 def test_a_reader_started_without_torch_imports_it_once_for_datasets(tmp_path) -> None:
     """A process that listed a checkpoint without torch, then reads datasets: its reader
     imports torch once, not in every child (each import costs seconds)."""
