@@ -381,7 +381,8 @@ class _FastScan(_State):
     dict is made of. Each takes the opcode and the position after it and returns the
     position after its argument (-1 at STOP); `_NotFast` when the pickletools scan must
     judge. A tuple, a call or a storage record of plain tags is done here without
-    `general`'s bookkeeping; anything else goes through `other`, which is `general`."""
+    `general`'s bookkeeping; anything else goes through `other`: its argument read by
+    pickletools' own reader, then `general`."""
 
     def __init__(self, data: bytes, display: str, limits: LoadLimits) -> None:
         super().__init__(display, limits)
