@@ -1,4 +1,5 @@
-"""The library stays UI-free: the dashboard depends on it, never the other way round."""
+"""The library stays UI-free (the dashboard depends on it, never the other way round) and
+made of small pieces."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 
 CORE = pathlib.Path(__file__).resolve().parents[2] / "recovery_core"
 UI_PACKAGES = {"streamlit", "plotly", "pandas"}
+MAX_FUNCTION_LINES = 60
+MAX_CLASS_LINES = 250
 
 
 def test_core_source_never_imports_ui_packages():
@@ -31,3 +34,22 @@ def test_importing_the_core_loads_no_ui_package():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_no_core_function_over_60_lines_nor_class_over_250():
+    """Lines from `def`/`class` to the last line of the body (decorators excluded,
+    docstring included), nested definitions too."""
+    offenders = []
+    for path in sorted(CORE.rglob("*.py")):
+        where = path.relative_to(CORE.parent)
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                limit = MAX_FUNCTION_LINES
+            elif isinstance(node, ast.ClassDef):
+                limit = MAX_CLASS_LINES
+            else:
+                continue
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            if lines > limit:
+                offenders.append(f"{where}:{node.name} ({lines} lines)")
+    assert offenders == [], "over the size limit: " + ", ".join(offenders)
