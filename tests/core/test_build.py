@@ -179,18 +179,24 @@ def test_values_that_do_not_fit_raise_a_build_error():
     )
 
     with pytest.raises(BuildError, match="nhead=5|divisible"):
-        build_model(ArchSpec(spec.root, hps, spec.wiring))
+        build_model(ArchSpec(root=spec.root, hyperparameters=hps, wiring=spec.wiring))
 
 
 def linear_spec(name: str, module_type: str = "Linear") -> ArchSpec:
     child = ModuleSpec(
-        name,
-        module_type,
-        {"in_features": 2, "out_features": 2, "bias": True},
+        path=name,
+        type=module_type,
+        args={"in_features": 2, "out_features": 2, "bias": True},
         keys=(f"{name}.weight",),
     )
-    wiring = Wiring("sequential", {}, (ModelInput("x", "float", (2, 2)),), "x -> stack")
-    return ArchSpec(ModuleSpec("", "Module", children=(child,)), (), wiring)
+    wiring = Wiring(
+        kind="sequential",
+        roles={},
+        inputs=(ModelInput(name="x", dtype="float", shape=(2, 2)),),
+        description="x -> stack",
+    )
+    root = ModuleSpec(path="", type="Module", children=(child,))
+    return ArchSpec(root=root, hyperparameters=(), wiring=wiring)
 
 
 @pytest.mark.parametrize("name", ["os; import os", "a b", "lambda", "self", "²"])

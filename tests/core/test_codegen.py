@@ -135,21 +135,24 @@ def test_main_block_strict_loads_a_weights_file(tmp_path: Path):
 def test_text_from_the_checkpoint_cannot_become_code():
     # A hostile value full of quotes and newlines must stay one string literal.
     hostile = 'relu"\nimport os; os.system("echo pwned")\n#'
-    embedding = ModuleSpec("emb", "Embedding", {"num_embeddings": 5, "embedding_dim": 4})
-    stack = ModuleSpec(
-        "stack",
-        "Unknown",
-        hidden=("stack",),
+    embedding = ModuleSpec(
+        path="emb", type="Embedding", args={"num_embeddings": 5, "embedding_dim": 4}
     )
+    stack = ModuleSpec(path="stack", type="Unknown", hidden=("stack",))
     hps = (
         Hyperparameter(
             name="stack", value=hostile, source=SOURCE_DEFAULT, evidence="line one\nimport os"
         ),
     )
     spec = ArchSpec(
-        ModuleSpec("", "Module", children=(embedding, stack)),
-        hps,
-        Wiring("sequential", {}, (ModelInput("x", "long", (2, 3)),), "x -> stack"),
+        root=ModuleSpec(path="", type="Module", children=(embedding, stack)),
+        hyperparameters=hps,
+        wiring=Wiring(
+            kind="sequential",
+            roles={},
+            inputs=(ModelInput(name="x", dtype="long", shape=(2, 3)),),
+            description="x -> stack",
+        ),
     )
 
     tree = ast.parse(generate_code(spec))
@@ -227,8 +230,9 @@ def test_hostile_names_never_become_code():
 def test_a_stack_of_hostile_names_runs_and_scripts():
     original = hostile_model(nested=False)
     state = original.state_dict()
-    inputs = (ModelInput("x;import os", "float", (2, 4)),)  # not a name: `x` instead
-    stack = Wiring("sequential", {}, inputs, "each child in order")
+    # "x;import os" is not a name: the forward calls it `x` instead.
+    inputs = (ModelInput(name="x;import os", dtype="float", shape=(2, 4)),)
+    stack = Wiring(kind="sequential", roles={}, inputs=inputs, description="each child in order")
     spec = dataclasses.replace(infer_spec(Checkpoint.from_state_dict(state)), wiring=stack)
     source = generate_code(spec)
     assert_only_literals(source)

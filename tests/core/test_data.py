@@ -108,7 +108,10 @@ def test_nan_values_become_warnings():
 def test_seq2seq_guess_keeps_tgt_as_decoder_input_and_takes_tgt_y_as_target():
     src, tgt = torch.randint(0, 9, (10, 6)), torch.randint(0, 9, (10, 5))
     dataset = dataset_from_tensors({"tgt_y": tgt, "src": src, "tgt": tgt})
-    specs = [ModelInput("src", "long", (2, 6)), ModelInput("tgt", "long", (2, 5))]
+    specs = [
+        ModelInput(name="src", dtype="long", shape=(2, 6)),
+        ModelInput(name="tgt", dtype="long", shape=(2, 5)),
+    ]
     mapping = guess_mapping(dataset, specs)
     assert mapping.inputs == ("src", "tgt") and mapping.target == "tgt_y"
     assert mapping.loss == "cross_entropy"
@@ -118,7 +121,7 @@ def test_seq2seq_guess_keeps_tgt_as_decoder_input_and_takes_tgt_y_as_target():
 def test_guess_by_dtype_and_rank_when_names_do_not_match():
     tokens, values = torch.randint(0, 9, (10, 6)), torch.randn(10, 6, 4)
     dataset = dataset_from_tensors({"a": values, "b": tokens})
-    mapping = guess_mapping(dataset, [ModelInput("x", "long", (2, 6))])
+    mapping = guess_mapping(dataset, [ModelInput(name="x", dtype="long", shape=(2, 6))])
     assert mapping.inputs == ("b",) and mapping.target == "a" and mapping.loss == "mse"
 
 

@@ -125,7 +125,7 @@ def test_the_command_line_replays_a_plan_with_held_out_data(files, tmp_path):
         TrainingSettings(
             method="adam", lr=0.01, epochs=3, batch_size=16, seed=2, val_fraction=0.25
         ),
-        DataSettings(("features",), "answers", "mse"),
+        DataSettings(inputs=("features",), target="answers", loss="mse"),
     )
     path = tmp_path / "plan.json"
     path.write_text(plan.to_json())
