@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 a verification failed, 2 bad input (one line on stderr)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -170,10 +169,16 @@ def _inspect(args: argparse.Namespace) -> int:
 
     report = inspect_checkpoint(args.checkpoint)
     if args.json:
+        import json
+
         json.dump(report.to_json(), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(printable(report.to_text(), keep_newlines=True))
+        # Line by line, as the rows come: 100,000 rows are never one string in memory.
+        write = sys.stdout.write
+        for line in report.text_lines():
+            # An all-printable line needs no escapes (printable() walks each character).
+            write((line if line.isprintable() else printable(line, keep_newlines=True)) + "\n")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,50 +135,60 @@ class Inspection:
         return lines
 
     def to_text(self) -> str:
+        return "\n".join(self.text_lines()) + "\n"
+
+    def text_lines(self) -> Iterator[str]:
+        """The text report one line at a time (no newlines): a caller can print 100,000
+        rows as they come instead of holding the whole text."""
         ckpt = self.checkpoint
-        lines = [
+        yield (
             f"{ckpt.source_name}: {ckpt.format}, {len(self.rows)} tensors, "
             f"{humanize.count(self.parameter_count)} parameters"
-        ]
+        )
         if ckpt.wrapper_key:
-            lines.append(f"weights found under the entry {ckpt.wrapper_key!r}")
+            yield f"weights found under the entry {ckpt.wrapper_key!r}"
         if ckpt.stripped_prefix:
-            lines.append(f"stripped the prefix {ckpt.stripped_prefix!r} shared by every key")
+            yield f"stripped the prefix {ckpt.stripped_prefix!r} shared by every key"
         for key, summary in ckpt.extras.items():
-            lines.append(f"also in the file: {key}: {summary}")
-        lines += [f"warning: {w}" for w in ckpt.warnings]
-
-        lines += ["", "TENSORS"]
-        width = max([len(r.name) for r in self.rows] + [4])
-        lines.append(f"{'name':<{width}}  {'shape':<18} {'dtype':<9} {'kind':<9} {'size':>10}")
-        for r in self.rows:
-            lines.append(
-                f"{r.name:<{width}}  {humanize.shape(r.shape):<18} {r.dtype:<9} "
-                f"{r.role:<9} {humanize.size(r.nbytes):>10}"
-            )
-
-        lines += ["", "LAYER TREE"]
-        lines += self._tree_lines(self.spec.root, 0)
-
-        lines += ["", "HYPERPARAMETERS"]
+            yield f"also in the file: {key}: {summary}"
+        for w in ckpt.warnings:
+            yield f"warning: {w}"
+        yield from self._table_lines()
+        yield from ("", "LAYER TREE")
+        yield from self._tree_lines(self.spec.root, 0)
+        yield from ("", "HYPERPARAMETERS")
         for hp in self.spec.hyperparameters:
             if hp.determined:
-                lines.append(f"  {hp.name} = {hp.value!r}   ({hp.source}: {hp.evidence})")
+                yield f"  {hp.name} = {hp.value!r}   ({hp.source}: {hp.evidence})"
             else:
-                lines.append(
+                yield (
                     f"  {hp.name} = {hp.value!r}   (not determined by the weights; "
                     f"candidates: {', '.join(map(repr, hp.candidates))}; {hp.source})"
                 )
-        lines += self._forward_lines()
+        yield from self._forward_lines()
         kept = [r for r in self.rows if r.kept]
         if kept:
-            lines += ["", "KEPT AS IS (no layer type explains them; rebuilt under their own names)"]
-            lines += [f"  {r.name}  {r.role}: {r.why}" for r in kept]
+            yield from (
+                "",
+                "KEPT AS IS (no layer type explains them; rebuilt under their own names)",
+            )
+            yield from (f"  {r.name}  {r.role}: {r.why}" for r in kept)
         if self.spec.notes:
-            lines += ["", "NOTES"] + [f"  {n}" for n in self.spec.notes]
-        return "\n".join(lines) + "\n"
+            yield from ("", "NOTES")
+            yield from (f"  {n}" for n in self.spec.notes)
 
-    def _tree_lines(self, module: ModuleSpec, depth: int) -> list[str]:
+    def _table_lines(self) -> Iterator[str]:
+        yield from ("", "TENSORS")
+        width = max([len(r.name) for r in self.rows] + [4])
+        yield f"{'name':<{width}}  {'shape':<18} {'dtype':<9} {'kind':<9} {'size':>10}"
+        shape, size = humanize.shape, humanize.size
+        for r in self.rows:
+            yield (
+                f"{r.name:<{width}}  {shape(r.shape):<18} {r.dtype:<9} "
+                f"{r.role:<9} {size(r.nbytes):>10}"
+            )
+
+    def _tree_lines(self, module: ModuleSpec, depth: int) -> Iterator[str]:
         name = module.name or "(model)"
         args = ", ".join(f"{k}={v!r}" for k, v in module.args.items())
         label = f"{'  ' * depth}{name}: {module.type}({args})"
@@ -186,15 +197,12 @@ class Inspection:
             label += f"  [{humanize.count(params)} params]"
         if module.alternatives:
             label += f"  (or {', '.join(module.alternatives)}: {module.note})"
-        out = [label]
+        yield label
         pad = "  " * (depth + 1)
-        out += [
-            f"{pad}{t.name}: kept as is, {t.kind} {humanize.shape(t.shape)} {t.dtype}"
-            for t in module.kept
-        ]
+        for t in module.kept:
+            yield f"{pad}{t.name}: kept as is, {t.kind} {humanize.shape(t.shape)} {t.dtype}"
         for child in module.children:
-            out += self._tree_lines(child, depth + 1)
-        return out
+            yield from self._tree_lines(child, depth + 1)
 
 
 def tensor_role(key: str, owner: ModuleSpec | None) -> str:

@@ -65,35 +65,40 @@ class KeyTree:
         tree = cls(infos={t.name: t for t in checkpoint.tensors})
         tree.listed = set(checkpoint.module_paths)
         tree.order = {name: i for i, name in enumerate(tree.infos)}
-        last = None  # spatial dims of the last convolution weight seen, in file order
-        for name, info in tree.infos.items():
-            tree.conv_before.append(last)
-            if 3 <= len(info.shape) <= 5 and name.rsplit(".", 1)[-1] in CONV_WEIGHTS:
-                last = len(info.shape) - 2
         for key, first in checkpoint.tied.items():
             tree.tied[key] = (*tree.tied.get(key, ()), first)
             tree.tied[first] = (*tree.tied.get(first, ()), key)
-        tree.transposed_names = frozenset(
-            parent_of(name).rsplit(".", 1)[-1]
-            for name, info in tree.infos.items()
-            if name.rsplit(".", 1)[-1] == "bias"
-            and (weight := tree.infos.get(name[: -len("bias")] + "weight")) is not None
-            and proves_transposed(weight.shape, info.shape)
-        )
         # `_metadata` order is definition order, parameter-less modules included.
         for path in checkpoint.module_paths:
             tree._add_path(path)
-        for name, info in tree.infos.items():
-            path = parent_of(name)
+        transposed = set()
+        last = None  # spatial dims of the last convolution weight seen, in file order
+        for name, info in tree.infos.items():  # one pass: 100,000 keys are common
+            path, _, leaf = name.rpartition(".")
+            tree.conv_before.append(last)
+            if leaf in CONV_WEIGHTS and 3 <= len(info.shape) <= 5:
+                last = len(info.shape) - 2
+            if leaf == "bias":
+                weight = tree.infos.get(name[: -len("bias")] + "weight")
+                if weight is not None and proves_transposed(weight.shape, info.shape):
+                    transposed.add(path.rpartition(".")[2])
             tree._add_path(path)
-            prefix = path
-            while True:
-                relative = name[len(prefix) + 1 :] if prefix else name
-                tree.under.setdefault(prefix, {})[relative] = info
-                if not prefix:
-                    break
-                prefix = parent_of(prefix)
+            tree._file_under(name, path, info)
+        tree.transposed_names = frozenset(transposed)
         return tree
+
+    def _file_under(self, name: str, path: str, info: TensorInfo) -> None:
+        """`name` under its module path and every ancestor's, relative to each."""
+        under = self.under
+        while True:
+            relative = name[len(path) + 1 :] if path else name
+            found = under.get(path)
+            if found is None:
+                found = under[path] = {}
+            found[relative] = info
+            if not path:
+                return
+            path = path.rpartition(".")[0]
 
     def _add_path(self, path: str) -> None:
         if path in self.children:
@@ -149,8 +154,9 @@ class KeyTree:
                 return first.shape[1] if len(first.shape) == 2 else None
         return None
 
-    def conv_dims_before(self, keys: dict[str, TensorInfo]) -> int | None:
-        """Spatial dims of the last convolution defined before these keys in the file."""
+    def conv_dims_before(self, path: str) -> int | None:
+        """Spatial dims of the last convolution defined before the keys under `path`."""
+        keys = self.under.get(path, {})
         first = min((self.order[info.name] for info in keys.values()), default=None)
         return None if first is None else self.conv_before[first]
 
@@ -205,10 +211,10 @@ class Composer:
             path=path,
             keys=keys,
             children=tuple(self.tree.children.get(path, ())),
-            neighbour_conv_dims=self.tree.neighbour_conv_dims(path),
+            neighbour_conv_dims_of=self.tree.neighbour_conv_dims,
             width_of=self.tree.input_width,
             next_linear_of=self.tree.next_linear_width,
-            conv_dims_before=self.tree.conv_dims_before(keys),
+            conv_dims_before_of=self.tree.conv_dims_before,
             tied=self.tree.tied,
             order=self.tree.order,
             transposed_names=self.tree.transposed_names,

@@ -25,16 +25,33 @@ class Group:
     children: tuple[
         str, ...
     ] = ()  # immediate child names, definition order, parameter-less ones included
-    neighbour_conv_dims: int | None = None  # spatial dims (1-3) of the nearest sibling convolution
-    # path -> output width of the nearest earlier module showing one (asked lazily: it walks)
+    # Facts about the neighbourhood, asked lazily (few detectors need them; a group is made
+    # for every module, 50,000 of them in a 100,000-key file):
+    # path -> spatial dims (1-3) of the nearest sibling convolution
+    neighbour_conv_dims_of: Callable[[str], int | None] | None = field(default=None, repr=False)
+    # path -> output width of the nearest earlier module showing one
     width_of: Callable[[str], int | None] | None = field(default=None, repr=False)
     # path -> in_features of a Linear defined right after it, if that is what follows
     next_linear_of: Callable[[str], int | None] | None = field(default=None, repr=False)
-    conv_dims_before: int | None = None  # spatial dims of the last convolution earlier in the file
+    # path -> spatial dims of the last convolution defined before its keys in the file
+    conv_dims_before_of: Callable[[str], int | None] | None = field(default=None, repr=False)
     # Evidence from the whole checkpoint, shared by every group (never copied):
     tied: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # key -> keys sharing storage
     order: Mapping[str, int] = field(default_factory=dict)  # full key -> position in the file
     transposed_names: frozenset[str] = frozenset()  # module names proven to store (in, out)
+
+    @functools.cached_property
+    def neighbour_conv_dims(self) -> int | None:
+        """Spatial dims (1-3) of the nearest sibling convolution."""
+        of = self.neighbour_conv_dims_of
+        return None if of is None else of(self.path)
+
+    @functools.cached_property
+    def conv_dims_before(self) -> int | None:
+        """Spatial dims of the last convolution defined before this module's keys in the
+        file (the keys in the file: a weight-normed group's stand-in weight is not one)."""
+        of = self.conv_dims_before_of
+        return None if of is None else of(self.path)
 
     @property
     def input_width(self) -> int | None:

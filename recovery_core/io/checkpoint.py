@@ -51,7 +51,6 @@ file size, read in the child and sent back as bytes.
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import os
@@ -426,12 +425,13 @@ def _tied(tensors: dict[str, list]) -> dict[str, str]:
 
     Slices of one storage at different offsets (a split fused weight) are not tied.
     """
-    first: dict[str, str] = {}
+    first: dict[tuple[Any, ...], str] = {}
     tied = {}
     for key, (file_index, dtype, shape, stride, offset, storage) in tensors.items():
         if storage < 0:
             continue
-        ident = json.dumps([file_index, storage, offset, shape, stride, dtype])
+        # A tuple of plain values (a JSON text per key cost ~3 us: 0.3 s at 100,000 keys).
+        ident = (file_index, storage, offset, tuple(shape), tuple(stride), dtype)
         if ident in first:
             tied[key] = first[ident]
         else:
