@@ -13,6 +13,7 @@ Nothing here flips a process-wide switch; progress goes to the `log` the caller 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 import time
@@ -42,22 +43,26 @@ from recovery_core.io.checkpoint import Checkpoint, load_checkpoint
 from recovery_core.io.data import (
     DataMapping,
     Dataset,
+    baseline_loss,
     default_loss,
     guess_mapping,
     load_dataset,
     loss_function,
     make_mapping,
     mapped_tensors,
+    split_indices,
 )
 from recovery_core.model.budget import check_build_budget
 from recovery_core.model.build import build_model, load_weights
 from recovery_core.model.codegen import generate_code
 from recovery_core.model.layout import (
     BatchDims,
+    attach_batch_major,
     batch_dims,
     batch_major,
     drop_batch_major,
     first_steps,
+    sequence_dims,
     take,
     to_batch_major,
 )
@@ -68,6 +73,8 @@ Log = Callable[[str], None]
 # Export checks run two samples, each sequence cut to this many steps: any prefix is a
 # valid input, and a model that reads thousands of samples as one sequence is slow on all.
 EXAMPLE_STEPS = 64
+# Fewer held-out examples than this: evaluate on all the data (a loss on a handful says little).
+MIN_HELD_OUT_SAMPLES = 8
 
 
 def _quiet(line: str) -> None:
@@ -274,10 +281,9 @@ def _mapping(
     log: Log,
 ) -> DataMapping:
     """The entries chosen by the person; what they left open is guessed (and said)."""
-    assert spec.wiring is not None
     if inputs and target:  # chosen by the person: nothing to guess
         return make_mapping(dataset, tuple(inputs), target, loss=loss)
-    guessed = guess_mapping(dataset, spec.wiring.inputs)
+    guessed = guess_mapping(dataset, spec.wiring.inputs if spec.wiring is not None else None)
     if inputs or target:
         return make_mapping(
             dataset, tuple(inputs) or guessed.inputs, target or guessed.target, loss=loss
@@ -289,12 +295,19 @@ def _mapping(
 
 
 def _check_runs(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor,
-                loss_fn: Callable[..., torch.Tensor]) -> None:  # fmt: skip
-    """A quick look at two samples (a prefix: it computes what the whole does there), in
-    eval mode: a BatchNorm's statistics must not move."""
+                loss_fn: Callable[..., torch.Tensor], spec: ArchSpec) -> None:  # fmt: skip
+    """A quick look at two batch-major samples (a prefix: it computes what the whole does
+    there), each sequence cut to its first EXAMPLE_STEPS as the export checks cut it (a
+    long one is slow, and training's first forward runs it whole), in eval mode: a
+    BatchNorm's statistics must not move."""
+    inputs, target = tuple(t[:2] for t in inputs), target[:2]
+    seq = sequence_dims(spec)
+    if seq is not None:  # batch-major, the sequence follows the batch (dimension 1)
+        inputs = tuple(take(t, EXAMPLE_STEPS, 1) for t in inputs)
+        target = target if seq[1] is None else take(target, EXAMPLE_STEPS, 1)
     try:
         with torch.no_grad(), eval_mode(model):
-            loss_fn(model(*(t[:2] for t in inputs)), target[:2])
+            loss_fn(model(*inputs), target)
     except (RuntimeError, ValueError, IndexError) as exc:
         raise DataError(
             f"the model cannot run on this data ({str(exc).splitlines()[0]}); check which "
@@ -307,9 +320,10 @@ def _check_runs(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torc
 
 
 @dataclass
-class Recovery:
-    """The state of one recovery, and its steps in order. Each step reads what the ones
-    before it left (`spec`, `mapping`, `freeze`, `result`) and logs what it did."""
+class RecoveryData:
+    """The checkpoint, its spec with the person's values and the data mapped onto it: what
+    every step reads. Also what the dashboard looks at between steps (a model with the
+    original weights, the baseline, a forward on two examples), so it keeps none of its own."""
 
     checkpoint: Checkpoint
     spec: ArchSpec
@@ -322,6 +336,133 @@ class Recovery:
     data_name: str | None = None
     mapping: DataMapping | None = None
     searched: SearchResult | None = None
+    _reference: tuple[ArchSpec, nn.Module] | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def original(self) -> dict[str, torch.Tensor]:
+        """The checkpoint's weights (read once)."""
+        return self.checkpoint.state_dict()
+
+    @property
+    def dims(self) -> BatchDims:
+        return batch_dims(self.spec)
+
+    def set_values(self, values: Mapping[str, Any]) -> None:
+        """Fix hidden values the person knows: the search keeps them."""
+        fixed = {**self.fixed, **values}
+        if self.forward is not None:  # as named: not scored again
+            fixed.pop(WIRING, None)
+            fixed[WIRING] = self.forward
+        self.fixed = fixed
+        self.spec = self.spec.with_values(fixed, source=SOURCE_USER)
+
+    def use_spec(self, spec: ArchSpec) -> None:
+        """Go on from `spec` (a saved plan's): the values it marks as the person's stay fixed."""
+        self.spec, self.fixed = spec, person_values(spec)
+
+    def apply_search(self, result: SearchResult) -> None:
+        """Keep a search's result and take its best values (when anything could be scored:
+        else nothing is found); the names it scored are no longer the person's."""
+        self.searched = result
+        if result.best is not None:
+            self.spec = result.apply(self.spec)
+            self.fixed = {k: v for k, v in self.fixed.items() if k not in result.names}
+
+    def use_data(self, dataset: Dataset, name: str | None = None) -> None:
+        """Another dataset: how it feeds the model is decided again (`map`)."""
+        self.dataset, self.mapping = dataset, None
+        self.data_name = name or dataset.source_name
+
+    def map(
+        self, inputs: Sequence[str] = (), target: str | None = None, loss: str | None = None
+    ) -> DataMapping:
+        """Which entries feed the model and which it is scored on: the person's choice, what
+        they left open guessed (and said). A mapping that fails keeps the one before."""
+        assert self.dataset is not None, "use_data first"
+        self.mapping = _mapping(self.dataset, self.spec, inputs, target, loss, self.log)
+        return self.mapping
+
+    def tensors(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The mapped entries as the user gave them."""
+        assert self.dataset is not None and self.mapping is not None, "map_data first"
+        return mapped_tensors(self.dataset, self.mapping)
+
+    def batch_major_tensors(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The mapped entries with the model's batch along dimension 0 (what `model()` takes)."""
+        return to_batch_major(*self.tensors(), self.dims)
+
+    def model(self) -> nn.Module:
+        """A new model with the original weights, in eval mode, taking batch-major data: a
+        model that reads dimension 0 as its sequence is then cut along its own batch."""
+        return attach_batch_major(loaded_model(self.spec, self.original).eval(), self.dims)
+
+    def reference_model(self) -> nn.Module:
+        """`model()` for the current spec, built once: for baselines and what trains (a run
+        trains a copy of it, so it keeps the original weights)."""
+        if self._reference is None or self._reference[0] is not self.spec:
+            self._reference = (self.spec, self.model())
+        return self._reference[1]
+
+    def held_out(self, wanted: float) -> float:
+        """The part of the data held out for evaluation: `wanted`, else 0 when the data is
+        too small to split or each sample depends on its place among the others."""
+        if not self.dims.independent:
+            return 0.0
+        n = self.dataset.n_samples if self.dataset is not None else 0
+        return wanted if wanted > 0 and n * wanted >= MIN_HELD_OUT_SAMPLES else 0.0
+
+    def eval_tensors(
+        self, fraction: float, seed: int
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The held-out examples, batch-major: the ones a run with this split evaluates on."""
+        inputs, target = self.batch_major_tensors()
+        if not fraction:
+            return inputs, target
+        _, val = split_indices(target.shape[0], fraction, seed)
+        return tuple(t[val] for t in inputs), target[val]
+
+    def baseline(self, fraction: float = 0.0, seed: int = 0) -> float:
+        """The original weights' loss on the held-out part (all the data at 0)."""
+        assert self.mapping is not None, "map first"
+        inputs, target = self.eval_tensors(fraction, seed)
+        loss_fn = loss_function(self.mapping)
+        value = baseline_loss(self.reference_model(), inputs, target, loss_fn)
+        if not math.isfinite(value):
+            raise DataError(
+                f"The loss of the original weights on this data is {value}; check which "
+                "entries are the inputs and the target, and the loss."
+            )
+        return value
+
+    def runs_on_data(self) -> tuple[bool, tuple[int, ...] | None, str | None]:
+        """Does the model run on two of the data's examples? (ok, output shape, the error
+        in its own words)"""
+        try:
+            inputs, _ = self.batch_major_tensors()
+            with torch.no_grad():
+                out = self.reference_model()(*(t[:2] for t in inputs))
+        except Exception as exc:  # noqa: BLE001 - the answer is "it does not run"
+            return False, None, f"{type(exc).__name__}: {exc}"[:400]
+        return True, tuple(out.shape) if isinstance(out, torch.Tensor) else None, None
+
+    def scorer(self, names: Sequence[str], **options: Any) -> Callable[[], SearchResult]:
+        """The search of `names` on the current spec and data (score_candidates' `options`),
+        ready to run in another thread: it reads nothing of this object then. The values
+        the person set and did not name stay fixed."""
+        assert self.mapping is not None, "map first"
+        inputs, target = self.tensors()
+        return functools.partial(
+            score_candidates, self.spec, self.original, inputs, target,
+            loss_function(self.mapping), fixed=person_values(self.spec, leave_out=names),
+            names=list(names), **options,
+        )  # fmt: skip
+
+
+@dataclass
+class Recovery(RecoveryData):
+    """The state of one recovery, and its steps in order. Each step reads what the ones
+    before it left (`spec`, `mapping`, `freeze`, `result`) and logs what it did."""
+
     freeze: FreezePlan | None = None
     result: TrainingResult | None = None
     bundle: ExportBundle | None = None
@@ -356,20 +497,6 @@ class Recovery:
         _log_forwards(recovery.spec, log)
         return recovery
 
-    @functools.cached_property
-    def original(self) -> dict[str, torch.Tensor]:
-        """The checkpoint's weights (read once)."""
-        return self.checkpoint.state_dict()
-
-    def set_values(self, values: Mapping[str, Any]) -> None:
-        """Fix hidden values the person knows: the search keeps them."""
-        fixed = {**self.fixed, **values}
-        if self.forward is not None:  # as named: not scored again
-            fixed.pop(WIRING, None)
-            fixed[WIRING] = self.forward
-        self.fixed = fixed
-        self.spec = self.spec.with_values(fixed, source=SOURCE_USER)
-
     def map_data(
         self,
         path: str,
@@ -378,18 +505,12 @@ class Recovery:
         loss: str | None = None,
     ) -> DataMapping:
         """Read the dataset and decide which entries feed the model and which it is scored on."""
-        self.dataset = load_dataset(path)
-        self.data_name = os.path.basename(path)
-        self.mapping = _mapping(self.dataset, self.spec, inputs, target, loss, self.log)
+        self.use_data(load_dataset(path), os.path.basename(path))
+        mapping = self.map(inputs, target, loss)
         self.log(
-            f"loss: {self.mapping.loss}; evaluated on the same data it trains on (no validation split)"
+            f"loss: {mapping.loss}; evaluated on the same data it trains on (no validation split)"
         )
-        return self.mapping
-
-    def tensors(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """The mapped entries as the user gave them."""
-        assert self.dataset is not None and self.mapping is not None, "map_data first"
-        return mapped_tensors(self.dataset, self.mapping)
+        return mapping
 
     def search(self, budget_seconds: float = 30.0) -> SearchResult | None:
         """Score the hidden values the data can decide (not the fixed ones); the best is
@@ -406,17 +527,8 @@ class Recovery:
         if not searchable:
             return None
         self.log(f"scoring hidden hyperparameters on the data: {', '.join(searchable)}")
-        inputs, target = self.tensors()
-        search = score_candidates(
-            self.spec,
-            self.original,
-            inputs,
-            target,
-            loss_function(self.mapping),
-            fixed=self.fixed,
-            budget_seconds=budget_seconds,
-            progress=_search_progress(self.log),
-        )
+        progress = _search_progress(self.log)
+        search = self.scorer(searchable, budget_seconds=budget_seconds, progress=progress)()
         for rank, candidate in enumerate(search.ranking[:5], start=1):
             self.log(f"  #{rank} loss {humanize.loss(candidate.loss)}  {candidate.values}")
         self.log(f"  {search.message}")
@@ -425,13 +537,8 @@ class Recovery:
                 f"{search.message.rstrip('.')}; fix the values you know with --set, or pick "
                 "another forward with --wiring"
             )
-        self.searched = search
-        self.spec = search.apply(self.spec)
+        self.apply_search(search)
         return search
-
-    @property
-    def dims(self) -> BatchDims:
-        return batch_dims(self.spec)
 
     def train(
         self,
@@ -448,11 +555,11 @@ class Recovery:
         dims = self.dims
         if dims.moved:
             self.log(f"layout: {dims.describe()}; every batch and split is cut along it")
-        inputs, target = to_batch_major(*self.tensors(), dims)
+        inputs, target = self.batch_major_tensors()
         model = loaded_model(self.spec, self.original)
         loss_fn = loss_function(self.mapping)
         with batch_major(model, dims):
-            _check_runs(model, inputs, target, loss_fn)
+            _check_runs(model, inputs, target, loss_fn, self.spec)
             self.freeze = plan = plan_freeze(
                 model, list(patterns) or list(default_patterns(model, self.spec))
             )
@@ -540,7 +647,9 @@ __all__ = [
     "STEPS",
     "ExportCheck",
     "Exporter",
+    "MIN_HELD_OUT_SAMPLES",
     "Recovery",
+    "RecoveryData",
     "choose_forward",
     "default_loss",
     "default_patterns",
