@@ -1,5 +1,6 @@
 """The layer families, for callers outside inference (the dashboard): what each layer
-type means to a person, and whether choosing what trains opens it up part by part.
+type means to a person, whether choosing what trains opens it up part by part, and the
+hidden values the families and the forwards declare (`SETTINGS`, `setting_meaning`).
 
 Everything here is read from the registry (recovery_core/infer/registry.py); nothing
 imports torch.
@@ -7,7 +8,19 @@ imports torch.
 
 from __future__ import annotations
 
-from recovery_core.infer.family import Family, LayerType
+from recovery_core.infer.family import Family, LayerType, Setting
+from recovery_core.infer.hyperparameters import SETTINGS, setting, setting_meaning
 from recovery_core.infer.registry import FAMILIES, layer_type, meaning, opened_for_training
 
-__all__ = ["FAMILIES", "Family", "LayerType", "layer_type", "meaning", "opened_for_training"]
+__all__ = [
+    "FAMILIES",
+    "SETTINGS",
+    "Family",
+    "LayerType",
+    "Setting",
+    "layer_type",
+    "meaning",
+    "opened_for_training",
+    "setting",
+    "setting_meaning",
+]

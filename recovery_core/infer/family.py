@@ -12,7 +12,15 @@ can name. Each `LayerType` says, for one torch class:
   a forward choosing it among a module's alternatives, infer/retype.py);
 - which other types store the very same keys (`same_keys_as`): inference offers it as a
   runner-up wherever one of those wins, so the data can decide;
-- which hidden values a built module can switch in place (`retunes`, `retune`: search).
+- which hidden values a built module can switch in place (`retunes`, `retune`: search);
+- which model-wide hidden values it reads (`hidden`), and what its shapes fix
+  (`determines`: d_model, layer counts, vocabulary sizes, ...).
+
+A family also declares the hidden values it owns (`Family.settings`: candidates,
+default, the checkpoint metadata entries that carry one, and what it means to a
+person); a value several families read is declared once, by the one it belongs to
+(nhead by attention, layer_norm_eps by the affine norms). The forward's own values
+(reduce, causal_mask, ...) are declared next to the wirings (infer/wiring.py).
 
 The registry (infer/registry.py) lists the families in the order their detectors are
 tried; everything else (codegen, wiring, the search, the dashboard) reads the registry.
@@ -23,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from recovery_core.infer.detection import Detector
 from recovery_core.model.spec import ModelInput
@@ -39,6 +47,48 @@ EXAMPLE_BATCH = 2
 EXAMPLE_SEQUENCE = 7  # short, and cut to the positional table's length
 EXAMPLE_TARGET_SEQUENCE = 5
 EXAMPLE_SPATIAL = 8
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One hidden value: a choice the weights do not show.
+
+    candidates / default: None when worked out from the model (nhead from the widths it
+    must divide). metadata_names: entries of a checkpoint's `hyper_parameters` that carry
+    it. reads: how such an entry is read ("fraction": a number in [0, 1); "word": any
+    case; "choice": one of the candidates as it is). per_layer: each module has its own,
+    named by its path ("blocks.0.stride"), and `name` is the last part.
+    """
+
+    name: str
+    meaning: str  # for people: what the value changes, in a sentence
+    candidates: tuple[Any, ...] | None = None
+    default: Any = None
+    metadata_names: tuple[str, ...] = ()
+    reads: Literal["choice", "fraction", "word"] = "choice"
+    per_layer: bool = False
+
+
+class Fixes(Protocol):
+    """Where a layer type writes the values its shapes fix (infer/hyperparameters.py).
+
+    Keys are relative to the module (`key` gives the full one); `add` with no evidence
+    says "<key> is <shape>"."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def shapes(self) -> Shapes: ...  # the checkpoint's, by full key
+
+    @property
+    def roles(self) -> Mapping[str, str]: ...  # the wiring's role -> module path
+
+    def key(self, relative: str) -> str: ...
+
+    def add(
+        self, name: str, value: Any, relative_key: str, evidence: str | None = None
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -75,7 +125,10 @@ class LayerType:
     same_keys_as: tuple[str, ...] = ()
     retunes: frozenset[str] = frozenset()  # hidden names `retune` switches in place
     retune: Callable[[Any, Mapping[str, Any]], None] | None = None
-    roles: frozenset[str] = frozenset()  # sequence-forward roles besides adapters and heads
+    # Sequence-forward roles besides adapters and heads: "final_norm", "rnn" (the core).
+    roles: frozenset[str] = frozenset()
+    hidden: tuple[str, ...] = ()  # model-wide hidden values it reads (declared Settings)
+    determines: Callable[[Fixes, Args], None] | None = None  # what its shapes fix
     opened_for_training: bool = False  # offered part by part when choosing what trains
 
     @property
@@ -91,6 +144,7 @@ class Family:
     # Claims its whole subtree: its parts are exactly what torch builds, and what they
     # would determine the family already says.
     composite: bool = False
+    settings: tuple[Setting, ...] = ()  # the hidden values this family owns
 
 
 def dims_of(type_name: str) -> int:

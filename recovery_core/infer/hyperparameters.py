@@ -4,8 +4,10 @@ Determined values come from the outermost composite that fixes them (an
 nn.Transformer's d_model, not again from each of its layers). When two modules fix
 the same name to different values, the later one is named `<path>.<name>`.
 Free values are global and listed only when some module (or the wiring) uses them;
-candidates and defaults follow docs/spec-conventions.md. A value in the checkpoint's
-own `hyper_parameters` wins over a default.
+each is declared once, with its candidates and default, by the family that owns it or
+next to the wirings (`Setting`; docs/spec-conventions.md lists them). What a module's
+shapes fix is its layer type's `determines`. A value in the checkpoint's own
+`hyper_parameters` wins over a default.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from recovery_core.infer.families.conv import (
     padding_candidates,
     split_setting,
 )
-from recovery_core.infer.registry import COMPOSITES
+from recovery_core.infer.family import Setting
+from recovery_core.infer.registry import COMPOSITES, CONTAINERS, FAMILIES, layer_type
 from recovery_core.infer.unknown import POOLS, UNKNOWN_CHOICES, name_hint
-from recovery_core.infer.wiring import POS_DIM
+from recovery_core.infer.wiring import FORWARD_SETTINGS, POS_DIM
 from recovery_core.model.spec import (
     SOURCE_DEFAULT,
     SOURCE_METADATA,
@@ -37,47 +40,49 @@ from recovery_core.model.spec import (
     Hyperparameter,
     ModuleSpec,
     Wiring,
-    positional_length,
 )
 
 NOT_DETERMINED = "not determined by the weights"
-# name -> (candidates, default), from docs/spec-conventions.md
+
+
+def _declared() -> dict[str, Setting]:
+    """Every hidden value by name: the families' (infer/families/) and the forward's."""
+    found: dict[str, Setting] = {}
+    for setting in (*(s for f in FAMILIES for s in f.settings), *FORWARD_SETTINGS):
+        if setting.name in found:
+            raise ValueError(f"the hidden value {setting.name!r} is declared twice")
+        found[setting.name] = setting
+    return found
+
+
+SETTINGS: dict[str, Setting] = _declared()
+# Views for the readers: model-wide name -> (candidates, default), where fixed (the rest
+# are worked out from the model), and -> the checkpoint metadata entries that carry it.
 FREE_TABLE: dict[str, tuple[tuple[Any, ...], Any]] = {
-    "batch_first": ((False, True), False),
-    "norm_first": ((False, True), False),
-    "activation": (("relu", "gelu"), "relu"),
-    "dropout": ((0.0, 0.1), 0.1),
-    "layer_norm_eps": ((1e-5, 1e-6, 1e-12), 1e-5),
-    "scale_embedding": ((False, True), False),
-    "causal_mask": ((False, True), False),
-    "conv_padding": (("same", "valid"), "same"),
-    "conv_stride": ((1, 2), 1),
-    "eps": ((1e-5, 1e-3), 1e-5),
-    "rnn_nonlinearity": (("tanh", "relu"), "tanh"),
-    # How a sequence model turns its per-step outputs into one per sample (none: per step).
-    "reduce": (("none", "mean", "first", "last", "max"), "none"),
+    s.name: (s.candidates, s.default)
+    for s in SETTINGS.values()
+    if s.candidates is not None and not s.per_layer
 }
-# Entry names in a checkpoint's hyper_parameters that carry each free value.
 METADATA_NAMES: dict[str, tuple[str, ...]] = {
-    "nhead": ("nhead", "n_head", "n_heads", "num_heads", "num_attention_heads"),
-    "batch_first": ("batch_first",),
-    "norm_first": ("norm_first", "pre_norm"),
-    "activation": ("activation", "activation_function", "hidden_act"),
-    "dropout": ("dropout", "dropout_rate"),
-    "layer_norm_eps": ("layer_norm_eps", "layer_norm_epsilon", "norm_eps"),
-    "scale_embedding": ("scale_embedding",),
-    "causal_mask": ("causal_mask", "causal", "is_causal"),
-    "conv_padding": ("conv_padding",),
-    "conv_stride": ("conv_stride",),
-    "eps": ("batch_norm_eps", "bn_eps"),
-    "rnn_nonlinearity": ("rnn_nonlinearity", "nonlinearity"),
-    "num_groups": ("num_groups",),
+    s.name: s.metadata_names for s in SETTINGS.values() if s.metadata_names
 }
-VOCAB_NAMES = {
-    "embedding": "vocab_size",
-    "src_embedding": "src_vocab_size",
-    "tgt_embedding": "tgt_vocab_size",
-}
+
+
+def setting(name: str) -> Setting | None:
+    """The declaration of a hidden value, a convolution's own ("blocks.0.stride") by its
+    last part; None for names no family declares (an Unknown module's path)."""
+    declared = SETTINGS.get(name)
+    if declared is None and "." in name:
+        declared = SETTINGS.get(name.rpartition(".")[2])
+        return declared if declared is not None and declared.per_layer else None
+    return declared
+
+
+def setting_meaning(name: str) -> str:
+    """What the hidden value `name` changes, in a sentence a person who does not program
+    can follow; "" when no family declares it."""
+    declared = setting(name)
+    return declared.meaning if declared is not None else ""
 
 
 @dataclass
@@ -102,69 +107,23 @@ class Determined:
             self.found[join(path, name)] = replace(hp, name=join(path, name))
 
 
-def _stack(found: Determined, path: str, count: int, name: str, prefix: str) -> None:
-    last = join(path, f"{prefix}.{count - 1}.linear1.weight")
-    layers = "1 layer (0)" if count == 1 else f"{count} layers (0 … {count - 1})"
-    found.add(name, count, path, last, f"{join(path, prefix)} holds {layers}")
+@dataclass
+class _ModuleFixes:
+    """One module's view of `Determined` (the `Fixes` its layer type writes to)."""
 
+    found: Determined
+    path: str
+    roles: Mapping[str, str]
 
-def _width(found: Determined, path: str, linear1: str) -> None:
-    key = join(path, linear1)
-    ff, d_model = found.shapes[key]
-    found.add("d_model", d_model, path, key)
-    found.add("dim_feedforward", ff, path, key)
+    @property
+    def shapes(self) -> Mapping[str, tuple[int, ...]]:
+        return self.found.shapes
 
+    def key(self, relative: str) -> str:
+        return join(self.path, relative)
 
-def _determined_of(module: ModuleSpec, found: Determined, roles: Mapping[str, str]) -> None:
-    path, args = module.path, module.args
-    if module.type == "Transformer":
-        _width(found, path, "encoder.layers.0.linear1.weight")
-        _stack(found, path, args["num_encoder_layers"], "num_encoder_layers", "encoder.layers")
-        _stack(found, path, args["num_decoder_layers"], "num_decoder_layers", "decoder.layers")
-    elif module.type in ("TransformerEncoder", "TransformerDecoder"):
-        _width(found, path, "layers.0.linear1.weight")
-        name = "num_encoder_layers" if module.type == "TransformerEncoder" else "num_decoder_layers"
-        _stack(found, path, args["num_layers"], name, "layers")
-    elif module.type in ("TransformerEncoderLayer", "TransformerDecoderLayer"):
-        _width(found, path, "linear1.weight")
-    elif module.type == "MultiheadAttention":
-        key = join(
-            path,
-            "in_proj_weight" if join(path, "in_proj_weight") in found.shapes else "q_proj_weight",
-        )
-        found.add("embed_dim", args["embed_dim"], path, key)
-    elif module.type in ("LSTM", "GRU", "RNN"):
-        ih = join(path, "weight_ih_l0")
-        found.add("input_size", args["input_size"], path, ih)
-        hidden_key = join(path, "weight_hr_l0" if args.get("proj_size") else "weight_hh_l0")
-        found.add("hidden_size", args["hidden_size"], path, hidden_key)
-        last = args["num_layers"] - 1
-        found.add(
-            "num_layers",
-            args["num_layers"],
-            path,
-            join(path, f"weight_ih_l{last}"),
-            f"{path or 'the RNN'} has weight_ih_l0 … weight_ih_l{last}"
-            if last
-            else f"{path or 'the RNN'} has only weight_ih_l0",
-        )
-        bidirectional = args["bidirectional"]
-        found.add(
-            "bidirectional",
-            bidirectional,
-            path,
-            join(path, "weight_ih_l0_reverse" if bidirectional else "weight_ih_l0"),
-            f"{path or 'the RNN'} {'has' if bidirectional else 'has no'} *_reverse weights",
-        )
-        if args.get("proj_size"):
-            found.add("proj_size", args["proj_size"], path, join(path, "weight_hr_l0"))
-    elif module.type == "Embedding":
-        role = next((r for r, p in roles.items() if p == path and r in VOCAB_NAMES), None)
-        name = VOCAB_NAMES[role] if role else join(path, "num_embeddings")
-        found.add(name, args["num_embeddings"], path, join(path, "weight"))
-    elif module.type == "PositionalEncoding":
-        length = positional_length(tuple(args["shape"]))
-        found.add("max_len", length, path, join(path, args["buffer"]))
+    def add(self, name: str, value: Any, relative_key: str, evidence: str | None = None) -> None:
+        self.found.add(name, value, self.path, self.key(relative_key), evidence)
 
 
 def determined_hyperparameters(
@@ -174,7 +133,9 @@ def determined_hyperparameters(
     roles = wiring.roles if wiring is not None else {}
 
     def visit(module: ModuleSpec) -> None:
-        _determined_of(module, found, roles)
+        kind = layer_type(module.type)
+        if kind is not None and kind.determines is not None:
+            kind.determines(_ModuleFixes(found, module.path, roles), module.args)
         if module.type not in COMPOSITES:  # a composite's parts repeat what it already said
             for child in module.children:
                 visit(child)
@@ -274,8 +235,9 @@ def conv_setting_value(owner: ModuleSpec, setting: str) -> FreeValue:
         "dilation": "1 is usual; 2 spreads the kernel over twice the span",
         "output_padding": "0 is usual; 1 adds a row to a strided transposed output",
     }
-    candidates = (0, 1) if setting == "output_padding" else (1, 2)
-    return FreeValue(candidates, SETTING_DEFAULTS[setting], reasons[setting])
+    declared = SETTINGS[setting]
+    assert declared.candidates is not None  # stride, dilation, output_padding: fixed lists
+    return FreeValue(declared.candidates, declared.default, reasons[setting])
 
 
 def _conv_groups(name: str, root: ModuleSpec) -> FreeValue | None:
@@ -324,12 +286,9 @@ def free_names(root: ModuleSpec, wirings: tuple[Wiring, ...] | list[Wiring]) -> 
     return names
 
 
-_CONTAINER_TYPES = frozenset({"Module", "Sequential", "ModuleList"})
-
-
 def _stack_leaves(root: ModuleSpec) -> list[ModuleSpec]:
     """The modules a stack calls, in definition order (containers opened)."""
-    return [m for m in root.walk() if m.type not in _CONTAINER_TYPES]
+    return [m for m in root.walk() if m.type not in CONTAINERS]
 
 
 def _slot_choices(root: ModuleSpec, path: str, leaves: list[ModuleSpec]) -> tuple[str, ...]:
@@ -419,10 +378,12 @@ def _flat_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def _valid_metadata(name: str, value: Any, candidates: tuple[Any, ...]) -> Any | None:
     """The value in our terms, or None when it cannot be used."""
-    if name in ("dropout", "layer_norm_eps", "eps"):
+    declared = SETTINGS.get(name)
+    reads = declared.reads if declared is not None else "choice"
+    if reads == "fraction":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
         return float(value) if ok else None
-    if name in ("activation", "rnn_nonlinearity") and isinstance(value, str):
+    if reads == "word" and isinstance(value, str):
         value = value.lower()  # "ReLU" and "relu" mean the same here
     if all(isinstance(c, bool) for c in candidates):
         return value if isinstance(value, bool) else None

@@ -65,7 +65,10 @@ def layer_types() -> Iterator[LayerType]:
 
 TYPES: dict[str, LayerType] = {t.name: t for t in layer_types()}
 FAMILY_OF: dict[str, Family] = {t.name: f for f in FAMILIES for t in f.types}
-# Composite types: their parts repeat what the type itself determines.
+# Plain containers: no family names them; a forward opens them, a stack calls their items.
+CONTAINERS = frozenset({"Module", "Sequential", "ModuleList"})
+# Composite types: their parts repeat what the type itself determines (and a root of
+# one keeps its own forward).
 COMPOSITES = frozenset(t.name for f in FAMILIES if f.composite for t in f.types)
 # type -> keys torch registers as buffers (None: all of them); inspect reads it.
 BUFFERS_BY_TYPE: dict[str, frozenset[str] | None] = {
@@ -110,5 +113,5 @@ def opened_for_training(type_name: str) -> bool:
     (containers, and the Transformer and its stacks); else it is one unit."""
     found = TYPES.get(type_name)
     if found is None:
-        return type_name in ("Module", "Sequential", "ModuleList")
+        return type_name in CONTAINERS
     return found.opened_for_training

@@ -32,13 +32,21 @@ from recovery_core.infer.family import (
     EXAMPLE_BATCH,
     EXAMPLE_SEQUENCE,
     EXAMPLE_TARGET_SEQUENCE,
+    Setting,
     StackStep,
 )
-from recovery_core.infer.registry import layer_type, types_with_role
+from recovery_core.infer.registry import COMPOSITES, CONTAINERS, layer_type, types_with_role
 from recovery_core.infer.unknown import name_hint
-from recovery_core.model.spec import ModelInput, ModuleSpec, Wiring, WiringKind, positional_length
+from recovery_core.model.spec import (
+    WIRING,
+    ModelInput,
+    ModuleSpec,
+    Wiring,
+    WiringKind,
+    positional_length,
+)
 
-RNN_TYPES = frozenset({"LSTM", "GRU", "RNN"})
+RNN_TYPES = types_with_role("rnn")
 # Norms a sequence forward may end in (as wide as the core's output), by their family.
 SEQUENCE_NORMS = types_with_role("final_norm")
 MAX_PARTS = 10  # sequence hypotheses are enumerated over at most this many modules
@@ -59,6 +67,40 @@ TARGET_NAME = re.compile(r"tgt|target|dec|output", re.IGNORECASE)
 # Forward-only choices a sequence forward reads (see free hyperparameters).
 REDUCE = "reduce"
 POS_DIM = "pos_dim"
+# The forward's own hidden values, declared here once (the layers' are their families').
+FORWARD_SETTINGS = (
+    Setting(
+        WIRING,
+        "Which of the ways of connecting the layers that fit the weights the model runs.",
+    ),
+    Setting(
+        POS_DIM,
+        "Which dimension of the data the positions run along when the position table is "
+        "added: the first (0) or the second (1).",
+    ),
+    Setting(
+        "scale_embedding",
+        "Whether token vectors are multiplied by the square root of their size.",
+        (False, True),
+        False,
+        metadata_names=("scale_embedding",),
+    ),
+    Setting(
+        "causal_mask",
+        "Whether the model may only look at earlier positions when writing output.",
+        (False, True),
+        False,
+        metadata_names=("causal_mask", "causal", "is_causal"),
+    ),
+    Setting(
+        REDUCE,
+        "How the model turns its output at every position into one answer per example: "
+        "keep every position (none), or take their average, the first, the last or the "
+        "largest.",
+        ("none", "mean", "first", "last", "max"),
+        "none",
+    ),
+)
 
 
 def parts_of(root: ModuleSpec) -> list[ModuleSpec]:
@@ -699,7 +741,7 @@ def _sequentials(root: ModuleSpec, shapes: Mapping[str, tuple[int, ...]] | None)
     """The stack called in order, as inferred; then as many readings of it with
     size-keeping leaves read as a runner-up type another family declared for the same
     keys (PReLU for a weight-only LayerNorm): the shapes cannot tell, the data can."""
-    if root.type not in ("Sequential", "ModuleList", "Module"):
+    if root.type not in CONTAINERS:
         return []
     leaves = _stack(root)
     if not leaves:
@@ -802,11 +844,7 @@ def propose_wirings(
     positional tables that a forward adds. `shapes` (every key's) let a stack offer its
     leaves read as the runner-up types their keys equally fit.
     """
-    if (
-        root.type in RNN_TYPES
-        or root.type.startswith("Transformer")
-        or root.type == "MultiheadAttention"
-    ):
+    if root.type in COMPOSITES:  # an RNN, a Transformer (or its parts), an attention
         return (), f"The root itself is a {root.type}; it keeps its own forward."
     tables = dict(tables or {})
     parts = parts_of(root)
@@ -821,7 +859,7 @@ def propose_wirings(
         else:
             wirings += sequential
     if not wirings:
-        if root.type not in ("Module", "Sequential", "ModuleList"):
+        if root.type not in CONTAINERS:
             return (), f"The root is a single {root.type}; no forward around it was recognised."
         return (), (
             f"No forward wiring fits these weights: {why or 'not a chain of layers'}; the rebuilt "

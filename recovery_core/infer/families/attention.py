@@ -10,11 +10,34 @@ from collections.abc import Mapping
 from typing import Any
 
 from recovery_core.infer.detection import Detection, Group, call, fmt
-from recovery_core.infer.family import Family, LayerType
+from recovery_core.infer.family import Args, Family, Fixes, LayerType, Setting
 
 Shapes = Mapping[str, tuple[int, ...]]
 
 ATTENTION_HIDDEN = ("nhead", "dropout", "batch_first")
+# Declared here, where attention starts; Transformer layers and RNNs read them too.
+SETTINGS = (
+    Setting(
+        "nhead",
+        "How many attention heads each attention layer splits its work into.",
+        metadata_names=("nhead", "n_head", "n_heads", "num_heads", "num_attention_heads"),
+    ),
+    Setting(
+        "dropout",
+        "How much is randomly switched off while training; no effect when evaluating.",
+        (0.0, 0.1),
+        0.1,
+        metadata_names=("dropout", "dropout_rate"),
+        reads="fraction",
+    ),
+    Setting(
+        "batch_first",
+        "Whether examples come first in the data's layout (yes) or the positions do (no).",
+        (False, True),
+        False,
+        metadata_names=("batch_first",),
+    ),
+)
 
 
 def packed_attention_shapes(embed_dim: int, bias: bool) -> dict[str, tuple[int, ...]]:
@@ -83,6 +106,11 @@ def detect_attention(group: Group) -> Detection | None:
     )
 
 
+def _determines(fixes: Fixes, args: Args) -> None:
+    packed = fixes.key("in_proj_weight") in fixes.shapes
+    fixes.add("embed_dim", args["embed_dim"], "in_proj_weight" if packed else "q_proj_weight")
+
+
 def _retune(m: Any, values: Mapping[str, Any]) -> None:
     if "nhead" in values:
         m.num_heads = values["nhead"]
@@ -100,9 +128,12 @@ FAMILY = Family(
             "Lets every position of a sequence gather information from the others, "
             "weighing each by how relevant it looks.",
             arguments={"nhead": "num_heads"},
+            hidden=ATTENTION_HIDDEN,
+            determines=_determines,
             retunes=frozenset({"nhead", "batch_first"}),
             retune=_retune,
         ),
     ),
     composite=True,
+    settings=SETTINGS,
 )

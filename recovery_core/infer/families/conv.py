@@ -28,6 +28,7 @@ from recovery_core.infer.family import (
     Family,
     LayerType,
     Rebuild,
+    Setting,
     Shapes,
     StackStep,
     dims_of,
@@ -40,9 +41,59 @@ TRANSPOSED_NAME = re.compile(r"deconv|transpose|convt|upconv|upsample", re.IGNOR
 # that name them.
 CONV_HIDDEN = ("conv_padding", "conv_stride")
 GROUPS = "groups"
+_STRIDE = "How far each convolution's filter moves between steps: 2 halves the size."
+_PADDING = (
+    "Whether each convolution pads the edges so the size stays (same) or lets it shrink "
+    "by the filter's reach (valid)."
+)
+GLOBAL_SETTINGS = (
+    Setting("conv_padding", _PADDING, ("same", "valid"), "same", metadata_names=("conv_padding",)),
+    Setting("conv_stride", _STRIDE, (1, 2), 1, metadata_names=("conv_stride",)),
+)
+# Each convolution's own, in constructor order ("blocks.0.stride"); groups only where
+# the shapes leave it open (candidates: the divisors of out_channels).
+LAYER_SETTINGS = (
+    Setting(
+        "stride",
+        "How far this convolution's filter moves between steps: 2 halves the size.",
+        (1, 2),
+        1,
+        per_layer=True,
+    ),
+    Setting(
+        "padding",
+        "Whether this convolution pads the edges so the size stays (same) or lets it shrink "
+        "by the filter's reach (valid).",
+        ("same", "valid"),  # plus k // 2 - 1 for an even square kernel: padding_candidates
+        "same",
+        per_layer=True,
+    ),
+    Setting(
+        "dilation",
+        "How far apart the points this convolution's filter reads are: 2 spreads it over "
+        "twice the span with the same weights.",
+        (1, 2),
+        1,
+        per_layer=True,
+    ),
+    Setting(
+        "output_padding",
+        "One extra row and column a transposed convolution adds to its output, to reach an "
+        "even size when it doubles the size.",
+        (0, 1),
+        0,
+        per_layer=True,
+    ),
+    Setting(
+        GROUPS,
+        "Into how many separate groups this convolution splits its channels; as many as "
+        "its channels means each channel is filtered on its own (depthwise).",
+        per_layer=True,
+    ),
+)
 # Per-layer settings, in constructor order, and what each is when nothing says otherwise.
 SETTINGS = ("stride", "padding", "dilation", "output_padding")
-SETTING_DEFAULTS = {"stride": 1, "padding": "same", "dilation": 1, "output_padding": 0}
+SETTING_DEFAULTS = {s.name: s.default for s in LAYER_SETTINGS if s.name in SETTINGS}
 # The global (metadata) name each per-layer setting falls back on.
 LEGACY_NAMES = {"stride": "conv_stride", "padding": "conv_padding"}
 
@@ -228,6 +279,7 @@ def _conv_type(kind: str, dims: int) -> LayerType:
         name,
         meaning,
         arguments={"conv_padding": "padding", "conv_stride": "stride"},
+        hidden=CONV_HIDDEN,
         stack=_stack,
         example=_example_of(dims),
         rebuild=_rebuild_as(name),
@@ -238,4 +290,5 @@ FAMILY = Family(
     "Convolution",
     detect_conv,
     tuple(_conv_type(kind, dims) for kind in ("Conv", "ConvTranspose") for dims in (1, 2, 3)),
+    settings=GLOBAL_SETTINGS + LAYER_SETTINGS,
 )

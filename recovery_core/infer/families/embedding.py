@@ -19,6 +19,7 @@ from recovery_core.infer.family import (
     EXAMPLE_SEQUENCE,
     Args,
     Family,
+    Fixes,
     LayerType,
     Shapes,
     StackStep,
@@ -26,6 +27,12 @@ from recovery_core.infer.family import (
 from recovery_core.model.spec import ModelInput
 
 EMBEDDING_NAME = re.compile(r"emb|wte|wpe|lookup|^shared$|bias$", re.IGNORECASE)
+# A token table's size is named by its role in the forward; else by its path.
+VOCAB_NAMES = {
+    "embedding": "vocab_size",
+    "src_embedding": "src_vocab_size",
+    "tgt_embedding": "tgt_vocab_size",
+}
 
 
 def _tied_evidence(group: Group) -> tuple[str, bool] | None:
@@ -75,6 +82,12 @@ def _rebuild(shapes: Shapes) -> tuple[dict, tuple[str, ...]] | None:
     return {"num_embeddings": weight[0], "embedding_dim": weight[1]}, ()
 
 
+def _determines(fixes: Fixes, args: Args) -> None:
+    role = next((r for r, p in fixes.roles.items() if p == fixes.path and r in VOCAB_NAMES), None)
+    name = VOCAB_NAMES[role] if role else fixes.key("num_embeddings")
+    fixes.add(name, args["num_embeddings"], "weight")
+
+
 def _stack(args: Args) -> StackStep:
     return StackStep("tokens", None, args["embedding_dim"])
 
@@ -93,6 +106,7 @@ FAMILY = Family(
             stack=_stack,
             example=_example,
             rebuild=_rebuild,
+            determines=_determines,
         ),
     ),
 )

@@ -21,6 +21,7 @@ from recovery_core.infer.family import (
     Args,
     Family,
     LayerType,
+    Setting,
     Shapes,
     StackStep,
 )
@@ -32,6 +33,29 @@ GROUPNORM_NAME = re.compile(r"(^|_)gn\d*($|_)|group", re.IGNORECASE)
 LAYERNORM_NAME = re.compile(r"(^|_)ln\d*($|_)|layer_?norm", re.IGNORECASE)
 RMSNORM_NAME = re.compile(r"rms", re.IGNORECASE)
 INSTANCENORM_NAME = re.compile(r"instance|(^|_)in\d*($|_)|inorm", re.IGNORECASE)
+
+RUNNING_EPS = Setting(
+    "eps",
+    "A tiny number a BatchNorm or InstanceNorm adds before dividing by the spread of its "
+    "values, so it never divides by zero.",
+    (1e-5, 1e-3),
+    1e-5,
+    metadata_names=("batch_norm_eps", "bn_eps"),
+    reads="fraction",
+)
+LAYER_NORM_EPS = Setting(
+    "layer_norm_eps",
+    "A tiny number that keeps normalisation from dividing by zero.",
+    (1e-5, 1e-6, 1e-12),
+    1e-5,
+    metadata_names=("layer_norm_eps", "layer_norm_epsilon", "norm_eps"),
+    reads="fraction",
+)
+NUM_GROUPS = Setting(
+    "num_groups",
+    "Into how many groups each GroupNorm splits its channels before rescaling each group.",
+    metadata_names=("num_groups",),
+)
 
 
 def detect_batchnorm(group: Group) -> Detection | None:
@@ -200,6 +224,7 @@ def _running_type(kind: str, dims: int) -> LayerType:
             else f"Rescales each sample's {what} to a steady range on its own."
         ),
         buffers=RUNNING_STATISTICS,
+        hidden=("eps",),
         # A stack of InstanceNorms is not one the wiring proposes (it never was).
         stack=(_batchnorm_map_stack if dims > 1 else _batchnorm_stack) if batch else None,
         example=_batchnorm_example(dims) if batch else None,
@@ -213,6 +238,7 @@ RUNNING_NORMS = Family(
     tuple(
         _running_type(kind, dims) for kind in ("BatchNorm", "InstanceNorm") for dims in (1, 2, 3)
     ),
+    settings=(RUNNING_EPS,),
 )
 
 
@@ -280,6 +306,7 @@ AFFINE_NORMS = Family(
             "Rescales each position's features to a steady range, then applies a learned "
             "scale (and offset).",
             arguments={"layer_norm_eps": "eps"},
+            hidden=("layer_norm_eps",),
             stack=_sequence_stack,
             example=_sequence_example,
             rebuild=_rebuild_layer_norm,
@@ -292,6 +319,7 @@ AFFINE_NORMS = Family(
             "Rescales each position's features by their typical size, then applies a "
             "learned scale.",
             arguments={"layer_norm_eps": "eps"},
+            hidden=("layer_norm_eps",),
             stack=_sequence_stack,
             example=_sequence_example,
             rebuild=_rebuild_rms_norm,
@@ -303,9 +331,11 @@ AFFINE_NORMS = Family(
             "GroupNorm",
             "Rescales groups of channels of each sample to a steady range, then applies a "
             "learned scale and offset.",
+            hidden=("num_groups",),
             stack=_group_stack,
             example=_group_example,
             rebuild=_rebuild_group_norm,
         ),
     ),
+    settings=(LAYER_NORM_EPS, NUM_GROUPS),
 )

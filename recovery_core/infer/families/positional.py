@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 from recovery_core.infer.detection import Detection, Group, call, fmt
-from recovery_core.infer.family import Family, LayerType
+from recovery_core.infer.family import Args, Family, Fixes, LayerType
+from recovery_core.model.spec import positional_length
 
 POSITIONAL_NAME = re.compile(
     r"^(pe|pos_?emb(edding)?s?|pos(itional)?_?enc(oding)?s?|position(al)?_?(embedding|encoding)s?)$",
@@ -28,6 +29,10 @@ def detect_positional_encoding(group: Group) -> Detection | None:
     )
 
 
+def _determines(fixes: Fixes, args: Args) -> None:
+    fixes.add("max_len", positional_length(tuple(args["shape"])), args["buffer"])
+
+
 FAMILY = Family(
     "PositionalEncoding",
     detect_positional_encoding,
@@ -37,6 +42,7 @@ FAMILY = Family(
             "A fixed table added to a sequence so the model can tell positions apart.",
             build="positional",
             all_buffers=True,
+            determines=_determines,
         ),
     ),
 )

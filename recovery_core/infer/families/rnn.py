@@ -11,10 +11,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from recovery_core.infer.detection import Detection, Group, call, fmt
-from recovery_core.infer.family import Family, LayerType
+from recovery_core.infer.family import Args, Family, Fixes, LayerType, Setting
 
 RNN_KEY = re.compile(r"^(weight|bias)_(ih|hh|hr)_l(\d+)(_reverse)?$")
 TYPE_BY_GATES = {4: "LSTM", 3: "GRU", 1: "RNN"}
+NONLINEARITY = Setting(
+    "rnn_nonlinearity",
+    "The bend a plain RNN applies to its running summary at each step: tanh keeps it "
+    "between -1 and 1, relu only cuts off negative values.",
+    ("tanh", "relu"),
+    "tanh",
+    metadata_names=("rnn_nonlinearity", "nonlinearity"),
+    reads="word",
+)
 
 
 def _expected(
@@ -84,6 +93,31 @@ def _retune(m: Any, values: Mapping[str, Any]) -> None:
         m.batch_first = values["batch_first"]
 
 
+def _determines(fixes: Fixes, args: Args) -> None:
+    where = fixes.path or "the RNN"
+    fixes.add("input_size", args["input_size"], "weight_ih_l0")
+    projected = bool(args.get("proj_size"))
+    fixes.add("hidden_size", args["hidden_size"], "weight_hr_l0" if projected else "weight_hh_l0")
+    last = args["num_layers"] - 1
+    fixes.add(
+        "num_layers",
+        args["num_layers"],
+        f"weight_ih_l{last}",
+        f"{where} has weight_ih_l0 … weight_ih_l{last}"
+        if last
+        else f"{where} has only weight_ih_l0",
+    )
+    bidirectional = args["bidirectional"]
+    fixes.add(
+        "bidirectional",
+        bidirectional,
+        "weight_ih_l0_reverse" if bidirectional else "weight_ih_l0",
+        f"{where} {'has' if bidirectional else 'has no'} *_reverse weights",
+    )
+    if projected:
+        fixes.add("proj_size", args["proj_size"], "weight_hr_l0")
+
+
 _MEANINGS = {
     "LSTM": "Reads a sequence step by step, keeping a memory it learns to update and forget.",
     "GRU": "Reads a sequence step by step, keeping a memory it learns to update (a lighter LSTM).",
@@ -98,10 +132,14 @@ FAMILY = Family(
             name,
             _MEANINGS[name],
             arguments={"rnn_nonlinearity": "nonlinearity"} if name == "RNN" else None,
+            hidden=("batch_first", "dropout") + (("rnn_nonlinearity",) if name == "RNN" else ()),
+            determines=_determines,
             retunes=frozenset({"batch_first"}),
             retune=_retune,
+            roles=frozenset({"rnn"}),  # a sequence forward's core
         )
         for name in ("LSTM", "GRU", "RNN")
     ),
     composite=True,
+    settings=(NONLINEARITY,),
 )

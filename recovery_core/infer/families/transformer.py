@@ -12,12 +12,30 @@ from typing import Any
 
 from recovery_core.infer.detection import Detection, Group, call, fmt
 from recovery_core.infer.families.attention import packed_attention_shapes
-from recovery_core.infer.family import Family, LayerType, nothing
+from recovery_core.infer.family import Args, Family, Fixes, LayerType, Setting, nothing
 
 Shapes = Mapping[str, tuple[int, ...]]
 LayerArgs = dict[str, Any]
 
 LAYER_HIDDEN = ("nhead", "dropout", "activation", "layer_norm_eps", "batch_first", "norm_first")
+# The layers' own; nhead, dropout and batch_first are attention's, layer_norm_eps the norms'.
+SETTINGS = (
+    Setting(
+        "norm_first",
+        "Whether each block normalises its input before (yes) or after (no) its main step.",
+        (False, True),
+        False,
+        metadata_names=("norm_first", "pre_norm"),
+    ),
+    Setting(
+        "activation",
+        "The bend applied inside each feed-forward layer.",
+        ("relu", "gelu"),
+        "relu",
+        metadata_names=("activation", "activation_function", "hidden_act"),
+        reads="word",
+    ),
+)
 
 
 def _under(shapes: Shapes, prefix: str) -> dict[str, tuple[int, ...]]:
@@ -146,6 +164,42 @@ def detect_transformer(group: Group) -> Detection | None:
     return Detection("Transformer", args, evidence, hidden=LAYER_HIDDEN, composite=True)
 
 
+# ------------------------------------------------------------ what the shapes fix
+
+
+def _width(fixes: Fixes, linear1: str) -> None:
+    ff, d_model = fixes.shapes[fixes.key(linear1)]
+    fixes.add("d_model", d_model, linear1)
+    fixes.add("dim_feedforward", ff, linear1)
+
+
+def _layer_count(fixes: Fixes, count: int, name: str, prefix: str) -> None:
+    layers = "1 layer (0)" if count == 1 else f"{count} layers (0 … {count - 1})"
+    last = f"{prefix}.{count - 1}.linear1.weight"
+    fixes.add(name, count, last, f"{fixes.key(prefix)} holds {layers}")
+
+
+def _determines_transformer(fixes: Fixes, args: Args) -> None:
+    _width(fixes, "encoder.layers.0.linear1.weight")
+    _layer_count(fixes, args["num_encoder_layers"], "num_encoder_layers", "encoder.layers")
+    _layer_count(fixes, args["num_decoder_layers"], "num_decoder_layers", "decoder.layers")
+
+
+def _determines_stack(name: str) -> Callable[[Fixes, Args], None]:
+    def determines(fixes: Fixes, args: Args) -> None:
+        _width(fixes, "layers.0.linear1.weight")
+        _layer_count(fixes, args["num_layers"], name, "layers")
+
+    return determines
+
+
+def _determines_layer(fixes: Fixes, args: Args) -> None:
+    _width(fixes, "linear1.weight")
+
+
+# ------------------------------------------------------------ built models
+
+
 def activation_function(name: str) -> Callable[[Any], Any]:
     """The function torch's Transformer layers call for `activation` ("relu", "gelu")."""
     import torch.nn.functional as F  # only a built model asks: inference stays torch-free
@@ -179,12 +233,15 @@ TRANSFORMER = Family(
         LayerType(
             "Transformer",
             "A whole encoder-decoder: reads one sequence and writes another.",
+            hidden=LAYER_HIDDEN,
+            determines=_determines_transformer,
             retunes=frozenset({"batch_first"}),
             retune=_retune_transformer,
             opened_for_training=True,
         ),
     ),
     composite=True,
+    settings=SETTINGS,
 )
 ENCODER = Family(
     "TransformerEncoder",
@@ -194,6 +251,7 @@ ENCODER = Family(
             "TransformerEncoder",
             "A stack of encoder layers that read a sequence.",
             build="stack",
+            determines=_determines_stack("num_encoder_layers"),
             retune=_retune_encoder,
             opened_for_training=True,
         ),
@@ -208,6 +266,7 @@ DECODER = Family(
             "TransformerDecoder",
             "A stack of decoder layers that write a sequence while reading another.",
             build="stack",
+            determines=_determines_stack("num_decoder_layers"),
             retune=nothing,
             opened_for_training=True,
         ),
@@ -222,6 +281,8 @@ DECODER_LAYER = Family(
             "TransformerDecoderLayer",
             "One decoder block: attends to what it wrote so far and to the input, then "
             "mixes each position's features.",
+            hidden=LAYER_HIDDEN,
+            determines=_determines_layer,
             retunes=frozenset({"norm_first", "activation"}),
             retune=_retune_layer,
         ),
@@ -236,6 +297,8 @@ ENCODER_LAYER = Family(
             "TransformerEncoderLayer",
             "One encoder block: attention across the sequence, then mixing each "
             "position's features.",
+            hidden=LAYER_HIDDEN,
+            determines=_determines_layer,
             retunes=frozenset({"norm_first", "activation"}),
             retune=_retune_layer,
         ),
