@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import streamlit as st
 
-import recovery_core as rc
 from dashboard import state, ui
 
 MAPPING_WIDGETS = ("data_input_", "data_target", "data_loss")
@@ -25,8 +24,9 @@ def open_data(studio: state.Studio, source: state.Source) -> bool:
             hint="Use a dict of tensors (.pt), a .safetensors or a .npz file.",
         )
         return False
+    assert studio.recovery is not None, "a checkpoint is open before its data"
     studio.dataset_source = replace(source, payload=None)  # the bytes are not needed any more
-    studio.dataset = dataset
+    studio.recovery.use_data(dataset)
     forget_mapping_widgets()
     remap(studio)
     return True
@@ -42,24 +42,19 @@ def forget_mapping_widgets() -> None:
         del st.session_state[key]
 
 
-def guess(studio: state.Studio, dataset: rc.Dataset) -> rc.DataMapping:
-    wiring = studio.spec.wiring if studio.spec is not None else None
-    return rc.guess_mapping(dataset, wiring.inputs if wiring is not None else None)
-
-
 def remap(studio: state.Studio) -> None:
     """Guess how this session's dataset feeds the current model (a new dataset, or another
     checkpoint opened); when no guess fits, the person chooses the entries in step 3."""
-    if studio.dataset is None:
+    recovery = studio.recovery
+    if recovery is None or recovery.dataset is None:
         return
     try:
-        studio.mapping = guess(studio, studio.dataset)
+        recovery.map()
     except Exception as exc:  # noqa: BLE001 - shown as a sentence, the app goes on
-        studio.mapping = None
         studio.data_error = ui.problem(
             exc,
             "matching the data to the model",
-            prefix=f"The inputs and target of {studio.dataset.source_name} could not be guessed: ",
+            prefix=f"The inputs and target of {recovery.dataset.source_name} could not be guessed: ",
             hint="Choose them below.",
         )
         return

@@ -56,19 +56,17 @@ def current_plan(studio: state.Studio) -> rc.plan.RecoveryPlan:
 
 def apply_plan(studio: state.Studio, plan: rc.plan.RecoveryPlan) -> str:
     """Put a plan's choices into this session; returns what was done, in words."""
-    assert studio.opened is not None
+    assert studio.opened is not None and studio.recovery is not None
     plan.check_checkpoint(checkpoint_sha(studio.opened))
     studio.stop_all()
-    studio.set_spec(plan.apply(studio.opened.spec))
+    studio.recovery.use_spec(plan.apply(studio.opened.spec))
     studio.trainable = set(plan.trainable)
     studio.freeze_version += 1
     studio.training = plan.training
     studio.accept_unverified = False
     done = "Settings, layers to train and training settings loaded"
     if plan.data is not None and studio.dataset is not None:
-        studio.mapping = rc.make_mapping(
-            studio.dataset, plan.data.inputs, plan.data.target, loss=plan.data.loss
-        )
+        studio.recovery.map(plan.data.inputs, plan.data.target, plan.data.loss)
         done += f"; data mapped as {', '.join(plan.data.inputs)} → {plan.data.target}"
     elif plan.data is not None:
         done += f"; open the data it was made with ({plan.data.name or 'its dataset'}) in step 3"

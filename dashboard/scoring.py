@@ -57,34 +57,26 @@ class ScoringJob:
 def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> ScoringJob:
     """Score `names` on this session's data in a daemon thread; settings the person chose
     and did not ask to score stay fixed."""
-    assert studio.spec is not None and studio.opened is not None and studio.mapping is not None
-    spec = studio.spec
-    fixed = rc.session.person_values(spec, leave_out=names)
-    inputs, target = studio.given_tensors()
-    loss_fn = rc.loss_function(studio.mapping)
-    weights = studio.opened.checkpoint.state_dict()
-    job = ScoringJob(state.spec_key(spec), tuple(names), automatic)
+    assert studio.recovery is not None
+    job = ScoringJob(state.spec_key(studio.recovery.spec), tuple(names), automatic)
 
     def progress(done: int, total: int) -> None:
         job.done, job.total = done, total
         if job._stop.is_set():
             raise _Stopped
 
+    # Everything the search reads is taken now: a change meanwhile cannot reach it.
+    search = studio.recovery.scorer(
+        names,
+        budget_seconds=BUDGET_SECONDS,
+        max_samples=SAMPLES,
+        progress=progress,
+        threads=None,  # process-wide: the app chose it once for every session
+    )
+
     def work() -> None:
         try:
-            job.result = rc.score_candidates(
-                spec,
-                weights,
-                inputs,
-                target,
-                loss_fn,
-                fixed=fixed,
-                names=list(names),
-                budget_seconds=BUDGET_SECONDS,
-                max_samples=SAMPLES,
-                progress=progress,
-                threads=None,  # process-wide: the app chose it once for every session
-            )
+            job.result = search()
         except _Stopped:
             job.stopped = True
         except Exception as exc:  # noqa: BLE001 - shown to the person by `collect`
@@ -145,11 +137,11 @@ def collect(studio: state.Studio) -> bool:
             hint="Check the data's mapping in step 3, or choose the settings yourself in step 2.",
         )
         return True
-    if job.result is None or studio.spec is None:
+    if job.result is None or studio.recovery is None:
         return True  # stopped
-    if state.spec_key(studio.spec) != job.spec_key:
+    if state.spec_key(studio.recovery.spec) != job.spec_key:
         return True  # the person changed a setting meanwhile: their choice wins
-    studio.search = job.result
+    studio.recovery.apply_search(job.result)
     if job.result.best is None:  # nothing could be scored: nothing is found either
         studio.scoring_error = ui.Problem(
             f"{job.result.message.rstrip('.')}. Check the data's mapping in step 3, or choose "
@@ -157,5 +149,4 @@ def collect(studio: state.Studio) -> bool:
         )
         return True
     studio.scored_names.update(job.result.names)
-    studio.set_spec(job.result.apply(studio.spec))
     return True

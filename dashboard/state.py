@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import os
 import secrets
 import shutil
@@ -29,7 +28,6 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 import torch
-from torch import nn
 
 import recovery_core as rc
 
@@ -52,7 +50,6 @@ MAX_KEPT_SESSIONS = 64  # beyond this, the longest-unseen session is let go firs
 # Part of the data held out for evaluation: the chart's main line, the baseline and the
 # verdict are all this part's loss, so a run cannot look good by memorising its batches.
 HELD_OUT_FRACTION = 0.2
-MIN_HELD_OUT_SAMPLES = 8  # fewer examples than 5x this: evaluate on all the data
 
 
 # ---------------------------------------------------------------- sources
@@ -259,19 +256,19 @@ class RunRecord:
 
 @dataclass
 class Studio:
-    """One browser session's work. Never shared: each session gets its own."""
+    """One browser session's work. Never shared: each session gets its own.
 
-    opened: Opened | None = None
-    spec: rc.ArchSpec | None = None  # the inferred spec with this person's choices applied
-    spec_version: int = 0  # bumped on every change, so hyperparameter widgets pick it up
+    The pipeline's state (checkpoint, spec with the person's values, dataset, mapping,
+    the search's result) lives in one `rc.session.Recovery`; pages read it and call its
+    steps. The Studio keeps what is the page's own: the file opened, errors to show, the
+    ticked layers, the training settings, the runs to compare and the background jobs."""
+
+    opened: Opened | None = None  # the file and its table (shared, immutable)
+    recovery: rc.session.Recovery | None = None  # for `opened`: this session's own
     load_error: Problem | None = None
     handled_uploads: set[str] = field(default_factory=set)
-    search: rc.SearchResult | None = None  # for the current checkpoint
-    dataset_source: Source | None = None
-    dataset: rc.Dataset | None = None
+    dataset_source: Source | None = None  # where the recovery's dataset came from
     data_error: Problem | None = None
-    mapping: rc.DataMapping | None = None
-    reference: tuple[str, nn.Module] | None = None  # (spec key, model with the original weights)
     baselines: dict[str, float | Exception] = field(default_factory=dict)
     trainable: set[str] | None = None  # ticked module paths; None until first chosen
     freeze_version: int = 0  # bumped by presets, so the checkboxes pick them up
@@ -297,88 +294,73 @@ class Studio:
     forwards: dict[str, tuple[bool, tuple[int, ...] | None, str | None]] = field(
         default_factory=dict
     )
+    _seen_spec: rc.ArchSpec | None = field(default=None, repr=False)
+    _spec_version: int = 0
 
     def __post_init__(self) -> None:
         # When Streamlit drops a closed session's state, its runs stop and its files go.
         weakref.finalize(self, _end_session, self.runs, self.workdir)
 
+    # -- the recovery's state, read (its steps change it)
+
+    @property
+    def spec(self) -> rc.ArchSpec | None:
+        """The inferred spec with this person's choices applied."""
+        return self.recovery.spec if self.recovery is not None else None
+
+    @property
+    def dataset(self) -> rc.Dataset | None:
+        return self.recovery.dataset if self.recovery is not None else None
+
+    @property
+    def mapping(self) -> rc.DataMapping | None:
+        return self.recovery.mapping if self.recovery is not None else None
+
+    @property
+    def search(self) -> rc.SearchResult | None:
+        """The last search's result, for the current checkpoint."""
+        return self.recovery.searched if self.recovery is not None else None
+
+    @property
+    def spec_version(self) -> int:
+        """Changes whenever the spec does, so the hyperparameter widgets pick it up."""
+        if self.spec is not self._seen_spec:
+            self._seen_spec, self._spec_version = self.spec, self._spec_version + 1
+        return self._spec_version
+
     # -- checkpoint
 
     def use(self, opened: Opened) -> None:
-        """Switch to another checkpoint: everything derived from the old one is dropped."""
+        """Switch to another checkpoint: everything derived from the old one is dropped
+        (the dataset stays, unless the demo brings its own)."""
         self.stop_all()
+        kept = self.recovery if opened.source.kind != "demo" else None
         self.opened = opened
-        self.set_spec(opened.spec)
+        self.recovery = rc.session.Recovery(opened.checkpoint, opened.spec, opened.source.label)
+        if kept is not None and kept.dataset is not None:
+            self.recovery.use_data(kept.dataset, kept.data_name)
         self.load_error = None
-        self.search = None
         self.scoring, self.scoring_error = None, None
         self.auto_scored.clear()
         self.scored_names.clear()
         self.accept_unverified = False
         self.forwards.clear()
-        self.mapping = None
-        self.reference = None
         self.baselines.clear()
         self.trainable = None
         self.runs.clear()
         self.exports.clear()
         self.export_jobs.clear()  # a job still writing finishes into its own folder, unseen
         if opened.source.kind == "demo":
-            self.dataset_source, self.dataset, self.data_error = None, None, None
-
-    def set_spec(self, spec: rc.ArchSpec) -> None:
-        self.spec = spec
-        self.spec_version += 1
-        self.reference = None  # another architecture: the reference model is rebuilt on demand
-
-    # -- models
-
-    def fresh_model(self) -> nn.Module:
-        """A new model with the original weights: a private copy for this session."""
-        assert self.opened is not None and self.spec is not None
-        model = rc.session.loaded_model(self.spec, self.opened.checkpoint.state_dict())
-        # It takes the data batch-major, like `tensors()`: a model that reads dimension 0
-        # as its sequence is then cut along its own batch dimension everywhere.
-        return rc.attach_batch_major(model.eval(), rc.batch_dims(self.spec))
-
-    def reference_model(self) -> nn.Module:
-        """The model with the original weights, for baselines and freeze counts (never trained)."""
-        assert self.spec is not None
-        key = spec_key(self.spec)
-        if self.reference is None or self.reference[0] != key:
-            self.reference = (key, self.fresh_model())
-        return self.reference[1]
+            self.dataset_source, self.data_error = None, None
 
     # -- data
-
-    def given_tensors(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """The mapped entries exactly as the user gave them (the search cuts each candidate
-        forward along its own batch dimension)."""
-        assert self.dataset is not None and self.mapping is not None
-        return rc.mapped_tensors(self.dataset, self.mapping)
-
-    def tensors(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """The mapped entries with the model's batch along dimension 0 (see fresh_model)."""
-        assert self.spec is not None
-        inputs, target = self.given_tensors()
-        return rc.to_batch_major(inputs, target, rc.batch_dims(self.spec))
 
     @property
     def held_out(self) -> float:
         """The fraction held out for evaluation (0 when the data is too small to split)."""
-        if self.spec is not None and not rc.batch_dims(self.spec).independent:
-            return 0.0  # every sample depends on its place among the others (layout.py)
-        n = self.dataset.n_samples if self.dataset is not None else 0
-        wanted = self.training.val_fraction
-        return wanted if wanted > 0 and n * wanted >= MIN_HELD_OUT_SAMPLES else 0.0
-
-    def eval_tensors(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """The held-out examples: the same ones a training run evaluates on (same seeded split)."""
-        inputs, target = self.tensors()
-        if not self.held_out:
-            return inputs, target
-        _, val = rc.split_indices(target.shape[0], self.held_out, self.training.seed)
-        return tuple(t[val] for t in inputs), target[val]
+        if self.recovery is None:
+            return 0.0
+        return self.recovery.held_out(self.training.val_fraction)
 
     def baseline_key(self) -> str:
         assert self.spec is not None
@@ -386,43 +368,25 @@ class Studio:
 
     def baseline(self) -> float:
         """Loss with the original weights on the held-out data; once per spec and mapping."""
-        assert self.spec is not None and self.mapping is not None
+        assert self.recovery is not None and self.mapping is not None
         key = self.baseline_key()
-        failed = self.baselines.get(key)
-        if isinstance(failed, Exception):  # failures are kept too: no recomputing per redraw
-            raise failed
-        if key not in self.baselines:
+        if key not in self.baselines:  # failures are kept too: no recomputing per redraw
             try:
-                inputs, target = self.eval_tensors()
-                loss_fn = rc.loss_function(self.mapping)
-                value = rc.baseline_loss(self.reference_model(), inputs, target, loss_fn)
-                if not math.isfinite(value):
-                    raise rc.DataError(
-                        f"The loss of the original weights on this data is {value}; check "
-                        "which entries are the inputs and the target, and the loss."
-                    )
+                self.baselines[key] = self.recovery.baseline(self.held_out, self.training.seed)
             except Exception as exc:
                 self.baselines[key] = exc
-                raise
-            self.baselines[key] = value
-            return value
-        assert failed is not None  # computed before, and not a failure (raised above)
-        return failed
+        value = self.baselines[key]
+        if isinstance(value, Exception):
+            raise value
+        return value
 
     def forward_on_data(self) -> tuple[bool, tuple[int, ...] | None, str | None]:
         """Does the rebuilt model run on two of the data's own examples? (ok, output shape,
         the error in its own words); once per spec and mapping."""
-        assert self.spec is not None and self.mapping is not None
+        assert self.recovery is not None and self.spec is not None
         key = f"{spec_key(self.spec)}|{self.mapping!r}"
         if key not in self.forwards:
-            try:
-                inputs, _ = self.tensors()
-                with torch.no_grad():
-                    out = self.reference_model()(*(t[:2] for t in inputs))
-                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-                self.forwards[key] = (True, shape, None)
-            except Exception as exc:  # noqa: BLE001 - the answer shown is "it does not run"
-                self.forwards[key] = (False, None, f"{type(exc).__name__}: {exc}"[:400])
+            self.forwards[key] = self.recovery.runs_on_data()
         return self.forwards[key]
 
     # -- hidden settings

@@ -73,16 +73,12 @@ def describe(dataset: rc.Dataset) -> None:
 
 def _set_mapping() -> None:
     studio = state.studio()
-    assert studio.spec is not None and studio.dataset is not None
-    n_inputs = len(studio.spec.wiring.inputs) if studio.spec.wiring else 1
+    recovery = studio.recovery
+    assert recovery is not None and recovery.dataset is not None
+    n_inputs = len(recovery.spec.wiring.inputs) if recovery.spec.wiring else 1
     inputs = [st.session_state[f"data_input_{i}"] for i in range(n_inputs)]
     try:
-        studio.mapping = rc.make_mapping(
-            studio.dataset,
-            inputs,
-            st.session_state["data_target"],
-            loss=st.session_state["data_loss"],
-        )
+        recovery.map(inputs, st.session_state["data_target"], st.session_state["data_loss"])
         studio.data_error = None
     except Exception as exc:  # noqa: BLE001 - the previous mapping stays; the sentence says why
         studio.data_error = ui.problem(
@@ -156,7 +152,7 @@ def held_out(studio: state.Studio) -> None:
     )
     if studio.training.val_fraction and not studio.held_out:
         st.caption(
-            f"Too few examples to hold some out (fewer than {state.MIN_HELD_OUT_SAMPLES}): "
+            f"Too few examples to hold some out (fewer than {rc.session.MIN_HELD_OUT_SAMPLES}): "
             "the loss is measured on all of them."
         )
 

@@ -71,8 +71,9 @@ def units(spec: rc.ArchSpec, inspection: rc.Inspection) -> list[tuple[str, str, 
 def _trainable(studio: state.Studio) -> set[str]:
     """This session's ticked modules (the output layer on the first visit)."""
     if studio.trainable is None:
-        assert studio.spec is not None
-        patterns = rc.session.default_patterns(studio.reference_model(), studio.spec)
+        assert studio.recovery is not None
+        recovery = studio.recovery
+        patterns = rc.session.default_patterns(recovery.reference_model(), recovery.spec)
         studio.trainable = set(_from_patterns(studio, patterns))
     return studio.trainable
 
@@ -92,7 +93,8 @@ def _on_preset(name: str) -> None:
     studio = state.studio()
     with ui.reported("choosing a preset"):
         n = int(st.session_state.get("train_last_n", 1))
-        patterns = rc.preset_patterns(studio.reference_model(), name, n)
+        assert studio.recovery is not None
+        patterns = rc.preset_patterns(studio.recovery.reference_model(), name, n)
         studio.trainable = set(_from_patterns(studio, patterns))
         studio.freeze_version += 1
 
@@ -142,7 +144,8 @@ def freeze_choice(studio: state.Studio) -> rc.FreezePlan | None:
     if not chosen:
         st.info("Tick at least one layer to train.")
         return None
-    plan = rc.plan_freeze(studio.reference_model(), sorted(chosen))
+    assert studio.recovery is not None
+    plan = rc.plan_freeze(studio.recovery.reference_model(), sorted(chosen))
     if plan.trainable_params >= plan.total_params:
         text = f"Training all {fmt.count(plan.total_params)} parameters: nothing is frozen."
     else:
@@ -219,20 +222,20 @@ def config_of(studio: state.Studio) -> rc.TrainingConfig:
 
 
 def start(studio: state.Studio, plan: rc.FreezePlan, config: rc.TrainingConfig) -> None:
-    assert studio.spec is not None and studio.mapping is not None
-    inputs, target = studio.tensors()
-    run = rc.TrainingRun(
-        studio.reference_model(), plan, inputs, target, rc.loss_function(studio.mapping), config
-    )
+    recovery = studio.recovery
+    assert recovery is not None and recovery.mapping is not None
+    inputs, target = recovery.batch_major_tensors()
+    loss_fn = rc.loss_function(recovery.mapping)
+    run = rc.TrainingRun(recovery.reference_model(), plan, inputs, target, loss_fn, config)
     record = state.RunRecord(
         number=len(studio.runs) + 1,
         run=run,
-        spec=studio.spec,
+        spec=recovery.spec,
         plan=plan,
         config=config,
         baseline=studio.baseline(),
-        mapping=studio.mapping,
-        data_name=studio.dataset.source_name if studio.dataset is not None else None,
+        mapping=recovery.mapping,
+        data_name=recovery.data_name,
         example_inputs=tuple(t[:2] for t in inputs),
         states=studio.states(),
         unchecked=studio.unchecked(),
