@@ -240,6 +240,18 @@ def conv_setting_value(owner: ModuleSpec, setting: str) -> FreeValue:
     return FreeValue(declared.candidates, declared.default, reasons[setting])
 
 
+def module_free_value(name: str, module: ModuleSpec) -> FreeValue:
+    """Candidates and default of a value one module hides, read from that module alone
+    (a type chosen by hand, infer/retype.py): the rules the whole tree's values follow."""
+    split = split_setting(name)
+    if split is not None and module.type.startswith("Conv"):
+        return conv_setting_value(module, split[1])
+    if name == "num_groups":
+        return FreeValue(*_num_groups(module))
+    candidates, default = FREE_TABLE[name]
+    return FreeValue(candidates, default, "the usual default")
+
+
 def _conv_groups(name: str, root: ModuleSpec) -> FreeValue | None:
     """A convolution's groups the shapes leave open (infer/families/conv.py): any divisor of
     out_channels keeps every shape, with in_channels = groups × the stored input width."""

@@ -14,8 +14,8 @@ from dataclasses import replace
 from typing import Any
 
 from recovery_core.errors import HyperparameterError
-from recovery_core.infer.families.conv import hidden_settings, split_setting
-from recovery_core.infer.hyperparameters import FREE_TABLE, NOT_DETERMINED, conv_setting_value
+from recovery_core.infer.families.conv import hidden_settings
+from recovery_core.infer.hyperparameters import NOT_DETERMINED, module_free_value
 from recovery_core.infer.registry import layer_type
 from recovery_core.model.spec import SOURCE_DEFAULT, ArchSpec, Hyperparameter, ModuleSpec
 
@@ -32,22 +32,13 @@ def _args_for(type_name: str, shapes: Mapping[str, Shape]) -> tuple[dict[str, An
 
 def _default(name: str, module: ModuleSpec) -> Hyperparameter:
     """A free value the chosen type needs and the spec did not have yet."""
-    split = split_setting(name)
-    if split is not None and module.type.startswith("Conv"):
-        free = conv_setting_value(module, split[1])
-        candidates, default = free.candidates, free.default
-    elif name == "num_groups":
-        channels = module.args["num_channels"]
-        candidates = tuple(d for d in range(1, channels + 1) if channels % d == 0)
-        default = max(d for d in candidates if d <= 32)
-    else:
-        candidates, default = FREE_TABLE[name]
+    free = module_free_value(name, module)
     return Hyperparameter(
         name=name,
-        value=default,
+        value=free.default,
         source=SOURCE_DEFAULT,
         evidence=f"{NOT_DETERMINED}; the usual default for a {module.type}",
-        candidates=candidates,
+        candidates=free.candidates,
     )
 
 
