@@ -12,18 +12,6 @@ from dashboard import format as fmt
 # Off by default when scoring by hand: it moves the loss only in the last digits.
 RARELY_MATTERS = ("layer_norm_eps",)
 
-# What each free setting means, in a sentence a person who does not program can follow.
-MEANINGS = {
-    "nhead": "How many attention heads each attention layer splits its work into.",
-    "batch_first": "Whether examples come first in the data's layout (yes) or the positions do (no).",
-    "norm_first": "Whether each block normalises its input before (yes) or after (no) its main step.",
-    "activation": "The bend applied inside each feed-forward layer.",
-    "dropout": "How much is randomly switched off while training; no effect when evaluating.",
-    "layer_norm_eps": "A tiny number that keeps normalisation from dividing by zero.",
-    "scale_embedding": "Whether token vectors are multiplied by the square root of their size.",
-    "causal_mask": "Whether the model may only look at earlier positions when writing output.",
-}
-
 SOURCE_WORDS = {
     "shape": "read from a weight's shape",
     "checkpoint metadata": "stored in the file",
@@ -89,7 +77,8 @@ def free_choices(studio: state.Studio) -> None:
                 key=key,
                 on_change=_choose,
                 args=(hp.name, key),
-                help=MEANINGS.get(hp.name, hp.evidence),
+                # What it means, declared with the value by its family (core).
+                help=rc.families.setting_meaning(hp.name) or hp.evidence,
                 disabled=studio.scoring_running,
             )
             st.caption(state_words(studio, hp.name))
