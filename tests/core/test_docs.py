@@ -159,3 +159,21 @@ def test_a_convolutions_own_value_is_explained_by_its_last_part():
     assert catalog.setting_meaning("stride") == catalog.SETTINGS["stride"].meaning
     assert catalog.setting_meaning("net.1") == ""  # an Unknown slot: its evidence speaks
     assert catalog.setting_meaning("encoder.nhead") == ""  # model-wide values have no path
+
+
+def test_a_modules_hidden_values_are_those_its_type_declares():
+    # The page's type table is checked against LayerType.hidden; this holds the detectors
+    # to the same declaration (a convolution's own values are named by its path).
+    undeclared = set()
+    for case in ZOO:
+        spec = infer_spec(Checkpoint.from_state_dict(case.make().state_dict()))
+        for module in spec.modules():
+            found = catalog.layer_type(module.type)
+            if found is None:
+                continue
+            for name in module.hidden:
+                declared = catalog.setting(name)
+                per_layer = declared is not None and declared.per_layer
+                if name not in found.hidden and not per_layer:
+                    undeclared.add(f"{case.name}: {module.path} ({module.type}) hides {name}")
+    assert not undeclared
