@@ -20,7 +20,7 @@ from recovery_core.io.checkpoint import Checkpoint, load_checkpoint
 from recovery_core.model.spec import ArchSpec, ModuleSpec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one row per tensor, 100,000 are common
 class TensorRow:
     name: str
     shape: tuple[int, ...]

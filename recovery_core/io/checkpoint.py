@@ -97,7 +97,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: 100,000 of them are common
 class TensorInfo:
     name: str
     shape: tuple[int, ...]
