@@ -139,7 +139,9 @@ def freeze_choice(studio: state.Studio) -> rc.FreezePlan | None:
                     key=key,
                     on_change=_on_tick,
                     args=(path, key),
-                    help=f"A {type_} layer with {fmt.count(params)} parameters.",
+                    # What the layer does, as its family says it.
+                    help=f"A {type_} layer with {fmt.count(params)} parameters. "
+                    f"{rc.families.meaning(type_)}".rstrip(),
                 )
     if not chosen:
         st.info("Tick at least one layer to train.")

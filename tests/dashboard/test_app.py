@@ -130,6 +130,8 @@ def test_ticking_a_checkbox_neither_rereads_the_file_nor_reinfers(monkeypatch):
     at = go(open_app(), "train")
     assert calls == {"load": 1, "infer": 1}
     box = next(c for c in at.checkbox if c.label.startswith("encoder.layers.0"))
+    # Its tooltip says what such a layer does, in its family's words.
+    assert box.help.endswith(rc.families.meaning("TransformerEncoderLayer")), box.help
     box.check().run()
     assert "transformer.encoder.layers.0" in studio(at).trainable
     assert calls == {"load": 1, "infer": 1}
