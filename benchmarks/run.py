@@ -297,6 +297,10 @@ def bench_inspect(report: Report, runner: Runner) -> None:
         "Ours includes inferring the layer tree and each tensor's role (parameter or buffer, "
         "from the module type that owns it); the usual way only loads."
     )
+    import inspect_whole  # 1b: the whole `recovery inspect` process (small file, many keys)
+
+    rounds = 1 if runner.quick else 5
+    whole = inspect_whole.measure(100_000, rounds, runner.quick)
     report.section(
         "1. Inspect a big checkpoint",
         "Ours: `load_checkpoint` + `describe` (table and tree). Usual: `torch.load(weights_only=True)` "
@@ -306,6 +310,8 @@ def bench_inspect(report: Report, runner: Runner) -> None:
         notes,
         profile,
     )  # fmt: skip
+    report.sections[-1] += "\n\n" + inspect_whole.markdown(whole, rounds)
+    print("### " + report.sections[-1].rpartition("### ")[2] + "\n", flush=True)
 
 
 def inspect_gap(profile: str, fmt: str) -> str:

@@ -154,6 +154,7 @@ def test_recovery_inspect_runs_without_torch() -> None:
         "from recovery_core.cli import main\n"
         f"assert main(['inspect', {str(corpus / 'seed_zip.pt')!r}]) == 0\n"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)\n"
+        "assert 'numpy' not in sys.modules, 'the inspect path imported numpy'\n"
         "from recovery_core.io import sandbox\n"
         "server = sandbox._server().process.pid\n"
         "maps = open(f'/proc/{server}/maps').read()\n"
@@ -217,6 +218,35 @@ def test_a_torch_free_caller_forks_its_reader_under_the_same_limits() -> None:
         [sys.executable, "-c", _FORKED_READER], cwd=REPO, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+_MANY_KEYS_INSPECT = """
+import contextlib, io, resource, sys
+from recovery_core.cli import main
+from tests.hostile._memory import peak_rss_mib
+base = peak_rss_mib()
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    assert main(["inspect", sys.argv[1]]) == 0
+assert out.getvalue().count(".weight ") >= 10_000 // 2, out.getvalue()[-500:]
+reader = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(peak_rss_mib() - base, reader - base)
+"""
+
+
+def test_many_keys_are_inspected_in_memory_that_grows_slowly_with_the_keys(tmp_path) -> None:
+    """10,000 tensors: the whole inspect (table, tree, text) and its reader each stay
+    within ~5 KiB per key above the interpreter (the metadata path: no tensor is built,
+    no torch is imported: torch alone is ~200 MiB), ~2 KiB per key today."""
+    path = tmp_path / "many.pt"
+    torch.save({f"{i // 2}.{'weight' if i % 2 == 0 else 'bias'}": torch.zeros(4) for i in range(10_000)}, path)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", _MANY_KEYS_INSPECT, str(path)],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    caller_mib, reader_mib = map(float, run.stdout.split())
+    assert caller_mib < 50, f"inspect grew {caller_mib:.0f} MiB for 10,000 keys"
+    assert reader_mib < 50, f"its reader grew {reader_mib:.0f} MiB for 10,000 keys"
 
 
 def test_a_reader_started_without_torch_imports_it_once_for_datasets(tmp_path) -> None:
@@ -286,6 +316,7 @@ def test_the_known_memory_owning_globals_cover_torchs_list() -> None:
     """The scan's torch-free list holds everything the installed torch's allow-list would
     add (a torch upgrade with new tensor or storage classes fails here first)."""
     from recovery_core.io import pickle_scan
+
     assert pickle_scan._from_torch() <= pickle_scan.KNOWN_MEMORY_OWNING
 
 

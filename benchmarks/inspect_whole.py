@@ -1,0 +1,194 @@
+"""`recovery inspect` as a whole process, side by side with the strongest usual ways (issue 14.5).
+
+    .venv/bin/python benchmarks/inspect_whole.py            # small file and 100,000 keys, 5 rounds
+    .venv/bin/python benchmarks/inspect_whole.py --rounds 3 --keys 20000
+
+Every run is a fresh process (interpreter start and imports included), timed by wall clock
+and measured by `/usr/bin/time` (peak RSS of the process and the children it waited for:
+our forked file reader counts). The runs of one round follow each other, round after
+round, so a change in the machine's load hits every side alike; each figure is the median
+over the rounds, each ratio one of medians measured in the same run.
+
+- ours: `python -m recovery_core inspect FILE` (names, shapes, layer tree, hyperparameters),
+- torch.load: a script listing every shape with `torch.load(mmap=True, weights_only=True)`,
+- safe_open: a script listing every shape with safetensors' `safe_open`,
+- floor (zip files): read data.pkl from the zip and walk its opcodes with
+  `pickletools.genops`, nothing else,
+- bare: `python -c pass`, the interpreter's own time and memory.
+
+In-process, ours (`load_checkpoint` + `describe`, imports done) and `safe_open` listing
+shapes are timed apart in their own processes, best of several calls after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "benchmarks" / "_work"
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+import cases  # noqa: E402
+import workloads  # noqa: E402
+
+TORCH_LOAD = (
+    "import sys, torch\n"
+    "sd = torch.load(sys.argv[1], mmap=True, weights_only=True)\n"
+    "print(sum(len(tuple(v.shape)) for v in sd.values()))\n"
+)
+SAFE_OPEN = (
+    "import sys\n"
+    "from safetensors import safe_open\n"
+    "with safe_open(sys.argv[1], 'pt') as f:\n"
+    "    print(sum(len(f.get_slice(k).get_shape()) for k in f.keys()))\n"
+)
+GENOPS_FLOOR = (
+    "import pickletools, sys, zipfile\n"
+    "archive = zipfile.ZipFile(sys.argv[1])\n"
+    "data = archive.read(next(n for n in archive.namelist() if n.endswith('data.pkl')))\n"
+    "print(sum(1 for _ in pickletools.genops(data)))\n"
+)
+IN_PROCESS = (
+    "import statistics, sys, time\n"
+    "path, which, calls = sys.argv[1], sys.argv[2], int(sys.argv[3])\n"
+    "if which == 'ours':\n"
+    "    import recovery_core as rc\n"
+    "    def once(): return rc.describe(rc.load_checkpoint(path))\n"
+    "else:\n"
+    "    from safetensors import safe_open\n"
+    "    def once():\n"
+    "        with safe_open(path, 'pt') as f:\n"
+    "            return {k: f.get_slice(k).get_shape() for k in f.keys()}\n"
+    "once()\n"
+    "seconds = []\n"
+    "for _ in range(calls):\n"
+    "    start = time.perf_counter(); once(); seconds.append(time.perf_counter() - start)\n"
+    "print(min(seconds))\n"
+)
+
+
+def safetensors_twin(path: Path) -> Path:
+    """The same tensors as a .safetensors file (made once, beside the benchmark's inputs)."""
+    twin = WORK / f"{path.stem}.safetensors"
+    if not twin.exists():
+        import torch
+        from safetensors.torch import save_file
+
+        state = torch.load(path, weights_only=True)
+        tmp = twin.with_suffix(".tmp")
+        save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp))
+        tmp.rename(twin)
+    return twin
+
+
+def files(keys: int, quick: bool) -> dict[str, tuple[Path, Path]]:
+    """label -> (.pt, .safetensors): the demo checkpoint, and `keys` small tensors."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    small = cases.DEMO_CHECKPOINT
+    chosen = {"small (demo, 69 keys)": (small, safetensors_twin(small))}
+    if not quick:
+        many = cases.many_keys_checkpoint(WORK, keys)
+        chosen[f"{keys:,} keys"] = (many, safetensors_twin(many))
+    return chosen
+
+
+def commands(pt: Path, st: Path, quick: bool) -> dict[str, list[str]]:
+    """The whole-process runs; --quick (a smoke test in the suite) leaves out the ones
+    that import torch (seconds each)."""
+    runs = {
+        "ours .pt": ["-m", "recovery_core", "inspect", str(pt)],
+        "torch.load mmap .pt": ["-c", TORCH_LOAD, str(pt)],
+        "floor: genops .pt": ["-c", GENOPS_FLOOR, str(pt)],
+        "ours .safetensors": ["-m", "recovery_core", "inspect", str(st)],
+        "safe_open .safetensors": ["-c", SAFE_OPEN, str(st)],
+        "bare interpreter": ["-c", "pass"],
+    }
+    if quick:
+        del runs["torch.load mmap .pt"], runs["safe_open .safetensors"]
+    return runs
+
+
+def in_process(path: Path, which: str, calls: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", IN_PROCESS, str(path), which, str(calls)],
+        capture_output=True, text=True, cwd=ROOT, check=True,
+    )  # fmt: skip
+    return float(out.stdout.split()[-1])
+
+
+def measure(keys: int, rounds: int, quick: bool) -> dict[str, Any]:
+    """{file label: {run: {"seconds": [...], "peak": [...]}}} and the load seen."""
+    results: dict[str, Any] = {"load": [os.getloadavg()[0]], "files": {}}
+    for label, (pt, st) in files(keys, quick).items():
+        runs: dict[str, dict[str, list[float]]] = {}
+        for _ in range(rounds):
+            for name, command in commands(pt, st, quick).items():
+                done = workloads.whole_process(command)
+                entry = runs.setdefault(name, {"seconds": [], "peak": []})
+                entry["seconds"].append(done["seconds"])
+                entry["peak"].append(done["peak_bytes"])
+            calls = 1 if "keys" in label else 20
+            for which in () if quick else ("ours", "safe_open"):
+                entry = runs.setdefault(f"in-process {which} .safetensors", {"seconds": []})
+                entry["seconds"].append(in_process(st, which, calls))
+            results["load"].append(os.getloadavg()[0])
+        results["files"][label] = runs
+    return results
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def markdown(results: dict[str, Any], rounds: int) -> str:
+    loads = results["load"]
+    lines = [
+        "### 1b. `recovery inspect` as a whole process (issue 14.5 and 14.3)",
+        "",
+        f"`benchmarks/inspect_whole.py` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{rounds} interleaved rounds, medians; load average {min(loads):.1f}-{max(loads):.1f} "
+        "on the 2 cores while it ran). Memory is the peak RSS above the bare interpreter's.",
+        "",
+        "| file | run | time | its time / ours | peak above the interpreter |",
+        "|---|---|---|---|---|",
+    ]
+    for label, runs in results["files"].items():
+        med = {name: statistics.median(entry["seconds"]) for name, entry in runs.items()}
+        bare_peak = statistics.median(runs["bare interpreter"]["peak"])
+        for name, entry in runs.items():
+            mine = med["ours .pt" if ".pt" in name else "ours .safetensors"]
+            if name.startswith("in-process"):
+                mine = med["in-process ours .safetensors"]
+            peak = (
+                f"{(statistics.median(entry['peak']) - bare_peak) / 2**20:.0f} MiB"
+                if "peak" in entry
+                else ""
+            )
+            spread = f" ({_s(min(entry['seconds']))}-{_s(max(entry['seconds']))})"
+            lines.append(
+                f"| {label} | {name} | {_s(med[name])}{spread if len(entry['seconds']) > 1 else ''} "
+                f"| {med[name] / mine:.3g}× | {peak} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--quick", action="store_true", help="the small file, one round")
+    args = parser.parse_args(argv)
+    rounds = 1 if args.quick else args.rounds
+    print(markdown(measure(args.keys, rounds, args.quick), rounds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
