@@ -16,7 +16,7 @@ mutated member (data.pkl, a setting record or a storage) and a safetensors file 
 mutated header, so mutants get past the first checks into the pickle and torch.
 
     .venv/bin/python -m tests.hostile.fuzz --count 50000      # a long run
-    .venv/bin/python -m tests.hostile.fuzz --seconds 30       # what the suite runs
+    .venv/bin/python -m tests.hostile.fuzz --count 64 --seed 11   # what the suite runs
 """
 
 from __future__ import annotations
