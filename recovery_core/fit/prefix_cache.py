@@ -5,13 +5,17 @@ model's output object (the "output chain"). If every trainable parameter sits in
 module of that chain, and that module (or, for a Sequential, its first trainable child)
 is called once, its input depends only on frozen modules. Frozen modules run in eval mode
 (see `freeze.set_train_mode`), so that input is deterministic and can be computed once.
+
+The frozen trunk runs over the data once: the probe that finds the cut (two samples) also
+records the entry's input, and comparing it with the first chunk of the cache tells which
+dimension holds the samples, so no other forward is needed.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -23,6 +27,19 @@ from recovery_core.fit.freeze import FreezePlan, eval_mode
 FEATURE_CHUNK = 256
 
 
+# The probe's samples: two, so that a chunk of another size tells where samples are held.
+PROBE_SAMPLES = 2
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What a module received for the first `samples` samples of the data."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    samples: int
+
+
 @dataclass(frozen=True)
 class Suffix:
     """Where to cut: the entry module's input is cached; `runner` computes the output."""
@@ -30,16 +47,24 @@ class Suffix:
     entry: str  # module path whose input is cached
     runner: nn.Module  # the trainable suffix: the entry module or a Sequential tail
     description: str  # "head" or "net[3:]"
+    # The entry's input during find_suffix's probe (its first samples): with the cache's
+    # first chunk it tells where the samples are held, without another forward.
+    probe: Capture | None = field(default=None, compare=False, repr=False)
 
 
 class _Captured(Exception):
     """Raised by the capture hook to skip the rest of the forward (we only need the input)."""
 
 
-def output_chain(model: nn.Module, probe_inputs: Sequence[Tensor]) -> tuple[list[str], Counter]:
-    """Module paths whose output *is* the model output (deepest last), and call counts."""
+def output_chain(
+    model: nn.Module, probe_inputs: Sequence[Tensor], record: Collection[str] = ()
+) -> tuple[list[str], Counter, dict[str, Capture]]:
+    """Module paths whose output *is* the model output (deepest last), call counts, and
+    the first inputs of the modules in `record` (probe-sized, kept for the cache)."""
     outputs: dict[str, Any] = {}
     calls: Counter = Counter()
+    seen: dict[str, Capture] = {}
+    samples = probe_inputs[0].shape[0] if probe_inputs else 0
     handles = []
     for path, module in model.named_modules():
 
@@ -47,7 +72,13 @@ def output_chain(model: nn.Module, probe_inputs: Sequence[Tensor]) -> tuple[list
             outputs[path] = out
             calls[path] += 1
 
+        def pre_hook(_m: nn.Module, args: tuple, kwargs: dict, path: str = path) -> None:
+            if path not in seen:  # copies: the rest of the forward may write into them
+                seen[path] = Capture(_copied(args), _copied(kwargs), samples)
+
         handles.append(module.register_forward_hook(hook))
+        if path in record:
+            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
     try:
         with torch.no_grad(), eval_mode(model):  # a probe must not move BatchNorm statistics
             result = model(*probe_inputs)
@@ -56,7 +87,18 @@ def output_chain(model: nn.Module, probe_inputs: Sequence[Tensor]) -> tuple[list
             h.remove()
     chain = [p for p in outputs if _same_values(outputs[p], result)]
     chain.sort(key=lambda p: (p.count(".") + 1) if p else 0)
-    return chain, calls
+    return chain, calls, seen
+
+
+def _copied(value: Any) -> Any:
+    """`value` with every tensor in it (in tuples, lists and dicts) cloned."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copied(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    return value
 
 
 def _same_values(out: Any, result: Any) -> bool:
@@ -72,14 +114,40 @@ def _same_values(out: Any, result: Any) -> bool:
 def find_suffix(
     model: nn.Module, plan: FreezePlan, probe_inputs: Sequence[Tensor]
 ) -> tuple[Suffix | None, str]:
-    """The trainable suffix to run on cached features, or None with the reason."""
+    """The trainable suffix to run on cached features, or None with the reason. The suffix
+    carries its entry's input for `probe_inputs` (see `Suffix.probe`)."""
     trainable = list(plan.trainable_param_names)
     if not trainable:
         return None, "nothing trains"
-    modules = dict(model.named_modules())
-    chain, calls = output_chain(model, probe_inputs)
+    chain, calls, seen = output_chain(model, probe_inputs, _entries(model, trainable))
     if not chain:
         return None, "the model's output is not a single tensor returned by a module"
+    suffix, why_not = _cut(model, trainable, chain, calls)
+    if suffix is None:
+        return None, why_not
+    return replace(suffix, probe=seen.get(suffix.entry)), ""
+
+
+def _entries(model: nn.Module, trainable: Sequence[str]) -> set[str]:
+    """Every module `_cut` may choose as the entry: those holding every trainable parameter
+    and, inside a Sequential among them, its first child holding one."""
+    entries = set()
+    for path, module in model.named_modules():
+        if not all(_within(name, path) for name in trainable):
+            continue
+        entries.add(path)
+        for name, _ in module.named_children() if isinstance(module, nn.Sequential) else ():
+            if any(_within(t, _join(path, name)) for t in trainable):
+                entries.add(_join(path, name))
+                break
+    return entries
+
+
+def _cut(
+    model: nn.Module, trainable: Sequence[str], chain: Sequence[str], calls: Counter
+) -> tuple[Suffix | None, str]:
+    """The smallest suffix of the output chain that holds every trainable parameter."""
+    modules = dict(model.named_modules())
     for path in reversed(chain):  # deepest first: the smallest suffix wins
         if not all(_within(name, path) for name in trainable):
             continue
@@ -177,27 +245,68 @@ def capture_inputs(
 
 
 def cache_features(
-    model: nn.Module, suffix: Suffix, inputs: Sequence[Tensor], chunk: int = FEATURE_CHUNK
+    model: nn.Module,
+    suffix: Suffix,
+    inputs: Sequence[Tensor],
+    chunk: int = FEATURE_CHUNK,
+    probe: Capture | None = None,
 ) -> tuple[CachedFeatures | None, str]:
-    """Run the frozen prefix once over all samples. None (with a reason) when the entry's
-    inputs do not keep samples along dimension 0, so batches could not be sliced."""
+    """Run the frozen prefix once over all samples, in chunks from the first. None (with
+    a reason) when the entry's inputs do not keep samples along one dimension, so batches
+    could not be sliced. `probe`: the entry's input for these inputs' first samples,
+    already captured (find_suffix's): compared with the first chunk, it tells where the
+    samples are, so no extra forward is needed to find out. It is not a piece of the cache:
+    where positions follow the samples' order, only a chunk from the first sample computes
+    what the whole does."""
     entry = dict(model.named_modules())[suffix.entry]
     n = inputs[0].shape[0]
-    probes = [capture_inputs(model, entry, [t[:k] for t in inputs]) for k in (2, 3) if k <= n]
-    if len(probes) < 2:
+    if n <= PROBE_SAMPLES:
         return None, "too few samples to check the cached features' layout"
-    (args_a, kw_a), (args_b, kw_b) = probes
-    a = dict(enumerate(args_a)) | kw_a
-    b = dict(enumerate(args_b)) | kw_b
-    batched_keys: list[int | str] = []
+    if probe is None or probe.samples != PROBE_SAMPLES:
+        probe = _capture(model, entry, inputs, 0, PROBE_SAMPLES)
+    step = max(chunk, 1)
+    first = _capture(model, entry, inputs, 0, min(step, n))
+    # Two captures of different sizes tell which dimension holds the samples.
+    other = first if first.samples != probe.samples else (
+        _capture(model, entry, inputs, 0, PROBE_SAMPLES + 1)
+    )  # fmt: skip
+    layout, reason = _layout(suffix, probe, other)
+    if layout is None:
+        return None, reason
+    dims, constants = layout
+    pieces = [first] + [
+        _capture(model, entry, inputs, start, min(start + step, n))
+        for start in range(step, n, step)
+    ]
+    values = [dict(enumerate(p.args)) | p.kwargs for p in pieces]
+    batched = {
+        key: torch.cat([v[key].detach() for v in values], dim).movedim(dim, 0)
+        for key, dim in dims.items()
+    }
+    return CachedFeatures(batched, constants, n_args=len(first.args), dims=dims), ""
+
+
+def _capture(
+    model: nn.Module, entry: nn.Module, inputs: Sequence[Tensor], start: int, stop: int
+) -> Capture:
+    args, kwargs = capture_inputs(model, entry, [t[start:stop] for t in inputs])
+    return Capture(args, kwargs, stop - start)
+
+
+def _layout(
+    suffix: Suffix, a: Capture, b: Capture
+) -> tuple[tuple[dict[int | str, int], dict[int | str, Any]] | None, str]:
+    """From two pieces of different sizes: the dimension holding the samples in each
+    batched input, and the inputs that stay the same (a causal mask, a flag)."""
+    values_a = dict(enumerate(a.args)) | a.kwargs
+    values_b = dict(enumerate(b.args)) | b.kwargs
     dims: dict[int | str, int] = {}
     constants: dict[int | str, Any] = {}
-    for key, va in a.items():
-        vb = b.get(key)
+    for key, va in values_a.items():
+        vb = values_b.get(key)
         if isinstance(va, Tensor) and isinstance(vb, Tensor):
-            dim = _sample_dim(va, vb)
+            dim = _sample_dim(va, vb, (a.samples, b.samples))
             if dim is not None:
-                batched_keys.append(key)
                 dims[key] = dim
             elif va.shape == vb.shape and torch.equal(va, vb):
                 constants[key] = va
@@ -207,23 +316,15 @@ def cache_features(
             constants[key] = va
         else:
             return None, f"the input of {suffix.entry} changes in a way that cannot be cached"
-    parts: dict[int | str, list[Tensor]] = {k: [] for k in batched_keys}
-    step = max(chunk, 1)
-    for start in range(0, n, step):
-        args, kwargs = capture_inputs(model, entry, [t[start : start + step] for t in inputs])
-        values = dict(enumerate(args)) | kwargs
-        for key in batched_keys:
-            parts[key].append(values[key].detach())
-    batched = {k: torch.cat(v, dims[k]).movedim(dims[k], 0) for k, v in parts.items()}
-    return CachedFeatures(batched, constants, n_args=len(args_a), dims=dims), ""
+    return (dims, constants), ""
 
 
-def _sample_dim(a: Tensor, b: Tensor) -> int | None:
-    """The one dimension that held 2 samples in `a` and 3 in `b` (the rest equal), if any."""
+def _sample_dim(a: Tensor, b: Tensor, sizes: tuple[int, int]) -> int | None:
+    """The one dimension that held `sizes` samples in `a` and `b` (the rest equal), if any."""
     if a.dim() != b.dim():
         return None
     differing = [d for d in range(a.dim()) if a.shape[d] != b.shape[d]]
-    if len(differing) == 1 and (a.shape[differing[0]], b.shape[differing[0]]) == (2, 3):
+    if len(differing) == 1 and (a.shape[differing[0]], b.shape[differing[0]]) == sizes:
         return differing[0]
     return None
 
@@ -249,6 +350,7 @@ def full_forward(model: nn.Module, inputs: Sequence[Tensor]) -> Callable[[Tensor
 
 __all__ = [
     "CachedFeatures",
+    "Capture",
     "Suffix",
     "cache_features",
     "cached_forward",

@@ -17,7 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple, get_args
 
 import torch
@@ -377,8 +377,9 @@ class _Fit:
         else:
             suffix, why_not = None, "caching turned off"
         features: CachedFeatures | None = None
-        if suffix is not None:
-            features, reason = cache_features(self.model, suffix, run.inputs)
+        if suffix is not None:  # the probe tells the features' layout: no other forward
+            features, reason = cache_features(self.model, suffix, run.inputs, probe=suffix.probe)
+            suffix = replace(suffix, probe=None)  # not needed any more
             if features is None:
                 suffix, why_not = None, reason
         blocker = closed_form_blocker(

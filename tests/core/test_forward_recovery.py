@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from recovery_core.infer import infer_spec
 from recovery_core.io.checkpoint import Checkpoint
 from recovery_core.model.build import build_model, load_weights
 from recovery_core.recover import RecoverOptions, recover
+from recovery_core.session import EXAMPLE_STEPS
 from tests.forward_zoo import FORWARD_BY_NAME, FORWARD_ZOO, ForwardCase, TokenSeq2Seq
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # torch's fast-path notices
@@ -179,20 +181,32 @@ def test_formats_asked_for_are_the_only_files_written(tmp_path: Path):
         )
 
 
-def test_the_trunk_runs_over_the_data_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """With the values known, recover runs the frozen trunk over every sample once: the
-    training cache, which the baseline reuses."""
-    case = FORWARD_BY_NAME["vector_seq2seq_batch_first"]
-    _, weights, data = _files(case, tmp_path)
-    passes: list[int] = []
+def _trunk_rows(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[tuple[int, ...]]]:
+    """Counts the trunk's work: the batch entries of each encoder call the training run
+    makes (its thread), and the shape of every call made outside it (checks, export)."""
+    training: list[int] = []
+    elsewhere: list[tuple[int, ...]] = []
     forward = torch.nn.TransformerEncoder.forward
 
     def counting(self, src, *args, **kwargs):
-        if src.shape[0] == SAMPLES:  # the whole data, not a probe of a few samples
-            passes.append(src.shape[0])
+        if threading.current_thread().name == "training-run":
+            training.append(int(src.shape[1 - int(self.layers[0].self_attn.batch_first)]))
+        else:
+            elsewhere.append(tuple(int(n) for n in src.shape))
         return forward(self, src, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.TransformerEncoder, "forward", counting)
+    return training, elsewhere
+
+
+def test_the_trunk_runs_over_the_data_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """With the values known, recover runs the frozen trunk over every sample once: the
+    training cache, which the baseline and the final loss reuse (and before it a probe of
+    two samples finds the cut and the cache's layout). Outside training it only looks at
+    two or three samples."""
+    case = FORWARD_BY_NAME["vector_seq2seq_batch_first"]
+    _, weights, data = _files(case, tmp_path)
+    training, elsewhere = _trunk_rows(monkeypatch)
     known = {"nhead": 4, "batch_first": True, "causal_mask": True, "pos_dim": 1}
     known |= {"scale_embedding": False, "norm_first": False, "activation": "relu"}
     known |= {"layer_norm_eps": 1e-5}
@@ -205,4 +219,43 @@ def test_the_trunk_runs_over_the_data_once(tmp_path: Path, monkeypatch: pytest.M
     )
 
     assert result.search is None and result.training.final_loss < result.training.baseline_loss
-    assert len(passes) == 1
+    assert result.training.cached_prefix
+    assert training == [2, SAMPLES]
+    assert all(shape[0] <= 3 for shape in elsewhere), elsewhere
+
+
+def test_a_model_reading_the_samples_as_one_sequence_runs_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Fed as it comes, a batch_first=False model reads all samples as one sequence, so
+    every look at the data is as long as the whole: training still runs the trunk once
+    over the model's batch entries (after its probe of two), and the check before training
+    and the export's run on a prefix of the sequence (as long as the export's examples)."""
+    case = FORWARD_BY_NAME["vector_seq2seq_fed_as_is"]
+    model = case.make()
+    weights, data = tmp_path / "weights.pt", tmp_path / "data.pt"
+    torch.save(model.state_dict(), weights)
+    steps = EXAMPLE_STEPS + 36  # longer than the prefix the checks look at
+    torch.save(case.data(model, steps), data)
+    dataset = torch.load(data, weights_only=True)
+    entries = dataset["src"].shape[1]
+    with torch.no_grad():
+        truth = torch.nn.functional.mse_loss(model(dataset["src"], dataset["tgt"]), dataset["y"])
+    training, elsewhere = _trunk_rows(monkeypatch)
+    known = {"nhead": 4, "batch_first": False, "causal_mask": False, "pos_dim": 1}
+    known |= {"scale_embedding": False, "norm_first": False, "activation": "relu"}
+    known |= {"layer_norm_eps": 1e-5}
+
+    result = recover(
+        str(weights),
+        str(data),
+        str(tmp_path / "o" / "m.pt"),
+        RecoverOptions(fixed=known, formats=()),
+    )
+
+    assert result.passed and result.training.final_loss < result.training.baseline_loss
+    assert result.training.cached_prefix
+    assert training == [2, entries]
+    # The cache computes what the whole model does on the whole data.
+    assert result.training.baseline_loss == pytest.approx(float(truth), rel=1e-4)
+    assert all(shape[0] == EXAMPLE_STEPS for shape in elsewhere), elsewhere
