@@ -368,6 +368,7 @@ def _child(reply: socket.socket, message: bytes) -> None:
         # collected, so garbage stays bounded.
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
+        gc.enable()  # whatever its parent had paused: a file's garbage is always collected
         target: Any = importlib.import_module(module)
         for part in qualname.split("."):
             target = getattr(target, part)
