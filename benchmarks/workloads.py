@@ -444,15 +444,19 @@ def whole_process(command: list[str]) -> dict[str, Any]:
 
 
 def recover_family(
-    family: str, weights: str, data: str, folder: str, fixed: bool
+    family: str, weights: str, data: str, folder: str, fixed: bool, formats: str | None = None
 ) -> dict[str, Any]:
-    """`recovery recover` on a family, searching everything or with the values fixed."""
+    """`recovery recover` on a family, searching everything or with the values fixed;
+    `formats` is `--formats` (None: the default, every format)."""
     from families import FAMILIES
 
     command = ["-m", "recovery_core", "recover", weights, "--data", data]
     command += ["--out", str(Path(folder) / f"{family}_{'fixed' if fixed else 'found'}.pt")]
     if fixed:  # the careful script's work and no more: TorchScript only, values given
-        command += ["--formats", ""]
+        formats = ""
+    if formats is not None:
+        command += ["--formats", formats]
+    if fixed:
         for value in FAMILIES[family].values:
             command += ["--set", value]
     run = whole_process(command)

@@ -212,6 +212,9 @@ def _codegen(args: argparse.Namespace) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
+    from recovery_core.io import sandbox
+
+    sandbox.prestart()  # the file reader imports torch while this process does
     from recovery_core.recover import RecoverOptions, recover
 
     options = RecoverOptions(

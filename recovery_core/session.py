@@ -16,7 +16,6 @@ import functools
 import math
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,7 +260,7 @@ def follow_run(run: TrainingRun, log: Log, bar: bool, poll_seconds: float = 0.2)
             if bar:
                 os.write(2, b"\n")
             return
-        time.sleep(poll_seconds)
+        run.join(poll_seconds)  # wakes as soon as the run ends: nobody waits for a poll
 
 
 def _log_forwards(spec: ArchSpec, log: Log) -> None:

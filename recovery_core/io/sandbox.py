@@ -26,6 +26,7 @@ the server adds `x` (the exit status) once the child has ended.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
@@ -239,7 +240,8 @@ def _rebuild_error(payload: dict[str, Any]) -> RecoveryError:
 
 
 class _ServerHandle:
-    def __init__(self) -> None:
+    def __init__(self, light: bool | None = None) -> None:
+        light = "torch" not in sys.modules if light is None else light
         control, theirs = socket.socketpair()
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
@@ -249,7 +251,7 @@ class _ServerHandle:
                 sys.executable,
                 "-c",
                 "from recovery_core.io.sandbox import serve; "
-                f"serve({theirs.fileno()}, light={'torch' not in sys.modules})",
+                f"serve({theirs.fileno()}, light={light})",
             ],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
@@ -285,12 +287,25 @@ _lock = threading.Lock()
 _handle: _ServerHandle | None = None
 
 
-def _server(*, fresh: bool = False) -> _ServerHandle:
+def _server(*, fresh: bool = False, light: bool | None = None) -> _ServerHandle:
     global _handle
     with _lock:
         if fresh or _handle is None or not _handle.alive():
-            _handle = _ServerHandle()
+            _handle = _ServerHandle(light)
         return _handle
+
+
+def prestart() -> None:
+    """Start the parse server now, in the background, with torch preloaded: for a caller
+    about to import torch itself (`recovery recover`), so that the two imports overlap
+    instead of following each other. The first request waits for it (or, if it could not
+    start, starts one and says what fails)."""
+    threading.Thread(target=_prestarted, name="parse-server-start", daemon=True).start()
+
+
+def _prestarted() -> None:
+    with contextlib.suppress(RecoveryError, OSError):
+        _server(light=False)
 
 
 # --- the parse server itself (a separate, single-threaded interpreter) ----------------------
