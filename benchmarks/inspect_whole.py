@@ -27,6 +27,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,6 @@ WORK = ROOT / "benchmarks" / "_work"
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import cases  # noqa: E402
-import workloads  # noqa: E402
 
 TORCH_LOAD = (
     "import sys, torch\n"
@@ -115,6 +115,20 @@ def commands(pt: Path, st: Path, quick: bool) -> dict[str, list[str]]:
     return runs
 
 
+def whole_process(command: list[str]) -> dict[str, float]:
+    """Wall time, CPU time (user + system, the reader it waited for included) and peak RSS
+    of one process, from `/usr/bin/time` (its wait4 figures are the command's own)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        started = time.perf_counter()
+        subprocess.run(
+            ["/usr/bin/time", "-o", report.name, "-f", "%U %S %M", sys.executable, *command],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, check=True,
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        user, system, peak_kib = report.read().split()[-3:]
+    return {"seconds": seconds, "cpu": float(user) + float(system), "peak": int(peak_kib) * 1024}
+
+
 def in_process(path: Path, which: str, calls: int) -> float:
     out = subprocess.run(
         [sys.executable, "-c", IN_PROCESS, str(path), which, str(calls)],
@@ -130,10 +144,10 @@ def measure(keys: int, rounds: int, quick: bool) -> dict[str, Any]:
         runs: dict[str, dict[str, list[float]]] = {}
         for _ in range(rounds):
             for name, command in commands(pt, st, quick).items():
-                done = workloads.whole_process(command)
-                entry = runs.setdefault(name, {"seconds": [], "peak": []})
-                entry["seconds"].append(done["seconds"])
-                entry["peak"].append(done["peak_bytes"])
+                done = whole_process(command)
+                entry = runs.setdefault(name, {"seconds": [], "cpu": [], "peak": []})
+                for field in entry:
+                    entry[field].append(done[field])
             calls = 1 if "keys" in label else 20
             for which in () if quick else ("ours", "safe_open"):
                 entry = runs.setdefault(f"in-process {which} .safetensors", {"seconds": []})
@@ -156,27 +170,36 @@ def markdown(results: dict[str, Any], rounds: int) -> str:
         f"{rounds} interleaved rounds, medians; load average {min(loads):.1f}-{max(loads):.1f} "
         "on the 2 cores while it ran). Memory is the peak RSS above the bare interpreter's.",
         "",
-        "| file | run | time | its time / ours | peak above the interpreter |",
-        "|---|---|---|---|---|",
+        "| file | run | wall time | its time / ours | CPU time | its CPU / ours | peak above the interpreter |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, runs in results["files"].items():
-        med = {name: statistics.median(entry["seconds"]) for name, entry in runs.items()}
-        bare_peak = statistics.median(runs["bare interpreter"]["peak"])
-        for name, entry in runs.items():
-            mine = med["ours .pt" if ".pt" in name else "ours .safetensors"]
-            if name.startswith("in-process"):
-                mine = med["in-process ours .safetensors"]
-            peak = (
-                f"{(statistics.median(entry['peak']) - bare_peak) / 2**20:.0f} MiB"
-                if "peak" in entry
-                else ""
-            )
-            spread = f" ({_s(min(entry['seconds']))}-{_s(max(entry['seconds']))})"
-            lines.append(
-                f"| {label} | {name} | {_s(med[name])}{spread if len(entry['seconds']) > 1 else ''} "
-                f"| {med[name] / mine:.3g}× | {peak} |"
-            )
+        lines += _rows(label, runs)
     return "\n".join(lines)
+
+
+def _rows(label: str, runs: dict[str, dict[str, list[float]]]) -> list[str]:
+    def med(name: str, field: str) -> float:
+        return statistics.median(runs[name][field])
+
+    bare_peak = med("bare interpreter", "peak")
+    rows = []
+    for name, entry in runs.items():
+        mine = "ours .pt" if ".pt" in name else "ours .safetensors"
+        if name.startswith("in-process"):
+            mine = "in-process ours .safetensors"
+        times = entry["seconds"]
+        spread = f" ({_s(min(times))}-{_s(max(times))})" if len(times) > 1 else ""
+        cpu, cpu_ratio, peak = "", "", ""
+        if "cpu" in entry:
+            cpu = _s(med(name, "cpu"))
+            cpu_ratio = f"{med(name, 'cpu') / max(med(mine, 'cpu'), 1e-3):.3g}×"
+            peak = f"{(med(name, 'peak') - bare_peak) / 2**20:.0f} MiB"
+        rows.append(
+            f"| {label} | {name} | {_s(med(name, 'seconds'))}{spread} "
+            f"| {med(name, 'seconds') / med(mine, 'seconds'):.3g}× | {cpu} | {cpu_ratio} | {peak} |"
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
