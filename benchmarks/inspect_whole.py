@@ -148,7 +148,7 @@ def measure(keys: int, rounds: int, quick: bool) -> dict[str, Any]:
                 entry = runs.setdefault(name, {"seconds": [], "cpu": [], "peak": []})
                 for field in entry:
                     entry[field].append(done[field])
-            calls = 1 if "keys" in label else 20
+            calls = 20 if label.startswith("small") else 1
             for which in () if quick else ("ours", "safe_open"):
                 entry = runs.setdefault(f"in-process {which} .safetensors", {"seconds": []})
                 entry["seconds"].append(in_process(st, which, calls))
@@ -175,7 +175,41 @@ def markdown(results: dict[str, Any], rounds: int) -> str:
     ]
     for label, runs in results["files"].items():
         lines += _rows(label, runs)
+    lines += ["", *(f"- {name}: {'met' if met else '**not met**'}" for name, met in goals(results))]
     return "\n".join(lines)
+
+
+def goals(results: dict[str, Any]) -> list[tuple[str, bool]]:
+    """Issue 14's inspect goals, each a ratio of medians measured in this run."""
+    return [goal for label, runs in results["files"].items() for goal in _goals(label, runs)]
+
+
+def _goals(label: str, runs: dict[str, dict[str, list[float]]]) -> list[tuple[str, bool]]:
+    def med(name: str, field: str = "seconds") -> float:
+        return statistics.median(runs[name][field])
+
+    found = []
+    if "torch.load mmap .pt" in runs:
+        ratio = med("torch.load mmap .pt") / med("ours .pt")
+        found.append((
+            f"1b. {label}: whole inspect ≥ 10× faster than the torch.load(mmap) script "
+            f"({ratio:.1f}×)", ratio >= 10,
+        ))  # fmt: skip
+    if "in-process safe_open .safetensors" in runs:
+        ratio = med("in-process ours .safetensors") / med("in-process safe_open .safetensors")
+        found.append((f"1b. {label}: in-process within 3× of safe_open ({ratio:.0f}×)", ratio <= 3))
+    if not label.startswith("small"):
+        ours, floor = med("ours .pt"), med("floor: genops .pt")
+        above = (med("ours .pt", "peak") - med("bare interpreter", "peak")) / 2**20
+        found += [
+            (f"1b. {label}: whole inspect under 2 s ({_s(ours)})", ours < 2),
+            (
+                f"1b. {label}: within 3× of the genops floor ({ours / floor:.1f}×)",
+                ours <= 3 * floor,
+            ),
+            (f"1b. {label}: under 100 MB above the interpreter ({above:.0f} MiB)", above < 100),
+        ]
+    return found
 
 
 def _rows(label: str, runs: dict[str, dict[str, list[float]]]) -> list[str]:

@@ -311,6 +311,8 @@ def bench_inspect(report: Report, runner: Runner) -> None:
         profile,
     )  # fmt: skip
     report.sections[-1] += "\n\n" + inspect_whole.markdown(whole, rounds)
+    for name, met in inspect_whole.goals(whole):
+        report.goal(name, met)
     print("### " + report.sections[-1].rpartition("### ")[2] + "\n", flush=True)
 
 
