@@ -320,10 +320,30 @@ def export_torchscript(
             ExportCheck(path, "torchscript", method, (Check("compiled", True, f"torch.jit.{method}"),), note),
             lambda b: torch.jit.save(compiled, b),
             ("torch.jit.load", lambda: torch.jit.load(path, map_location="cpu")),
-            lambda loaded: _verify_reloaded(
+            lambda loaded: _verify_unoptimised(
                 _eager(model), loaded, example_inputs, original_state_dict,
                 other_batch=method == "trace", batch_dim=batch_dim,
             ),
+        )  # fmt: skip
+
+
+def _verify_unoptimised(
+    reference: Callable[[tuple[Tensor, ...]], list[Tensor]],
+    loaded: Any,
+    example_inputs: tuple[Tensor, ...],
+    original_state_dict: Mapping[str, Tensor],
+    *,
+    other_batch: bool,
+    batch_dim: int = 0,
+) -> list[Check]:
+    """`_verify_reloaded` with the reloaded TorchScript graph run as the file holds it:
+    without the graph executor's profiling runs and optimising passes, which cost more
+    than the one or two runs a check makes (they pay off over many calls; the people who
+    load the file get them). The switch is per thread: no other session's model changes."""
+    with torch.jit.optimized_execution(False):
+        return _verify_reloaded(
+            reference, loaded, example_inputs, original_state_dict,
+            other_batch=other_batch, batch_dim=batch_dim,
         )  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -98,6 +99,25 @@ def test_torchscript_verification_fails_when_the_weights_do_not_fit_the_original
     failed = {c.name: c.detail for c in check.checks if not c.passed}
     assert "3.weight" in failed["keys and shapes"]
     assert "loads the original weights" in failed
+
+
+def test_torchscript_check_runs_the_file_and_catches_a_graph_that_computes_otherwise(
+    tmp_path, monkeypatch
+):
+    """The check runs the graph the file holds (once, without the executor's optimising
+    passes, and only in the checking thread): a file that computes something else fails."""
+    model = mlp().eval()
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other[3].bias += 1.0
+    save = torch.jit.save
+    monkeypatch.setattr(torch.jit, "save", lambda _m, f: save(torch.jit.script(other), f))
+
+    check = export_torchscript(model, (torch.randn(2, 4),), tmp_path / "m.pt", model.state_dict())
+
+    failed = {c.name: c.detail for c in check.checks if not c.passed}
+    assert list(failed) == ["outputs match"], check.checks
+    assert torch._C._get_graph_executor_optimize()  # the caller's executor as it was
 
 
 def test_export_refuses_to_overwrite_the_input_checkpoint(tmp_path):
