@@ -15,6 +15,13 @@ if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
 import streamlit as st  # noqa: E402
+
+from recovery_core.io import sandbox  # noqa: E402 - imports no torch
+
+if "torch" not in sys.modules:  # this process's first run
+    # The file reader's server imports torch in its own process: it starts now, so that
+    # import runs while this process imports its own (the first page waited for both).
+    sandbox.prestart()
 import torch  # noqa: E402
 
 from dashboard import datasets, layout, plans, scoring, sources, state, status, ui  # noqa: E402
