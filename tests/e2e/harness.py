@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -38,6 +39,7 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1440, "height": 900}  # the window the issue asks to fit
 STARTUP_SECONDS = 90
 TRAIN_SECONDS = 180
+Scope = Literal["module", "session"]
 
 
 def missing(reason: str) -> None:
@@ -127,12 +129,15 @@ class Server(str):
     proc: subprocess.Popen
 
 
-def server_fixture(extra_args: Sequence[str] = (), env: dict[str, str] | None = None):
-    """A module-scoped fixture: one `streamlit run` server for the whole test module,
-    stopped when the module's tests are done. Assign it in the module:
-    `server = server_fixture()`."""
+def server_fixture(
+    extra_args: Sequence[str] = (), env: dict[str, str] | None = None, scope: Scope = "module"
+):
+    """A fixture: one `streamlit run` server for the whole test module (or, with
+    scope="session", every module that uses it), stopped after its last test. Assign it
+    in the module: `server = server_fixture(["--server.maxUploadSize", "1"])`. A server
+    with the default settings is shared by every module: `server` in conftest.py."""
 
-    @pytest.fixture(scope="module")
+    @pytest.fixture(scope=scope)
     def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         log = tmp_path_factory.mktemp("streamlit") / "server.log"
         with streamlit_server(log, extra_args, env) as (url, proc):

@@ -23,15 +23,11 @@ from tests.e2e.harness import (
     in_view,
     open_page,
     screenshot,
-    server_fixture,
     wait_idle,
     wait_scored,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-server = server_fixture()
 
 
 @pytest.fixture(scope="module")

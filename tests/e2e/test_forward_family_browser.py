@@ -24,16 +24,12 @@ from tests.e2e.harness import (
     go_to,
     open_page,
     screenshot,
-    server_fixture,
     wait_idle,
     wait_scored,
 )
 from tests.forward_zoo import FORWARD_BY_NAME
 
 pytestmark = pytest.mark.e2e
-
-
-server = server_fixture()
 
 
 def _saved(obj: object) -> bytes:

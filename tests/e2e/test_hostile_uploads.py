@@ -16,16 +16,12 @@ from tests.e2e.harness import (
     go_to,
     healthy,
     open_page,
-    server_fixture,
     wait_idle,
     wait_scored,
 )
 from tests.hostile import _payloads as p
 
 pytestmark = pytest.mark.e2e
-
-
-server = server_fixture()
 
 
 def upload(page, path: Path) -> None:

@@ -51,7 +51,6 @@ CUT_CHECK = """() => {
 
 # Scoring by a click only, so the demo stays on its unverified defaults.
 unscored_server = server_fixture(env={"RECOVERY_AUTO_SCORE": "off"})
-server = server_fixture()
 
 
 def _train(page, epochs: int) -> None:
