@@ -56,6 +56,16 @@ def cpu_use(pid: int, seconds: float = 3.0) -> float:
     return (cpu_time() - before) / (time.monotonic() - started)
 
 
+def settle(pid: int, memory_ceiling: float = float("inf")) -> float:
+    """Wait until the server is idle (and, when given, its RSS under `memory_ceiling`), at
+    most SETTLE_SECONDS; its CPU use over the last few seconds."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    idle = cpu_use(pid)
+    while (idle > IDLE or rss(pid) > memory_ceiling) and time.monotonic() < deadline:
+        idle = cpu_use(pid)
+    return idle
+
+
 server = server_fixture([
     "--server.disconnectedSessionTTL", str(SESSION_TTL),
     "--server.maxUploadSize", str(UPLOAD_LIMIT_MB),
@@ -119,7 +129,7 @@ def test_sessions_are_isolated_and_release_their_threads_and_memory(server, file
         warm = open_page(browser, url)
         wait_idle(warm)
         warm.context.close()
-        time.sleep(SESSION_TTL + 3)
+        settle(pid)  # the warm-up's work (the demo's scoring) has ended: memory's baseline
         start_rss = rss(pid)
 
         demo, mlp, lstm = (open_page(browser, url) for _ in range(3))
@@ -174,10 +184,7 @@ def test_sessions_are_isolated_and_release_their_threads_and_memory(server, file
         for page in (demo, mlp, lstm):
             page.context.close()
     assert healthy(url)
-    deadline = time.monotonic() + SETTLE_SECONDS
-    idle = cpu_use(pid)
-    while (idle > IDLE or rss(pid) > start_rss + MEMORY_SLACK) and time.monotonic() < deadline:
-        idle = cpu_use(pid)
+    idle = settle(pid, memory_ceiling=start_rss + MEMORY_SLACK)
     report = (
         f"server CPU {busy:.2f} cores while two sessions trained, {idle:.2f} after all closed; "
         f"RSS {start_rss >> 20} MiB warmed up, {rss(pid) >> 20} MiB after"
