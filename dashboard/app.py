@@ -71,5 +71,8 @@ if studio.opened is None:
     st.title("Model Recovery Studio")
     st.info("Open a checkpoint in the sidebar to begin.")
 else:
-    status.banner(studio)
-    page.run()
+    try:
+        status.banner(studio)
+        page.run()
+    finally:
+        scoring.release(studio)  # a scoring started by this run begins now

@@ -18,6 +18,9 @@ from dashboard import state, ui
 
 BUDGET_SECONDS = 60.0
 SAMPLES = 128  # enough examples to rank settings; more only makes the wait longer
+# A job waits for the page that started it to be drawn (`release`): the search and the
+# page would otherwise share the CPU, and the first page took ~1 s longer. At most this long.
+HOLD_SECONDS = 10.0
 
 
 class _Stopped(Exception):
@@ -36,6 +39,7 @@ class ScoringJob:
     error: BaseException | None = None
     stopped: bool = False
     _stop: threading.Event = field(default_factory=threading.Event)
+    _go: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     @property
@@ -44,6 +48,7 @@ class ScoringJob:
 
     def stop(self) -> None:
         self._stop.set()
+        self._go.set()  # a job still held ends at once
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
@@ -75,7 +80,10 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
     )
 
     def work() -> None:
+        job._go.wait(HOLD_SECONDS)
         try:
+            if job._stop.is_set():
+                raise _Stopped
             job.result = search()
         except _Stopped:
             job.stopped = True
@@ -88,6 +96,12 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
     studio.scoring, studio.scoring_error = job, None
     job._thread.start()
     return job
+
+
+def release(studio: state.Studio) -> None:
+    """The page is drawn: the session's scoring may use the CPU now."""
+    if studio.scoring is not None:
+        studio.scoring._go.set()
 
 
 def _data_key(studio: state.Studio) -> str:
