@@ -519,6 +519,8 @@ class _FastScan(_State):
             self.stream.seek(pos)
             try:
                 arg = op.arg.reader(self.stream)
+            except MemoryError:
+                raise  # past the parse budget: the sandbox refuses it (a rerun would only spin)
             except Exception:  # noqa: BLE001 - the slow scan names what is wrong
                 raise _NotFast from None
             pos = self.stream.tell()

@@ -27,6 +27,7 @@ the server adds `x` (the exit status) once the child has ended.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import importlib
 import json
@@ -438,7 +439,17 @@ def _error(kind: str, message: str, limit: str | None) -> bytes:
     return _frame(b"e", json.dumps({"type": kind, "message": message, "limit": limit}).encode())
 
 
+def _one_malloc_arena() -> None:
+    """glibc answers a failed allocation by reserving a new 128 MiB arena, which the
+    address-space limit refuses too; under that limit a child was seen spinning through
+    such failures until its time budget instead of raising MemoryError (the memory
+    refusal). With one arena a failed allocation fails at once."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to set
+        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX = 1
+
+
 def _limit_resources(memory_bytes: int, seconds: float) -> None:
+    _one_malloc_arena()
     page = os.sysconf("SC_PAGE_SIZE")
     with open("/proc/self/statm") as f:
         current = int(f.read().split()[0]) * page

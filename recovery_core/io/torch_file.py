@@ -214,8 +214,8 @@ def _weights_only_load(
                 "save tensor.dequantize() values instead."
             ) from None
         raise _unreadable(exc, path, display) from None
-    except RecoveryError:
-        raise
+    except (RecoveryError, MemoryError):
+        raise  # MemoryError: the sandbox turns it into the parse_memory_bytes refusal
     except Exception as exc:  # noqa: BLE001 - anything torch raises on a bad file
         raise _unreadable(exc, path, display) from None
 
