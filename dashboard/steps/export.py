@@ -81,8 +81,8 @@ def loss_line(record: state.RunRecord) -> str:
 
 
 def progress(job: exporting.ExportJob, record: state.RunRecord) -> None:
-    """While the files are written: each verified file's line and download, the one being
-    written with its time so far, the ones waiting; no verdict until every file is checked."""
+    """While the files are written: each verified file's line, the one being written with
+    its time so far, the ones waiting; no verdict until every file is checked."""
     st.subheader("Checks")
     exporter = job.exporter
     done = job.exports
@@ -99,7 +99,6 @@ def progress(job: exporting.ExportJob, record: state.RunRecord) -> None:
     st.markdown("\n".join(f"- {line}" for line in lines))
     n, total = len(exporter.done), len(exporter.steps)
     st.progress(job.fraction, text=f"Writing and checking the files: {n} of {total} steps done")
-    downloads(exporter.paths, done)
 
 
 def checklist(bundle: rc.ExportBundle, record: state.RunRecord) -> None:
@@ -136,10 +135,14 @@ def downloads(files: Mapping[str, str], exports: Sequence[rc.session.ExportCheck
     that failed one is not offered. The bytes are read when the button is pressed."""
     st.subheader("Download")
     verified = {e.kind for e in exports if e.passed}
-    for kind, name in files.items():
-        path = Path(name)
-        if (kind not in verified and kind != "report") or not path.is_file():
-            continue
+    ready = [
+        (kind, Path(name))
+        for kind, name in files.items()
+        if (kind in verified or kind == "report") and Path(name).is_file()
+    ]
+    if not ready:
+        st.caption("Each file is offered here as soon as it is checked.")
+    for kind, path in ready:
         words, mime = KIND_WORDS.get(kind, (kind, "application/octet-stream"))
         st.download_button(
             f"{path.name} · {fmt.size(os.path.getsize(path))} · {words}",
@@ -154,10 +157,17 @@ def downloads(files: Mapping[str, str], exports: Sequence[rc.session.ExportCheck
 
 def live(studio: state.Studio, record: state.RunRecord) -> None:
     """This run's export: its progress while it is written (refreshed by itself), then
-    the checks and the downloads."""
-    job = studio.export_jobs.get(record.number)
+    the checks and the downloads.
 
-    @st.fragment(run_every=exporting.REFRESH_SECONDS if job is not None and job.running else None)
+    While it runs, the downloads stand outside the refreshing part: a download button is
+    good until the part it is in is drawn again, so inside it a click could miss its file
+    (the progress redraws twice a second). The page is drawn again only when a file is
+    verified, to offer it."""
+    job = studio.export_jobs.get(record.number)
+    running = job is not None and job.running
+    offered = job.exports if job is not None and running else ()
+
+    @st.fragment(run_every=exporting.REFRESH_SECONDS if running else None)
     def panel() -> None:
         if exporting.collect(studio):
             st.rerun(scope="app")  # it ended: the whole page follows (the Export button)
@@ -166,6 +176,8 @@ def live(studio: state.Studio, record: state.RunRecord) -> None:
         job = studio.export_jobs.get(record.number)
         bundle = studio.exports.get(record.number)
         if job is not None and job.running:
+            if len(job.exports) != len(offered):
+                st.rerun(scope="app")  # a file was verified: offer its download
             progress(job, record)
         elif job is not None and job.error is not None:
             ui.show(ui.problem(job.error, "exporting"))
@@ -175,6 +187,8 @@ def live(studio: state.Studio, record: state.RunRecord) -> None:
 
     with st.container(key="export_live"):
         panel()
+    if job is not None and running:
+        downloads(job.exporter.paths, offered)
 
 
 def render() -> None:
