@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import recovery_core as rc
@@ -21,6 +22,36 @@ SAMPLES = 128  # enough examples to rank settings; more only makes the wait long
 # A job waits for the page that started it to be drawn (`release`): the search and the
 # page would otherwise share the CPU, and the first page took ~1 s longer. At most this long.
 HOLD_SECONDS = 10.0
+# Finished searches, shared by this server's sessions: the same checkpoint, data, mapping,
+# values and names score the same, so a reload, a second visitor of the demo or a choice
+# taken back gets the ranking at once instead of waiting for the search again. A result
+# is a short ranked list; a stopped search, or one its time budget cut short (a busy
+# moment), is not kept.
+RESULTS_KEPT = 32
+_results: OrderedDict[str, rc.SearchResult] = OrderedDict()
+_results_lock = threading.Lock()
+
+
+def _remembered(key: str) -> rc.SearchResult | None:
+    with _results_lock:
+        if key in _results:
+            _results.move_to_end(key)
+        return _results.get(key)
+
+
+def _remember(key: str, result: rc.SearchResult) -> None:
+    if result.seconds >= BUDGET_SECONDS:
+        return
+    with _results_lock:
+        _results[key] = result
+        while len(_results) > RESULTS_KEPT:
+            _results.popitem(last=False)
+
+
+def forget_results() -> None:
+    """Drop the kept rankings: the next search runs again (tests of the search itself)."""
+    with _results_lock:
+        _results.clear()
 
 
 class _Stopped(Exception):
@@ -62,8 +93,11 @@ class ScoringJob:
 def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> ScoringJob:
     """Score `names` on this session's data in a daemon thread; settings the person chose
     and did not ask to score stay fixed."""
-    assert studio.recovery is not None
+    assert studio.recovery is not None and studio.opened is not None
     job = ScoringJob(state.spec_key(studio.recovery.spec), tuple(names), automatic)
+    # Everything the search reads: the weights (by content), the data and how it feeds the
+    # model, the settings it starts from and the ones it scores.
+    key = f"{studio.opened.source.key}|{_data_key(studio)}|{job.names}|{SAMPLES}"
 
     def progress(done: int, total: int) -> None:
         job.done, job.total = done, total
@@ -80,11 +114,16 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
     )
 
     def work() -> None:
+        if (kept := _remembered(key)) is not None:
+            job.done = job.total = kept.total
+            job.result = kept
+            return
         job._go.wait(HOLD_SECONDS)
         try:
             if job._stop.is_set():
                 raise _Stopped
             job.result = search()
+            _remember(key, job.result)
         except _Stopped:
             job.stopped = True
         except Exception as exc:  # noqa: BLE001 - shown to the person by `collect`

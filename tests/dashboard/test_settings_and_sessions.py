@@ -80,7 +80,20 @@ def test_scoring_starts_by_itself_and_gives_the_settings_the_data_found():
     assert any("found on your data" in m.value for m in at.main.markdown)
 
 
+def test_a_second_session_on_the_same_file_and_data_gets_the_ranking_without_a_search():
+    first = open_app()
+    second = open_app()
+    assert studio(second).search is studio(first).search  # the kept ranking, not a new one
+    assert studio(second).spec.value("nhead") == 4
+    assert any("found on your data" in m.value for m in second.main.markdown)
+    scoring.forget_results()
+    third = open_app()
+    assert studio(third).search is not studio(first).search  # scored again
+    assert studio(third).search.best_values == studio(first).search.best_values
+
+
 def test_stop_ends_the_scoring_and_it_does_not_start_again_by_itself():
+    scoring.forget_results()  # a kept ranking would end the scoring before the Stop
     at = open_app(settle=False)
     job = studio(at).scoring
     assert job is not None
