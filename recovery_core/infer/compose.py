@@ -20,7 +20,9 @@ their path.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from recovery_core.infer.detection import Detection, Group
 from recovery_core.infer.families.hf_conv1d import proves_transposed
@@ -34,6 +36,9 @@ from recovery_core.model.spec import ModuleSpec
 # Leaf names of a convolution's weight: plain, or weight-normed (infer/families/weight_norm.py).
 CONV_WEIGHTS = frozenset({"weight", "original1", "weight_v"})
 MAX_GAPS = 10_000  # parameter-less children inferred from holes in one numbering, at most
+# Numbered containers with at least this many children explain each kind of child once
+# (`_Siblings`); fewer are explained one by one (the result is the same).
+GROUP_SIBLINGS_FROM = 3
 
 
 def parent_of(path: str) -> str:
@@ -190,6 +195,26 @@ class KeyTree:
 class Composer:
     tree: KeyTree
     unexplained: list[str] = field(default_factory=list)
+    # Every neighbourhood fact a detector asked, (kind, path, answer), for each sibling
+    # being recorded as its group's representative (`_Siblings`).
+    _logs: list[list[tuple[int, str, int | None]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        tree = self.tree
+        self._facts = (
+            tree.neighbour_conv_dims,
+            tree.input_width,
+            tree.next_linear_width,
+            tree.conv_dims_before,
+        )
+        self._asks = tuple(functools.partial(self.ask, kind) for kind in range(len(self._facts)))
+
+    def ask(self, kind: int, path: str) -> int | None:
+        """A neighbourhood fact (`_facts[kind]` of `path`), noted for every recording."""
+        answer = self._facts[kind](path)
+        for log in self._logs:
+            log.append((kind, path, answer))
+        return answer
 
     def explain(self, path: str, inside_composite: bool = False) -> ModuleSpec | None:
         keys = self.tree.keys_under(path)
@@ -211,10 +236,10 @@ class Composer:
             path=path,
             keys=keys,
             children=tuple(self.tree.children.get(path, ())),
-            neighbour_conv_dims_of=self.tree.neighbour_conv_dims,
-            width_of=self.tree.input_width,
-            next_linear_of=self.tree.next_linear_width,
-            conv_dims_before_of=self.tree.conv_dims_before,
+            neighbour_conv_dims_of=self._asks[0],
+            width_of=self._asks[1],
+            next_linear_of=self._asks[2],
+            conv_dims_before_of=self._asks[3],
             tied=self.tree.tied,
             order=self.tree.order,
             transposed_names=self.tree.transposed_names,
@@ -282,11 +307,14 @@ class Composer:
             top = min(max(map(int, names)), len(names) + MAX_GAPS)
             gaps = [str(i) for i in range(top) if str(i) not in present]
             names = sorted(names + gaps, key=int)
-        children = tuple(
-            spec
-            for name in names
-            if (spec := self.explain(join(group.path, name), inside_composite)) is not None
-        )
+        if numbered and len(names) >= GROUP_SIBLINGS_FROM:
+            children = _Siblings(self, inside_composite).explain(group.path, names)
+        else:
+            children = tuple(
+                spec
+                for name in names
+                if (spec := self.explain(join(group.path, name), inside_composite)) is not None
+            )
         keys = tuple(join(group.path, k) for k in direct)
         if numbered:
             spec = self._numbered(group, children, inside_composite)
@@ -332,6 +360,134 @@ class Composer:
             alternatives=("Sequential",),
             note="Numbered children without parameter-less ones between them may be a ModuleList or a Sequential.",
         )
+
+
+Fact = tuple[int, str, int | None]  # (kind, path asked about, answer): `Composer.ask`
+
+
+@dataclass(frozen=True)
+class _Representative:
+    """The first sibling of a kind, explained in full, and what explaining it took."""
+
+    path: str
+    spec: ModuleSpec
+    facts: tuple[Fact, ...]  # every neighbourhood fact its detectors asked, in order
+    unexplained: tuple[str, ...]  # keys its explanation left unexplained
+    reusable: bool  # its spec names no path of its own outside the fields moved here
+
+
+class _Siblings:
+    """Numbered siblings that hold the same relative keys, shapes and dtypes, and the same
+    parameter-less modules (`blocks.0` ... `blocks.16665`), explained once per kind.
+
+    The detectors see only a group's relative keys, its names and the neighbourhood facts
+    it asks for (`Composer.ask`). So a sibling of the same kind whose facts, asked again of
+    its own paths, give the representative's answers would be explained exactly as the
+    representative was: it gets the representative's spec with its own paths. Tied keys,
+    a path written into a text, or an answer that differs make a sibling explained on its
+    own (it then represents its kind). 50,000 modules cost ~10 s explained one by one.
+    """
+
+    def __init__(self, composer: Composer, inside_composite: bool) -> None:
+        self.composer, self.inside_composite = composer, inside_composite
+        self.kinds: dict[tuple[Any, ...], _Representative] = {}
+
+    def explain(self, parent: str, names: list[str]) -> tuple[ModuleSpec, ...]:
+        found = (self._one(join(parent, name)) for name in names)
+        return tuple(spec for spec in found if spec is not None)
+
+    def _one(self, path: str) -> ModuleSpec | None:
+        kind = self._kind(path)
+        if kind is None:
+            return self.composer.explain(path, self.inside_composite)
+        first = self.kinds.get(kind)
+        if first is not None and first.reusable and self._same_facts(first, path):
+            size = len(first.path)
+            self.composer.unexplained.extend(path + k[size:] for k in first.unexplained)
+            return _moved(first.spec, size, path)
+        first = self.kinds[kind] = self._recorded(path)
+        return first.spec
+
+    def _kind(self, path: str) -> tuple[Any, ...] | None:
+        """What the detectors can see below `path`, or None when it must be explained on
+        its own (no keys, or tied ones: their evidence reaches outside the subtree)."""
+        tree = self.composer.tree
+        keys = tree.under.get(path)
+        if not keys or tree.tied and any(info.name in tree.tied for info in keys.values()):
+            return None
+        modules: list[tuple[str, bool]] = []
+        pending = [(path, "")]
+        while pending:  # every module below, parameter-less ones and `_metadata`'s included
+            at, relative = pending.pop()
+            modules.append((relative, at in tree.listed))
+            for name in reversed(tree.children.get(at, ())):
+                pending.append((join(at, name), join(relative, name)))
+        shapes = tuple((k, info.shape, info.dtype) for k, info in keys.items())
+        return shapes, tuple(modules)
+
+    def _recorded(self, path: str) -> _Representative:
+        composer = self.composer
+        facts: list[Fact] = []
+        before = len(composer.unexplained)
+        composer._logs.append(facts)
+        try:
+            spec = composer.explain(path, self.inside_composite)
+        finally:
+            composer._logs.pop()
+        assert spec is not None  # a module with keys is always explained
+        inside = all(_within(asked, path) for _, asked, _ in facts)
+        return _Representative(
+            path,
+            spec,
+            tuple(facts),
+            tuple(composer.unexplained[before:]),
+            inside and _paths_only_where_moved(spec, path),
+        )
+
+    def _same_facts(self, first: _Representative, path: str) -> bool:
+        size, ask = len(first.path), self.composer.ask
+        return all(ask(kind, path + asked[size:]) == answer for kind, asked, answer in first.facts)
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + ".")
+
+
+def _paths_only_where_moved(spec: ModuleSpec, root: str) -> bool:
+    """True when `root`'s path (and its name, quoted) appears in no text of its spec: only
+    in the paths, keys and hidden names `_moved` rewrites."""
+    quoted = f"'{root.rpartition('.')[2]}'"
+    for module in spec.walk():
+        texts = (
+            module.evidence,
+            module.note,
+            repr(module.args),
+            repr(module.kept),
+            repr(module.alternatives),
+            repr(module.weight_norm),
+            *(h for h in module.hidden if not _within(h, root)),
+        )
+        if any(root in text or quoted in text for text in texts):
+            return False
+    return True
+
+
+def _moved(spec: ModuleSpec, size: int, path: str) -> ModuleSpec:
+    """`spec` of the module at a path `size` characters long, as the one at `path`."""
+    return ModuleSpec(
+        path=path + spec.path[size:],
+        type=spec.type,
+        args=dict(spec.args),
+        hidden=tuple(path + h[size:] if _within(h, spec.path[:size]) else h for h in spec.hidden),
+        keys=tuple(path + k[size:] for k in spec.keys),
+        children=tuple(_moved(child, size, path) for child in spec.children),
+        evidence=spec.evidence,
+        alternatives=spec.alternatives,
+        note=spec.note,
+        kept=spec.kept,
+        weight_norm=spec.weight_norm,
+        ties=spec.ties,
+    )
 
 
 def _runners_up(group: Group, found: Detection) -> tuple[str, ...]:
