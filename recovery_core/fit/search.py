@@ -70,12 +70,21 @@ MIN_SCREEN_STEPS = 16
 RUNG_GROWTH = 4
 FINAL_KEEP = 4  # combinations that reach whole sequences (when the budget allows)
 MODELS_PER_GROUP = 4  # built models kept per forward hypothesis while screening
+# Screening in rounds (successive halving, `_Scorer.climb`): each round has SCREEN_GROWTH
+# times the samples (and elements per sample) of the one before and screens the better
+# 1/SCREEN_GROWTH of it; the first has SCREEN_START samples. A combination within TIE_KEEP
+# (relative) of a round's best always goes on: it may end tied with the best.
+SCREEN_GROWTH = 4
+SCREEN_START = 2
+TIE_KEEP = 0.05
 
 RELATIVE_TIE = 1e-4  # losses closer than this (relative to the best) count as tied
 ABSOLUTE_TIE = 1e-9  # and this, for a best loss at or near zero
 NOISE_TIE = 0.01  # a gap above this (relative) is never put down to noise
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+# What `_retune` switches in a built model (see `_retune_plan`).
+_Plan = tuple[list[tuple[torch.nn.Module, Callable[..., None]]], list[torch.nn.Module]]
 Threads = int | Literal["auto"] | None
 
 
@@ -89,6 +98,10 @@ class Candidate:
     screen_loss: float | None = None  # a finalist's loss on the screening samples
     # A finalist's loss on each sample, in order: tells a real difference from noise.
     sample_losses: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
+    # Successive halving: the screening round it reached (0 first; see `_Scorer.rungs`) and
+    # its loss on the first round's samples, which every combination screened shares.
+    rung: int = 0
+    first_loss: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,10 @@ class SearchResult:
     fixed: dict[str, Any] = field(default_factory=dict)  # values the person set; not searched
     strategy: str = "every combination"  # or "a beam refined one value at a time"
     fully_scored: int = 0  # finalists scored on every sample (the rest on the screening ones)
+    # Per screening round, first to last: (samples each combination is screened on at
+    # most, combinations screened on them); the better part of each round goes on.
+    screening: tuple[tuple[int, int], ...] = ()
+    screened_fully: int = 0  # combinations that reached the last round (all screen samples)
 
     @property
     def best(self) -> Candidate | None:
@@ -136,6 +153,8 @@ class SearchResult:
             "message": self.message,
             "strategy": self.strategy,
             "fully_scored": self.fully_scored,
+            "screening": [{"samples": n, "combinations": k} for n, k in self.screening],
+            "screened_fully": self.screened_fully,
             "ranking": [
                 {
                     "values": dict(c.values),
@@ -143,6 +162,7 @@ class SearchResult:
                     "error": c.error,
                     "samples": c.samples,
                     "steps": c.steps,
+                    "rung": c.rung,
                 }
                 for c in self.ranking[:top]
             ],
@@ -202,6 +222,7 @@ class _Group:
     models: dict[tuple[Any, ...], tuple[torch.nn.Module | None, str | None]] = field(
         default_factory=dict
     )
+    plans: dict[tuple[Any, ...], tuple[torch.nn.Module, _Plan]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.cls = model_class(self.spec)
@@ -236,7 +257,14 @@ class _Group:
                 self.rebuild_on = tuple(n for n in self.structural if n not in self.slots)
         model, error = self.models[key]
         if model is not None:
-            _retune(model, values)
+            # Which modules to switch, found once per built model (a walk over every
+            # module per combination cost about a forward of a small model); a model
+            # whose slots are swapped is walked each time.
+            plan = self.plans.get(key) if not self.slots else None
+            if plan is None or plan[0] is not model:
+                plan = (model, _retune_plan(model))
+                self.plans[key] = plan
+            _retune(model, values, plan[1])
             _set_forward_only(model, self.arguments, values)
             self._swap_slots(model, values)
         return model, error
@@ -262,11 +290,15 @@ class _Data:
     samples: int = 0  # along the model's batch dimension
 
     def size(
-        self, spec: ArchSpec, values: Mapping[str, Any], count: int, cut: bool = True
+        self,
+        spec: ArchSpec,
+        values: Mapping[str, Any],
+        count: int,
+        cut: bool = True,
+        elements: int = ELEMENTS_PER_SAMPLE,
     ) -> tuple[int, int | None]:
         """`count` samples, fewer when each is large, and (with `cut`) how long a prefix
-        of each sequence when even one sample is larger than ELEMENTS_PER_SAMPLE (None:
-        whole). A model that reads dimension 0 as its sequence sees the whole of it in
+        of each sequence when even one sample is larger than `elements` (None: whole). A model that reads dimension 0 as its sequence sees the whole of it in
         every sample (see layout.py); a cut sequence is a cheap stand-in for screening,
         and finalists climb back to whole sequences (`_finalists`)."""
         dims = batch_dims(spec, values)
@@ -276,13 +308,13 @@ class _Data:
         )
         length = None
         seq = sequence_dims(spec, values)
-        if cut and seq is not None and per_sample > ELEMENTS_PER_SAMPLE:
+        if cut and seq is not None and per_sample > elements:
             steps = max((t.shape[seq[0]] for t in self.inputs if t.dim() > seq[0]), default=0)
             per_step = per_sample / max(1, steps)
-            fits = max(MIN_SCREEN_STEPS, int(ELEMENTS_PER_SAMPLE / per_step))
+            fits = max(MIN_SCREEN_STEPS, int(elements / per_step))
             if fits < steps:
                 length, per_sample = fits, math.ceil(per_step * fits)
-        return max(1, min(count, count * ELEMENTS_PER_SAMPLE // max(1, per_sample))), length
+        return max(1, min(count, count * elements // max(1, per_sample))), length
 
     def first(
         self, spec: ArchSpec, values: Mapping[str, Any], count: int, length: int | None = None
@@ -303,7 +335,13 @@ class _Data:
 
 
 class _Scorer:
-    """Screens combinations once each, within the budget, and remembers every result."""
+    """Screens combinations within the budget and remembers each one's latest result.
+
+    Screening runs in rounds (successive halving, `rungs`: samples and elements per sample
+    of each, the last the full screening set): every combination on the first round's few
+    samples, then the better part of each round on the next, larger one (`climb`). A wrong
+    nhead, layout or norm placement is far off from the first samples; only the close
+    ones pay for the full set."""
 
     def __init__(
         self,
@@ -312,35 +350,87 @@ class _Scorer:
         loss_fn: LossFn,
         limits: tuple[float, float, int, int],  # started, budget seconds, max count, samples
         progress: Callable[[int, int], None] | None,
+        finalists: int,
     ) -> None:
         self.groups, self.data, self.loss_fn, self.progress = groups, data, loss_fn, progress
-        self.started, self.budget, self.max_count, self.samples = limits
-        self.results: dict[tuple[int, tuple[Any, ...]], Candidate] = {}
+        self.started, self.budget, self.max_count, samples = limits
         self.to_score = min(sum(g.total for g in groups), self.max_count)
+        self.rungs = _rungs(samples, self.to_score, finalists)
+        self.rung = 0
+        self.results: dict[tuple[int, tuple[Any, ...]], Candidate] = {}
+        self.earlier: dict[tuple[int, tuple[Any, ...]], Candidate] = {}  # set aside (beam)
+        self.counts = [0] * len(self.rungs)  # combinations screened at each round
 
     def spent(self) -> bool:
         return time.monotonic() - self.started > self.budget
 
     def score(self, index: int, combo: tuple[Any, ...]) -> Candidate | None:
-        """Screen one combination (once); None when the budget is spent."""
-        if (index, combo) in self.results:
-            return self.results[(index, combo)]
-        if len(self.results) >= self.max_count or self.spent():
+        """Screen one combination at the current round (once); None when the budget is
+        spent."""
+        known = self.results.get((index, combo))
+        if known is not None and (known.error is not None or known.rung >= self.rung):
+            return known
+        if (known is None and len(self.results) >= self.max_count) or self.spent():
             return None
         group = self.groups[index]
         values = group.values(combo)
         model, error = group.model(values)
         if model is None:
-            candidate = Candidate(values, math.inf, error)
+            candidate = Candidate(values, math.inf, error, rung=self.rung)
         else:
-            count, steps = self.data.size(group.spec, values, self.samples)
+            samples, elements = self.rungs[self.rung]
+            count, steps = self.data.size(group.spec, values, samples, elements=elements)
             part = self.data.first(group.spec, values, count, steps)
             candidate = _score(model, values, part.inputs, part.target, self.loss_fn, part.samples)
-            candidate = dataclasses.replace(candidate, steps=steps)
+            first = candidate.loss if known is None else known.first_loss
+            candidate = dataclasses.replace(
+                candidate, steps=steps, rung=self.rung, first_loss=first
+            )
         self.results[(index, combo)] = candidate
-        if self.progress is not None:
+        self.counts[self.rung] += 1
+        if known is None and self.progress is not None:
             self.progress(len(self.results), self.to_score)
         return candidate
+
+    def climb(self, keep_at_least: int) -> None:
+        """Each round's better 1/SCREEN_GROWTH (never fewer than `keep_at_least`, and
+        every one within TIE_KEEP of the round's best: it may end tied with it) screened
+        again on the next round's larger set, until the last."""
+        while self.rung + 1 < len(self.rungs):
+            ranked = sorted(
+                (c.loss, n)
+                for n, c in enumerate(self.results.values())
+                if c.error is None and c.rung == self.rung
+            )
+            if not ranked:
+                return
+            keep = max(math.ceil(len(ranked) / SCREEN_GROWTH), keep_at_least)
+            near = ranked[0][0] + max(TIE_KEEP * abs(ranked[0][0]), ABSOLUTE_TIE)
+            chosen = {n for rank, (loss, n) in enumerate(ranked) if rank < keep or loss <= near}
+            # In screening order: one built model serves the combinations that share it.
+            going = [key for n, key in enumerate(self.results) if n in chosen]
+            self.rung += 1
+            for index, combo in going:
+                if self.score(index, combo) is None:
+                    return
+
+    def for_beam(self) -> None:
+        """A beam screens on the full set only: the earlier rounds' results are set aside
+        (they stay in the ranking, below) so that it ranks comparable losses."""
+        top = len(self.rungs) - 1
+        self.earlier = {k: c for k, c in self.results.items() if c.error is None and c.rung < top}
+        for key in self.earlier:
+            del self.results[key]
+        self.rung = top
+
+    def screened(self) -> list[tuple[tuple[int, tuple[Any, ...]], Candidate]]:
+        """Every combination's latest result."""
+        aside = [(k, c) for k, c in self.earlier.items() if k not in self.results]
+        return list(self.results.items()) + aside
+
+    def screening(self) -> tuple[tuple[int, int], ...]:
+        """(samples at most, combinations screened) per round that ran."""
+        return tuple((r[0], n) for r, n in zip(self.rungs, self.counts, strict=True) if n)
 
     def runs(self, index: int, combo: tuple[Any, ...]) -> bool:
         """A dry run on one sample: do the shapes chain? (A failure is recorded as scored.)"""
@@ -357,8 +447,20 @@ class _Scorer:
             if tried.error is None:
                 return True
             error = tried.error
-        self.results[(index, combo)] = Candidate(values, math.inf, error)
+        self.results[(index, combo)] = Candidate(values, math.inf, error, rung=self.rung)
         return False
+
+
+def _rungs(screen: int, combinations: int, finalists: int) -> tuple[tuple[int, int], ...]:
+    """The screening rounds (samples, elements per sample), first to last: the last is
+    the full screening set; each before it 1/SCREEN_GROWTH of the next in both, down to
+    SCREEN_START samples. One round when there are few combinations to tell apart."""
+    rungs = [(screen, ELEMENTS_PER_SAMPLE)]
+    if combinations > SCREEN_GROWTH * finalists:
+        while rungs[0][0] // SCREEN_GROWTH >= SCREEN_START:
+            samples, elements = rungs[0]
+            rungs.insert(0, (samples // SCREEN_GROWTH, max(1, elements // SCREEN_GROWTH)))
+    return tuple(rungs)
 
 
 def score_candidates(
@@ -405,21 +507,21 @@ def score_candidates(
         )  # fmt: skip
     data = _Data(tuple(inputs), target)
     limits = (started, budget_seconds, max_combinations, min(screen_samples, max_samples))
-    scorer = _Scorer(groups, data, loss_fn, limits, progress)
+    scorer = _Scorer(groups, data, loss_fn, limits, progress, finalists)
     small = sum(v.numel() for v in weights.values()) < SINGLE_THREAD_BELOW
     choose = _ThreadChoice(threads)
     with warnings.catch_warnings(), torch.no_grad(), choose(1 if small else None):
         warnings.simplefilter("ignore")  # torch's fast-path notices, once per combination
-        strategy = _screen(scorer, exhaustive_up_to, (sample, out), choose)
+        strategy = _screen(scorer, exhaustive_up_to, (sample, out), choose, finalists)
         deadline = started + budget_seconds  # the best finalist is always scored, then others
         with choose(choose.every if strategy != "every combination" else None):
             final = _rescore_finalists(
-                list(scorer.results.items()), groups, finalists, data,
+                scorer.screened(), groups, finalists, data,
                 (screen_samples, max_samples), loss_fn, deadline,
             )  # fmt: skip
     return _summarise(
         tuple(union), list(union.values()), final, total, fixed, time.monotonic() - started,
-        base, strategy,
+        base, strategy, screening=scorer.screening(),
     )  # fmt: skip
 
 
@@ -435,14 +537,17 @@ def _screen(
     exhaustive_up_to: int,
     shapes: tuple[tuple[int, ...] | None, tuple[int, ...] | None],
     choose: _ThreadChoice,
+    finalists: int,
 ) -> str:
-    """Screen every combination, or, when there are too many or they are too slow, a
-    beam (see `_beam`); the strategy taken, in words."""
+    """Screen every combination in rounds (`_Scorer.climb`), or, when there are too many
+    or they are too slow, a beam (see `_beam`); the strategy taken, in words."""
     groups, total = scorer.groups, sum(g.total for g in scorer.groups)
     if total <= exhaustive_up_to and _exhaustive(
         groups, scorer.score, scorer.started, scorer.budget
     ):
+        scorer.climb(finalists)
         return "every combination"
+    scorer.for_beam()
     cost = _cost(groups, scorer.score, scorer.results)
     # A small model on long inputs (one sequence of thousands of steps) is slow per
     # combination: then every thread helps more than it costs.
@@ -484,16 +589,19 @@ def _exhaustive(
     budget: float,
 ) -> bool:
     """Screen every combination; False (stopped early) as soon as doing so would take more
-    than half the budget at the pace so far, so the beam can take over."""
+    than half the budget at the pace so far, so the beam can take over. The pace leaves
+    out the first combination: it pays for the first build and torch's first calls."""
     total = sum(g.total for g in groups)
-    done = 0
+    done, warm = 0, math.inf
     for index, group in enumerate(groups):
         for combo in itertools.product(*group.candidates):
             if score(index, combo) is None:
                 return True  # the budget or the count is spent: say so, as before
             done += 1
-            elapsed = time.monotonic() - started
-            if done >= 3 and done < total and elapsed / done * total > budget / 2:
+            now = time.monotonic()
+            warm = now if done == 1 else warm
+            projected = now - started + (now - warm) / max(1, done - 1) * (total - done)
+            if done >= 4 and done < total and projected > budget / 2:
                 return False
     return True
 
@@ -742,18 +850,30 @@ def _retunable(model: torch.nn.Module) -> bool:
     return any(isinstance(m, _RETUNABLE_TYPES) for m in model.modules())
 
 
-def _retune(model: torch.nn.Module, values: Mapping[str, Any]) -> None:
-    """Switch a built model to other values of the RETUNABLE names, in place."""
+def _retune_plan(model: torch.nn.Module) -> _Plan:
+    """The modules `_retune` switches: (module, how) per known torch.nn module, and the
+    generated PositionalEncodings whose [L, d] table picks its sequence dimension from
+    batch_first when built ([1, L, d] / [L, 1, d] fix it)."""
+    known, tables = [], []
     for m in model.modules():
         retune = next((fn for cls, fn in _RETUNERS if isinstance(m, cls)), None)
         if retune is not None:
-            retune(m, values)
-        elif hasattr(m, "seq_dim") and "batch_first" in values:
-            # The generated PositionalEncoding: an [L, d] table picks its sequence
-            # dimension from batch_first when built ([1, L, d] / [L, 1, d] fix it).
-            table = next(m.buffers(recurse=False))
-            if table.dim() == 2:
-                cast(Any, m).seq_dim = 1 if values["batch_first"] else 0  # a plain int, no Tensor
+            known.append((m, retune))
+        elif hasattr(m, "seq_dim"):
+            table = next(m.buffers(recurse=False), None)
+            if table is not None and table.dim() == 2:
+                tables.append(m)
+    return known, tables
+
+
+def _retune(model: torch.nn.Module, values: Mapping[str, Any], plan: _Plan | None = None) -> None:
+    """Switch a built model to other values of the RETUNABLE names, in place."""
+    known, tables = _retune_plan(model) if plan is None else plan
+    for m, retune in known:
+        retune(m, values)
+    if "batch_first" in values:
+        for m in tables:
+            cast(Any, m).seq_dim = 1 if values["batch_first"] else 0  # a plain int, no Tensor
     if "batch_first" in values and hasattr(model, "batch_first"):
         model.batch_first = values["batch_first"]
 
@@ -780,7 +900,11 @@ def _rescore_finalists(
     allows). Combinations screened on cut sequences first climb rungs of longer prefixes,
     the better half going on each time (never fewer than FINAL_KEEP), so that only a few
     pay for whole sequences."""
-    ok = sorted((pair for pair in screened if pair[1].error is None), key=lambda p: p[1].loss)
+    # The furthest round first: only losses on the same samples compare.
+    ok = sorted(
+        (pair for pair in screened if pair[1].error is None),
+        key=lambda p: (-p[1].rung, p[1].loss),
+    )
     rest = [c for _, c in screened if c.error is not None]
     leaders = ok[:finalists]
     dropped: list[Candidate] = []
@@ -812,20 +936,28 @@ def _rescore_finalists(
         if rank and time.monotonic() > deadline:
             dropped = [c for _, c in leaders[rank:]] + dropped
             break
-        group = groups[index]
-        model = group.fresh(candidate.values)
-        assert model is not None, "a finalist was built once already"
-        # Whole sequences; when they are long, as many samples as screening had elements.
-        cut = data.size(group.spec, candidate.values, samples[0])[1] is not None
-        count = data.size(group.spec, candidate.values, samples[0 if cut else 1], cut=False)[0]
-        part = data.first(group.spec, candidate.values, count)
-        dims = batch_dims(group.spec, candidate.values)
-        scored = _score(
-            model, candidate.values, part.inputs, part.target, loss_fn, part.samples, dims.target
-        )
-        final.append(dataclasses.replace(scored, screen_loss=candidate.loss))
+        final.append(_score_finalist(groups[index], candidate, data, samples, loss_fn))
     dropped.sort(key=lambda c: c.loss)
     return final + dropped + [c for _, c in ok[finalists:]] + rest
+
+
+def _score_finalist(
+    group: _Group, candidate: Candidate, data: _Data, samples: tuple[int, int], loss_fn: LossFn
+) -> Candidate:
+    """A finalist on whole sequences and every sample (when they are long, as many
+    samples as screening had elements), with each sample's loss."""
+    model = group.fresh(candidate.values)
+    assert model is not None, "a finalist was built once already"
+    cut = data.size(group.spec, candidate.values, samples[0])[1] is not None
+    count = data.size(group.spec, candidate.values, samples[0 if cut else 1], cut=False)[0]
+    part = data.first(group.spec, candidate.values, count)
+    dims = batch_dims(group.spec, candidate.values)
+    scored = _score(
+        model, candidate.values, part.inputs, part.target, loss_fn, part.samples, dims.target
+    )
+    return dataclasses.replace(
+        scored, screen_loss=candidate.loss, rung=candidate.rung, first_loss=candidate.first_loss
+    )
 
 
 def _rung_length(
@@ -964,16 +1096,17 @@ def _summarise(
     spec: ArchSpec,
     strategy: str,
     impossible: str | None = None,
+    screening: tuple[tuple[int, int], ...] = (),
 ) -> SearchResult:
     # Losses are comparable only on the same samples: the finalists (scored on every
-    # sample) rank first, the screened-only combinations after them.
+    # sample) rank first, the screened-only combinations after them, furthest round first.
     ok = [c for c in results if c.error is None]
     scored = sorted((c for c in ok if c.screen_loss is not None), key=lambda c: c.loss)
-    screened_only = sorted((c for c in ok if c.screen_loss is None), key=lambda c: c.loss)
+    screened_only = sorted((c for c in ok if c.screen_loss is None), key=_screened_order)
     failed = [c for c in results if c.error is not None]
-    complete = len(results) == total
+    complete, fully = len(results) == total, screening[-1][1] if screening else 0
     note = _progress_note(results, total, strategy, impossible is not None)
-    note += _length_note(ok, len(scored))
+    note += _halving_note(screening) + _length_note(ok, len(scored))
     per_name = _per_name(names, candidates, ok)
     if not scored:
         reason = failed[0].error if failed else "there was nothing to score"
@@ -982,7 +1115,7 @@ def _summarise(
         return SearchResult(
             names, tuple(failed), {}, None, None, False, (), per_name, len(results), total,
             complete, seconds, f"No combination could be scored: {reason}.{note}", fixed,
-            strategy, 0,
+            strategy, 0, screening, fully,
         )  # fmt: skip
     best = scored[0]
     margin = relative = None
@@ -992,8 +1125,7 @@ def _summarise(
     group = [c for c in scored if _tied(c, best)]
     tied = tuple(n for n in names if len({repr(c.values.get(n)) for c in group}) > 1)
     message = _verdict(best, len(group), tied, margin, relative)
-    if failed:
-        message += f" {len(failed)} combinations failed and are ranked last."
+    message += f" {len(failed)} combinations failed and are ranked last." if failed else ""
     return SearchResult(
         names=names,
         ranking=tuple(scored + screened_only + failed),
@@ -1011,14 +1143,24 @@ def _summarise(
         fixed=fixed,
         strategy=strategy,
         fully_scored=len(scored),
+        screening=screening,
+        screened_fully=fully,
     )
+
+
+def _screened_order(candidate: Candidate) -> tuple[int, float]:
+    return -candidate.rung, candidate.loss
 
 
 def _per_name(
     names: tuple[str, ...], candidates: list[tuple[Any, ...]], ok: list[Candidate]
 ) -> dict[str, tuple[tuple[Any, float], ...]]:
-    """Per value, the best loss on the screening samples, which every combination shares."""
-    screen_losses = [(c.values, c.loss if c.screen_loss is None else c.screen_loss) for c in ok]
+    """Per value, the best loss on the first round's samples, which every combination
+    screened shares."""
+    screen_losses = [
+        (c.values, c.first_loss if c.first_loss is not None else c.screen_loss or c.loss)
+        for c in ok
+    ]
     return {
         name: tuple(
             (
@@ -1043,6 +1185,17 @@ def _progress_note(results: list[Candidate], total: int, strategy: str, impossib
     return (
         f" Scored {len(results)} of {total} combinations: the best ones refined one value "
         "at a time, not every combination."
+    )
+
+
+def _halving_note(screening: tuple[tuple[int, int], ...]) -> str:
+    """How many combinations each screening round saw, when there were several."""
+    if len(screening) < 2:
+        return ""
+    rounds = ", then ".join(f"{count} on up to {samples}" for samples, count in screening)
+    return (
+        f" Screened in rounds, the better part of each going on: {rounds} samples each; "
+        f"{screening[-1][1]} reached the full screening set."
     )
 
 

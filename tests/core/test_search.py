@@ -342,9 +342,15 @@ def test_long_sequences_are_screened_on_a_prefix_and_decided_whole():
     screened = [c for c in result.ranking if c.error is None and c.screen_loss is None]
     assert whole and all(c.steps is None for c in whole)
     assert result.best.loss < 2e-4  # whole sequences: the model's own outputs plus noise
-    # Every combination in this layout was screened on the same short prefix.
-    cut = {c.steps for c in screened if c.values["batch_first"] is False}
-    assert len(cut) == 1 and next(iter(cut)) < 300
+    # Every combination in this layout screened in the same round was screened on the
+    # same short prefix (a later round's prefix is longer).
+    cuts = [
+        {c.steps for c in screened if c.values["batch_first"] is False and c.rung == rung}
+        for rung in sorted({c.rung for c in screened})
+    ]
+    assert all(len(cut) <= 1 for cut in cuts) and len(cuts[0]) == 1
+    lengths = [next(iter(cut)) for cut in cuts if cut]
+    assert lengths == sorted(lengths) and lengths[-1] < 300
     assert "screened on their first" in result.message
 
 
@@ -388,3 +394,75 @@ def test_the_thread_count_changes_only_when_the_caller_lets_the_search_choose(se
     finally:
         torch.set_num_threads(before)
     assert seen and set(seen) == ({2} if threads is None else {1})
+
+
+@pytest.fixture(scope="module")
+def token_seq2seq():
+    """A token seq2seq built from torch.nn constructors under names of its own (embed,
+    blocks_a, blocks_b, readout): nhead=2, gelu, batch_first, a causal mask and scaled
+    embeddings, none of them in the weights; 480 combinations to search."""
+    from tests.forward_zoo import FORWARD_BY_NAME
+
+    case = FORWARD_BY_NAME["token_seq2seq_shared_embedding"]
+    model = case.make()
+    data = case.data(model, 64)
+    weights = model.state_dict()
+    spec = infer_spec(Checkpoint.from_state_dict(weights))
+    return spec, weights, (data["src"], data["tgt"]), data["y"]
+
+
+TOKEN_TRUTH = {
+    "nhead": 2,
+    "activation": "gelu",
+    "batch_first": True,
+    "norm_first": False,
+    "causal_mask": True,
+    "scale_embedding": True,
+}
+
+
+def test_screening_in_rounds_keeps_the_truth_first_and_sends_fewer_to_the_full_set(
+    token_seq2seq,
+):
+    """Every combination is screened on 2 samples, the better quarter on 8, the better
+    quarter of those on the full 32: the true values still come first, the layer-norm eps
+    the data cannot tell stays reported as tied, and the result says how many
+    combinations each round saw."""
+    spec, weights, inputs, target = token_seq2seq
+    result = score_candidates(
+        spec, weights, inputs, target, F.mse_loss, budget_seconds=600, threads=1
+    )
+
+    assert result.strategy == "every combination" and result.complete
+    assert TOKEN_TRUTH.items() <= result.best_values.items()
+    assert result.tied_names == ("layer_norm_eps",)
+    rounds = result.screening
+    assert [samples for samples, _ in rounds] == [2, 8, 32]
+    assert rounds[0][1] == result.scored == result.total == 480
+    assert rounds[0][1] > rounds[1][1] > rounds[2][1] == result.screened_fully >= 12
+    assert sum(c.rung == 2 for c in result.ranking) == result.screened_fully
+    assert all(c.samples <= 2 for c in result.ranking if c.rung == 0)
+    # Losses compare only on the same samples: after the finalists, the furthest round first.
+    screened = [c.rung for c in result.ranking if c.error is None and c.screen_loss is None]
+    assert screened == sorted(screened, reverse=True) and screened[-1] == 0
+    assert f"{result.screened_fully} reached the full screening set" in result.message
+    report = json.loads(json.dumps(result.to_json(top=480)))
+    assert report["screened_fully"] == result.screened_fully
+    assert [(r["samples"], r["combinations"]) for r in report["screening"]] == list(rounds)
+    assert {entry["rung"] for entry in report["ranking"]} == {0, 1, 2}
+
+
+def test_screening_in_rounds_finds_what_screening_all_on_the_full_set_finds(token_seq2seq):
+    """With as many finalists as a quarter of the combinations there is one round: every
+    combination on the full screening set. It picks the same values and the same ties."""
+    spec, weights, inputs, target = token_seq2seq
+    common = dict(budget_seconds=600, threads=1)
+    rounds = score_candidates(spec, weights, inputs, target, F.mse_loss, **common)
+    one = score_candidates(spec, weights, inputs, target, F.mse_loss, finalists=120, **common)
+
+    assert one.screening == ((32, 480),) and one.screened_fully == 480
+    assert rounds.screened_fully < one.screened_fully
+    assert rounds.best_values == one.best_values
+    assert rounds.tied_names == one.tied_names
+    # Each value's best loss is on the first round's samples, which every combination shares.
+    assert min(dict(rounds.per_name["nhead"]).items(), key=lambda p: p[1])[0] == 2
