@@ -61,6 +61,35 @@ class LoadedPickle:
     blobs: list[bytes]  # legacy only: each storage's bytes, in `storages` order
     _index: dict[tuple[str, Any], int]  # _storage_key (or ("key", record key)) -> index
 
+    def plan_rows(self, tensors: dict[str, Any], file_index: int) -> dict[str, list]:
+        """key -> [file, dtype, shape, stride, storage offset, storage index]: the plan's
+        row per tensor (`checkpoint._plan_torch`), read straight from a stand-in (no
+        `Placement` per tensor: 100,000 of them cost ~0.5 s)."""
+        rows = {}
+        index = self._index
+        for key, t in tensors.items():
+            if t.__class__ is TensorRef:
+                storage = index[("key", t.storage.key)]
+                rows[key] = [
+                    file_index,
+                    t.storage.dtype,
+                    t.shape,
+                    t.stride,
+                    t.storage_offset,
+                    storage,
+                ]
+            else:
+                at = self.placement(t)
+                rows[key] = [
+                    file_index,
+                    at.dtype,
+                    at.shape,
+                    at.stride,
+                    at.storage_offset,
+                    at.storage,
+                ]
+        return rows
+
     def placement(self, t: torch.Tensor | TensorRef) -> Placement:
         if isinstance(t, TensorRef):
             return Placement(

@@ -312,6 +312,64 @@ def test_the_inline_scan_refuses_exactly_as_the_pickletools_scan() -> None:
         assert outcome(fast, bytes(data)) == outcome(slow, bytes(data)), bytes(data)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pickletools on mutated text
+def test_whole_entries_are_scanned_exactly_as_one_instruction_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch.save's tensor entries, matched whole (`pickle_scan._Entries`) when the budgets
+    leave room: the same count and facts as the pickletools scan, or the same refusal,
+    over mutants of a state dict with scalars, 5-D, int64, Parameter and slice entries."""
+    import random
+
+    from recovery_core.io import pickle_scan
+    from recovery_core.io.pickle_scan import scan_pickle, scan_pickle_bytes
+    from tests.hostile import fuzz
+
+    state: dict[str, torch.Tensor] = {}
+    base = torch.zeros(300)
+    for i in range(4):
+        state[f"b.{i}.w"] = torch.zeros(3, 2)
+        state[f"b.{i}.scalar"] = torch.tensor(2.0)
+        state[f"b.{i}.five"] = torch.zeros(1, 2, 1, 2, 1)
+        state[f"b.{i}.index"] = torch.zeros(2, dtype=torch.int64)
+        state[f"b.{i}.p"] = torch.nn.Parameter(torch.zeros(2))
+        state[f"b.{i}.slice"] = base[100 * i : 100 * i + 70]
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    archive = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    seed = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    limits = LoadLimits(max_pickle_opcodes=2000, max_container_items=200)
+    matched = []
+    entry = pickle_scan._Entries.entry
+
+    def spy(self: object, pos: int) -> object:
+        done = entry(self, pos)  # type: ignore[arg-type]
+        matched.append(done is not None)
+        return done
+
+    monkeypatch.setattr(pickle_scan._Entries, "entry", spy)
+
+    def outcome(data: bytes, fast: bool) -> object:
+        facts: dict[str, object] = {}
+        try:
+            if fast:
+                return scan_pickle_bytes(data, "f.pt", limits, facts=facts), facts
+            return scan_pickle(io.BytesIO(data), "f.pt", limits, facts=facts), facts
+        except RecoveryError as exc:
+            return type(exc).__name__, str(exc)
+
+    assert outcome(seed, True) == outcome(seed, False)
+    # Whole: every plain tensor but the first of its dtype (its globals are not memoized
+    # yet); one by one: the Parameters and the slices of one storage (a storage fetched).
+    assert sum(matched) == len(state) - 2 - 4 - 3, "entries were not matched whole"
+    rng = random.Random(11)
+    for _ in range(1500):
+        data = bytearray(seed)
+        for _ in range(rng.choice((1, 2, 4))):
+            fuzz._byte_edit(data, rng, [seed])
+        assert outcome(bytes(data), True) == outcome(bytes(data), False), bytes(data)
+
+
 def test_the_known_memory_owning_globals_cover_torchs_list() -> None:
     """The scan's torch-free list holds everything the installed torch's allow-list would
     add (a torch upgrade with new tensor or storage classes fails here first)."""
