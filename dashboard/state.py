@@ -285,6 +285,7 @@ class Studio:
     scored_names: set[str] = field(default_factory=set)  # settings the data has checked
     accept_unverified: bool = False
     holders: int = 0  # browser sessions showing this Studio now (see _Holder)
+    tabs: int = 0  # of them, connected now (see _Tab)
     plan_message: tuple[str, str | Problem] | None = None  # the last plan load's outcome
     training: rc.plan.TrainingSettings = field(
         default_factory=lambda: rc.plan.TrainingSettings(
@@ -503,6 +504,46 @@ def _released(studio: Studio) -> None:
         studio.stop_all()
 
 
+class _Tab:
+    """One connected browser tab showing a Studio. Streamlit releases it as soon as the
+    tab's connection closes (`_tab_closed`). The session itself is dropped (and `_Holder`
+    with it) only when Streamlit next expires closed sessions, which it does when another
+    session disconnects: on a quiet server, a closed tab's training would run on for
+    nobody until it ended."""
+
+    def __init__(self, studio: Studio) -> None:
+        self.studio = studio
+        with _tabs_lock:
+            studio.tabs += 1
+
+
+_tabs_lock = threading.Lock()
+
+
+def _tab_closed(tab: _Tab) -> None:
+    """A tab's connection closed: unless a tab shows its Studio again within the time
+    Streamlit keeps a closed tab for reconnecting (a reload, a network blip), its training
+    and scoring stop. Its results stay kept for a reload."""
+    with _tabs_lock:
+        tab.studio.tabs -= 1
+    grace = float(st.get_option("server.disconnectedSessionTTL"))
+    timer = threading.Timer(grace, _stop_if_unwatched, args=(tab.studio,))
+    timer.daemon = True
+    timer.start()
+
+
+def _stop_if_unwatched(studio: Studio) -> None:
+    with _tabs_lock:
+        unwatched = studio.tabs <= 0
+    if unwatched:
+        studio.stop_all()
+
+
+@st.cache_resource(scope="session", on_release=_tab_closed, show_spinner=False)
+def _connected(token: str, _studio: Studio) -> _Tab:
+    return _Tab(_studio)
+
+
 def studio() -> Studio:
     """This session's Studio: the one its URL's token names (a reload), else a new one."""
     if STUDIO not in st.session_state:
@@ -510,6 +551,7 @@ def studio() -> Studio:
         st.session_state[STUDIO] = s
         st.session_state[HOLDER] = _Holder(s)
     s = st.session_state[STUDIO]
+    _connected(s.token, s)
     _keep(s)
     if st.query_params.get(SESSION_PARAM) != s.token:
         st.query_params[SESSION_PARAM] = s.token

@@ -181,18 +181,26 @@ def test_sessions_are_isolated_and_release_their_threads_and_memory(server, file
         expect(demo.get_by_test_id("stMain")).not_to_contain_text("mlp.pt")
 
         # Close every tab while both still train: their threads must end, memory come back.
+        tokens = [page.url.split("session=")[1].split("&")[0] for page in (demo, mlp)]
         for page in (demo, mlp, lstm):
             page.context.close()
-    assert healthy(url)
-    idle = settle(pid, memory_ceiling=start_rss + MEMORY_SLACK)
-    report = (
-        f"server CPU {busy:.2f} cores while two sessions trained, {idle:.2f} after all closed; "
-        f"RSS {start_rss >> 20} MiB warmed up, {rss(pid) >> 20} MiB after"
-    )
-    print(report)
-    assert busy >= BUSY, report
-    assert idle <= IDLE, report  # the training threads ended with their sessions
-    assert rss(pid) <= start_rss + MEMORY_SLACK, report
+        assert healthy(url)
+        idle = settle(pid, memory_ceiling=start_rss + MEMORY_SLACK)
+        report = (
+            f"server CPU {busy:.2f} cores while two sessions trained, {idle:.2f} after all "
+            f"closed; RSS {start_rss >> 20} MiB warmed up, {rss(pid) >> 20} MiB after"
+        )
+        print(report)
+        assert busy >= BUSY, report
+        assert idle <= IDLE, report
+        assert rss(pid) <= start_rss + MEMORY_SLACK, report
+        # Stopped because nobody watched (not ended on their own): a reload of either
+        # session, later, finds its run stopped with its best weights kept.
+        for token in tokens:
+            again = open_page(browser, f"{url}/train?session={token}")
+            wait_idle(again)
+            expect(again.get_by_test_id("stMain")).to_contain_text("Run 1 stopped")
+            again.context.close()
 
 
 def test_an_upload_above_the_size_limit_is_refused_and_the_app_keeps_working(server, tmp_path):
