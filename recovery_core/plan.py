@@ -89,13 +89,24 @@ class TrainingSettings:
     seed: int = 0
     val_fraction: float = 0.0  # held out for evaluation; 0: evaluated on the training data
 
-    def config(self, *, device: str = "auto", val_fraction: float | None = None) -> TrainingConfig:
+    def config(
+        self,
+        *,
+        device: str = "auto",
+        val_fraction: float | None = None,
+        samples_independent: bool = True,
+    ) -> TrainingConfig:
         """The run's configuration (checked there): these settings, on `device`; the part
-        held out may be narrowed by the caller (0 when the data is too small to split)."""
+        held out may be narrowed by the caller (0 when the data is too small to split);
+        `samples_independent`: the data's layout (`BatchDims.independent`)."""
         from recovery_core.fit.train import TrainingConfig
 
         held_out = self.val_fraction if val_fraction is None else val_fraction
-        return TrainingConfig(**{**asdict(self), "val_fraction": held_out}, device=device)
+        return TrainingConfig(
+            **{**asdict(self), "val_fraction": held_out},
+            device=device,
+            samples_independent=samples_independent,
+        )
 
 
 @dataclass(frozen=True)

@@ -567,7 +567,7 @@ class Recovery(RecoveryData):
                 f"{humanize.count(plan.trainable_params)} of "
                 f"{humanize.count(plan.total_params)} parameters"
             )
-            config = settings.config(device=device)
+            config = settings.config(device=device, samples_independent=dims.independent)
             run = TrainingRun(model, plan, inputs, target, loss_fn, config).start()
             self.result = _followed(run, self.log, progress_bar)
         drop_batch_major(self.result.model)

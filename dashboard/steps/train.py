@@ -220,7 +220,8 @@ def settings(studio: state.Studio) -> rc.TrainingConfig:
 
 
 def config_of(studio: state.Studio) -> rc.TrainingConfig:
-    return studio.training.config(val_fraction=studio.held_out)
+    independent = studio.recovery is None or studio.recovery.dims.independent
+    return studio.training.config(val_fraction=studio.held_out, samples_independent=independent)
 
 
 def start(studio: state.Studio, plan: rc.FreezePlan, config: rc.TrainingConfig) -> None:

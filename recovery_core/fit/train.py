@@ -27,6 +27,7 @@ from recovery_core.errors import DataError, RecoveryError, TrainingError
 from recovery_core.fit.closed_form import closed_form_blocker, solve_linear
 from recovery_core.fit.freeze import FreezePlan, apply_freeze, set_train_mode
 from recovery_core.fit.prefix_cache import (
+    FEATURE_CHUNK,
     CachedFeatures,
     Suffix,
     cache_features,
@@ -64,6 +65,10 @@ class TrainingConfig:
     weight_decay: float = 0.0
     val_fraction: float = 0.0  # 0: evaluate on the training data itself
     cache: bool = True  # train on cached frozen-prefix features where that is exact
+    # False when sample i sits at position i of one sequence (layout.BatchDims.independent):
+    # the frozen prefix then runs over all samples in one piece, since a piece that does
+    # not start at the first sample would give its samples the wrong positions.
+    samples_independent: bool = True
     # Seed torch's global generator at the start (dropout draws from no other): a
     # process-wide switch, so the caller chooses. Off, runs sharing a process cannot
     # reseed each other's dropout, and a run with trainable dropout is not reproducible.
@@ -378,7 +383,11 @@ class _Fit:
             suffix, why_not = None, "caching turned off"
         features: CachedFeatures | None = None
         if suffix is not None:  # the probe tells the features' layout: no other forward
-            features, reason = cache_features(self.model, suffix, run.inputs, probe=suffix.probe)
+            whole = run.inputs[0].shape[0]
+            chunk = FEATURE_CHUNK if cfg.samples_independent else max(whole, 1)
+            features, reason = cache_features(
+                self.model, suffix, run.inputs, chunk=chunk, probe=suffix.probe
+            )
             suffix = replace(suffix, probe=None)  # not needed any more
             if features is None:
                 suffix, why_not = None, reason

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from recovery_core.errors import BuildError, ExportError
+from recovery_core.fit.prefix_cache import FEATURE_CHUNK
 from recovery_core.infer import infer_spec
 from recovery_core.io.checkpoint import Checkpoint
 from recovery_core.model.build import build_model, load_weights
@@ -259,3 +260,40 @@ def test_a_model_reading_the_samples_as_one_sequence_runs_it_once(
     # The cache computes what the whole model does on the whole data.
     assert result.training.baseline_loss == pytest.approx(float(truth), rel=1e-4)
     assert all(shape[0] == EXAMPLE_STEPS for shape in elsewhere), elsewhere
+
+
+def test_positions_past_a_cache_chunk_are_those_of_the_whole_sequence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """More batch entries than one piece of the frozen-prefix cache, on a model whose
+    positions run along its batch (sample i at position i): the cache is computed in one
+    piece, so the baseline it gives is the whole model's loss on the whole data (in pieces,
+    entries past the first piece got positions from 0 again: a loss 500 times too high)."""
+    case = FORWARD_BY_NAME["vector_seq2seq_fed_as_is"]
+    model = case.make()
+    width = case.data(model, 2)["src"].shape[-1]
+    entries = FEATURE_CHUNK + 44
+    torch.manual_seed(1)
+    src, tgt = torch.randn(6, entries, width), torch.randn(6, entries, width)
+    with torch.no_grad():
+        y = model(src, tgt) + 0.01 * torch.randn(6, entries, width)
+        truth = float(torch.nn.functional.mse_loss(model(src, tgt), y))
+    weights, data = tmp_path / "weights.pt", tmp_path / "data.pt"
+    torch.save(model.state_dict(), weights)
+    torch.save({"src": src, "tgt": tgt, "y": y}, data)
+    training, _ = _trunk_rows(monkeypatch)
+    known = {"nhead": 4, "batch_first": False, "causal_mask": False, "pos_dim": 1}
+    known |= {"scale_embedding": False, "norm_first": False, "activation": "relu"}
+    known |= {"layer_norm_eps": 1e-5}
+
+    result = recover(
+        str(weights),
+        str(data),
+        str(tmp_path / "o" / "m.pt"),
+        RecoverOptions(fixed=known, formats=()),
+    )
+
+    assert result.training.cached_prefix
+    assert training == [2, entries]  # the probe, then every entry in one piece
+    assert result.training.baseline_loss == pytest.approx(truth, rel=1e-4)
+    assert result.passed and result.training.final_loss < result.training.baseline_loss
