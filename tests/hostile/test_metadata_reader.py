@@ -370,6 +370,48 @@ def test_whole_entries_are_scanned_exactly_as_one_instruction_at_a_time(
         assert outcome(bytes(data), True) == outcome(bytes(data), False), bytes(data)
 
 
+def test_the_zip_directory_read_without_zipfile_is_zipfiles_or_defers_to_it() -> None:
+    """Mutants of torch.save archives (mostly in the central directory and end records):
+    every member list the plain reader returns is the one zipfile reads; on anything it
+    does not vouch for it returns None and zipfile reads the archive (and names faults)."""
+    import random
+
+    from recovery_core.io import container
+
+    def zipfiles(data: bytes) -> object:
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                return [
+                    (i.filename, i.compress_type, i.file_size, i.header_offset)
+                    for i in archive.infolist()
+                ]
+        except Exception:  # noqa: BLE001 - any refusal: the plain reader must not accept it
+            return "refused"
+
+    seeds = []
+    for state in ({"a": torch.zeros(3)}, {f"k.{i}": torch.zeros(1) for i in range(30)}):
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        seeds.append(buffer.getvalue())
+    rng = random.Random(3)
+    read = 0
+    for i in range(3000):
+        data = bytearray(seeds[i % 2])
+        for _ in range(rng.randint(0, 3)):
+            near_end = rng.random() < 0.8
+            at = (
+                rng.randrange(max(0, len(data) - 500), len(data))
+                if near_end
+                else rng.randrange(len(data))
+            )
+            data[at] = rng.randrange(256)
+        members = container._plain_central_directory(io.BytesIO(bytes(data)))
+        if members is not None:
+            read += 1
+            assert [tuple(m) for m in members] == zipfiles(bytes(data))
+    assert read > 1000  # most mutants leave the directory readable
+
+
 def test_the_known_memory_owning_globals_cover_torchs_list() -> None:
     """The scan's torch-free list holds everything the installed torch's allow-list would
     add (a torch upgrade with new tensor or storage classes fails here first)."""
