@@ -414,7 +414,7 @@ class _Fit:
             )
         self.baseline = self.best_loss = baseline
         self.best_state = self.snapshot()
-        steps_per_epoch = math.ceil(self.target.shape[0] / cfg.batch_size)
+        steps_per_epoch = math.ceil(self.target.shape[0] / self.batch_size)
         run._prepared(baseline, 1 if self.method == "lstsq" else cfg.epochs * steps_per_epoch)
 
     def _choose_forwards(self) -> None:
@@ -459,23 +459,36 @@ class _Fit:
             StepEvent(step, epoch, loss, val_loss, self.run._elapsed(), seen, eval_loss, monitor)
         )
 
+    @property
+    def whole(self) -> bool:
+        """Sample i at position i, and the whole model runs (no cache): a piece of the
+        samples would get positions from 0 again, so every look takes them all, in order.
+        (Cached features already hold their positions: their rows can be taken apart.)"""
+        return not self.config.samples_independent and self.features is None
+
+    @property
+    def batch_size(self) -> int:
+        return self.target.shape[0] if self.whole else self.config.batch_size
+
     def gradient_loop(self) -> None:
         cfg = self.config
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = _optimizer(self.method, params, cfg)
         order_gen = torch.Generator().manual_seed(cfg.seed)
-        n = self.target.shape[0]
+        n, size = self.target.shape[0], self.batch_size
         step = seen = 0
         last_check = time.monotonic()
         for epoch in range(1, cfg.epochs + 1):
             set_train_mode(self.model, self.plan)
             order = torch.randperm(n, generator=order_gen).to(self.device)
-            for start in range(0, n, cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
+            if self.whole:
+                order = torch.arange(n, device=self.device)
+            for start in range(0, n, size):
+                idx = order[start : start + size]
                 loss = self.step(optimizer, idx, step)
                 step += 1
                 seen += len(idx)
-                end_of_epoch = start + cfg.batch_size >= n
+                end_of_epoch = start + size >= n
                 eval_loss = self.evaluate() if end_of_epoch else None
                 monitor = eval_loss
                 if monitor is None and time.monotonic() - last_check >= EVAL_SECONDS:
@@ -517,10 +530,11 @@ class _Fit:
         self.model.eval()
         try:
             n = self.eval_target.shape[0]
+            size = n if self.whole else EVAL_BATCH
             total = 0.0
             with torch.no_grad():
-                for start in range(0, n, EVAL_BATCH):
-                    idx = torch.arange(start, min(start + EVAL_BATCH, n), device=self.device)
+                for start in range(0, n, size):
+                    idx = torch.arange(start, min(start + size, n), device=self.device)
                     out = self.eval_forward(idx)
                     total += float(self.loss_fn(out, self.eval_target[idx])) * len(idx)
             return total / n

@@ -21,6 +21,7 @@ import torch
 
 from recovery_core.errors import BuildError, ExportError
 from recovery_core.fit.prefix_cache import FEATURE_CHUNK
+from recovery_core.fit.train import EVAL_BATCH
 from recovery_core.infer import infer_spec
 from recovery_core.io.checkpoint import Checkpoint
 from recovery_core.model.build import build_model, load_weights
@@ -262,17 +263,13 @@ def test_a_model_reading_the_samples_as_one_sequence_runs_it_once(
     assert all(shape[0] == EXAMPLE_STEPS for shape in elsewhere), elsewhere
 
 
-def test_positions_past_a_cache_chunk_are_those_of_the_whole_sequence(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    """More batch entries than one piece of the frozen-prefix cache, on a model whose
-    positions run along its batch (sample i at position i): the cache is computed in one
-    piece, so the baseline it gives is the whole model's loss on the whole data (in pieces,
-    entries past the first piece got positions from 0 again: a loss 500 times too high)."""
+def _positions_along_the_batch(tmp_path: Path) -> tuple[Path, Path, float, int]:
+    """The fed-as-is seq2seq model (sample i at position i) with more batch entries than
+    one piece of the cache or of an evaluation: its files, its loss and the entries."""
     case = FORWARD_BY_NAME["vector_seq2seq_fed_as_is"]
     model = case.make()
     width = case.data(model, 2)["src"].shape[-1]
-    entries = FEATURE_CHUNK + 44
+    entries = max(FEATURE_CHUNK, EVAL_BATCH) + 44
     torch.manual_seed(1)
     src, tgt = torch.randn(6, entries, width), torch.randn(6, entries, width)
     with torch.no_grad():
@@ -281,19 +278,50 @@ def test_positions_past_a_cache_chunk_are_those_of_the_whole_sequence(
     weights, data = tmp_path / "weights.pt", tmp_path / "data.pt"
     torch.save(model.state_dict(), weights)
     torch.save({"src": src, "tgt": tgt, "y": y}, data)
+    return weights, data, truth, entries
+
+
+FED_AS_IS_VALUES = {
+    "nhead": 4, "batch_first": False, "causal_mask": False, "pos_dim": 1,
+    "scale_embedding": False, "norm_first": False, "activation": "relu", "layer_norm_eps": 1e-5,
+}  # fmt: skip
+
+
+def test_positions_past_a_cache_chunk_are_those_of_the_whole_sequence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The frozen-prefix cache of such a model is computed in one piece, so the baseline it
+    gives is the whole model's loss on the whole data (in pieces, entries past the first
+    got positions from 0 again: a loss 500 times too high)."""
+    weights, data, truth, entries = _positions_along_the_batch(tmp_path)
     training, _ = _trunk_rows(monkeypatch)
-    known = {"nhead": 4, "batch_first": False, "causal_mask": False, "pos_dim": 1}
-    known |= {"scale_embedding": False, "norm_first": False, "activation": "relu"}
-    known |= {"layer_norm_eps": 1e-5}
 
     result = recover(
-        str(weights),
-        str(data),
-        str(tmp_path / "o" / "m.pt"),
-        RecoverOptions(fixed=known, formats=()),
-    )
+        str(weights), str(data), str(tmp_path / "o" / "m.pt"),
+        RecoverOptions(fixed=FED_AS_IS_VALUES, formats=()),
+    )  # fmt: skip
 
     assert result.training.cached_prefix
     assert training == [2, entries]  # the probe, then every entry in one piece
     assert result.training.baseline_loss == pytest.approx(truth, rel=1e-4)
     assert result.passed and result.training.final_loss < result.training.baseline_loss
+
+
+def test_without_a_cache_such_a_model_trains_and_is_evaluated_on_the_whole_sequence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Training its input layer leaves nothing to cache: each step and each evaluation
+    then takes every entry, in order (a batch of 32 shuffled entries, or evaluation in
+    pieces, would put them at other positions)."""
+    weights, data, truth, entries = _positions_along_the_batch(tmp_path)
+    training, _ = _trunk_rows(monkeypatch)
+
+    result = recover(
+        str(weights), str(data), str(tmp_path / "o" / "m.pt"),
+        RecoverOptions(fixed=FED_AS_IS_VALUES, formats=(), unfreeze=("proj",), method="adam", epochs=2),
+    )  # fmt: skip
+
+    assert not result.training.cached_prefix
+    assert set(training[1:]) == {entries}  # after the probe, every look is whole
+    assert result.training.baseline_loss == pytest.approx(truth, rel=1e-4)
+    assert result.passed
