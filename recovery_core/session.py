@@ -425,7 +425,9 @@ class RecoveryData:
         assert self.mapping is not None, "map first"
         inputs, target = self.eval_tensors(fraction, seed)
         loss_fn = loss_function(self.mapping)
-        value = baseline_loss(self.reference_model(), inputs, target, loss_fn)
+        # Sample i at position i: the samples are evaluated whole (see BatchDims).
+        whole = {} if self.dims.independent else {"batch_size": max(target.shape[0], 1)}
+        value = baseline_loss(self.reference_model(), inputs, target, loss_fn, **whole)
         if not math.isfinite(value):
             raise DataError(
                 f"The loss of the original weights on this data is {value}; check which "

@@ -24,9 +24,10 @@ from recovery_core.fit.prefix_cache import FEATURE_CHUNK
 from recovery_core.fit.train import EVAL_BATCH
 from recovery_core.infer import infer_spec
 from recovery_core.io.checkpoint import Checkpoint
+from recovery_core.io.data import load_dataset
 from recovery_core.model.build import build_model, load_weights
 from recovery_core.recover import RecoverOptions, recover
-from recovery_core.session import EXAMPLE_STEPS
+from recovery_core.session import EXAMPLE_STEPS, Recovery
 from tests.forward_zoo import FORWARD_BY_NAME, FORWARD_ZOO, ForwardCase, TokenSeq2Seq
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # torch's fast-path notices
@@ -325,3 +326,8 @@ def test_without_a_cache_such_a_model_trains_and_is_evaluated_on_the_whole_seque
     assert set(training[1:]) == {entries}  # after the probe, every look is whole
     assert result.training.baseline_loss == pytest.approx(truth, rel=1e-4)
     assert result.passed
+    # The dashboard's baseline (step 3) as well.
+    recovery = Recovery.open(str(weights), values=FED_AS_IS_VALUES)
+    recovery.use_data(load_dataset(str(data)))
+    recovery.map()
+    assert recovery.baseline() == pytest.approx(truth, rel=1e-4)
