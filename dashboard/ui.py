@@ -26,7 +26,6 @@ log = logging.getLogger("dashboard")
 PASSED = ":green[:material/check_circle:]"
 FAILED = ":red[:material/cancel:]"
 OPTIONAL = ":orange[:material/warning:]"
-NOTE = ":blue[:material/info:]"
 ERROR_ICON = ":material/error:"
 
 
