@@ -74,8 +74,8 @@ RUNG_GROWTH = 4
 FINAL_KEEP = 4  # combinations that reach whole sequences (when the budget allows)
 MODELS_PER_GROUP = 4  # built models kept per forward hypothesis while screening
 # Screening in rounds (successive halving, `_Scorer.climb`): each round has SCREEN_GROWTH
-# times the samples (and elements per sample) of the one before and screens the better
-# 1/SCREEN_GROWTH of it; the first has SCREEN_START samples. A combination within TIE_KEEP
+# times the samples of the one before (and cuts long sequences SCREEN_GROWTH times longer)
+# and screens the better 1/SCREEN_GROWTH of it; the first has SCREEN_START samples. A combination within TIE_KEEP
 # (relative) of a round's best always goes on: it may end tied with the best.
 SCREEN_GROWTH = 4
 SCREEN_START = 2
@@ -300,10 +300,12 @@ class _Data:
         cut: bool = True,
         elements: int = ELEMENTS_PER_SAMPLE,
     ) -> tuple[int, int | None]:
-        """`count` samples, fewer when each is large, and (with `cut`) how long a prefix
-        of each sequence when even one sample is larger than `elements` (None: whole). A model that reads dimension 0 as its sequence sees the whole of it in
-        every sample (see layout.py); a cut sequence is a cheap stand-in for screening,
-        and finalists climb back to whole sequences (`_finalists`)."""
+        """`count` samples, fewer when each is larger than ELEMENTS_PER_SAMPLE, and (with
+        `cut`) how long a prefix of each sequence when even one sample is larger than
+        `elements` (None: whole): an early screening round cuts sequences shorter and
+        keeps its count of samples. A model that reads dimension 0 as its sequence sees
+        the whole of it in every sample (see layout.py); a cut sequence is a cheap
+        stand-in for screening, and finalists climb back to whole sequences."""
         dims = batch_dims(spec, values)
         per_sample = sum(
             t.numel() // max(1, t.shape[dims.inputs]) if t.dim() > dims.inputs else 1
@@ -317,7 +319,7 @@ class _Data:
             fits = max(MIN_SCREEN_STEPS, int(elements / per_step))
             if fits < steps:
                 length, per_sample = fits, math.ceil(per_step * fits)
-        return max(1, min(count, count * elements // max(1, per_sample))), length
+        return max(1, min(count, count * ELEMENTS_PER_SAMPLE // max(1, per_sample))), length
 
     def first(
         self, spec: ArchSpec, values: Mapping[str, Any], count: int, length: int | None = None
@@ -455,9 +457,9 @@ class _Scorer:
 
 
 def _rungs(screen: int, combinations: int, finalists: int) -> tuple[tuple[int, int], ...]:
-    """The screening rounds (samples, elements per sample), first to last: the last is
-    the full screening set; each before it 1/SCREEN_GROWTH of the next in both, down to
-    SCREEN_START samples. One round when there are few combinations to tell apart."""
+    """The screening rounds (samples, elements per sample a sequence is cut to), first
+    to last: the last is the full screening set; each before it 1/SCREEN_GROWTH of the
+    next in both, down to SCREEN_START samples. One round when there are few combinations to tell apart."""
     rungs = [(screen, ELEMENTS_PER_SAMPLE)]
     if combinations > SCREEN_GROWTH * finalists:
         while rungs[0][0] // SCREEN_GROWTH >= SCREEN_START:
