@@ -3,6 +3,10 @@
     .venv/bin/python benchmarks/inspect_whole.py            # small file and 100,000 keys, 5 rounds
     .venv/bin/python benchmarks/inspect_whole.py --rounds 3 --keys 20000
 
+Besides the demo checkpoint, two files of `--keys` tiny tensors: a flat Sequential of
+Linear layers (`{i}.weight`, `{i}.bias`), and a model's usual layout (an embedding,
+repeated blocks `blocks.{i}.{mix,proj,norm}.{weight,bias}`, a head).
+
 Every run is a fresh process (interpreter start and imports included), timed by wall clock
 and measured by `/usr/bin/time` (peak RSS of the process and the children it waited for:
 our forked file reader counts). The runs of one round follow each other, round after
@@ -96,6 +100,8 @@ def files(keys: int, quick: bool) -> dict[str, tuple[Path, Path]]:
     if not quick:
         many = cases.many_keys_checkpoint(WORK, keys)
         chosen[f"{keys:,} keys"] = (many, safetensors_twin(many))
+        blocks = cases.many_blocks_checkpoint(WORK, keys)
+        chosen[f"{keys:,} keys in blocks"] = (blocks, safetensors_twin(blocks))
     return chosen
 
 
