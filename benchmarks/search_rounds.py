@@ -7,7 +7,7 @@ Cases: `token` (the token seq2seq of section 8 at 2,000 sequences, every hidden 
 `demo_wiring` (the same with the forward searched too, as `recovery recover` and the
 dashboard do). Each round runs, one fresh process after the other, `score_candidates` as
 it ships (screening in rounds: successive halving over the screening samples, every
-combination screened up to 4,096) and the same search as it was before the rounds: one
+combination screened up to 2,048) and the same search as it was before the rounds: one
 round, every combination on the full screening set (`search.SCREEN_START` set past the
 screening set), and a beam above 1,024 combinations. Both see the same data, names,
 budget (30 s) and threads ("auto"), so the per-round ratio compares the mechanism alone;
