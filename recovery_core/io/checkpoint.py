@@ -435,8 +435,10 @@ def _expand(compact: dict[str, list], display: str) -> tuple[list[str], list[tup
             (dtype, tuple(shape), tuple(stride), offset)
             for dtype, shape, stride, offset in compact["layouts"]
         ]
-        well_formed = len(rows) == 3 * len(names) and all(
-            type(i) is int and 0 <= i < len(layouts) for i in rows[1::3]
+        well_formed = (
+            len(rows) == 3 * len(names)
+            and all(type(i) is int and 0 <= i < len(layouts) for i in rows[1::3])
+            and all(_plain_layout(*layout) for layout in layouts)
         )
     except (KeyError, TypeError, ValueError):
         well_formed = False
@@ -445,6 +447,11 @@ def _expand(compact: dict[str, list], display: str) -> tuple[list[str], list[tup
             f"{display} could not be read: the reader's reply is malformed."
         )
     return names, layouts, rows
+
+
+def _plain_layout(dtype: Any, shape: tuple, stride: tuple, offset: Any) -> bool:
+    sizes = (*shape, *stride, offset)
+    return type(dtype) is str and all(type(n) is int and n >= 0 for n in sizes)
 
 
 def _tied(tensors: dict[str, list]) -> dict[str, str]:
