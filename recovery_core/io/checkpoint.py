@@ -342,17 +342,13 @@ def _plan_safetensors(
             "storages": [[data_start + e.begin, e.end - e.begin] for e in entries],
         }
     )
-    tensors = {
-        e.name: [
-            file_index,
-            _SAFETENSORS_DTYPE_NAMES[e.dtype],
-            list(e.shape),
-            _contiguous_strides(e.shape),
-            0,
-            n,
-        ]
-        for n, e in enumerate(entries)
-    }
+    strides: dict[tuple[int, ...], list[int]] = {}  # one per distinct shape
+    tensors = {}
+    for n, e in enumerate(entries):
+        stride = strides.get(e.shape)
+        if stride is None:
+            stride = strides[e.shape] = _contiguous_strides(e.shape)
+        tensors[e.name] = [file_index, _SAFETENSORS_DTYPE_NAMES[e.dtype], e.shape, stride, 0, n]
     return _part(tensors, metadata=metadata)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import math
 import mmap
@@ -563,7 +564,10 @@ def load_json(raw: bytes, what: str, limits: LoadLimits) -> Any:
     except (ValueError, UnicodeDecodeError):
         raise CheckpointFormatError(f"{what} is damaged (not valid JSON).") from None
     else:
-        depth_exceeded = _json_depth(value, limits.max_json_depth) > limits.max_json_depth
+        cap = limits.max_json_depth
+        # The text's bracket nesting bounds the value's (a key given twice keeps one value):
+        # within the cap, the value is too; past it, the value itself is measured.
+        depth_exceeded = _text_depth(raw) > cap and _json_depth(value, cap) > cap
     if depth_exceeded:
         raise LimitExceededError(
             f"{what} nests JSON deeper than {limits.max_json_depth} levels "
@@ -571,6 +575,18 @@ def load_json(raw: bytes, what: str, limits: LoadLimits) -> Any:
             limit="max_json_depth",
         )
     return value
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS_ONLY = bytes(b for b in range(256) if b not in b"[]{}")
+_NESTING_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def _text_depth(raw: bytes) -> int:
+    """The deepest bracket nesting of valid JSON text, strings left out, in C-level passes
+    (walking 100,000 parsed header entries took ~0.5 s)."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _BRACKETS_ONLY)
+    return max(itertools.accumulate(map(_NESTING_STEP.__getitem__, brackets)), default=0)
 
 
 def _json_depth(value: Any, cap: int) -> int:

@@ -412,6 +412,30 @@ def test_the_zip_directory_read_without_zipfile_is_zipfiles_or_defers_to_it() ->
     assert read > 1000  # most mutants leave the directory readable
 
 
+def test_json_nesting_read_from_the_text_is_the_parsed_values() -> None:
+    """The header's depth bound is read from the JSON text (strings with brackets, quotes
+    and escapes in them left out); it must be the parsed value's depth."""
+    import json
+    import random
+
+    from recovery_core.io import container
+
+    rng = random.Random(0)
+    texts = ["x]{[\\", '"', "\\", "[[[[", 'a\\"b', "\u00e9]", "{}"]
+
+    def value(depth: int) -> object:
+        pick = rng.random()
+        if depth > 6 or pick < 0.3:
+            return rng.choice([1, 2.5, None, True, *texts])
+        if pick < 0.65:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {rng.choice(texts) + str(i): value(depth + 1) for i in range(rng.randint(0, 3))}
+
+    for _ in range(3000):
+        raw = json.dumps(value(0), ensure_ascii=rng.random() < 0.5).encode()
+        assert container._text_depth(raw) == container._json_depth(json.loads(raw), 99), raw
+
+
 def test_the_known_memory_owning_globals_cover_torchs_list() -> None:
     """The scan's torch-free list holds everything the installed torch's allow-list would
     add (a torch upgrade with new tensor or storage classes fails here first)."""
