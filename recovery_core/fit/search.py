@@ -12,6 +12,9 @@ combination of the values that change its modules, and the forward-only settings
 `max_samples` samples are scored, in two stages: every combination is first screened on
 the first `screen_samples` samples, then the `finalists` best are scored again on all
 `max_samples`; the ranking and the margin come from that second, comparable scoring.
+Screening itself runs in rounds (successive halving, `_Scorer`): every combination on a
+few samples, the better part of each round on more, so only the close ones pay for all
+`screen_samples`; the result says how many each round saw (`SearchResult.screening`).
 """
 
 from __future__ import annotations
