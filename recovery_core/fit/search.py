@@ -425,8 +425,12 @@ class _Scorer:
 
     def for_beam(self) -> None:
         """A beam screens on the full set only: the earlier rounds' results are set aside
-        (they stay in the ranking, below) so that it ranks comparable losses."""
+        (they stay in the ranking, below) so that it ranks comparable losses; with none,
+        the full set is the only round."""
         top = len(self.rungs) - 1
+        if not self.results:
+            self.rungs, self.counts = self.rungs[top:], self.counts[top:]
+            return
         self.earlier = {k: c for k, c in self.results.items() if c.error is None and c.rung < top}
         for key in self.earlier:
             del self.results[key]
@@ -438,8 +442,11 @@ class _Scorer:
         return list(self.results.items()) + aside
 
     def screening(self) -> tuple[tuple[int, int], ...]:
-        """(samples at most, combinations screened) per round that ran."""
-        return tuple((r[0], n) for r, n in zip(self.rungs, self.counts, strict=True) if n)
+        """(samples at most, combinations screened) per round, a candidate's `rung` its
+        index; nothing when no combination ran."""
+        if not any(self.counts):
+            return ()
+        return tuple((r[0], n) for r, n in zip(self.rungs, self.counts, strict=True))
 
     def runs(self, index: int, combo: tuple[Any, ...]) -> bool:
         """A dry run on one sample: do the shapes chain? (A failure is recorded as scored.)"""

@@ -466,3 +466,20 @@ def test_screening_in_rounds_finds_what_screening_all_on_the_full_set_finds(toke
     assert rounds.tied_names == one.tied_names
     # Each value's best loss is on the first round's samples, which every combination shares.
     assert min(dict(rounds.per_name["nhead"]).items(), key=lambda p: p[1])[0] == 2
+
+
+def test_a_beam_screens_on_the_full_set_and_says_so(token_seq2seq):
+    """Above `exhaustive_up_to` the beam refines one value at a time on the full screening
+    set only: one round, every combination it tried in it, the true values still first."""
+    spec, weights, inputs, target = token_seq2seq
+    result = score_candidates(
+        spec, weights, inputs, target, F.mse_loss, exhaustive_up_to=10, budget_seconds=600,
+        threads=1,
+    )  # fmt: skip
+
+    assert result.strategy == "a beam refined one value at a time"
+    assert result.screening == ((32, result.screened_fully),)
+    assert result.scored == result.screened_fully < result.total
+    assert all(c.rung == 0 for c in result.ranking)
+    assert TOKEN_TRUTH.items() <= result.best_values.items()
+    assert "Screened in rounds" not in result.message
