@@ -544,12 +544,6 @@ def _connected(token: str, _studio: Studio) -> _Tab:
     return _Tab(_studio)
 
 
-def watched(studio: Studio) -> None:
-    """This tab shows `studio` (again): called by every page run and by the parts that
-    refresh themselves, so a tab back after a network blip counts before its grace ends."""
-    _connected(studio.token, studio)
-
-
 def studio() -> Studio:
     """This session's Studio: the one its URL's token names (a reload), else a new one."""
     if STUDIO not in st.session_state:
@@ -557,7 +551,7 @@ def studio() -> Studio:
         st.session_state[STUDIO] = s
         st.session_state[HOLDER] = _Holder(s)
     s = st.session_state[STUDIO]
-    watched(s)
+    _connected(s.token, s)
     _keep(s)
     if st.query_params.get(SESSION_PARAM) != s.token:
         st.query_params[SESSION_PARAM] = s.token

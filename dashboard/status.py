@@ -55,7 +55,6 @@ def banner(studio: state.Studio) -> None:
 
     @st.fragment(run_every=REFRESH_SECONDS if studio.scoring_running else None)
     def panel() -> None:
-        state.watched(studio)
         if scoring.collect(studio):
             st.rerun(scope="app")  # the job ended: redraw the page with its outcome
         if any(ui.missed_upload(key, studio.handled_uploads) for key in UPLOAD_KEYS):

@@ -169,7 +169,6 @@ def live(studio: state.Studio, record: state.RunRecord) -> None:
 
     @st.fragment(run_every=exporting.REFRESH_SECONDS if running else None)
     def panel() -> None:
-        state.watched(studio)
         if exporting.collect(studio):
             st.rerun(scope="app")  # it ended: the whole page follows (the Export button)
         if any(ui.missed_upload(key, studio.handled_uploads) for key in status.UPLOAD_KEYS):

@@ -297,7 +297,6 @@ def live(studio: state.Studio) -> None:
 
     @st.fragment(run_every=1.0 if record.running else None)
     def panel() -> None:
-        state.watched(studio)
         record.poll()
         fraction, eta = record.run.progress
         if record.running:
