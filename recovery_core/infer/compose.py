@@ -473,20 +473,15 @@ def _paths_only_where_moved(spec: ModuleSpec, root: str) -> bool:
 
 
 def _moved(spec: ModuleSpec, size: int, path: str) -> ModuleSpec:
-    """`spec` of the module at a path `size` characters long, as the one at `path`."""
-    return ModuleSpec(
+    """`spec` of the module at a path `size` characters long, as the one at `path`: its
+    paths and keys moved, every other field as it is (a field added later included)."""
+    return replace(
+        spec,
         path=path + spec.path[size:],
-        type=spec.type,
         args=dict(spec.args),
         hidden=tuple(path + h[size:] if _within(h, spec.path[:size]) else h for h in spec.hidden),
         keys=tuple(path + k[size:] for k in spec.keys),
         children=tuple(_moved(child, size, path) for child in spec.children),
-        evidence=spec.evidence,
-        alternatives=spec.alternatives,
-        note=spec.note,
-        kept=spec.kept,
-        weight_norm=spec.weight_norm,
-        ties=spec.ties,
     )
 
 
