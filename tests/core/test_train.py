@@ -278,16 +278,22 @@ def test_validation_split_reports_validation_losses():
     assert events[-1].samples_seen == 2 * 48
 
 
-def test_least_squares_matches_the_svd_solution_and_handles_rank_deficient_features():
-    from recovery_core.fit.closed_form import _least_squares
+def test_the_closed_form_solve_matches_the_svd_solution_even_with_rank_deficient_features():
+    from recovery_core.fit.closed_form import solve_linear
+    from recovery_core.fit.prefix_cache import CachedFeatures
+
+    def solved(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        readout = nn.Linear(features.shape[1], target.shape[1], bias=False).double()
+        solve_linear(readout, CachedFeatures({0: features}, {}, 1), target)
+        return readout.weight.T
 
     torch.manual_seed(0)
     a = torch.randn(500, 20, dtype=torch.float64)
     y = torch.randn(500, 3, dtype=torch.float64)
     reference = torch.linalg.lstsq(a, y, driver="gelsd").solution
-    torch.testing.assert_close(_least_squares(a, y), reference, rtol=1e-9, atol=1e-9)
-    # A duplicated column: no unique solution; the minimum-norm one is returned.
+    torch.testing.assert_close(solved(a, y), reference, rtol=1e-9, atol=1e-9)
+    # A duplicated column: no unique solution; the minimum-norm one is returned, where the
+    # normal equations would fail or blow up.
     deficient = torch.cat([a, a[:, :1]], dim=1)
-    solution = _least_squares(deficient, y)
     expected = torch.linalg.lstsq(deficient, y, driver="gelsd").solution
-    torch.testing.assert_close(solution, expected, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(solved(deficient, y), expected, rtol=1e-6, atol=1e-8)
