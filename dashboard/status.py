@@ -111,22 +111,9 @@ def banner(studio: state.Studio) -> None:
     panel()
 
 
-# Plain names first, the code name after: "Attention heads (nhead)".
-LABELS = {
-    "nhead": "Attention heads",
-    "batch_first": "Examples first in the layout",
-    "norm_first": "Normalise before each step",
-    "activation": "Activation",
-    "dropout": "Dropout while training",
-    "layer_norm_eps": "Normalisation epsilon",
-    "scale_embedding": "Scale token vectors",
-    "causal_mask": "Look only backwards",
-    "wiring": "How data flows",
-    "pos_dim": "Positions run along dimension",
-    "reduce": "One output per example by",
-    "conv_padding": "Convolution padding",
-    "conv_stride": "Convolution stride",
-    "eps": "Batch-norm epsilon",
+# Values the shapes fix, for people; hidden values carry their own label, declared with
+# them by their family (rc.families.setting_label).
+ARCHITECTURE_LABELS = {
     "d_model": "Model width",
     "dim_feedforward": "Feed-forward width",
     "num_encoder_layers": "Encoder layers",
@@ -138,19 +125,7 @@ LABELS = {
 }
 
 
-# A convolution's own settings are named by its path: "blocks.0.stride".
-LAYER_SETTINGS = {
-    "stride": "Stride",
-    "padding": "Padding",
-    "dilation": "Dilation",
-    "output_padding": "Output padding",
-}
-
-
 def label(name: str) -> str:
-    """A setting's name for people, with its code name after it."""
-    plain = LABELS.get(name)
-    path, _, setting = name.rpartition(".")
-    if plain is None and path and setting in LAYER_SETTINGS:
-        plain = f"{LAYER_SETTINGS[setting]} of {path}"
+    """A setting's name for people, with its code name after it: "Attention heads (nhead)"."""
+    plain = rc.families.setting_label(name) or ARCHITECTURE_LABELS.get(name)
     return f"{plain} ({name})" if plain else name

@@ -57,7 +57,8 @@ class Setting:
     must divide). metadata_names: entries of a checkpoint's `hyper_parameters` that carry
     it. reads: how such an entry is read ("fraction": a number in [0, 1); "word": any
     case; "choice": one of the candidates as it is). per_layer: each module has its own,
-    named by its path ("blocks.0.stride"), and `name` is the last part.
+    named by its path ("blocks.0.stride"), and `name` is the last part. label: its name
+    for people.
     """
 
     name: str
@@ -67,6 +68,9 @@ class Setting:
     metadata_names: tuple[str, ...] = ()
     reads: Literal["choice", "fraction", "word"] = "choice"
     per_layer: bool = False
+    # For people, a few words ("Attention heads"); the dashboard writes the code name
+    # after it. A per-layer one is followed by "of <path>".
+    label: str = ""
 
 
 class Fixes(Protocol):

@@ -78,6 +78,17 @@ def setting(name: str) -> Setting | None:
     return declared
 
 
+def setting_label(name: str) -> str:
+    """The hidden value `name` for people, in a few words ("Stride of blocks.0" for a
+    convolution's own); "" when no family declares it."""
+    declared = setting(name)
+    if declared is None:
+        return ""
+    if declared.per_layer and "." in name:
+        return f"{declared.label} of {name.rpartition('.')[0]}"
+    return declared.label
+
+
 def setting_meaning(name: str) -> str:
     """What the hidden value `name` changes, in a sentence a person who does not program
     can follow; "" when no family declares it."""

@@ -72,11 +72,13 @@ FORWARD_SETTINGS = (
     Setting(
         WIRING,
         "Which of the ways of connecting the layers that fit the weights the model runs.",
+        label="How data flows",
     ),
     Setting(
         POS_DIM,
         "Which dimension of the data the positions run along when the position table is "
         "added: the first (0) or the second (1).",
+        label="Positions run along dimension",
     ),
     Setting(
         "scale_embedding",
@@ -84,6 +86,7 @@ FORWARD_SETTINGS = (
         (False, True),
         False,
         metadata_names=("scale_embedding",),
+        label="Scale token vectors",
     ),
     Setting(
         "causal_mask",
@@ -91,6 +94,7 @@ FORWARD_SETTINGS = (
         (False, True),
         False,
         metadata_names=("causal_mask", "causal", "is_causal"),
+        label="Look only backwards",
     ),
     Setting(
         REDUCE,
@@ -99,6 +103,7 @@ FORWARD_SETTINGS = (
         "largest.",
         ("none", "mean", "first", "last", "max"),
         "none",
+        label="One output per example by",
     ),
 )
 

@@ -130,8 +130,12 @@ def test_every_name_a_family_reads_is_declared_once_with_a_meaning():
         for layer in family.types:
             for name in (*layer.hidden, *layer.renames):
                 assert name in catalog.SETTINGS, f"{layer.name} reads undeclared {name!r}"
+    labels: dict[str, str] = {}
     for setting in catalog.SETTINGS.values():
         assert setting.meaning.endswith(".") and len(setting.meaning.split()) >= 6
+        # A few words for the dashboard's list, told apart from every other value's.
+        assert setting.label[:1].isupper() and len(setting.label.split()) <= 5, setting.name
+        assert labels.setdefault(setting.label, setting.name) == setting.name
         if setting.candidates is not None:
             assert setting.default in setting.candidates
 
@@ -143,13 +147,14 @@ def test_a_checkpoints_metadata_names_belong_to_one_value_each():
             assert owners.setdefault(entry, name) == name, f"{entry} carries two values"
 
 
-def test_every_hidden_value_inference_lists_has_a_meaning_for_people():
+def test_every_hidden_value_inference_lists_has_a_meaning_and_a_label_for_people():
     unexplained = set()
     for case in ZOO:
         spec = infer_spec(Checkpoint.from_state_dict(case.make().state_dict()))
         slots = {m.path for m in spec.modules() if m.type == "Unknown"}
         for hp in spec.free:
-            if hp.name not in slots and not catalog.setting_meaning(hp.name):
+            explained = catalog.setting_meaning(hp.name) and catalog.setting_label(hp.name)
+            if hp.name not in slots and not explained:
                 unexplained.add(f"{case.name}: {hp.name}")
     assert not unexplained
 

@@ -13,3 +13,12 @@ def test_a_convolutions_own_settings_are_named_by_its_layer():
 def test_known_settings_read_plainly_and_unknown_ones_keep_their_name():
     assert label("nhead") == "Attention heads (nhead)"
     assert label("stem.1") == "stem.1"  # a parameter-free slot: its path is its name
+
+
+def test_every_hidden_value_a_family_declares_reads_plainly():
+    # The label comes with the value's declaration, so a new family's values need no
+    # dashboard edit; these two once showed their bare code names.
+    assert label("num_groups") == "Groups per GroupNorm (num_groups)"
+    assert label("rnn_nonlinearity") == "RNN activation (rnn_nonlinearity)"
+    assert label("mix.2.groups") == "Channel groups of mix.2 (mix.2.groups)"
+    assert label("d_model") == "Model width (d_model)"  # fixed by the shapes

@@ -21,6 +21,7 @@ SETTINGS = (
         "nhead",
         "How many attention heads each attention layer splits its work into.",
         metadata_names=("nhead", "n_head", "n_heads", "num_heads", "num_attention_heads"),
+        label="Attention heads",
     ),
     Setting(
         "dropout",
@@ -29,6 +30,7 @@ SETTINGS = (
         0.1,
         metadata_names=("dropout", "dropout_rate"),
         reads="fraction",
+        label="Dropout while training",
     ),
     Setting(
         "batch_first",
@@ -36,6 +38,7 @@ SETTINGS = (
         (False, True),
         False,
         metadata_names=("batch_first",),
+        label="Examples first in the layout",
     ),
 )
 

@@ -47,8 +47,22 @@ _PADDING = (
     "by the filter's reach (valid)."
 )
 GLOBAL_SETTINGS = (
-    Setting("conv_padding", _PADDING, ("same", "valid"), "same", metadata_names=("conv_padding",)),
-    Setting("conv_stride", _STRIDE, (1, 2), 1, metadata_names=("conv_stride",)),
+    Setting(
+        "conv_padding",
+        _PADDING,
+        ("same", "valid"),
+        "same",
+        metadata_names=("conv_padding",),
+        label="Convolution padding",
+    ),
+    Setting(
+        "conv_stride",
+        _STRIDE,
+        (1, 2),
+        1,
+        metadata_names=("conv_stride",),
+        label="Convolution stride",
+    ),
 )
 # Each convolution's own, in constructor order ("blocks.0.stride"); groups only where
 # the shapes leave it open (candidates: the divisors of out_channels).
@@ -59,6 +73,7 @@ LAYER_SETTINGS = (
         (1, 2),
         1,
         per_layer=True,
+        label="Stride",
     ),
     Setting(
         "padding",
@@ -67,6 +82,7 @@ LAYER_SETTINGS = (
         ("same", "valid"),  # plus k // 2 - 1 for an even square kernel: padding_candidates
         "same",
         per_layer=True,
+        label="Padding",
     ),
     Setting(
         "dilation",
@@ -75,6 +91,7 @@ LAYER_SETTINGS = (
         (1, 2),
         1,
         per_layer=True,
+        label="Dilation",
     ),
     Setting(
         "output_padding",
@@ -83,12 +100,14 @@ LAYER_SETTINGS = (
         (0, 1),
         0,
         per_layer=True,
+        label="Output padding",
     ),
     Setting(
         GROUPS,
         "Into how many separate groups this convolution splits its channels; as many as "
         "its channels means each channel is filtered on its own (depthwise).",
         per_layer=True,
+        label="Channel groups",
     ),
 )
 # Per-layer settings, in constructor order, and what each is when nothing says otherwise.

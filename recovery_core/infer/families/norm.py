@@ -42,6 +42,7 @@ RUNNING_EPS = Setting(
     1e-5,
     metadata_names=("batch_norm_eps", "bn_eps"),
     reads="fraction",
+    label="Batch-norm epsilon",
 )
 LAYER_NORM_EPS = Setting(
     "layer_norm_eps",
@@ -50,11 +51,13 @@ LAYER_NORM_EPS = Setting(
     1e-5,
     metadata_names=("layer_norm_eps", "layer_norm_epsilon", "norm_eps"),
     reads="fraction",
+    label="Normalisation epsilon",
 )
 NUM_GROUPS = Setting(
     "num_groups",
     "Into how many groups each GroupNorm splits its channels before rescaling each group.",
     metadata_names=("num_groups",),
+    label="Groups per GroupNorm",
 )
 
 

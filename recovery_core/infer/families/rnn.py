@@ -23,6 +23,7 @@ NONLINEARITY = Setting(
     "tanh",
     metadata_names=("rnn_nonlinearity", "nonlinearity"),
     reads="word",
+    label="RNN activation",
 )
 
 

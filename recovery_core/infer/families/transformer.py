@@ -26,6 +26,7 @@ SETTINGS = (
         (False, True),
         False,
         metadata_names=("norm_first", "pre_norm"),
+        label="Normalise before each step",
     ),
     Setting(
         "activation",
@@ -34,6 +35,7 @@ SETTINGS = (
         "relu",
         metadata_names=("activation", "activation_function", "hidden_act"),
         reads="word",
+        label="Activation",
     ),
 )
 
