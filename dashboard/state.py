@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 import torch
+from streamlit import runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import recovery_core as rc
 
@@ -286,6 +288,7 @@ class Studio:
     accept_unverified: bool = False
     holders: int = 0  # browser sessions showing this Studio now (see _Holder)
     tabs: int = 0  # of them, connected now (see _Tab)
+    sessions: set[str] = field(default_factory=set)  # Streamlit session ids that showed it
     plan_message: tuple[str, str | Problem] | None = None  # the last plan load's outcome
     training: rc.plan.TrainingSettings = field(
         default_factory=lambda: rc.plan.TrainingSettings(
@@ -535,8 +538,15 @@ def _tab_closed(tab: _Tab) -> None:
 def _stop_if_unwatched(studio: Studio) -> None:
     with _tabs_lock:
         unwatched = studio.tabs <= 0
-    if unwatched:
+    # A tab back after a network blip is connected again without running the page (the
+    # browser reruns it only when a part of it refreshes itself), so it is not counted
+    # in `tabs`: ask the server whether one of the Studio's sessions is connected.
+    if unwatched and not any(map(_connected_now, list(studio.sessions))):
         studio.stop_all()
+
+
+def _connected_now(session_id: str) -> bool:
+    return runtime.exists() and runtime.get_instance().is_active_session(session_id)
 
 
 @st.cache_resource(scope="session", on_release=_tab_closed, show_spinner=False)
@@ -551,6 +561,9 @@ def studio() -> Studio:
         st.session_state[STUDIO] = s
         st.session_state[HOLDER] = _Holder(s)
     s = st.session_state[STUDIO]
+    ctx = get_script_run_ctx()
+    if ctx is not None:
+        s.sessions.add(ctx.session_id)
     _connected(s.token, s)
     _keep(s)
     if st.query_params.get(SESSION_PARAM) != s.token:

@@ -203,6 +203,49 @@ def test_sessions_are_isolated_and_release_their_threads_and_memory(server, file
             again.context.close()
 
 
+# Keeps every WebSocket the page opens, so the test can drop the app's connection the
+# way a network blip does (the browser then reconnects to the same session by itself).
+KEEP_SOCKETS = """
+window.__sockets = [];
+const Native = window.WebSocket;
+window.WebSocket = function (...args) {
+  const socket = new Native(...args);
+  window.__sockets.push(socket);
+  return socket;
+};
+window.WebSocket.prototype = Native.prototype;
+Object.assign(window.WebSocket, Native);
+"""
+
+
+def test_a_tab_back_after_a_network_blip_keeps_its_training(server):
+    """A dropped connection that comes back within the reconnect time is the same tab: its
+    training goes on, although the page it shows (no live chart) does not run again."""
+    from playwright.sync_api import expect
+
+    url = server
+    with chromium() as browser:
+        context = browser.new_context(viewport={"width": 1440, "height": 900})
+        context.add_init_script(KEEP_SOCKETS)
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(url)
+        wait_scored(page)
+        start_training(page)
+        go_to(page, "Compare runs")  # a page with nothing that refreshes itself
+        page.evaluate("() => window.__sockets.at(-1).close()")
+        page.wait_for_function(
+            "() => window.__sockets.length > 1 && window.__sockets.at(-1).readyState === 1"
+        )
+        page.wait_for_timeout(3 * SESSION_TTL * 1000)  # past the grace a closed tab gets
+        go_to(page, "Freeze and train")
+        main = page.get_by_test_id("stMain")
+        expect(main).not_to_contain_text("Run 1 stopped")
+        main.get_by_role("button", name="Stop", exact=True).click()  # end it: not needed
+        expect(main).to_contain_text("Run 1 stopped")
+        context.close()
+
+
 def test_an_upload_above_the_size_limit_is_refused_and_the_app_keeps_working(server, tmp_path):
     from playwright.sync_api import expect
 
