@@ -26,7 +26,7 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -76,6 +76,7 @@ ELEMENTS_PER_SAMPLE = 1024
 MIN_SCREEN_STEPS = 16
 RUNG_GROWTH = 4
 FINAL_KEEP = 4  # combinations that reach whole sequences (when the budget allows)
+FAR_BEHIND = 4.0  # a leader this many times the best's loss on a prefix stops climbing
 MODELS_PER_GROUP = 4  # built models kept per forward hypothesis while screening
 # Screening in rounds (successive halving, `_Scorer.climb`): each round has SCREEN_GROWTH
 # times the samples of the one before (and cuts long sequences SCREEN_GROWTH times longer)
@@ -84,6 +85,9 @@ MODELS_PER_GROUP = 4  # built models kept per forward hypothesis while screening
 SCREEN_GROWTH = 4
 SCREEN_START = 2
 TIE_KEEP = 0.05
+# Forward-only values screened apart (`_separated`): the rest of their combinations is
+# skipped only when this many of the best other combinations all do best with the same.
+AGREE_HEADS = 4
 
 RELATIVE_TIE = 1e-4  # losses closer than this (relative to the best) count as tied
 ABSOLUTE_TIE = 1e-9  # and this, for a best loss at or near zero
@@ -133,6 +137,10 @@ class SearchResult:
     # most, combinations screened on them); the better part of each round goes on.
     screening: tuple[tuple[int, int], ...] = ()
     screened_fully: int = 0  # combinations that reached the last round (all screen samples)
+    # Forward-only names the first round screened apart from the others (`factorise`), and
+    # the combinations that left unscreened: the best others agreed on their values.
+    separated: tuple[str, ...] = ()
+    skipped: int = 0
 
     @property
     def best(self) -> Candidate | None:
@@ -162,6 +170,8 @@ class SearchResult:
             "fully_scored": self.fully_scored,
             "screening": [{"samples": n, "combinations": k} for n, k in self.screening],
             "screened_fully": self.screened_fully,
+            "separated": list(self.separated),
+            "skipped": self.skipped,
             "ranking": [
                 {
                     "values": dict(c.values),
@@ -282,6 +292,15 @@ class _Group:
             parent, _, child = name.rpartition(".")
             model.get_submodule(parent)._modules[child] = make(values[name]).eval()
 
+    def finalist(self, values: Mapping[str, Any]) -> torch.nn.Module | None:
+        """A model for a finalist: the screened model built for its build key switched to
+        its values while the group still holds it (a test holds switched models equal to
+        fresh ones), else a fresh build (holding every screened model could cost many
+        copies)."""
+        if tuple(values[n] for n in self.rebuild_on) in self.models:
+            return self.model(values)[0]
+        return self.fresh(values)
+
     def fresh(self, values: Mapping[str, Any]) -> torch.nn.Module | None:
         """A model built for exactly these values, nothing switched (finalists)."""
         model, _ = _build_and_load(self.cls, self.arguments, values, self.structural, self.weights)
@@ -369,6 +388,14 @@ class _Scorer:
         self.results: dict[tuple[int, tuple[Any, ...]], Candidate] = {}
         self.earlier: dict[tuple[int, tuple[Any, ...]], Candidate] = {}  # set aside (beam)
         self.counts = [0] * len(self.rungs)  # combinations screened at each round
+        # Forward-only names screened apart from the others, and the combinations that
+        # left unscreened (`_separated`).
+        self.separated: dict[str, None] = {}
+        self.skipped = 0
+
+    def first_round_loss(self, index: int, combo: tuple[Any, ...]) -> Candidate | None:
+        """A combination's result so far (None: not screened)."""
+        return self.results.get((index, combo))
 
     def spent(self) -> bool:
         return time.monotonic() - self.started > self.budget
@@ -496,6 +523,7 @@ def score_candidates(
     exhaustive_up_to: int = EXHAUSTIVE_UP_TO,
     progress: Callable[[int, int], None] | None = None,
     threads: Threads = "auto",
+    factorise: bool = True,
 ) -> SearchResult:
     """Score combinations of candidate values by loss_fn(model(*inputs), target).
 
@@ -504,6 +532,7 @@ def score_candidates(
     with the number of values, not with their product. `threads`, torch's process-wide
     thread count: "auto" lets the search choose (a process of its own, the CLI); a number
     holds it; None leaves it alone (a server whose sessions all score at once).
+    `factorise`: forward-only values screened apart where they do not interact (`_separated`).
     """
     started = time.monotonic()
     fixed = dict(fixed or {})
@@ -512,8 +541,7 @@ def score_candidates(
     groups = _groups(base, names, fixed, prune_by_data(base, inputs, target), weights)
     total = sum(g.total for g in groups)
     sample = tuple(inputs[0].shape[1:]) if len(inputs) == 1 else None
-    # A float target is what a stack puts out per sample; class labels are not.
-    out = tuple(target.shape[1:]) if target.is_floating_point() else None
+    out = tuple(target.shape[1:]) if target.is_floating_point() else None  # not class labels
     union = _union(groups)
     impossible = _no_way_through(groups, sample, out)
     if impossible is not None:  # the shapes alone tell: no forward needs to run
@@ -528,16 +556,15 @@ def score_candidates(
     choose = _ThreadChoice(threads)
     with warnings.catch_warnings(), torch.no_grad(), choose(1 if small else None):
         warnings.simplefilter("ignore")  # torch's fast-path notices, once per combination
-        strategy = _screen(scorer, exhaustive_up_to, (sample, out), choose, finalists)
-        deadline = started + budget_seconds  # the best finalist is always scored, then others
+        strategy = _screen(scorer, exhaustive_up_to, (sample, out), choose, finalists, factorise)
         with choose(choose.every if strategy != "every combination" else None):
-            final = _rescore_finalists(
+            final = _rescore_finalists(  # the best always scored, the others by the deadline
                 scorer.screened(), groups, finalists, data,
-                (screen_samples, max_samples), loss_fn, deadline,
+                (screen_samples, max_samples), loss_fn, started + budget_seconds,
             )  # fmt: skip
     return _summarise(
         tuple(union), list(union.values()), final, total, fixed, time.monotonic() - started,
-        base, strategy, screening=scorer.screening(),
+        base, strategy, None, scorer.screening(), (tuple(scorer.separated), scorer.skipped),
     )  # fmt: skip
 
 
@@ -554,13 +581,15 @@ def _screen(
     shapes: tuple[tuple[int, ...] | None, tuple[int, ...] | None],
     choose: _ThreadChoice,
     finalists: int,
+    factorise: bool = True,
 ) -> str:
     """Screen every combination in rounds (`_Scorer.climb`), or, when there are too many
-    or they are too slow, a beam (see `_beam`); the strategy taken, in words."""
+    or they are too slow, a beam (see `_beam`); the strategy taken, in words. With
+    `factorise`, the first round screens forward-only values apart (`_separated`)."""
     groups, total = scorer.groups, sum(g.total for g in scorer.groups)
-    if total <= exhaustive_up_to and _exhaustive(
-        groups, scorer.score, scorer.started, scorer.budget
-    ):
+    # Forward-only values are screened apart only where there are rounds to screen in.
+    keep = finalists if factorise and len(scorer.rungs) > 1 else None
+    if total <= exhaustive_up_to and _exhaustive(groups, scorer, keep):
         scorer.climb(finalists)
         return "every combination"
     scorer.for_beam()
@@ -598,27 +627,141 @@ def _cost(
     return statistics.median(times) if times else 0.001
 
 
-def _exhaustive(
-    groups: list[_Group],
-    score: Callable[[int, tuple[Any, ...]], Candidate | None],
-    started: float,
-    budget: float,
-) -> bool:
-    """Screen every combination; False (stopped early) as soon as doing so would take more
-    than half the budget at the pace so far, so the beam can take over. The pace leaves
-    out the first combination: it pays for the first build and torch's first calls."""
-    total = sum(g.total for g in groups)
+def _exhaustive(groups: list[_Group], scorer: _Scorer, keep: int | None = None) -> bool:
+    """Screen every combination (with `keep`, forward-only values apart: `_separated`);
+    False (stopped early) as soon as doing so would take more than half the budget at the
+    pace so far, so the beam can take over. The pace leaves out the first combination: it
+    pays for the first build and torch's first calls."""
+    total = sum(_planned(g, keep) for g in groups)
     done, warm = 0, math.inf
     for index, group in enumerate(groups):
-        for combo in itertools.product(*group.candidates):
-            if score(index, combo) is None:
+        if keep is not None and _planned(group, keep) < group.total:
+            combos: Iterable[tuple[Any, ...]] = _separated(group, index, scorer, keep)
+        else:
+            combos = itertools.product(*group.candidates)
+        for combo in combos:
+            if scorer.score(index, combo) is None:
                 return True  # the budget or the count is spent: say so, as before
             done += 1
             now = time.monotonic()
             warm = now if done == 1 else warm
-            projected = now - started + (now - warm) / max(1, done - 1) * (total - done)
-            if done >= 4 and done < total and projected > budget / 2:
+            projected = now - scorer.started + (now - warm) / max(1, done - 1) * (total - done)
+            if done >= 4 and done < total and projected > scorer.budget / 2:
                 return False
+    return True
+
+
+def _tail(group: _Group) -> int:
+    """How many of the group's last names are forward-only (they vary fastest)."""
+    count = 0
+    for name in reversed(group.names):
+        if name not in FORWARD_ONLY:
+            break
+        count += 1
+    return count if count < len(group.names) else 0
+
+
+def _planned(group: _Group, keep: int | None) -> int:
+    """Combinations the first round screens: all of them, or with forward-only values
+    apart, the others once and the better part of them with every forward-only value."""
+    tail = _tail(group) if keep is not None else 0
+    tails = math.prod(len(c) for c in group.candidates[len(group.names) - tail :])
+    if not tail or tails < 2:
+        return group.total
+    heads = group.total // tails
+    return heads + min(heads, max(math.ceil(heads / SCREEN_GROWTH), cast(int, keep))) * (tails - 1)
+
+
+def _separated(group: _Group, index: int, scorer: _Scorer, keep: int) -> Iterator[tuple[Any, ...]]:
+    """The first round with the forward-only values (which change no built module) screened
+    apart from the others: every combination of the others ("heads") with the current
+    forward-only values, then every forward-only combination ("tails") with the better
+    part of the heads (as a round keeps them) and the heads whose forward failed; when a
+    tail beats the current one, every head again with it. When the best heads agree on
+    their tail the rest is not screened (the count goes to `scorer.skipped`); when they
+    disagree the values interact, and every combination is screened."""
+    split = len(group.names) - _tail(group)
+    heads = list(itertools.product(*group.candidates[:split]))
+    tails = list(itertools.product(*group.candidates[split:]))
+    loss = scorer.first_round_loss
+    tried: list[tuple[Any, ...]] = []
+    probed: dict[tuple[Any, ...], None] = {}
+    best = tuple(_current(group)[split:])
+    while best not in tried:
+        tried.append(best)
+        yield from (head + best for head in heads)
+        for head in _leaders({h: loss(index, h + best) for h in heads}, keep):
+            if head not in probed:
+                probed[head] = None
+                yield from (head + tail for tail in tails)
+        best = _best_tail(index, list(probed), tails, loss, best)
+    if not _tails_agree(index, list(probed), tails, loss, best):
+        yield from itertools.product(*group.candidates)  # screened ones are not run again
+        return
+    scorer.separated.update(dict.fromkeys(group.names[split:]))
+    scorer.skipped += (len(heads) - len(probed)) * (len(tails) - len(tried))
+
+
+def _leaders(
+    losses: Mapping[tuple[Any, ...], Candidate | None], keep: int
+) -> list[tuple[Any, ...]]:
+    """The heads a round would keep (the better 1/SCREEN_GROWTH, at least `keep`, every
+    one within TIE_KEEP of the best), and those whose forward failed: another forward-only
+    value may make it run."""
+    ok = sorted(
+        (c.loss, n) for n, c in enumerate(losses.values()) if c is not None and c.error is None
+    )
+    heads = list(losses)
+    failed = [
+        heads[n]
+        for n, c in enumerate(losses.values())
+        if c is not None and c.error is not None and not c.error.startswith("cannot ")
+    ]
+    if not ok:
+        return failed
+    count = max(math.ceil(len(ok) / SCREEN_GROWTH), keep)
+    near = ok[0][0] + max(TIE_KEEP * abs(ok[0][0]), ABSOLUTE_TIE)
+    return [heads[n] for rank, (c, n) in enumerate(ok) if rank < count or c <= near] + failed
+
+
+def _best_tail(
+    index: int,
+    heads: list[tuple[Any, ...]],
+    tails: list[tuple[Any, ...]],
+    loss: Callable[[int, tuple[Any, ...]], Candidate | None],
+    current: tuple[Any, ...],
+) -> tuple[Any, ...]:
+    """The tail of the best screened (head, tail) combination (`current` when none ran)."""
+    found = [
+        (c.loss, tail)
+        for head in heads
+        for tail in tails
+        if (c := loss(index, head + tail)) is not None and c.error is None
+    ]
+    return min(found, key=lambda pair: pair[0])[1] if found else current
+
+
+def _tails_agree(
+    index: int,
+    heads: list[tuple[Any, ...]],
+    tails: list[tuple[Any, ...]],
+    loss: Callable[[int, tuple[Any, ...]], Candidate | None],
+    best: tuple[Any, ...],
+) -> bool:
+    """Do the best AGREE_HEADS heads all do best (within TIE_KEEP) with the best tail?
+    Then the forward-only values do not interact with the others where it matters."""
+    own = []
+    for head in heads:
+        losses = [
+            c.loss for t in tails if (c := loss(index, head + t)) is not None and c.error is None
+        ]
+        if losses:
+            own.append((min(losses), head))
+    for least, head in sorted(own)[:AGREE_HEADS]:
+        with_best = loss(index, head + best)
+        limit = least + max(TIE_KEEP * abs(least), ABSOLUTE_TIE)
+        if with_best is None or with_best.error is not None or with_best.loss > limit:
+            return False
     return True
 
 
@@ -937,17 +1080,19 @@ def _rescore_finalists(
             group = groups[key[0]]
             count = data.size(group.spec, candidate.values, samples[0], cut=False)[0]
             part = data.first(group.spec, candidate.values, count, length)
-            model = group.fresh(candidate.values)
+            model = group.finalist(candidate.values)
             assert model is not None, "a leader was built once already"
             rung_loss = _score(model, candidate.values, part.inputs, part.target, loss_fn).loss
             rescored.append(((key, candidate), rung_loss))
         rescored.sort(key=lambda pair: pair[1])
-        keep = max(FINAL_KEEP, len(rescored) // 2)
+        # Far behind the best on a longer prefix, a leader cannot come back to tie it on
+        # whole sequences: beyond the first two (the margin needs a runner-up) it stops.
+        close = sum(loss <= FAR_BEHIND * rescored[0][1] + ABSOLUTE_TIE for _, loss in rescored)
+        keep = min(max(FINAL_KEEP, len(rescored) // 2), max(2, close))
         leaders = [pair for pair, _ in rescored[:keep]]
         dropped += [candidate for (_, candidate), _ in rescored[keep:]]
         rung += 1
     final = []
-    # Rebuilt rather than kept: holding every screened model could cost many copies.
     for rank, ((index, _), candidate) in enumerate(leaders):
         if rank and time.monotonic() > deadline:
             dropped = [c for _, c in leaders[rank:]] + dropped
@@ -962,7 +1107,7 @@ def _score_finalist(
 ) -> Candidate:
     """A finalist on whole sequences and every sample (when they are long, as many
     samples as screening had elements), with each sample's loss."""
-    model = group.fresh(candidate.values)
+    model = group.finalist(candidate.values)
     assert model is not None, "a finalist was built once already"
     cut = data.size(group.spec, candidate.values, samples[0])[1] is not None
     count = data.size(group.spec, candidate.values, samples[0 if cut else 1], cut=False)[0]
@@ -1113,16 +1258,16 @@ def _summarise(
     strategy: str,
     impossible: str | None = None,
     screening: tuple[tuple[int, int], ...] = (),
+    separated: tuple[tuple[str, ...], int] = ((), 0),
 ) -> SearchResult:
-    # Losses are comparable only on the same samples: the finalists (scored on every
-    # sample) rank first, the screened-only combinations after them, furthest round first.
+    # Losses compare on the same samples: finalists, then screened only (furthest round first)
     ok = [c for c in results if c.error is None]
     scored = sorted((c for c in ok if c.screen_loss is not None), key=lambda c: c.loss)
     screened_only = sorted((c for c in ok if c.screen_loss is None), key=_screened_order)
     failed = [c for c in results if c.error is not None]
-    complete, fully = len(results) == total, screening[-1][1] if screening else 0
-    note = _progress_note(results, total, strategy, impossible is not None)
-    note += _halving_note(screening) + _length_note(ok, len(scored))
+    complete, fully = len(results) + separated[1] == total, screening[-1][1] if screening else 0
+    note = _progress_note(results, total - separated[1], strategy, impossible is not None)
+    note += _separated_note(*separated) + _halving_note(screening) + _length_note(ok, len(scored))
     per_name = _per_name(names, candidates, ok)
     if not scored:
         reason = failed[0].error if failed else "there was nothing to score"
@@ -1131,13 +1276,11 @@ def _summarise(
         return SearchResult(
             names, tuple(failed), {}, None, None, False, (), per_name, len(results), total,
             complete, seconds, f"No combination could be scored: {reason}.{note}", fixed,
-            strategy, 0, screening, fully,
+            strategy, 0, screening, fully, *separated,
         )  # fmt: skip
     best = scored[0]
-    margin = relative = None
-    if len(scored) > 1:
-        margin = scored[1].loss - best.loss
-        relative = margin / max(abs(best.loss), ABSOLUTE_TIE)
+    margin = scored[1].loss - best.loss if len(scored) > 1 else None
+    relative = None if margin is None else margin / max(abs(best.loss), ABSOLUTE_TIE)
     group = [c for c in scored if _tied(c, best)]
     tied = tuple(n for n in names if len({repr(c.values.get(n)) for c in group}) > 1)
     message = _verdict(best, len(group), tied, margin, relative)
@@ -1161,6 +1304,8 @@ def _summarise(
         fully_scored=len(scored),
         screening=screening,
         screened_fully=fully,
+        separated=separated[0],
+        skipped=separated[1],
     )
 
 
@@ -1201,6 +1346,18 @@ def _progress_note(results: list[Candidate], total: int, strategy: str, impossib
     return (
         f" Scored {len(results)} of {total} combinations: the best ones refined one value "
         "at a time, not every combination."
+    )
+
+
+def _separated_note(names: tuple[str, ...], skipped: int) -> str:
+    """What screening the forward-only values apart left out, when it did."""
+    if not names:
+        return ""
+    return (
+        f" {', '.join(names)} (forward-only) were screened apart from the other names: "
+        "every combination of the others with the current values (and with the best found, "
+        "where it differs), and every value with the better part of them; the best agreed "
+        f"on them, so {skipped} other combinations were not screened."
     )
 
 

@@ -427,11 +427,13 @@ def test_screening_in_rounds_keeps_the_truth_first_and_sends_fewer_to_the_full_s
     """Every combination is screened on 2 samples, the better quarter on 8, the better
     quarter of those on the full 32: the true values still come first, the layer-norm eps
     the data cannot tell stays reported as tied, and the result says how many
-    combinations each round saw."""
+    combinations each round saw. (Forward-only values screened apart: see
+    test_forward_only_values_screened_apart_keep_the_ranking.)"""
     spec, weights, inputs, target = token_seq2seq
     result = score_candidates(
-        spec, weights, inputs, target, F.mse_loss, budget_seconds=600, threads=1
-    )
+        spec, weights, inputs, target, F.mse_loss, budget_seconds=600, threads=1,
+        factorise=False,
+    )  # fmt: skip
 
     assert result.strategy == "every combination" and result.complete
     assert TOKEN_TRUTH.items() <= result.best_values.items()
@@ -483,3 +485,55 @@ def test_a_beam_screens_on_the_full_set_and_says_so(token_seq2seq):
     assert all(c.rung == 0 for c in result.ranking)
     assert TOKEN_TRUTH.items() <= result.best_values.items()
     assert "Screened in rounds" not in result.message
+
+
+def test_forward_only_values_screened_apart_keep_the_ranking(token_seq2seq):
+    """causal_mask and scale_embedding change no built module: the first round screens
+    every other combination with their current values, then every value of theirs with
+    the better part of the others only. The best others agree on them here, so the rest
+    is skipped, and the result says so; the truth, the ties and each value's best loss are
+    those of screening every combination."""
+    spec, weights, inputs, target = token_seq2seq
+    common = dict(budget_seconds=600, threads=1)
+    apart = score_candidates(spec, weights, inputs, target, F.mse_loss, **common)
+    every = score_candidates(spec, weights, inputs, target, F.mse_loss, factorise=False, **common)
+
+    assert apart.separated == ("causal_mask", "scale_embedding") and every.separated == ()
+    assert apart.skipped > 0 and apart.scored + apart.skipped == apart.total == every.total
+    assert apart.complete and apart.screening[0][1] == apart.scored < every.scored
+    assert TOKEN_TRUTH.items() <= apart.best_values.items()
+    assert apart.best_values == every.best_values and apart.tied_names == every.tied_names
+    assert {n: min(p, key=lambda vl: vl[1])[0] for n, p in apart.per_name.items()} == {
+        n: min(p, key=lambda vl: vl[1])[0] for n, p in every.per_name.items()
+    }
+    # Every first-round loss is the one screening every combination measured.
+    first = {repr(c.values): c.first_loss for c in every.ranking}
+    measured = [c for c in apart.ranking if c.first_loss is not None]
+    assert len(measured) > apart.scored // 2
+    assert all(c.first_loss == first[repr(c.values)] for c in measured)
+    assert f"so {apart.skipped} other combinations were not screened" in apart.message
+    report = json.loads(json.dumps(apart.to_json()))
+    assert report["separated"] == ["causal_mask", "scale_embedding"]
+    assert report["skipped"] == apart.skipped
+
+
+def test_a_forward_only_value_switched_on_a_built_model_scores_as_a_fresh_build(
+    token_seq2seq,
+):
+    """The search sets causal_mask and scale_embedding on a model it built once; each
+    first-round loss equals the loss of a model built afresh with those values."""
+    spec, weights, inputs, target = token_seq2seq
+    result = score_candidates(spec, weights, inputs, target, F.mse_loss, threads=1)
+    cls = model_class(spec)
+    checked = 0
+    for candidate in result.ranking:
+        values = candidate.values
+        if candidate.error is not None or not values["batch_first"] or values["nhead"] != 2:
+            continue  # batch-first, nhead 2: the first round's samples are the first two rows
+        fresh = construct(cls, spec, values)
+        assert load_weights(fresh, weights).ok
+        with torch.no_grad():
+            loss = F.mse_loss(fresh.eval()(*(t[:2] for t in inputs)), target[:2]).item()
+        assert candidate.first_loss == pytest.approx(loss, rel=1e-5, abs=1e-9), values
+        checked += 1
+    assert checked >= 8  # every causal_mask and scale_embedding value, a few others
