@@ -925,7 +925,9 @@ def forward_notes(quick: bool) -> list[str]:
         "`/usr/bin/time` reports it (its own child's, so no parent's peak carries over).",
         "Runs: benchmarks/careful_seq2seq.py (knows the model's code: the trunk's features once, "
         "the output layer by least squares, `torch.jit.script`, save, reload, check); "
-        "benchmarks/naive_seq2seq.py (the usual loop: the trunk frozen by `requires_grad_`, a "
+        "benchmarks/naive_seq2seq.py (the usual loop: the trunk frozen by `requires_grad_` and "
+        "kept in eval mode (in train mode its dropout fed the head noisy features and the "
+        "token family's loss rose, 1.0e-4 -> 6.2e-4 in ten epochs, never reaching the mark), a "
         f"full forward every step, Adam lr 1e-4 (a usual fine-tuning rate: at 1e-3 ten epochs took the fed-as-is family at 20 sequences from 9.1e-05 to 1.2e-03, 13× worse, never reaching the mark), batches of 32 along the model's batch, the "
         f"full-data MSE after each epoch, stopping once within 1 % of the careful script's "
         f"loss, capped at {NAIVE_EPOCHS} epochs, then script and save); `recovery recover "
