@@ -759,7 +759,7 @@ def _sequentials(root: ModuleSpec, shapes: Mapping[str, tuple[int, ...]] | None)
             kind="sequential",
             roles={},
             inputs=(model_input,),
-            description="x → each child in order (a ModuleList's items in order)",
+            description="x → each child in order (as nn.Sequential does; a ModuleList's items alike)",
             name="each child in order",
             reason="every child is a layer and their sizes chain",
         )
