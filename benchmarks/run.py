@@ -835,6 +835,17 @@ def bench_forward(report: Report, runner: Runner) -> None:
         notes,
         "",
     )  # fmt: skip
+    report.sections[-1] += hand_written("8", ROOT / "BENCHMARKS.md")
+
+
+def hand_written(number: str, path: Path) -> str:
+    """Section `number`'s subsections measured by hand ("### ...(..., by hand)") as `path`
+    has them: a re-run of the section keeps them after its table instead of dropping them."""
+    text = path.read_text() if path.exists() else ""
+    found = re.search(rf"(?ms)^## {number}\. .*?(?=^## |\Z)", text)
+    parts = re.split(r"(?m)^(?=### )", found.group(0))[1:] if found else []
+    kept = [p.rstrip("\n") for p in parts if "by hand" in p.splitlines()[0]]
+    return "".join("\n\n" + p for p in kept)
 
 
 def forward_rows(
