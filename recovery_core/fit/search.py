@@ -15,6 +15,9 @@ the first `screen_samples` samples, then the `finalists` best are scored again o
 Screening itself runs in rounds (successive halving, `_Scorer`): every combination on a
 few samples, the better part of each round on more, so only the close ones pay for all
 `screen_samples`; the result says how many each round saw (`SearchResult.screening`).
+The first round screens the forward-only values apart from the others (`_separated`):
+every value with the better part of the other combinations only, when the best of those
+agree on them (`SearchResult.separated` and `skipped` say what that left out).
 """
 
 from __future__ import annotations
