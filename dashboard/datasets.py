@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import streamlit as st
-
 from dashboard import state, ui
-
-MAPPING_WIDGETS = ("data_input_", "data_target", "data_loss")
 
 
 def open_data(studio: state.Studio, source: state.Source) -> bool:
@@ -27,19 +23,14 @@ def open_data(studio: state.Studio, source: state.Source) -> bool:
     assert studio.recovery is not None, "a checkpoint is open before its data"
     studio.dataset_source = replace(source, payload=None)  # the bytes are not needed any more
     studio.recovery.use_data(dataset)
-    forget_mapping_widgets()
     remap(studio)
     return True
 
 
-def forget_mapping_widgets() -> None:
-    """Another dataset: the entry and loss boxes start from its own guess, not the last one's."""
-    try:
-        keys = [k for k in st.session_state if str(k).startswith(MAPPING_WIDGETS)]
-    except Exception:  # noqa: BLE001 - outside a script run there are no widgets to forget
-        return
-    for key in keys:
-        del st.session_state[key]
+def widget_key(studio: state.Studio, box: str) -> str:
+    """The key of one of step 3's boxes ("input_0", "target", "loss") for the mapping
+    shown now: each new dataset, checkpoint or plan gets new boxes."""
+    return f"data_{box}@{studio.mapping_generation}"
 
 
 def remap(studio: state.Studio) -> None:
@@ -48,6 +39,10 @@ def remap(studio: state.Studio) -> None:
     recovery = studio.recovery
     if recovery is None or recovery.dataset is None:
         return
+    # The boxes showing the last mapping are replaced, not reset: a browser sends its
+    # widgets' values back with every run, so a box kept under its key would put the last
+    # dataset's entry names back.
+    studio.mapping_generation += 1
     try:
         recovery.map()
     except Exception as exc:  # noqa: BLE001 - shown as a sentence, the app goes on

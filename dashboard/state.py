@@ -289,6 +289,9 @@ class Studio:
     holders: int = 0  # browser sessions showing this Studio now (see _Holder)
     tabs: int = 0  # of them, connected now (see _Tab)
     sessions: set[str] = field(default_factory=set)  # Streamlit session ids that showed it
+    # Bumped whenever the mapping is set other than by step 3's boxes (new data, another
+    # checkpoint, a plan): the boxes are then new widgets showing it (see steps/data.py).
+    mapping_generation: int = 0
     plan_message: tuple[str, str | Problem] | None = None  # the last plan load's outcome
     training: rc.plan.TrainingSettings = field(
         default_factory=lambda: rc.plan.TrainingSettings(

@@ -76,9 +76,10 @@ def _set_mapping() -> None:
     recovery = studio.recovery
     assert recovery is not None and recovery.dataset is not None
     n_inputs = len(recovery.spec.wiring.inputs) if recovery.spec.wiring else 1
-    inputs = [st.session_state[f"data_input_{i}"] for i in range(n_inputs)]
+    inputs = [st.session_state[datasets.widget_key(studio, f"input_{i}")] for i in range(n_inputs)]
+    target = st.session_state[datasets.widget_key(studio, "target")]
     try:
-        recovery.map(inputs, st.session_state["data_target"], st.session_state["data_loss"])
+        recovery.map(inputs, target, st.session_state[datasets.widget_key(studio, "loss")])
         studio.data_error = None
     except Exception as exc:  # noqa: BLE001 - the previous mapping stays; the sentence says why
         studio.data_error = ui.problem(
@@ -99,7 +100,7 @@ def mapping(studio: state.Studio) -> None:
             f"Model input '{model_input.name}'",
             names,
             index=names.index(chosen) if chosen in names else 0,
-            key=f"data_input_{i}",
+            key=datasets.widget_key(studio, f"input_{i}"),
             on_change=_set_mapping,
             help=f"The model expects {model_input.dtype} values shaped like {fmt.shape(model_input.shape)}.",
         )
@@ -108,7 +109,7 @@ def mapping(studio: state.Studio) -> None:
         "Target (the right answers)",
         names,
         index=names.index(target) if target in names else len(names) - 1,
-        key="data_target",
+        key=datasets.widget_key(studio, "target"),
         on_change=_set_mapping,
     )
     losses = list(LOSS_WORDS)
@@ -121,7 +122,7 @@ def mapping(studio: state.Studio) -> None:
         losses,
         index=losses.index(loss) if loss in losses else 0,
         format_func=lambda loss: LOSS_WORDS[loss],
-        key="data_loss",
+        key=datasets.widget_key(studio, "loss"),
         help="Cross-entropy when the answers are classes or tokens; mean squared error "
         "when they are numbers.",
         on_change=_set_mapping,

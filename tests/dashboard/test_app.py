@@ -84,6 +84,13 @@ def start_training(at: AppTest, epochs: int) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
+def mapping_box(at: AppTest, box: str):
+    """One of step 3's entry boxes ("input_0", "target", "loss") as the page shows it now."""
+    from dashboard.datasets import widget_key
+
+    return at.selectbox(key=widget_key(studio(at), box))
+
+
 def test_the_demo_opens_on_the_first_run_with_its_tensor_table():
     at = open_app()
     assert at.title[0].value == "Explore the file"
@@ -400,7 +407,7 @@ def test_an_export_reports_the_data_its_run_trained_on():
     start_training(at, epochs=1)
     wait_for_run(at)
     go(at, "data")
-    settled(at.selectbox(key="data_input_0").set_value("x2").run())  # step 3 changes after the run
+    settled(mapping_box(at, "input_0").set_value("x2").run())  # step 3 changes after the run
     assert studio(at).mapping.inputs == ("x2",)
 
     go(at, "export")
@@ -454,13 +461,13 @@ def test_an_unsafe_pickle_upload_runs_no_code_and_keeps_the_previous_checkpoint(
 def test_choosing_the_target_updates_the_mapping_or_explains_why_not():
     at = go(open_app(), "data")
     before = studio(at).mapping
-    at.selectbox(key="data_target").set_value("src").run()  # also an input: refused
+    mapping_box(at, "target").set_value("src").run()  # also an input: refused
     assert studio(at).mapping == before
     assert any("cannot be both an input and the target" in e.value for e in at.main.error)
-    at.selectbox(key="data_target").set_value("target").run()
+    mapping_box(at, "target").set_value("target").run()
     assert studio(at).mapping.target == "target" and not at.main.error
     # Mean squared error cannot compare token scores with token ids: the baseline says so.
-    at.selectbox(key="data_loss").set_value("mse").run()
+    mapping_box(at, "loss").set_value("mse").run()
     assert studio(at).mapping.loss == "mse"
     (error,) = at.main.error
     assert "shape" in error.value and "Traceback" not in error.value
@@ -524,3 +531,4 @@ def test_a_requested_value_scan_stays_shown_after_other_clicks(monkeypatch):
 
     assert nan_warnings() == 1
     assert not [b for b in at.button if b.key == scan]
+
