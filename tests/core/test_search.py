@@ -537,3 +537,23 @@ def test_a_forward_only_value_switched_on_a_built_model_scores_as_a_fresh_build(
         assert candidate.first_loss == pytest.approx(loss, rel=1e-5, abs=1e-9), values
         checked += 1
     assert checked >= 8  # every causal_mask and scale_embedding value, a few others
+
+
+def test_finalists_are_scored_on_the_model_screening_built(token_seq2seq, monkeypatch):
+    """Every searched value of the token model can be switched on a built model, so the
+    whole search, its twelve finalists included, builds the model once (finalists were
+    built afresh each); the finalists still rank first with the truth on top."""
+    spec, weights, inputs, target = token_seq2seq
+    built: list[int] = []
+    init = torch.nn.TransformerEncoder.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.TransformerEncoder, "__init__", counting)
+    result = score_candidates(spec, weights, inputs, target, F.mse_loss, threads=1)
+
+    assert result.fully_scored == 12 and len(built) == 1
+    assert all(c.screen_loss is not None for c in result.ranking[:12])
+    assert TOKEN_TRUTH.items() <= result.best_values.items()
