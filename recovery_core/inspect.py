@@ -86,14 +86,22 @@ class Inspection:
         A tied weight counts once: its second name only below where the two names meet."""
         counts: dict[str, int] = {}
         shared = self._shared_parameters
+        own: dict[str, int] = {}  # module path -> its own parameters, then climbed once
         for row in self.rows:
             if row.role != "parameter":
                 continue
+            if row.name not in shared:
+                own[row.module] = own.get(row.module, 0) + row.numel
+                continue
             path = row.module
-            while True:
-                if row.name in shared and path == shared[row.name]:
-                    break  # from here up, the tied weight is already counted
+            while path != shared[row.name]:  # from there up, the tied weight is counted
                 counts[path] = counts.get(path, 0) + row.numel
+                if not path:
+                    break
+                path = path.rpartition(".")[0]
+        for path, numel in own.items():
+            while True:
+                counts[path] = counts.get(path, 0) + numel
                 if not path:
                     break
                 path = path.rpartition(".")[0]
@@ -183,14 +191,31 @@ class Inspection:
         yield from ("", "TENSORS")
         width = max([len(r.name) for r in self.rows] + [4])
         yield f"{'name':<{width}}  {'shape':<18} {'dtype':<9} {'kind':<9} {'size':>10}"
-        shape, size = humanize.shape, humanize.size
+        # A file repeats a few shapes and sizes: each is written out once.
+        shapes: dict[tuple[int, ...], str] = {}
+        sizes: dict[int, str] = {}
         for r in self.rows:
-            yield (
-                f"{r.name:<{width}}  {shape(r.shape):<18} {r.dtype:<9} "
-                f"{r.role:<9} {size(r.nbytes):>10}"
-            )
+            shape = shapes.get(r.shape)
+            if shape is None:
+                shape = shapes[r.shape] = f"{humanize.shape(r.shape):<18}"
+            size = sizes.get(r.nbytes)
+            if size is None:
+                size = sizes[r.nbytes] = f"{humanize.size(r.nbytes):>10}"
+            yield f"{r.name:<{width}}  {shape} {r.dtype:<9} {r.role:<9} {size}"
 
     def _tree_lines(self, module: ModuleSpec, depth: int) -> Iterator[str]:
+        # A stack, not a generator per module: at 66,000 modules, every line passed up
+        # through one generator per level.
+        pending = [(module, depth)]
+        while pending:
+            module, depth = pending.pop()
+            yield self._tree_label(module, depth)
+            pad = "  " * (depth + 1)
+            for t in module.kept:
+                yield f"{pad}{t.name}: kept as is, {t.kind} {humanize.shape(t.shape)} {t.dtype}"
+            pending.extend((child, depth + 1) for child in reversed(module.children))
+
+    def _tree_label(self, module: ModuleSpec, depth: int) -> str:
         name = module.name or "(model)"
         args = ", ".join(f"{k}={v!r}" for k, v in module.args.items())
         label = f"{'  ' * depth}{name}: {module.type}({args})"
@@ -199,12 +224,7 @@ class Inspection:
             label += f"  [{humanize.count(params)} params]"
         if module.alternatives:
             label += f"  (or {', '.join(module.alternatives)}: {module.note})"
-        yield label
-        pad = "  " * (depth + 1)
-        for t in module.kept:
-            yield f"{pad}{t.name}: kept as is, {t.kind} {humanize.shape(t.shape)} {t.dtype}"
-        for child in module.children:
-            yield from self._tree_lines(child, depth + 1)
+        return label
 
 
 def tensor_role(key: str, owner: ModuleSpec | None) -> str:

@@ -151,9 +151,13 @@ class ModuleSpec:
 
     def walk(self) -> Iterator[ModuleSpec]:
         """This module and every descendant, depth first, in definition order."""
-        yield self
-        for child in self.children:
-            yield from child.walk()
+        # A stack, not nested generators: each module passed up through one generator per
+        # level (66,000 modules, ~8 walks per inspect at 100,000 keys).
+        pending = [self]
+        while pending:
+            module = pending.pop()
+            yield module
+            pending.extend(reversed(module.children))
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -47,3 +47,25 @@ def test_keys_no_layer_explains_are_rows_kept_as_is_with_their_role_and_why():
     assert inspection.parameter_count == 3 * 4 + 2**6
     text = inspection.to_text()
     assert "KEPT AS IS" in text and "mystery: kept as is, parameter" in text
+
+
+@pytest.mark.parametrize("name", ["encoder_decoder_modules", "cnn_batchnorm2d", "embedding_lstm"])
+def test_the_layer_tree_lists_modules_in_definition_order_indented_by_depth(name):
+    """Paths read back from the tree's indentation follow torch's own `named_modules`."""
+    from tests.zoo import ZOO_BY_NAME
+
+    model = ZOO_BY_NAME[name].make()
+    lines = describe(Checkpoint.from_state_dict(model.state_dict())).to_text().splitlines()
+    tree = lines[lines.index("LAYER TREE") + 1 : lines.index("HYPERPARAMETERS") - 1]
+    stack: list[str] = []
+    paths = []
+    for line in tree:
+        if ": kept as is," in line:
+            continue
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        stack[depth:] = [line.strip().split(":")[0]]
+        paths.append(".".join(stack[1:]))
+    real = [path for path, _ in model.named_modules()]
+    assert len(paths) == len(set(paths)) and paths[0] == ""
+    assert [p for p in paths if p in real] == [p for p in real if p in paths]
+    assert len([p for p in paths if p in real]) > 3
