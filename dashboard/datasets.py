@@ -27,22 +27,13 @@ def open_data(studio: state.Studio, source: state.Source) -> bool:
     return True
 
 
-def widget_key(studio: state.Studio, box: str) -> str:
-    """The key of one of step 3's boxes ("input_0", "target", "loss") for the mapping
-    shown now: each new dataset, checkpoint or plan gets new boxes."""
-    return f"data_{box}@{studio.mapping_generation}"
-
-
 def remap(studio: state.Studio) -> None:
     """Guess how this session's dataset feeds the current model (a new dataset, or another
     checkpoint opened); when no guess fits, the person chooses the entries in step 3."""
     recovery = studio.recovery
     if recovery is None or recovery.dataset is None:
         return
-    # The boxes showing the last mapping are replaced, not reset: a browser sends its
-    # widgets' values back with every run, so a box kept under its key would put the last
-    # dataset's entry names back.
-    studio.mapping_generation += 1
+    studio.values_version += 1  # step 3's boxes show the new mapping
     try:
         recovery.map()
     except Exception as exc:  # noqa: BLE001 - shown as a sentence, the app goes on

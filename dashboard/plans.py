@@ -63,11 +63,11 @@ def apply_plan(studio: state.Studio, plan: rc.plan.RecoveryPlan) -> str:
     studio.trainable = set(plan.trainable)
     studio.freeze_version += 1
     studio.training = plan.training
+    studio.values_version += 1  # the training boxes and step 3's show the plan's values
     studio.accept_unverified = False
     done = "Settings, layers to train and training settings loaded"
     if plan.data is not None and studio.dataset is not None:
         studio.recovery.map(plan.data.inputs, plan.data.target, plan.data.loss)
-        studio.mapping_generation += 1  # step 3's boxes show the plan's entries
         done += f"; data mapped as {', '.join(plan.data.inputs)} → {plan.data.target}"
     elif plan.data is not None:
         done += f"; open the data it was made with ({plan.data.name or 'its dataset'}) in step 3"

@@ -289,9 +289,11 @@ class Studio:
     holders: int = 0  # browser sessions showing this Studio now (see _Holder)
     tabs: int = 0  # of them, connected now (see _Tab)
     sessions: set[str] = field(default_factory=set)  # Streamlit session ids that showed it
-    # Bumped whenever the mapping is set other than by step 3's boxes (new data, another
-    # checkpoint, a plan): the boxes are then new widgets showing it (see steps/data.py).
-    mapping_generation: int = 0
+    # Bumped whenever values that widgets show are set from elsewhere (new data, another
+    # checkpoint, a plan): the widgets keyed with it (`widget_key`) are then new ones
+    # showing the new values. A browser sends every widget's value back with each run, so
+    # a widget kept under its key would put the old value back.
+    values_version: int = 0
     plan_message: tuple[str, str | Problem] | None = None  # the last plan load's outcome
     training: rc.plan.TrainingSettings = field(
         default_factory=lambda: rc.plan.TrainingSettings(
@@ -555,6 +557,12 @@ def _connected_now(session_id: str) -> bool:
 @st.cache_resource(scope="session", on_release=_tab_closed, show_spinner=False)
 def _connected(token: str, _studio: Studio) -> _Tab:
     return _Tab(_studio)
+
+
+def widget_key(studio: Studio, name: str) -> str:
+    """The key of a widget that shows a value of `studio` set elsewhere too (see
+    `Studio.values_version`)."""
+    return f"{name}@{studio.values_version}"
 
 
 def studio() -> Studio:

@@ -71,15 +71,13 @@ def describe(dataset: rc.Dataset) -> None:
         st.warning(warning)
 
 
-def _set_mapping() -> None:
+def _set_mapping(input_keys: list[str], target_key: str, loss_key: str) -> None:
     studio = state.studio()
     recovery = studio.recovery
     assert recovery is not None and recovery.dataset is not None
-    n_inputs = len(recovery.spec.wiring.inputs) if recovery.spec.wiring else 1
-    inputs = [st.session_state[datasets.widget_key(studio, f"input_{i}")] for i in range(n_inputs)]
-    target = st.session_state[datasets.widget_key(studio, "target")]
+    inputs = [st.session_state[key] for key in input_keys]
     try:
-        recovery.map(inputs, target, st.session_state[datasets.widget_key(studio, "loss")])
+        recovery.map(inputs, st.session_state[target_key], st.session_state[loss_key])
         studio.data_error = None
     except Exception as exc:  # noqa: BLE001 - the previous mapping stays; the sentence says why
         studio.data_error = ui.problem(
@@ -93,6 +91,11 @@ def mapping(studio: state.Studio) -> None:
     assert studio.spec is not None and dataset is not None
     names = list(dataset.names)
     wanted = studio.spec.wiring.inputs if studio.spec.wiring else ()
+    keys = (
+        [state.widget_key(studio, f"data_input_{i}") for i in range(len(wanted))],
+        state.widget_key(studio, "data_target"),
+        state.widget_key(studio, "data_loss"),
+    )
     cols = st.columns(len(wanted) + 2)
     for i, model_input in enumerate(wanted):
         chosen = current.inputs[i] if current and i < len(current.inputs) else names[0]
@@ -100,8 +103,9 @@ def mapping(studio: state.Studio) -> None:
             f"Model input '{model_input.name}'",
             names,
             index=names.index(chosen) if chosen in names else 0,
-            key=datasets.widget_key(studio, f"input_{i}"),
+            key=keys[0][i],
             on_change=_set_mapping,
+            args=keys,
             help=f"The model expects {model_input.dtype} values shaped like {fmt.shape(model_input.shape)}.",
         )
     target = current.target if current else names[-1]
@@ -109,8 +113,9 @@ def mapping(studio: state.Studio) -> None:
         "Target (the right answers)",
         names,
         index=names.index(target) if target in names else len(names) - 1,
-        key=datasets.widget_key(studio, "target"),
+        key=keys[1],
         on_change=_set_mapping,
+        args=keys,
     )
     losses = list(LOSS_WORDS)
     # Without a guess: mean squared error for number targets, cross-entropy for classes.
@@ -122,20 +127,21 @@ def mapping(studio: state.Studio) -> None:
         losses,
         index=losses.index(loss) if loss in losses else 0,
         format_func=lambda loss: LOSS_WORDS[loss],
-        key=datasets.widget_key(studio, "loss"),
+        key=keys[2],
         help="Cross-entropy when the answers are classes or tokens; mean squared error "
         "when they are numbers.",
         on_change=_set_mapping,
+        args=keys,
     )
     if current is not None:
         st.caption(f"How this was chosen: {current.reason}.")
     else:  # no guess fitted: the entries shown are only a starting point
-        st.button("Use these entries", key="data_use_mapping", on_click=_set_mapping)
+        st.button("Use these entries", key="data_use_mapping", on_click=_set_mapping, args=keys)
 
 
-def _on_held_out() -> None:
+def _on_held_out(key: str) -> None:
     studio = state.studio()
-    percent = int(st.session_state["data_held_out"])
+    percent = int(st.session_state[key])
     studio.training = replace(studio.training, val_fraction=percent / 100)
 
 
@@ -146,8 +152,9 @@ def held_out(studio: state.Studio) -> None:
         50,
         round(studio.training.val_fraction * 100),
         step=5,
-        key="data_held_out",
+        key=(key := state.widget_key(studio, "data_held_out")),
         on_change=_on_held_out,
+        args=(key,),
         help="Training never sees these examples; the baseline, the chart's main line and "
         "the verdict are all the loss on them. 0 evaluates on the training examples.",
     )

@@ -167,6 +167,7 @@ def _on_setting(field_name: str, key: str, kind: type) -> None:
 def settings(studio: state.Studio) -> rc.TrainingConfig:
     """The training settings, kept in the session (a reload finds them again)."""
     t = studio.training
+    key = {f: state.widget_key(studio, f"train_{f}") for f in ("method", "lr", "epochs", "batch")}
     cols = st.columns(4)
     methods = list(METHOD_WORDS)
     cols[0].selectbox(
@@ -174,10 +175,10 @@ def settings(studio: state.Studio) -> rc.TrainingConfig:
         methods,
         index=methods.index(t.method) if t.method in methods else 0,
         format_func=lambda method: METHOD_WORDS[method],
-        key="train_method",
+        key=key["method"],
         help=METHOD_HELP,
         on_change=_on_setting,
-        args=("method", "train_method", str),
+        args=("method", key["method"], str),
     )
     cols[1].number_input(
         "Learning rate",
@@ -186,35 +187,36 @@ def settings(studio: state.Studio) -> rc.TrainingConfig:
         float(t.lr),
         format="%.4f",
         step=1e-3,
-        key="train_lr",
+        key=key["lr"],
         on_change=_on_setting,
-        args=("lr", "train_lr", float),
+        args=("lr", key["lr"], float),
     )
     cols[2].number_input(
         "Epochs (passes over the data)",
         1,
         10_000,
         int(t.epochs),
-        key="train_epochs",
+        key=key["epochs"],
         on_change=_on_setting,
-        args=("epochs", "train_epochs", int),
+        args=("epochs", key["epochs"], int),
     )
     cols[3].number_input(
         "Batch size",
         1,
         65_536,
         int(t.batch_size),
-        key="train_batch",
+        key=key["batch"],
         on_change=_on_setting,
-        args=("batch_size", "train_batch", int),
+        args=("batch_size", key["batch"], int),
     )
     # The widgets' values win on this run (a test or a fast click may not fire on_change).
+    values = st.session_state
     t = studio.training = replace(
         t,
-        method=st.session_state["train_method"],
-        lr=float(st.session_state["train_lr"]),
-        epochs=int(st.session_state["train_epochs"]),
-        batch_size=int(st.session_state["train_batch"]),
+        method=values[key["method"]],
+        lr=float(values[key["lr"]]),
+        epochs=int(values[key["epochs"]]),
+        batch_size=int(values[key["batch"]]),
     )
     return config_of(studio)
 

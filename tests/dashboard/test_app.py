@@ -32,6 +32,13 @@ def studio(at: AppTest):
     return at.session_state["studio"]
 
 
+def shown_key(at: AppTest, name: str) -> str:
+    """The key of a widget that shows a value set elsewhere too, as the page has it now."""
+    from dashboard.state import widget_key
+
+    return widget_key(studio(at), name)
+
+
 def settled(at: AppTest, timeout: float = 120) -> AppTest:
     """Rerun as the browser's refresh does until the background scoring has ended and
     its result is applied."""
@@ -78,7 +85,7 @@ def export_and_wait(at: AppTest, timeout: float = 180) -> None:
 
 def start_training(at: AppTest, epochs: int) -> None:
     go(at, "train")
-    at.number_input(key="train_epochs").set_value(epochs).run()
+    at.number_input(key=shown_key(at, "train_epochs")).set_value(epochs).run()
     at.button(key="train_start").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -86,9 +93,7 @@ def start_training(at: AppTest, epochs: int) -> None:
 
 def mapping_box(at: AppTest, box: str):
     """One of step 3's entry boxes ("input_0", "target", "loss") as the page shows it now."""
-    from dashboard.datasets import widget_key
-
-    return at.selectbox(key=widget_key(studio(at), box))
+    return at.selectbox(key=shown_key(at, f"data_{box}"))
 
 
 def test_the_demo_opens_on_the_first_run_with_its_tensor_table():
@@ -301,7 +306,7 @@ def test_an_uploaded_model_and_dataset_go_through_every_step():
     assert studio(at).mapping.inputs == ("x",) and studio(at).mapping.target == "y"
     assert [m.label for m in at.metric] == ["Loss with the original weights"]
     go(at, "train")
-    at.selectbox(key="train_method").set_value("lstsq").run()
+    at.selectbox(key=shown_key(at, "train_method")).set_value("lstsq").run()
     at.button(key="train_start").click().run()
     wait_for_run(at)
     result = studio(at).runs[0].result

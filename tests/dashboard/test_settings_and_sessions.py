@@ -17,6 +17,7 @@ from tests.dashboard.test_app import (
     go,
     open_app,
     settled,
+    shown_key,
     studio,
     wait_for_run,
 )
@@ -53,7 +54,7 @@ def test_unverified_settings_run_only_by_choice_and_never_end_green(unscored, tm
     go(at, "data")
     assert [m.label for m in at.metric] == ["Loss with the original weights"]
     go(at, "train")
-    at.number_input(key="train_epochs").set_value(2).run()
+    at.number_input(key=shown_key(at, "train_epochs")).set_value(2).run()
     assert not at.button(key="train_start").disabled
     at.button(key="train_start").click().run()
     wait_for_run(at)
@@ -110,7 +111,7 @@ def test_a_reload_finds_the_session_with_its_checkpoint_choices_and_runs():
     go(at, "recover")
     next(s for s in at.selectbox if s.label == "Attention heads (nhead)").set_value(2).run()
     go(at, "train")
-    at.number_input(key="train_epochs").set_value(1).run()
+    at.number_input(key=shown_key(at, "train_epochs")).set_value(1).run()
     at.button(key="train_start").click().run()
     wait_for_run(at)
     token = at.query_params[state.SESSION_PARAM]
@@ -146,7 +147,7 @@ def test_a_saved_plan_loads_into_another_session():
     next(s for s in at.selectbox if s.label == "Attention heads (nhead)").set_value(2).run()
     go(at, "train")
     at.button(key="train_preset_everything").click().run()
-    at.number_input(key="train_epochs").set_value(7).run()
+    at.number_input(key=shown_key(at, "train_epochs")).set_value(7).run()
     (button,) = [b for b in at.get("download_button") if b.proto.label == "Save recovery plan"]
     from dashboard import plans
 
