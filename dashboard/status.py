@@ -125,7 +125,11 @@ ARCHITECTURE_LABELS = {
 }
 
 
-def label(name: str) -> str:
-    """A setting's name for people, with its code name after it: "Attention heads (nhead)"."""
+def label(name: str, free: bool = True) -> str:
+    """A setting's name for people, with its code name after it: "Attention heads (nhead)".
+    A free value no family declares is a layer without weights, named by its path: which
+    kind of layer it is (ReLU, Dropout, ...) is the choice."""
     plain = rc.families.setting_label(name) or ARCHITECTURE_LABELS.get(name)
+    if plain is None and free:
+        plain = f"Kind of layer {name}"
     return f"{plain} ({name})" if plain else name

@@ -26,7 +26,7 @@ STATE_MARKS = {
 def determined_table(spec: rc.ArchSpec) -> None:
     rows = [
         {
-            "setting": status.label(hp.name),
+            "setting": status.label(hp.name, free=False),
             "value": fmt.value(hp.value),
             "where it came from": SOURCE_WORDS.get(hp.source, hp.source),
             "evidence": hp.evidence,

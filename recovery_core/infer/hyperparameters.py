@@ -85,7 +85,8 @@ def setting_label(name: str) -> str:
     if declared is None:
         return ""
     if declared.per_layer and "." in name:
-        return f"{declared.label} of {name.rpartition('.')[0]}"
+        path = name.rpartition(".")[0]
+        return f"{declared.label} of {'layer ' if path.isdigit() else ''}{path}"
     return declared.label
 
 

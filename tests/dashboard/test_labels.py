@@ -8,11 +8,14 @@ from dashboard.status import label
 def test_a_convolutions_own_settings_are_named_by_its_layer():
     assert label("blocks.0.stride") == "Stride of blocks.0 (blocks.0.stride)"
     assert label("up.3.output_padding") == "Output padding of up.3 (up.3.output_padding)"
+    assert label("0.stride") == "Stride of layer 0 (0.stride)"  # a Sequential's first child
 
 
 def test_known_settings_read_plainly_and_unknown_ones_keep_their_name():
     assert label("nhead") == "Attention heads (nhead)"
-    assert label("stem.1") == "stem.1"  # a parameter-free slot: its path is its name
+    # A layer without weights whose kind is the choice (ReLU, Dropout, ...).
+    assert label("stem.1") == "Kind of layer stem.1 (stem.1)"
+    assert label("vocab_size", free=False) == "vocab_size"  # read from a shape, no label
 
 
 def test_every_hidden_value_a_family_declares_reads_plainly():
