@@ -29,6 +29,35 @@ OPTIONAL = ":orange[:material/warning:]"
 ERROR_ICON = ":material/error:"
 
 
+# What each part of a recognised model does in its forward, in words.
+ROLE_WORDS = {
+    "head": "output layer",
+    "tied_head": "output layer, the same weights",
+    "embedding": "token embedding",
+    "src_embedding": "input embedding",
+    "tgt_embedding": "output embedding",
+    "transformer": "the main network",
+    "encoder": "reads the input",
+    "decoder": "writes the output",
+    "rnn": "the recurrent network",
+    "final_norm": "final normalisation",
+    "pos_table": "position table",
+    "pos_embedding": "position embedding",
+    "pos_encoding": "position encoding",
+    "src_pos_encoding": "input position encoding",
+    "tgt_pos_encoding": "output position encoding",
+}
+
+
+def roles_by_path(spec: rc.ArchSpec) -> dict[str, str]:
+    """What each module the forward names does, in words; one module with two roles (an
+    embedding shared by the input and the output) says both."""
+    found: dict[str, list[str]] = {}
+    for role, path in spec.wiring.roles.items() if spec.wiring is not None else ():
+        found.setdefault(path, []).append(ROLE_WORDS.get(role, role.replace("_", " ")))
+    return {path: " and ".join(words) for path, words in found.items()}
+
+
 def header(number: int, intro: str) -> None:
     """Where the person is (step n of 6) and, in plain words, what this step does."""
     st.caption(f"Step {number} of {len(STEPS)}")

@@ -197,11 +197,16 @@ def icicle(opened: state.Opened) -> None:
 
 def unexplained(opened: state.Opened) -> None:
     keys = opened.spec.unexplained_keys
+    used = ui.roles_by_path(opened.spec)  # a kept tensor the forward reads: a position table
     if keys:
         st.warning(
-            f"{len(keys)} tensors do not match any layer we know; they are kept as is, "
-            "rebuilt under their own names and shapes and loaded with their values: "
-            + ", ".join(f"`{k}`" for k in keys)
+            f"{len(keys)} {'tensor does' if len(keys) == 1 else 'tensors do'} not match any "
+            "layer we know; kept as is, rebuilt under their own names and shapes and loaded "
+            "with their values: "
+            + ", ".join(
+                f"`{k}`" + (f" (the forward reads it as its {used[k]})" if k in used else "")
+                for k in keys
+            )
         )
     else:
         st.success("Every tensor in the file is explained by a recognised layer.")

@@ -21,17 +21,6 @@ METHOD_HELP = (
     "Automatic solves exactly in one step when only a final linear layer trains with mean "
     "squared error, and uses Adam otherwise. Adam is a safe default for gradient training."
 )
-# What each part of a recognised model does, for the checkbox labels.
-ROLE_WORDS = {
-    "head": "output layer",
-    "embedding": "token embedding",
-    "src_embedding": "input token embedding",
-    "tgt_embedding": "output token embedding",
-    "transformer": "the main network",
-    "encoder": "reads the input",
-    "decoder": "writes the output",
-    "rnn": "the recurrent network",
-}
 SCROLL_KEY = "train_scroll_to_run"
 SCROLL_TO_RUN = """<script>
 (function bring(tries) {
@@ -111,10 +100,7 @@ def freeze_choice(studio: state.Studio) -> rc.FreezePlan | None:
         )
     cols[3].number_input("N (for last N blocks)", 1, 64, 1, key="train_last_n")
 
-    roles = {
-        path: role
-        for role, path in (studio.spec.wiring.roles.items() if studio.spec.wiring else ())
-    }
+    roles = ui.roles_by_path(studio.spec)
     groups: dict[str, list[tuple[str, str, int]]] = {}
     for path, type_, params in units(studio.spec, studio.opened.inspection):
         groups.setdefault(path.split(".")[0], []).append((path, type_, params))
@@ -124,13 +110,13 @@ def freeze_choice(studio: state.Studio) -> rc.FreezePlan | None:
     boxes += [(top, m) for top, m in groups.items() if not (len(m) == 1 and m[0][0] == top)]
     for title, members in boxes:
         with st.container(border=True):
-            role = ROLE_WORDS.get(roles.get(title, ""), "")
+            role = roles.get(title, "")
             st.markdown(f"**{title}**" + (f" · {role}" if role else ""))
             grid = st.columns(3)
             for i, (path, type_, params) in enumerate(members):
                 key = f"train_unit_{path}_{version}"
                 name = path.removeprefix(title + ".")
-                role = ROLE_WORDS.get(roles.get(path, ""), "")
+                role = roles.get(path, "")
                 # A named role says more than a size; plain blocks show their size.
                 label = f"{name} ({role})" if role else f"{name} · {fmt.count(params)} parameters"
                 grid[i % 3].checkbox(

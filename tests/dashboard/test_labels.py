@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import recovery_core as rc
 from dashboard.status import label
+from dashboard.ui import roles_by_path
+from tests.forward_zoo import FORWARD_BY_NAME
 
 
 def test_a_convolutions_own_settings_are_named_by_its_layer():
@@ -25,3 +28,15 @@ def test_every_hidden_value_a_family_declares_reads_plainly():
     assert label("rnn_nonlinearity") == "RNN activation (rnn_nonlinearity)"
     assert label("mix.2.groups") == "Channel groups of mix.2 (mix.2.groups)"
     assert label("d_model") == "Model width (d_model)"  # fixed by the shapes
+
+
+def test_a_module_with_two_parts_in_the_forward_says_both():
+    def roles(case: str) -> dict[str, str]:
+        model = FORWARD_BY_NAME[case].make()
+        return roles_by_path(rc.infer_spec(rc.Checkpoint.from_state_dict(model.state_dict())))
+
+    shared = roles("token_seq2seq_shared_embedding")
+    assert shared["embed"] == "input embedding and output embedding"
+    assert shared["readout"] == "output layer"
+    assert roles("tiny_lm_tied")["wte"] == "token embedding and output layer, the same weights"
+    assert roles("vector_seq2seq_batch_first")["pe"] == "position table"  # a kept tensor
