@@ -421,7 +421,7 @@ class _Siblings:
         if first is not None and first.reusable and self._same_facts(first, path):
             size = len(first.path)
             self.composer.unexplained.extend(path + k[size:] for k in first.unexplained)
-            return _moved(first.spec, size, path)
+            return _moved(first.spec, size, path, self.composer.tree.infos)
         first = self.kinds[kind] = self._recorded(path)
         return first.spec
 
@@ -489,16 +489,18 @@ def _paths_only_where_moved(spec: ModuleSpec, root: str) -> bool:
     return True
 
 
-def _moved(spec: ModuleSpec, size: int, path: str) -> ModuleSpec:
+def _moved(spec: ModuleSpec, size: int, path: str, infos: dict[str, TensorInfo]) -> ModuleSpec:
     """`spec` of the module at a path `size` characters long, as the one at `path`: its
-    paths and keys moved, every other field as it is (a field added later included)."""
+    paths and keys moved, every other field as it is (a field added later included).
+    A moved key is the checkpoint's own string (`infos`), not a copy of it per module."""
+    keys = (path + k[size:] for k in spec.keys)
     return _copied(
         spec,
         path=path + spec.path[size:],
         args=dict(spec.args),
         hidden=tuple(path + h[size:] if _within(h, spec.path[:size]) else h for h in spec.hidden),
-        keys=tuple(path + k[size:] for k in spec.keys),
-        children=tuple(_moved(child, size, path) for child in spec.children),
+        keys=tuple(infos[k].name if k in infos else k for k in keys),
+        children=tuple(_moved(child, size, path, infos) for child in spec.children),
     )
 
 

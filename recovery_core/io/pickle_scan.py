@@ -593,7 +593,7 @@ class _Entries:
     def __init__(self, scan: _FastScan) -> None:
         self.scan, self.data, self.memo = scan, scan.data, scan.memo
         self.usable = scan.limits.max_container_items >= 64
-        self._size_kinds: dict[bytes, tuple[tuple[str, ...], int]] = {}  # `_sizes`, by bytes
+        self._entry_kinds: dict[tuple[Any, ...], tuple[tuple[str, ...], int]] = {}  # `_seen`
 
     def entry(self, pos: int) -> tuple[int, int] | None:
         """(the position after the entry, its instruction count), or None."""
@@ -652,28 +652,35 @@ class _Entries:
         return tail.end(), self._seen(tail)
 
     def _seen(self, tail: re.Match[bytes]) -> int:
-        """Notes the instructions the entry used; returns how many it has."""
-        data, seen = self.data, self.scan.seen
-        seen.update(("BINUNICODE", "TUPLE", "BINPERSID", "REDUCE", "EMPTY_TUPLE"))
+        """Notes the instructions the entry used; returns how many it has. Entries of one
+        kind (same integer widths, flag, shape and stride bytes) are decoded once."""
+        data = self.data
         numel = tail.end(3) if tail[3] is not None else tail.end(4)  # after the location
         offset = (tail.end(5) if tail[5] is not None else tail.end(6)) + 1  # after Q
         flag = (tail.start(13) if tail[13] is not None else tail.start(14)) - 2
         # (requires_grad sits right before the OrderedDict's get: `h` or `j` and its index)
-        seen.add(_INT_NAMES[data[numel]][0])
-        seen.add(_INT_NAMES[data[offset]][0])
-        seen.add("NEWTRUE" if data[flag] == 0x88 else "NEWFALSE")
-        # 24 instructions besides the shape's, the stride's and their memo writes
         puts = (tail[8] or tail[9]) is not None, (tail[11] or tail[12]) is not None
-        return 24 + sum(puts) + self._sizes(tail[7], seen) + self._sizes(tail[10], seen)
-
-    def _sizes(self, group: bytes, seen: set[str]) -> int:
-        """Notes a shape or stride's instructions; returns how many it has. A state dict
-        repeats a few shapes: each one's bytes are decoded once."""
-        known = self._size_kinds.get(group)
+        kind = (data[numel], data[offset], data[flag], puts, tail[7], tail[10])
+        known = self._entry_kinds.get(kind)
         if known is None:
-            known = self._size_kinds[group] = _size_kinds(group)
-        seen.update(known[0])
+            known = self._entry_kinds[kind] = _entry_kind(*kind)
+        self.scan.seen.update(known[0])
         return known[1]
+
+
+def _entry_kind(
+    numel: int, offset: int, flag: int, puts: tuple[bool, bool], shape: bytes, stride: bytes
+) -> tuple[tuple[str, ...], int]:
+    """The instructions of an entry of this kind, and how many it has."""
+    shape_names, shape_count = _size_kinds(shape)
+    stride_names, stride_count = _size_kinds(stride)
+    names = (
+        "BINUNICODE", "TUPLE", "BINPERSID", "REDUCE", "EMPTY_TUPLE",
+        _INT_NAMES[numel][0], _INT_NAMES[offset][0], "NEWTRUE" if flag == 0x88 else "NEWFALSE",
+        *shape_names, *stride_names,
+    )  # fmt: skip
+    # 24 instructions besides the shape's, the stride's and their memo writes
+    return tuple(dict.fromkeys(names)), 24 + sum(puts) + shape_count + stride_count
 
 
 def _size_kinds(group: bytes) -> tuple[tuple[str, ...], int]:
