@@ -244,18 +244,11 @@ def _bar_line(run: TrainingRun, loss: float) -> bytes:
     return (line + f"loss {humanize.loss(loss)} eta {humanize.seconds(eta or 0)}").encode()
 
 
-def follow_run(
-    run: TrainingRun,
-    log: Log,
-    bar: bool,
-    poll_seconds: float = 0.2,
-    ended: threading.Event | None = None,
-) -> None:
-    """Until the run ends (its thread, or `ended` for a run in another thread's call): a
-    redrawn bar on stderr (a terminal), else one line per epoch."""
+def follow_run(run: TrainingRun, log: Log, bar: bool, poll_seconds: float = 0.2) -> None:
+    """Until the run ends: a redrawn bar on stderr (a terminal), else one line per epoch."""
     seen = 0
     while True:
-        done = not run.is_alive() if ended is None else ended.is_set()
+        done = not run.is_alive()
         events = run.events_since(seen)
         seen += len(events)
         for event in events:
@@ -267,8 +260,7 @@ def follow_run(
             if bar:
                 os.write(2, b"\n")
             return
-        # Wakes as soon as the run ends: nobody waits for a poll.
-        run.join(poll_seconds) if ended is None else ended.wait(poll_seconds)
+        run.join(poll_seconds)  # wakes as soon as the run ends: nobody waits for a poll
 
 
 def _log_forwards(spec: ArchSpec, log: Log) -> None:
@@ -578,7 +570,7 @@ class Recovery(RecoveryData):
                 f"{humanize.count(plan.total_params)} parameters"
             )
             config = settings.config(device=device, samples_independent=dims.independent)
-            run = TrainingRun(model, plan, inputs, target, loss_fn, config)
+            run = TrainingRun(model, plan, inputs, target, loss_fn, config).start()
             self.result = _followed(run, self.log, progress_bar)
         drop_batch_major(self.result.model)
         return self.result
@@ -638,23 +630,14 @@ class Recovery(RecoveryData):
 
 
 def _followed(run: TrainingRun, log: Log, progress_bar: bool) -> TrainingResult:
-    """Run the training in this thread while another logs its progress; its result, or a
-    typed error. The search before and the export after run here too: torch work in a
-    second thread starts a second OpenMP pool, whose spinning workers then fight this
-    thread's (a 2-sample forward after training took ~0.25 s instead of ~1 ms on 2 busy
-    cores)."""
-    ended = threading.Event()
-    follower = threading.Thread(
-        target=follow_run, args=(run, log, progress_bar, 0.2, ended), daemon=True
-    )
+    """Wait for a started run while its progress is logged; its result, or a typed error."""
+    follower = threading.Thread(target=follow_run, args=(run, log, progress_bar), daemon=True)
     follower.start()
-    try:
-        training = run.run()
-    except TrainingError as exc:
-        raise TrainingError(str(exc) or "training stopped without a result") from None
-    finally:
-        ended.set()
-        follower.join()
+    run.join()
+    follower.join()
+    training = run.result
+    if training is None:
+        raise TrainingError(run.message or "training stopped without a result")
     log(f"baseline loss with the original weights: {humanize.loss(training.baseline_loss)}")
     if training.message:
         log(training.message)

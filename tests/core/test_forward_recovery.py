@@ -21,7 +21,7 @@ import torch
 
 from recovery_core.errors import BuildError, ExportError
 from recovery_core.fit.prefix_cache import FEATURE_CHUNK
-from recovery_core.fit.train import EVAL_BATCH, TrainingRun
+from recovery_core.fit.train import EVAL_BATCH
 from recovery_core.infer import infer_spec
 from recovery_core.io.checkpoint import Checkpoint
 from recovery_core.io.data import load_dataset
@@ -186,29 +186,19 @@ def test_formats_asked_for_are_the_only_files_written(tmp_path: Path):
 
 def _trunk_rows(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[tuple[int, ...]]]:
     """Counts the trunk's work: the batch entries of each encoder call the training run
-    makes (in whichever thread it runs), and the shape of every call made outside it
-    (checks, export)."""
+    makes (its thread), and the shape of every call made outside it (checks, export)."""
     training: list[int] = []
     elsewhere: list[tuple[int, ...]] = []
-    forward, execute = torch.nn.TransformerEncoder.forward, TrainingRun._execute
-    inside: set[int] = set()  # the threads running a training run now
+    forward = torch.nn.TransformerEncoder.forward
 
     def counting(self, src, *args, **kwargs):
-        if threading.get_ident() in inside:
+        if threading.current_thread().name == "training-run":
             training.append(int(src.shape[1 - int(self.layers[0].self_attn.batch_first)]))
         else:
             elsewhere.append(tuple(int(n) for n in src.shape))
         return forward(self, src, *args, **kwargs)
 
-    def marked(self):
-        inside.add(threading.get_ident())
-        try:
-            return execute(self)
-        finally:
-            inside.discard(threading.get_ident())
-
     monkeypatch.setattr(torch.nn.TransformerEncoder, "forward", counting)
-    monkeypatch.setattr(TrainingRun, "_execute", marked)
     return training, elsewhere
 
 
@@ -235,32 +225,6 @@ def test_the_trunk_runs_over_the_data_once(tmp_path: Path, monkeypatch: pytest.M
     assert result.training.cached_prefix
     assert training == [2, SAMPLES]
     assert all(shape[0] <= 3 for shape in elsewhere), elsewhere
-
-
-def test_recover_runs_the_model_in_the_callers_thread_only(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    """The search, the check, the training and the export's checks all run the model in
-    the thread that called recover (training is followed from another, which runs no
-    model): a second thread's torch work would start a second OpenMP pool, whose workers
-    then fight the first one's over the cores."""
-    case = FORWARD_BY_NAME["token_seq2seq_shared_embedding"]
-    _, weights, data = _files(case, tmp_path)
-    threads: set[int] = set()
-    forward = torch.nn.TransformerEncoder.forward
-
-    def noting(self, src, *args, **kwargs):
-        threads.add(threading.get_ident())
-        return forward(self, src, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.TransformerEncoder, "forward", noting)
-    result = recover(
-        str(weights), str(data), str(tmp_path / "o" / "m.pt"),
-        RecoverOptions(fixed={"nhead": 2, "batch_first": True}, formats=()),
-    )  # fmt: skip
-
-    assert result.passed and result.search is not None and result.training.cached_prefix
-    assert threads == {threading.get_ident()}
 
 
 def test_a_model_reading_the_samples_as_one_sequence_runs_it_once(
