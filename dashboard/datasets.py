@@ -60,4 +60,10 @@ def ensure_demo_data(studio: state.Studio) -> None:
 
 
 def ready(studio: state.Studio) -> bool:
-    return studio.dataset is not None and studio.mapping is not None
+    """Data mapped to a model that can run on it."""
+    return runnable(studio) and studio.dataset is not None and studio.mapping is not None
+
+
+def runnable(studio: state.Studio) -> bool:
+    """A forward was recognised: the model can be run on data at all."""
+    return studio.spec is not None and studio.spec.wiring is not None

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import recovery_core as rc
-from dashboard import state, ui
+from dashboard import datasets, state, ui
 
 BUDGET_SECONDS = 60.0
 SAMPLES = 128  # enough examples to rank settings; more only makes the wait longer
@@ -159,9 +159,7 @@ def maybe_start(studio: state.Studio) -> None:
     Once per settings and data (a Stop is respected; a change of either starts again)."""
     if (
         not automatic()
-        or studio.spec is None
-        or studio.dataset is None
-        or studio.mapping is None
+        or not datasets.ready(studio)  # a model with no forward cannot be scored at all
         or studio.accept_unverified
         or studio.scoring_running
         or any(r.running for r in studio.runs)  # never compete with a run for the CPU
@@ -169,7 +167,7 @@ def maybe_start(studio: state.Studio) -> None:
         return
     names = studio.unchecked()
     key = _data_key(studio)
-    if not names or key in studio.auto_scored:
+    if not names or key in studio.auto_scored or studio.spec is None:
         return
     studio.auto_scored.add(key)
     # Score every setting the data can decide, so the ones already chosen stay consistent.

@@ -9,7 +9,7 @@ from collections import Counter
 import streamlit as st
 
 import recovery_core as rc
-from dashboard import scoring, state, ui
+from dashboard import datasets, scoring, state, ui
 
 WORDS = rc.plan.STATE_WORDS
 # Every file box of the app: a file arriving while this box refreshes itself may be seen
@@ -95,7 +95,7 @@ def banner(studio: state.Studio) -> None:
                 icon=":material/warning:",
             )
             cols = st.columns([1, 1, 2])
-            ready = studio.mapping is not None
+            ready = datasets.ready(studio)
             if cols[0].button(
                 "Score them on my data", key="status_score", disabled=not ready, type="primary"
             ):
@@ -104,7 +104,10 @@ def banner(studio: state.Studio) -> None:
             if cols[1].button("Use unverified settings", key="status_accept"):
                 _accept()
                 st.rerun(scope="app")
-            if not ready:
+            if not datasets.runnable(studio):
+                with cols[2]:
+                    ui.disabled_reason(ui.NO_FORWARD)
+            elif not ready:
                 with cols[2]:
                     ui.disabled_reason("Map data in step 3 first: scoring needs examples.")
 

@@ -58,6 +58,14 @@ def roles_by_path(spec: rc.ArchSpec) -> dict[str, str]:
     return {path: " and ".join(words) for path, words in found.items()}
 
 
+# Said wherever running the model is needed (scoring, baseline, training) and impossible.
+NO_FORWARD = (
+    "No forward pass was recognised for this model, so it cannot be run on data: scoring "
+    "its settings, the baseline and training need one. Its weights and rebuilt code "
+    "(step 2) can still be downloaded, to write the forward by hand."
+)
+
+
 def header(number: int, intro: str) -> None:
     """Where the person is (step n of 6) and, in plain words, what this step does."""
     st.caption(f"Step {number} of {len(STEPS)}")

@@ -209,7 +209,7 @@ def render() -> None:
         if studio.mapping is not None:
             baseline(studio)
     else:
-        st.warning("No forward pass was recognised for this model, so it cannot be run on data.")
+        st.warning(ui.NO_FORWARD)
 
 
 render()

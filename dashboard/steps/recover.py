@@ -133,7 +133,9 @@ def search_panel(studio: state.Studio) -> None:
         help="Only these are tried; the other settings keep the values shown above.",
     )
     reason = None
-    if not datasets.ready(studio):
+    if not datasets.runnable(studio):
+        reason = ui.NO_FORWARD
+    elif not datasets.ready(studio):
         reason = "Open a dataset in step 3 first: scoring needs examples."
     elif studio.scoring_running:
         reason = "Scoring is running (progress at the top of the page)."
@@ -240,10 +242,7 @@ def rebuild(studio: state.Studio) -> None:
                 )
     with right:
         if status_.forward_ok is None and studio.spec.wiring is None:
-            st.info(
-                "No forward pass was recognised, so the model cannot be run on data here; "
-                "its weights and code can still be downloaded."
-            )
+            st.info(ui.NO_FORWARD)
         elif datasets.ready(studio) and status_.strict_load_ok:
             # The data's own shapes decide: the same examples baseline and training use.
             ok, shape, error = studio.forward_on_data()

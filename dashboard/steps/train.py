@@ -328,7 +328,10 @@ def render() -> None:
         "often enough when the task is close to the original one.",
     )
     studio = state.studio()
-    if not datasets.ready(studio) or studio.spec is None or studio.spec.wiring is None:
+    if not datasets.runnable(studio):
+        st.info(ui.NO_FORWARD)
+        return
+    if not datasets.ready(studio):
         st.info("Open a dataset in step 3 first.")
         return
     # The latest run first: after Start, its chart and Stop are in view without scrolling.

@@ -281,6 +281,26 @@ def test_an_upload_opens_for_this_session_only():
     assert studio(first) is not studio(second)
 
 
+def test_a_model_without_a_forward_is_not_scored_and_each_page_says_why():
+    # A Transformer decoder on its own reads a memory nobody supplies: no forward fits.
+    from tests.real_world_zoo import bare_transformer_decoder
+
+    at = open_app()  # the demo's data stays mapped
+    at.sidebar.file_uploader(key="source_upload").set_value(
+        ("decoder.pt", _saved(bare_transformer_decoder().state_dict()), "application/octet-stream")
+    )
+    at.run()
+    assert studio(at).spec.wiring is None and studio(at).spec.free
+    assert studio(at).scoring is None  # once, 1,639 failing forwards before saying so
+    banner = [c.value for c in at.main.caption] + [m.value for m in at.main.markdown]
+    assert any("No forward pass was recognised" in text for text in banner), banner
+    for step in ("recover", "train"):
+        go(at, step)
+        page = [i.value for i in at.main.info] + [c.value for c in at.main.caption]
+        assert any("No forward pass was recognised" in text for text in page), (step, page)
+        assert studio(at).scoring is None
+
+
 def _saved(obj) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
