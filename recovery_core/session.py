@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -611,22 +611,46 @@ class Recovery(RecoveryData):
         assert self.result is not None and self.freeze is not None
         out = Path(out_path)
         example = tuple(take(t, 2, self.dims.inputs) for t in self.tensors()[0])
-        self.bundle = bundle = export_trained(
-            self.result.model,
-            example,
-            out.parent,
-            spec=self.spec,
-            original=self.original,
-            plan=self.freeze,
-            report=self.report(),
-            stem=out.stem,
-            read=self.read,
-            formats=formats,
+        self.bundle = bundle = _in_own_thread(
+            functools.partial(
+                export_trained,
+                self.result.model,
+                example,
+                out.parent,
+                spec=self.spec,
+                original=self.original,
+                plan=self.freeze,
+                report=self.report(),
+                stem=out.stem,
+                read=self.read,
+                formats=formats,
+            )
         )
         if report_path and os.path.realpath(report_path) != os.path.realpath(bundle.report_path):
             # Atomically, never through a symlink planted at the report's path.
             write_atomic(report_path, Path(bundle.report_path).read_bytes())
         return bundle
+
+
+def _in_own_thread(work: Callable[[], ExportBundle]) -> ExportBundle:
+    """`work()` in a new thread, waited for; what it raises is raised here. After the
+    training thread has ended, the export's checks ran slower in the calling thread for a
+    while (the TorchScript check's first small forwards ~0.2 s each instead of ~2 ms on 2
+    busy cores: torch's OpenMP workers) and not in a new one (BENCHMARKS.md 8b)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller as it is
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="export", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return cast(ExportBundle, outcome["value"])
 
 
 def _followed(run: TrainingRun, log: Log, progress_bar: bool) -> TrainingResult:
