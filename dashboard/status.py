@@ -78,6 +78,9 @@ def banner(studio: state.Studio) -> None:
             if not unchecked:
                 return
             names = ", ".join(label(n) for n in unchecked)
+            if not datasets.runnable(studio):  # nothing can check them, nothing waits on them
+                st.info(f"Unverified defaults: {names}. {ui.NO_FORWARD}")
+                return
             if studio.accept_unverified:
                 st.warning(
                     f"You chose to use unverified settings ({names}). Results on them may come "
@@ -104,10 +107,7 @@ def banner(studio: state.Studio) -> None:
             if cols[1].button("Use unverified settings", key="status_accept"):
                 _accept()
                 st.rerun(scope="app")
-            if not datasets.runnable(studio):
-                with cols[2]:
-                    ui.disabled_reason(ui.NO_FORWARD)
-            elif not ready:
+            if not ready:
                 with cols[2]:
                     ui.disabled_reason("Map data in step 3 first: scoring needs examples.")
 

@@ -292,7 +292,7 @@ def test_a_model_without_a_forward_is_not_scored_and_each_page_says_why():
     at.run()
     assert studio(at).spec.wiring is None and studio(at).spec.free
     assert studio(at).scoring is None  # once, 1,639 failing forwards before saying so
-    banner = [c.value for c in at.main.caption] + [m.value for m in at.main.markdown]
+    banner = [i.value for i in at.main.info]
     assert any("No forward pass was recognised" in text for text in banner), banner
     for step in ("recover", "train"):
         go(at, step)
