@@ -56,7 +56,8 @@ EXPENSIVE_SECONDS = 0.05  # a combination slower than this is scored on every th
 # Values that torch.nn's transformer, attention, norm and RNN modules read from plain
 # attributes at forward time: screening switches one built model between them instead of
 # building one per value (a build costs ~20 ms, a screening forward ~5 ms). Finalists are
-# always built fresh, and a test holds switched and fresh models to equal outputs.
+# scored on the screened model while it is held (`_Group.finalist`); a test holds
+# switched and fresh models to equal outputs.
 RETUNABLE = RETUNABLE_NAMES  # each family says which of its values it can switch
 # (torch class, how to switch it) per family type that can; the first match applies.
 _RETUNERS = tuple((getattr(torch.nn, t.name), t.retune) for t in RETUNABLE_TYPES)
