@@ -557,3 +557,36 @@ def test_finalists_are_scored_on_the_model_screening_built(token_seq2seq, monkey
     assert result.fully_scored == 12 and len(built) == 1
     assert all(c.screen_loss is not None for c in result.ranking[:12])
     assert TOKEN_TRUTH.items() <= result.best_values.items()
+
+
+def test_forward_only_values_that_interact_are_screened_with_every_combination(
+    token_seq2seq,
+):
+    """Half the samples are what nhead=2 with a causal mask puts out, half what nhead=1
+    without one: the best heads disagree on causal_mask, so the values interact and
+    every combination is screened, as without factorising. With the targets of one
+    model alone they agree, and the rest is skipped."""
+    spec, weights, inputs, _ = token_seq2seq
+    truth = TOKEN_TRUTH | {"layer_norm_eps": 1e-5}
+    cls = model_class(spec)
+
+    def outputs(**change):
+        model = construct(cls, spec, truth | change)
+        assert load_weights(model, weights).ok
+        with torch.no_grad():
+            return model.eval()(*inputs)
+
+    mixed = outputs(nhead=2, causal_mask=True)
+    mixed[1::2] = outputs(nhead=1, causal_mask=False)[1::2]
+    fixed = {k: v for k, v in truth.items() if k not in ("nhead", "causal_mask")}
+    common = dict(fixed=fixed, finalists=1, threads=1)
+    interacting = score_candidates(spec, weights, inputs, mixed, F.mse_loss, **common)
+    every = score_candidates(spec, weights, inputs, mixed, F.mse_loss, factorise=False, **common)
+    alone = score_candidates(spec, weights, inputs, outputs(), F.mse_loss, **common)
+
+    assert interacting.separated == () and interacting.skipped == 0
+    assert interacting.scored == interacting.total == every.scored
+    assert interacting.screening[0] == every.screening[0] == (2, interacting.total)
+    assert interacting.best_values == every.best_values
+    assert alone.separated == ("causal_mask",) and alone.skipped > 0
+    assert alone.best_values["nhead"] == 2 and alone.best_values["causal_mask"] is True
