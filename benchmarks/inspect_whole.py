@@ -174,7 +174,10 @@ def markdown(results: dict[str, Any], rounds: int) -> str:
         "",
         f"`benchmarks/inspect_whole.py` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{rounds} interleaved rounds, medians; load average {min(loads):.1f}-{max(loads):.1f} "
-        "on the 2 cores while it ran). Memory is the peak RSS above the bare interpreter's.",
+        "on the 2 cores while it ran). Memory is the peak RSS above the bare interpreter's (the "
+        "larger of the CLI and its forked reader). Every run is a whole process; CPU time is "
+        "user + system of the process and the reader it waited for, which moves less with the "
+        "load than the wall clock.",
         "",
         "| file | run | wall time | its time / ours | CPU time | its CPU / ours | peak above the interpreter |",
         "|---|---|---|---|---|---|---|",

@@ -334,7 +334,7 @@ def inspect_gap(profile: str, fmt: str) -> str:
     return (
         f"Where ours' time goes on the .{fmt} file (profile below, {fmt_s(total)} in all): "
         f"inferring the layer tree {infer}. Reading the file does not show: "
-        "`load_checkpoint` reads in a worker thread, which cProfile does not follow."
+        "`load_checkpoint` reads in a limited child process, which cProfile does not follow."
     )
 
 
@@ -1023,8 +1023,9 @@ def split_report(text: str) -> tuple[str, dict[str, str]]:
 
 
 def section_number(text: str) -> int:
-    """The N of "## N. Title" or "- N. goal: met" (the goals come last)."""
-    found = re.match(r"(?:## |- )(\d+)\.", text)
+    """The N of "## N. Title" or "- N. goal: met" (or "- Nb. goal": a subsection's, which
+    a re-run of section N replaces too; the goals come last)."""
+    found = re.match(r"(?:## |- )(\d+)[a-z]?\.", text)
     return int(found.group(1)) if found else 1_000
 
 
