@@ -514,12 +514,17 @@ def _from_plan(plan: dict, blobs: list[bytes], display: str, limits: LoadLimits)
     for key, at in zip(names, rows[1::3], strict=True):
         dtype, shape, _, _ = layouts[at]
         infos[key] = TensorInfo(key, shape, dtype, sizes[at], sizes[at] * itemsizes[at])
-    row_of = {key: 3 * i for i, key in enumerate(names)}
+    row_of: dict[str, int] | None = None  # key -> its row: made on the first read (~8 MiB
+    # at 100,000 keys that listing never needs), whole before it is shared between threads
 
     def read(key: str) -> torch.Tensor:
         import torch
 
-        file_index, at, storage = rows[row_of[key] : row_of[key] + 3]
+        nonlocal row_of
+        where = row_of
+        if where is None:
+            where = row_of = {name: 3 * i for i, name in enumerate(names)}
+        file_index, at, storage = rows[where[key] : where[key] + 3]
         dtype, shape, stride, offset = layouts[at]
         if storage < 0:
             return torch.empty_strided(shape, stride, dtype=_dtype(dtype, display), device="meta")
