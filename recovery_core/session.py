@@ -451,6 +451,7 @@ class RecoveryData:
         ready to run in another thread: it reads nothing of this object then. The values
         the person set and did not name stay fixed."""
         assert self.mapping is not None, "map first"
+        choose_forward(self.spec, None)  # no forward: said at once, not by each combination
         inputs, target = self.tensors()
         return functools.partial(
             score_candidates, self.spec, self.original, inputs, target,

@@ -244,3 +244,22 @@ def test_seeding_torchs_global_generator_is_the_callers_choice(seed_global_rng):
     run.run()
 
     assert torch.equal(torch.rand(1), expected) is not seed_global_rng
+
+
+def test_scoring_a_model_with_no_forward_is_refused_in_one_sentence_before_any_forward(tmp_path):
+    # What the dashboard holds for such a file: a Recovery made from the inferred spec
+    # (Recovery.open refuses it already). Each combination once failed on its own forward.
+    from recovery_core import Checkpoint, infer_spec, load_dataset, searchable_names
+    from recovery_core.errors import BuildError
+    from recovery_core.session import Recovery
+    from tests.real_world_zoo import bare_transformer_decoder
+
+    checkpoint = Checkpoint.from_state_dict(bare_transformer_decoder().state_dict())
+    spec = infer_spec(checkpoint)
+    torch.save({"x": torch.randn(8, 5, 16), "y": torch.randn(8, 5, 16)}, tmp_path / "d.pt")
+    recovery = Recovery(checkpoint, spec, "decoder.pt")
+    recovery.use_data(load_dataset(str(tmp_path / "d.pt")))
+    recovery.map()
+    assert spec.wiring is None and list(searchable_names(spec))
+    with pytest.raises(BuildError, match="no forward could be found for these weights"):
+        recovery.scorer(list(searchable_names(spec)))
