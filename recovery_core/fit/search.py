@@ -1409,5 +1409,15 @@ def _verdict(
         )
     return (
         f"Best: {_describe(best.values)} (loss {best.loss:.6g}); the runner-up is "
-        f"{margin:.3g} higher ({relative:.2%})."
+        f"{margin:.3g} higher ({_how_much(best.loss, relative)})."
     )
+
+
+def _how_much(best: float, relative: float) -> str:
+    """A margin against the best's loss in words that stay readable when the best is at
+    or near zero (a percentage of 1e-15 read as 87442074.44 %)."""
+    if abs(best) <= ABSOLUTE_TIE:
+        return "the best fits the data exactly, to rounding"
+    if relative < 10:
+        return f"{relative:.2%}"
+    return f"{1 + relative:.3g}× the best's loss"

@@ -590,3 +590,22 @@ def test_forward_only_values_that_interact_are_screened_with_every_combination(
     assert interacting.best_values == every.best_values
     assert alone.separated == ("causal_mask",) and alone.skipped > 0
     assert alone.best_values["nhead"] == 2 and alone.best_values["causal_mask"] is True
+
+
+def test_a_margin_over_a_best_that_fits_exactly_reads_in_words_not_a_huge_percentage():
+    # Data made of the model's own outputs: the true layout's loss is 0 up to rounding, so
+    # the runner-up's margin as a percentage of it was a number like 87442074.44 %.
+    torch.manual_seed(0)
+    tagger = torch.nn.Sequential()
+    tagger.add_module("embed", torch.nn.Embedding(30, 8))
+    rnn = torch.nn.GRU(8, 12, batch_first=True)
+    ids = torch.randint(0, 30, (16, 9))
+    with torch.no_grad():
+        target = rnn(tagger(ids))[0]
+    weights = {**tagger.state_dict(), **{f"rnn.{k}": v for k, v in rnn.state_dict().items()}}
+    spec = infer_spec(Checkpoint.from_state_dict(weights))
+    result = score_candidates(spec, weights, (ids,), target, F.mse_loss, names=["batch_first"])
+    assert result.best is not None and result.best.values["batch_first"] is True
+    assert result.best.loss < 1e-9
+    assert "fits the data exactly, to rounding" in result.message
+    assert "%" not in result.message
