@@ -417,11 +417,12 @@ def test_json_nesting_read_from_the_text_is_the_parsed_values() -> None:
     and escapes in them left out); it must be the parsed value's depth."""
     import json
     import random
+    from dataclasses import replace
 
     from recovery_core.io import container
 
     rng = random.Random(0)
-    texts = ["x]{[\\", '"', "\\", "[[[[", 'a\\"b', "\u00e9]", "{}"]
+    texts = ["x]{[\\", '"', "\\", "[[[[", 'a\\"b', "\u00e9]", "{}", '\\\\"[', "\n]\t{", '\\"\\\\']
 
     def value(depth: int) -> object:
         pick = rng.random()
@@ -431,9 +432,19 @@ def test_json_nesting_read_from_the_text_is_the_parsed_values() -> None:
             return [value(depth + 1) for _ in range(rng.randint(0, 3))]
         return {rng.choice(texts) + str(i): value(depth + 1) for i in range(rng.randint(0, 3))}
 
-    for _ in range(3000):
-        raw = json.dumps(value(0), ensure_ascii=rng.random() < 0.5).encode()
-        assert container._text_depth(raw) == container._json_depth(json.loads(raw), 99), raw
+    for i in range(3000):
+        text = json.dumps(value(0), ensure_ascii=rng.random() < 0.5)
+        # UTF-8 mostly; UTF-16 and UTF-32 too, which json.loads also reads
+        raw = text.encode(("utf-8", "utf-16", "utf-32-le")[i % 5 // 3 + i % 5 // 4])
+        depth = container._json_depth(json.loads(raw), 99)
+        # Not UTF-8: not read from the bytes (None), the parsed value is walked instead.
+        assert container._text_depth(raw) == (depth if i % 5 < 3 else None), raw
+        too_deep = replace(LoadLimits(), max_json_depth=depth - 1)
+        with pytest.raises(RecoveryError, match="max_json_depth"):
+            container.load_json(raw, "h", too_deep)
+        assert container.load_json(raw, "h", replace(too_deep, max_json_depth=depth)) == json.loads(
+            raw
+        )
 
 
 def test_the_known_memory_owning_globals_cover_torchs_list() -> None:
