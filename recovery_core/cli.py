@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -272,6 +273,10 @@ def _plan_options(args: argparse.Namespace, options: RecoverOptions) -> RecoverO
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # torch notes, on each Transformer it builds, that a fast path for padded batches is
+    # off ("enable_nested_tensor is True, but ..."): nothing here uses it, and a person
+    # reading this command's output would take it for a fault. The process is the CLI's.
+    warnings.filterwarnings("ignore", message="enable_nested_tensor is True", category=UserWarning)
     handlers = {"inspect": _inspect, "codegen": _codegen, "recover": _recover}
     try:
         return handlers[args.command](args)

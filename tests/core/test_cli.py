@@ -215,3 +215,18 @@ def test_codegen_refuses_to_overwrite_the_checkpoint(tmp_path, capsys):
 
     assert code == 2 and "it is the checkpoint you loaded" in err
     assert path.read_bytes() == before
+
+
+def test_torchs_note_on_a_fast_path_nothing_uses_does_not_reach_the_terminal(tmp_path):
+    # Every nn.Transformer built with batch_first=False (each one the search tries, the
+    # checks of codegen) made torch print "enable_nested_tensor is True, but ..." with a
+    # source line, which reads as a fault in the command's output.
+    import warnings
+
+    weights = tmp_path / "tutorial.pt"
+    torch.save(ZOO_BY_NAME["seq2seq_tutorial"].make().state_dict(), weights)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["codegen", str(weights), "-o", str(tmp_path / "m.py"), "--set", "batch_first=False"])
+    assert code == 0
+    assert not [w for w in caught if "enable_nested_tensor" in str(w.message)]
