@@ -181,6 +181,15 @@ def choose_checkpoint(page, files) -> None:
     sidebar.get_by_test_id("stTabs").locator("input[type=file]").set_input_files(files)
 
 
+def save_plan(page, path: Path) -> None:
+    """Save this session's recovery plan (sidebar) to `path`, as a person downloads it."""
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_text("Save / load recovery plan").click()
+    with page.expect_download() as info:
+        sidebar.get_by_role("button", name="Save recovery plan").click()
+    info.value.save_as(path)
+
+
 def wait_scored(page, timeout: float = 120_000) -> None:
     """Wait until the background scoring of the hidden settings has ended (the status box
     at the top of every page no longer shows its progress)."""

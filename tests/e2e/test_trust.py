@@ -17,6 +17,7 @@ from tests.e2e.harness import (
     chromium,
     go_to,
     open_page,
+    save_plan,
     screenshot,
     server_fixture,
     wait_idle,
@@ -147,12 +148,8 @@ def test_a_saved_plan_replayed_by_the_command_line_gives_the_same_final_loss(ser
         with page.expect_download() as info:
             report_button.get_by_role("button").click()
         info.value.save_as(tmp_path / "dashboard_report.json")
-        sidebar = page.get_by_test_id("stSidebar")
-        sidebar.get_by_text("Save / load recovery plan").click()
-        with page.expect_download() as info:
-            sidebar.get_by_role("button", name="Save recovery plan").click()
         plan_path = tmp_path / "plan.json"
-        info.value.save_as(plan_path)
+        save_plan(page, plan_path)
         page.context.close()
     plan = json.loads(plan_path.read_text())
     assert plan["training"]["epochs"] == 3

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.e2e.harness import REPO, chromium, go_to, open_page, wait_idle, wait_scored
+from tests.e2e.harness import REPO, chromium, go_to, open_page, save_plan, wait_idle, wait_scored
 
 pytestmark = pytest.mark.e2e
 
@@ -71,13 +71,10 @@ def test_a_loaded_plan_shows_its_training_settings_on_the_page_it_was_loaded_on(
         wait_scored(page)
         go_to(page, "Freeze and train")
         set_epochs(page, 3)
-        sidebar = page.get_by_test_id("stSidebar")
-        sidebar.get_by_text("Save / load recovery plan").click()
-        with page.expect_download() as info:
-            sidebar.get_by_role("button", name="Save recovery plan").click()
         plan = tmp_path / "plan.json"
-        info.value.save_as(plan)
+        save_plan(page, plan)
         set_epochs(page, 7)
+        sidebar = page.get_by_test_id("stSidebar")
         sidebar.get_by_test_id("stFileUploader").filter(has_text="Load a recovery plan").locator(
             "input[type=file]"
         ).set_input_files(str(plan))
