@@ -159,10 +159,11 @@ def live(studio: state.Studio, record: state.RunRecord) -> None:
     """This run's export: its progress while it is written (refreshed by itself), then
     the checks and the downloads.
 
-    While it runs, the downloads stand outside the refreshing part: a download button is
-    good until the part it is in is drawn again, so inside it a click could miss its file
-    (the progress redraws twice a second). The page is drawn again only when a file is
-    verified, to offer it."""
+    The downloads always stand outside the refreshing part: a download button is good
+    until the part it is in is drawn again, so inside it a click could miss its file (the
+    progress redraws twice a second, and a last tick of it can come after the export has
+    ended). The page is drawn again when a file is verified, to offer it, and when the
+    export ends."""
     job = studio.export_jobs.get(record.number)
     running = job is not None and job.running
     offered = job.exports if job is not None and running else ()
@@ -183,12 +184,14 @@ def live(studio: state.Studio, record: state.RunRecord) -> None:
             ui.show(ui.problem(job.error, "exporting"))
         elif bundle is not None:
             checklist(bundle, record)
-            downloads(bundle.files, bundle.exports)
 
     with st.container(key="export_live"):
         panel()
+    bundle = studio.exports.get(record.number)
     if job is not None and running:
         downloads(job.exporter.paths, offered)
+    elif bundle is not None and (job is None or job.error is None):
+        downloads(bundle.files, bundle.exports)
 
 
 def render() -> None:
