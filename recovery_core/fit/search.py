@@ -728,6 +728,20 @@ def _leaders(
     return [heads[n] for rank, (c, n) in enumerate(ok) if rank < count or c <= near] + failed
 
 
+def _ran(
+    index: int,
+    heads: list[tuple[Any, ...]],
+    tails: list[tuple[Any, ...]],
+    loss: Callable[[int, tuple[Any, ...]], Candidate | None],
+) -> Iterator[tuple[float, tuple[Any, ...], tuple[Any, ...]]]:
+    """(loss, head, tail) of each screened (head, tail) combination whose forward ran."""
+    for head in heads:
+        for tail in tails:
+            c = loss(index, head + tail)
+            if c is not None and c.error is None:
+                yield c.loss, head, tail
+
+
 def _best_tail(
     index: int,
     heads: list[tuple[Any, ...]],
@@ -736,12 +750,7 @@ def _best_tail(
     current: tuple[Any, ...],
 ) -> tuple[Any, ...]:
     """The tail of the best screened (head, tail) combination (`current` when none ran)."""
-    found = [
-        (c.loss, tail)
-        for head in heads
-        for tail in tails
-        if (c := loss(index, head + tail)) is not None and c.error is None
-    ]
+    found = [(value, tail) for value, _, tail in _ran(index, heads, tails, loss)]
     return min(found, key=lambda pair: pair[0])[1] if found else current
 
 
@@ -754,14 +763,10 @@ def _tails_agree(
 ) -> bool:
     """Do the best AGREE_HEADS heads all do best (within TIE_KEEP) with the best tail?
     Then the forward-only values do not interact with the others where it matters."""
-    own = []
-    for head in heads:
-        losses = [
-            c.loss for t in tails if (c := loss(index, head + t)) is not None and c.error is None
-        ]
-        if losses:
-            own.append((min(losses), head))
-    for least, head in sorted(own)[:AGREE_HEADS]:
+    least_of: dict[tuple[Any, ...], float] = {}
+    for value, head, _ in _ran(index, heads, tails, loss):
+        least_of[head] = min(value, least_of.get(head, math.inf))
+    for least, head in sorted((least, head) for head, least in least_of.items())[:AGREE_HEADS]:
         with_best = loss(index, head + best)
         limit = least + max(TIE_KEEP * abs(least), ABSOLUTE_TIE)
         if with_best is None or with_best.error is not None or with_best.loss > limit:
