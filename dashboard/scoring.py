@@ -167,8 +167,9 @@ def maybe_start(studio: state.Studio) -> None:
         return
     names = studio.unchecked()
     key = _data_key(studio)
-    if not names or key in studio.auto_scored or studio.spec is None:
+    if not names or key in studio.auto_scored:
         return
+    assert studio.spec is not None  # ready() holds a spec
     studio.auto_scored.add(key)
     # Score every setting the data can decide, so the ones already chosen stay consistent.
     start(studio, tuple(rc.searchable_names(studio.spec)), automatic=True)

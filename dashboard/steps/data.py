@@ -204,7 +204,7 @@ def render() -> None:
         st.info("Open a dataset to continue.")
         return
     describe(studio.dataset)
-    if studio.spec is not None and studio.spec.wiring is not None:
+    if datasets.runnable(studio):
         mapping(studio)
         if studio.mapping is not None:
             baseline(studio)

@@ -241,7 +241,7 @@ def rebuild(studio: state.Studio) -> None:
                     "Unexpected: " + ", ".join(f"`{k}`" for k in status_.unexpected_keys[:20])
                 )
     with right:
-        if status_.forward_ok is None and studio.spec.wiring is None:
+        if status_.forward_ok is None and not datasets.runnable(studio):
             st.info(ui.NO_FORWARD)
         elif datasets.ready(studio) and status_.strict_load_ok:
             # The data's own shapes decide: the same examples baseline and training use.
