@@ -117,8 +117,12 @@ def freeze_choice(studio: state.Studio) -> rc.FreezePlan | None:
                 key = f"train_unit_{path}_{version}"
                 name = path.removeprefix(title + ".")
                 role = roles.get(path, "")
-                # A named role says more than a size; plain blocks show their size.
-                label = f"{name} ({role})" if role else f"{name} · {fmt.count(params)} parameters"
+                # A named role says more than a size; plain layers show their kind and size.
+                label = (
+                    f"{name} ({role})"
+                    if role
+                    else f"{name} · {type_} · {fmt.count(params)} parameters"
+                )
                 grid[i % 3].checkbox(
                     label,
                     value=path in chosen,

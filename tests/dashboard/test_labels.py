@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 import recovery_core as rc
 from dashboard.status import label
 from dashboard.ui import roles_by_path
@@ -40,3 +42,34 @@ def test_a_module_with_two_parts_in_the_forward_says_both():
     assert shared["readout"] == "output layer"
     assert roles("tiny_lm_tied")["wte"] == "token embedding and output layer, the same weights"
     assert roles("vector_seq2seq_batch_first")["pe"] == "position table"  # a kept tensor
+
+
+def test_the_training_page_names_each_plain_layer_by_its_kind():
+    # A Sequential's children have only numbers for names: without their kind, "0 · 80
+    # parameters" does not say whether layer 0 is a convolution or a norm.
+    from tests.dashboard.test_app import _saved, go, open_app, settled
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv1d(2, 4, 3),
+        torch.nn.BatchNorm1d(4),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(24, 3),
+    )
+    at = open_app()
+    at.sidebar.file_uploader(key="source_upload").set_value(
+        ("seq.pt", _saved(model.state_dict()), "application/octet-stream")
+    )
+    settled(at.run())
+    go(at, "data")
+    x = torch.randn(32, 2, 8)
+    with torch.no_grad():
+        data = {"x": x, "y": model(x)}
+    at.file_uploader(key="data_upload").set_value(
+        ("d.pt", _saved(data), "application/octet-stream")
+    )
+    settled(at.run())
+    go(at, "train")
+    labels = [c.label for c in at.checkbox]
+    assert "0 · Conv1d · 28 parameters" in labels, labels
+    assert "1 · BatchNorm1d · 8 parameters" in labels, labels
