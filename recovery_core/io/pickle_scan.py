@@ -304,6 +304,25 @@ class _NotFast(Exception):
     """Something `_scan_bytes` leaves to `_scan` (which says exactly what is wrong)."""
 
 
+def _put(memo: list[object], index: int, tag: object) -> None:
+    """A memo write to the dense memo; an index past its end leaves the scan to `_scan`."""
+    if index < len(memo):
+        memo[index] = tag
+    elif index == len(memo):
+        memo.append(tag)
+    else:
+        raise _NotFast
+
+
+def _get(memo: list[object], index: int) -> object:
+    return memo[index] if index < len(memo) else _PLAIN
+
+
+# Memo instructions `general` would run on a dict memo (text PUT and GET, protocol 4's
+# MEMOIZE): the dense memo's scan leaves them to `_scan`.
+_MEMO_BY_TEXT = frozenset(("PUT", "GET", "MEMOIZE"))
+
+
 _BY_CODE = {op.code.encode("latin-1")[0]: op for op in pickletools.opcodes}
 _PLAIN_PUSH_CODES = {code: op.name for code, op in _BY_CODE.items() if op.name in _PLAIN_PUSHES}
 _ARG_BYTES = {"BININT1": 1, "BININT2": 2}
@@ -361,7 +380,7 @@ def _run_fast(scan: _FastScan, deadline: float | None, facts: dict[str, Any] | N
     end, budget = len(data), limits.max_pickle_opcodes
     handlers, other = scan.handlers, scan.other
     entry = _Entries(scan).entry
-    stack, memo = scan.stack, scan.memo
+    stack, memo = scan.stack, scan.dense
     pos = opcodes = 0
     while True:
         if pos >= end:
@@ -387,11 +406,16 @@ def _run_fast(scan: _FastScan, deadline: float | None, facts: dict[str, Any] | N
         # The two most frequent instructions (a third of a state dict's) done inline as
         # `long_memo` and `memo_get` do them: a call each would cost ~10% of the scan.
         if code == _LONG_BINPUT and pos + 4 <= end and stack:
-            memo[int.from_bytes(data[pos : pos + 4], "little")] = stack[-1]
+            index = int.from_bytes(data[pos : pos + 4], "little")
+            if index == len(memo):
+                memo.append(stack[-1])
+            else:
+                _put(memo, index, stack[-1])
             pos += 4
             continue
         if code == _BINGET and pos < end:
-            stack.append(memo.get(data[pos], _PLAIN))
+            index = data[pos]
+            stack.append(memo[index] if index < len(memo) else _PLAIN)
             pos += 1
             continue
         pos = handlers.get(code, other)(code, pos)
@@ -411,6 +435,10 @@ class _FastScan(_State):
     def __init__(self, data: bytes, display: str, limits: LoadLimits) -> None:
         super().__init__(display, limits)
         self.data, self.end, self.stream = data, len(data), io.BytesIO(data)
+        # The memo of tags as a list while its indices are dense (torch.save's and
+        # pickle's are 0, 1, 2 ...): ~8 bytes a slot, where a dict took ~90 (~75 MiB at
+        # 100,000 keys). Any other index goes to the pickletools scan and its dict.
+        self.dense: list[object] = []
         # Tags that need `general`'s rules when consumed: storage classes, storage records.
         self.special = self.dangerous | {_PERSID}
         # Below this, a shortcut's push or pop cannot reach a container or stack budget.
@@ -434,20 +462,26 @@ class _FastScan(_State):
     def release(self) -> None:
         """Drop the stack, the memo and the handlers (what `finish` reported stays)."""
         self.handlers.clear()
-        self.memo.clear()
+        self.dense.clear()
         self.stack.clear()
         self.marks.clear()
+
+    def finish(self, facts: dict[str, Any] | None) -> int:
+        if facts is not None:
+            facts["max_memo_index"] = len(self.dense) - 1
+            facts["instructions"] = self.seen
+        return self.opcodes
 
     def memo_put(self, code: int, pos: int) -> int:
         if pos >= self.end or not self.stack:
             raise _NotFast
-        self.memo[self.data[pos]] = self.stack[-1]
+        _put(self.dense, self.data[pos], self.stack[-1])
         return pos + 1
 
     def memo_get(self, code: int, pos: int) -> int:
         if pos >= self.end:
             raise _NotFast
-        self.stack.append(self.memo.get(self.data[pos], _PLAIN))
+        self.stack.append(_get(self.dense, self.data[pos]))
         return pos + 1
 
     def long_memo(self, code: int, pos: int) -> int:
@@ -455,9 +489,9 @@ class _FastScan(_State):
             raise _NotFast
         index = int.from_bytes(self.data[pos : pos + 4], "little")
         if code == _LONG_BINPUT:
-            self.memo[index] = self.stack[-1]
+            _put(self.dense, index, self.stack[-1])
         else:
-            self.stack.append(self.memo.get(index, _PLAIN))
+            self.stack.append(_get(self.dense, index))
         return pos + 4
 
     def mark(self, code: int, pos: int) -> int:
@@ -543,7 +577,7 @@ class _FastScan(_State):
     def other(self, code: int, pos: int) -> int:
         """One instruction through `_State.general` (its argument read by pickletools)."""
         op = _BY_CODE.get(code)
-        if op is None:
+        if op is None or op.name in _MEMO_BY_TEXT:  # the dict memo's scan does these
             raise _NotFast
         arg = None
         if op.arg is not None:
@@ -591,7 +625,7 @@ class _Entries:
     one by one: 2.5 s for 100,000 keys."""
 
     def __init__(self, scan: _FastScan) -> None:
-        self.scan, self.data, self.memo = scan, scan.data, scan.memo
+        self.scan, self.data, self.memo = scan, scan.data, scan.dense
         self.usable = scan.limits.max_container_items >= 64
         self._entry_kinds: dict[tuple[Any, ...], tuple[tuple[str, ...], int]] = {}  # `_seen`
 
@@ -620,10 +654,10 @@ class _Entries:
         self, key: str, storage_key: str, head: tuple[Any, ...], tail: re.Match[bytes]
     ) -> tuple[int, int] | None:
         memo, special = self.memo, self.scan.special
-        got = [memo.get(_index(head[i], head[i + 1]), _PLAIN) for i in (2, 4, 6)]
-        got.append(memo.get(_index(tail[3], tail[4]), _PLAIN))  # location
+        got = [_get(memo, _index(head[i], head[i + 1])) for i in (2, 4, 6)]
+        got.append(_get(memo, _index(tail[3], tail[4])))  # location
         rebuild, storage, kind, location = got
-        od = memo.get(_index(tail[13], tail[14]), _PLAIN)
+        od = _get(memo, _index(tail[13], tail[14]))
         if (
             storage != "str:storage"
             or kind not in self.scan.dangerous
@@ -647,7 +681,7 @@ class _Entries:
         )
         for short, long, tag in writes:
             if short is not None or long is not None:  # torch.save memoizes no empty tuple
-                memo[_index(short, long)] = tag
+                _put(memo, _index(short, long), tag)
         self.scan.stack += (key_tag, _OBJECT)
         return tail.end(), self._seen(tail)
 
