@@ -74,5 +74,10 @@ else:
     try:
         status.banner(studio)
         page.run()
-    finally:
+    except BaseException:  # a rerun or stop asked for by the page: no wait
         scoring.release(studio)  # a scoring started by this run begins now
+        raise
+    # A scoring started by this run begins now; one that ends at once (the shapes told, or
+    # a kept ranking) is shown at once, not at the next refresh of its progress.
+    if scoring.release(studio, wait=scoring.QUICK_SECONDS):
+        st.rerun()

@@ -18,10 +18,16 @@ import recovery_core as rc
 from dashboard import datasets, state, ui
 
 BUDGET_SECONDS = 60.0
-SAMPLES = 128  # enough examples to rank settings; more only makes the wait longer
+# The search scores on the samples `recovery recover` scores on (score_candidates'
+# default): the ranking, its losses and what is found are the command line's. With 128
+# the app ranked the demo on half its samples and showed other losses than the CLI.
 # A job waits for the page that started it to be drawn (`release`): the search and the
 # page would otherwise share the CPU, and the first page took ~1 s longer. At most this long.
 HOLD_SECONDS = 10.0
+# A search that ends this soon after its page is drawn (the shapes alone told that
+# nothing can run, or the ranking was kept) is shown by drawing the page again at once,
+# not at the progress's next refresh (status.REFRESH_SECONDS later).
+QUICK_SECONDS = 0.3
 # Finished searches, shared by this server's sessions: the same checkpoint, data, mapping,
 # values and names score the same, so a reload, a second visitor of the demo or a choice
 # taken back gets the ranking at once instead of waiting for the search again. A result
@@ -97,7 +103,7 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
     job = ScoringJob(state.spec_key(studio.recovery.spec), tuple(names), automatic)
     # Everything the search reads: the weights (by content), the data and how it feeds the
     # model, the settings it starts from and the ones it scores.
-    key = f"{studio.opened.source.key}|{_data_key(studio)}|{job.names}|{SAMPLES}"
+    key = f"{studio.opened.source.key}|{_data_key(studio)}|{job.names}"
 
     def progress(done: int, total: int) -> None:
         job.done, job.total = done, total
@@ -108,7 +114,6 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
     search = studio.recovery.scorer(
         names,
         budget_seconds=BUDGET_SECONDS,
-        max_samples=SAMPLES,
         progress=progress,
         threads=None,  # process-wide: the app chose it once for every session
     )
@@ -137,10 +142,15 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
     return job
 
 
-def release(studio: state.Studio) -> None:
-    """The page is drawn: the session's scoring may use the CPU now."""
-    if studio.scoring is not None:
-        studio.scoring._go.set()
+def release(studio: state.Studio, wait: float = 0.0) -> bool:
+    """The page is drawn: the session's scoring may use the CPU now. True when this
+    released a held job and it ended within `wait` seconds: draw the page again to show it."""
+    job = studio.scoring
+    if job is None or job._go.is_set():
+        return False  # none, or released by an earlier run (already shown running)
+    job._go.set()
+    job.join(wait)
+    return not job.running
 
 
 def _data_key(studio: state.Studio) -> str:
