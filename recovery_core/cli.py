@@ -213,9 +213,7 @@ def _codegen(args: argparse.Namespace) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    from recovery_core.io import sandbox
-
-    sandbox.prestart()  # the file reader imports torch while this process does
+    # recover reads the checkpoint and the data before it imports torch (see recover()).
     from recovery_core.recover import RecoverOptions, recover
 
     options = RecoverOptions(

@@ -6,24 +6,27 @@ the dashboard drives one by one.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recovery_core import humanize
 from recovery_core.errors import ExportError
-from recovery_core.export.exporter import (
-    ExportBundle,
-    export_paths,
-    formats_to_write,
-    refuse_overwriting_input,
-)
-from recovery_core.fit.search import SearchResult
-from recovery_core.fit.train import Method, TrainingResult
+from recovery_core.export.files import export_paths, formats_to_write, refuse_overwriting_input
+from recovery_core.io import sandbox
+from recovery_core.io.checkpoint import load_checkpoint
+from recovery_core.io.data_file import check_before_torch
 from recovery_core.model.spec import ArchSpec
 from recovery_core.plan import TrainingSettings
-from recovery_core.session import Log, Recovery, choose_forward
+
+# Nothing above imports torch: `recover` reads its files first (see `recover`).
+if TYPE_CHECKING:
+    from recovery_core.export.exporter import ExportBundle
+    from recovery_core.fit.search import SearchResult
+    from recovery_core.fit.train import Method, TrainingResult
+    from recovery_core.session import Log
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,16 @@ def recover(
     written = [*export_paths(out.parent, out.stem, with_code=True).values()]
     written += [report_path] if report_path else []
     refuse_overwriting_input(written, [checkpoint_path, data_path])
+    # Both files are read before torch is imported, each in a limited child forked from
+    # this process while it is small (no torch-importing file reader beside it); a
+    # dataset that needs torch's unpickler gets that reader started now, so that its
+    # import overlaps ours.
+    checkpoint = load_checkpoint(checkpoint_path)
+    checked = check_before_torch(data_path)
+    if checked is None and "torch" not in sys.modules:
+        sandbox.prestart()
+    from recovery_core.session import Recovery  # imports torch
+
     recovery = Recovery.open(
         checkpoint_path,
         wiring=options.wiring,
@@ -109,14 +122,22 @@ def recover(
         writes=written,
         reads=[data_path],
         log=log,
+        checkpoint=checkpoint,
     )
-    recovery.map_data(data_path, options.inputs, options.target, options.loss)
+    recovery.map_data(data_path, options.inputs, options.target, options.loss, checked=checked)
     search = recovery.search(options.search_budget_seconds)
     training = recovery.train(
         options.training, options.unfreeze, device=options.device, progress_bar=progress_bar
     )
     bundle = recovery.export(str(out), formats=options.formats, report_path=report_path)
     return RecoverResult(recovery.spec, search, training, bundle, str(out))
+
+
+def choose_forward(spec: ArchSpec, name: str | None) -> ArchSpec:
+    """`session.choose_forward`, imported where it is used (session imports torch)."""
+    from recovery_core.session import choose_forward as chosen
+
+    return chosen(spec, name)
 
 
 __all__ = ["RecoverOptions", "RecoverResult", "choose_forward", "recover"]

@@ -51,6 +51,7 @@ from recovery_core.io.data import (
     mapped_tensors,
     split_indices,
 )
+from recovery_core.io.data_file import CheckedFile
 from recovery_core.model.budget import check_build_budget
 from recovery_core.model.build import build_model, load_weights
 from recovery_core.model.codegen import generate_code
@@ -479,13 +480,14 @@ class Recovery(RecoveryData):
         writes: Sequence[str] = (),
         reads: Sequence[str] = (),
         log: Log = _quiet,
+        checkpoint: Checkpoint | None = None,
     ) -> Recovery:
         """Load the checkpoint (refusing `writes` that are files it reads, its shards or
         `reads`), check its build budget, infer its spec with the named forward and fix
-        the `values` the person knows."""
+        the `values` the person knows. `checkpoint`: `path` loaded already."""
         from recovery_core.export.exporter import refuse_overwriting_input
 
-        checkpoint = load_checkpoint(path)
+        checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
         read = (path, *checkpoint.source_files, *reads)
         refuse_overwriting_input(list(writes), list(read))
         check_build_budget(checkpoint)  # declared sizes, before any model is built
@@ -505,9 +507,12 @@ class Recovery(RecoveryData):
         inputs: Sequence[str] = (),
         target: str | None = None,
         loss: str | None = None,
+        *,
+        checked: CheckedFile | None = None,
     ) -> DataMapping:
-        """Read the dataset and decide which entries feed the model and which it is scored on."""
-        self.use_data(load_dataset(path), os.path.basename(path))
+        """Read the dataset and decide which entries feed the model and which it is scored
+        on. `checked`: the file's checks passed before torch was loaded (see load_dataset)."""
+        self.use_data(load_dataset(path, checked=checked), os.path.basename(path))
         mapping = self.map(inputs, target, loss)
         self.log(
             f"loss: {mapping.loss}; evaluated on the same data it trains on (no validation split)"

@@ -20,10 +20,9 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,6 +31,15 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from recovery_core.errors import ExportError
+from recovery_core.export.files import (
+    FORMATS,
+    InputPaths,
+    export_paths,
+    formats_to_write,
+    refuse_input,
+    refuse_overwriting_input,
+    write_atomic,
+)
 from recovery_core.fit.freeze import eval_mode
 
 OUTPUT_TOLERANCE = 1e-5
@@ -156,69 +164,6 @@ def frozen_unchanged(changes: Sequence[TensorChange]) -> Check:
     )
 
 
-# ---------------------------------------------------------------- atomic writes
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`.
-
-    The temporary name is random and created with O_EXCL (mkstemp) in the target's own
-    folder, so a planted file or symlink is never written through; a `path` that is a
-    symlink is refused rather than replaced or followed. Disk errors become ExportError.
-    """
-    path = os.fspath(path)
-    name = os.path.basename(path)
-    if os.path.islink(path):
-        raise ExportError(
-            f"Refusing to write {name}: it is a symbolic link; choose a plain file name."
-        )
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise ExportError(
-            f"Could not write {name}: {e.strerror or type(e).__name__}; choose another folder."
-        ) from None
-    finally:
-        if tmp is not None and os.path.lexists(tmp):
-            os.unlink(tmp)
-
-
-_atomic_write = write_atomic
-
-
-# The files a recovery read (checkpoint, shards, index, dataset): one path or several.
-InputPaths = str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None
-
-
-def _refuse_input(path: str, input_path: InputPaths) -> None:
-    for each in _input_list(input_path):
-        same = os.path.realpath(path) == os.path.realpath(each)
-        if not same and os.path.exists(path) and os.path.exists(each):
-            same = os.path.samefile(path, each)
-        if same:
-            raise ExportError(
-                f"Refusing to write {os.path.basename(path)}: it is the checkpoint you loaded, "
-                "or a file read with it (a shard, its index or the dataset); choose another "
-                "output name."
-            )
-
-
-def _input_list(inputs: Any) -> list[str]:
-    if inputs is None:
-        return []
-    if isinstance(inputs, (str, os.PathLike)):
-        return [os.fspath(inputs)]
-    return [os.fspath(i) for i in inputs if i is not None]
-
-
 def _to_bytes(save: Callable[[io.BytesIO], None]) -> bytes:
     buffer = io.BytesIO()
     save(buffer)
@@ -299,7 +244,7 @@ def export_torchscript(
 ) -> ExportCheck:
     """Script the model (trace only where scripting fails), save atomically, verify."""
     path = os.fspath(path)
-    _refuse_input(path, input_path)
+    refuse_input(path, input_path)
     example_inputs = tuple(example_inputs)
     with eval_mode(model):
         note, method = "", "script"
@@ -355,7 +300,7 @@ def _saved_and_verified(
 ) -> ExportCheck:
     """Write the file `written` names (atomically), reload it and verify it; `written` holds
     the checks so far, which the reload's and `verify`'s are added to."""
-    _atomic_write(written.path, _to_bytes(save))
+    write_atomic(written.path, _to_bytes(save))
     name, load = loader
     try:
         loaded = load()
@@ -449,7 +394,7 @@ def export_program(
     Returns a failed ExportCheck (never raises) when torch.export cannot handle the model.
     """
     path = os.fspath(path)
-    _refuse_input(path, input_path)
+    refuse_input(path, input_path)
     # Contiguous: a program traced on a slice guards on its strides, and rejects the
     # contiguous tensors people pass.
     example_inputs = tuple(t.contiguous() for t in example_inputs)
@@ -514,10 +459,10 @@ def export_state_dict(
     """The weights as a torch `.pt` state dict and as `.safetensors`, each reloaded and compared."""
     path_pt, path_st = os.fspath(path_pt), os.fspath(path_safetensors)
     for p in (path_pt, path_st):
-        _refuse_input(p, input_path)
+        refuse_input(p, input_path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
-    _atomic_write(path_pt, _to_bytes(lambda b: torch.save(state, b)))
+    write_atomic(path_pt, _to_bytes(lambda b: torch.save(state, b)))
     try:
         reloaded = torch.load(path_pt, map_location="cpu", weights_only=True)
         pt_checks: tuple[Check, ...] = (
@@ -533,7 +478,7 @@ def export_state_dict(
     # safetensors refuses tensors that share memory (tied weights): store each as its own copy.
     flat, tied = _untie(state)
     note = f"tied weights stored as separate copies: {', '.join(tied)}" if tied else ""
-    _atomic_write(path_st, save(flat, metadata=dict(metadata) if metadata else None))
+    write_atomic(path_st, save(flat, metadata=dict(metadata) if metadata else None))
     try:
         st_checks: tuple[Check, ...] = (
             Check("reloads", True, "safetensors load_file succeeded"),
@@ -578,32 +523,6 @@ def _equal_tensors(reloaded: Mapping[str, Tensor], state: Mapping[str, Tensor]) 
 
 
 # ---------------------------------------------------------------- everything
-
-
-def export_paths(out_dir: str | os.PathLike[str], stem: str, *, with_code: bool) -> dict[str, str]:
-    """Where `export_all` writes each kind of file."""
-    out = os.fspath(out_dir)
-    paths = {
-        "torchscript": os.path.join(out, f"{stem}.pt"),
-        "torch.export": os.path.join(out, f"{stem}.pt2"),
-        "state_dict": os.path.join(out, f"{stem}_state_dict.pt"),
-        "safetensors": os.path.join(out, f"{stem}.safetensors"),
-        "report": os.path.join(out, "report.json" if stem == "model" else f"{stem}_report.json"),
-    }
-    if with_code:
-        paths["code"] = os.path.join(out, f"{stem}.py")
-    return paths
-
-
-def refuse_overwriting_input(
-    paths: Iterable[str],
-    input_path: InputPaths,
-) -> None:
-    """ExportError when any of `paths` is a file that was read: `input_path` is one path
-    or all of them (checkpoint, shards, index, dataset). Compared by real path and by
-    samefile, so links and other spellings of the same file are caught."""
-    for path in paths:
-        _refuse_input(path, input_path)
 
 
 def export_all(
@@ -757,31 +676,12 @@ def _write_report(bundle: ExportBundle, report: Mapping[str, Any]) -> None:
         ],
     }
     text = json.dumps(_finite(full_report), indent=2, default=_json_default, allow_nan=False)
-    _atomic_write(bundle.report_path, text.encode())
-
-
-# What export_all can write besides the report; the TorchScript file is always written.
-FORMATS = ("torchscript", "torch.export", "state_dict", "safetensors", "code")
-
-
-def formats_to_write(formats: Collection[str] | None) -> set[str]:
-    """The formats export_all writes for `formats` (None: all); ExportError for unknown ones."""
-    if formats is None:
-        return set(FORMATS)
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown:
-        raise ExportError(
-            f"unknown export format {', '.join(unknown)}; choose from {', '.join(FORMATS)}"
-        )
-    wanted = {"torchscript", *formats}
-    if wanted & {"state_dict", "safetensors"}:
-        wanted |= {"state_dict", "safetensors"}  # one reload serves both: written together
-    return wanted
+    write_atomic(bundle.report_path, text.encode())
 
 
 def _export_code(code: str, path: str) -> ExportCheck:
     """Write the generated source; check it parses (it is never run here)."""
-    _atomic_write(path, code.encode())
+    write_atomic(path, code.encode())
     try:
         compile(code, os.path.basename(path), "exec", dont_inherit=True)
         check = Check("valid Python", True, f"{len(code.splitlines())} lines parse")
@@ -870,6 +770,11 @@ def _first_line(e: BaseException) -> str:
 
 
 __all__ = [
+    "FORMATS",  # where and how files are written: export/files.py, torch-free
+    "export_paths",
+    "formats_to_write",
+    "refuse_overwriting_input",
+    "write_atomic",
     "Check",
     "ExportBundle",
     "ExportCheck",

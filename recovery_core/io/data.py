@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from os import PathLike
@@ -26,10 +25,9 @@ from torch.utils.data import TensorDataset
 
 from recovery_core.errors import DataError, RecoveryError
 from recovery_core.fit.freeze import eval_mode
-from recovery_core.io.container import check_safetensors_header, open_regular
+from recovery_core.io.container import check_safetensors_header
+from recovery_core.io.data_file import CheckedFile, check_in_child, check_records, file_format
 from recovery_core.io.limits import LoadLimits
-from recovery_core.io.sandbox import run_isolated
-from recovery_core.io.torch_file import load_torch_legacy, load_torch_zip
 from recovery_core.model.spec import ModelInput
 
 # The losses by name; the names appear in the CLI, plans and reports: a contract.
@@ -50,11 +48,8 @@ TARGET_NAMES = (
     "output",
 )
 
-# Bound the work on untrusted files (zip members, entries).
-MAX_ZIP_MEMBERS = 10_000
+# Bound the work on untrusted files (entries; the zip members' bounds: data_file.py).
 MAX_ENTRIES = 1_000
-# A compressed member may inflate more than 100x only below this size (a compression bomb).
-MAX_INFLATED_BYTES = 64 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -111,32 +106,35 @@ class LossFunction:
 # ---------------------------------------------------------------- loading
 
 
-def load_dataset(source: str | PathLike[str] | bytes, *, name: str | None = None) -> Dataset:
+def load_dataset(
+    source: str | PathLike[str] | bytes,
+    *,
+    name: str | None = None,
+    checked: CheckedFile | None = None,
+) -> Dataset:
     """Read a dataset file (or uploaded bytes) into named tensors.
 
     Accepts a torch-saved dict of tensors, a tuple/list `(inputs..., target)`, a pickled
     `TensorDataset`, a `.safetensors` file or a `.npz` file; the format is sniffed from
-    the content, not the name.
+    the content, not the name. `checked`: the file's checks already passed before torch
+    was loaded (`data_file.check_before_torch`); they are not run again while the path
+    still names that file, unchanged.
     """
     if isinstance(source, bytes):
         with _private_copy(source) as path:
             return load_dataset(path, name=name or "uploaded dataset")
     path = os.fspath(source)
     display = name or os.path.basename(path)
-    try:  # a regular file of bounded size, never a FIFO, device or /proc entry
-        with open_regular(Path(path), f"The dataset {display}") as (_, size):
-            pass
-    except RecoveryError as e:
-        raise DataError(str(e)) from None
-    if size > LoadLimits().max_file_bytes:
-        raise DataError(f"The dataset {display} is {size} bytes, above this tool's limit.")
-    fmt = _sniff(path, display)
+    if checked is not None and checked.still_names(path):
+        fmt = checked.format
+    else:
+        fmt, checked = file_format(path, display), None
     if fmt == "npz":
         tensors = _read_npz(path, display)
     elif fmt == "safetensors":
         tensors = _read_safetensors(path, display)
     else:
-        fmt, tensors = _read_torch(path, display)
+        fmt, tensors = _read_torch(path, display, checked=checked is not None)
     return _make_dataset(tensors, display, fmt)
 
 
@@ -148,53 +146,6 @@ def _private_copy(data: bytes) -> Iterator[str]:
         with open(path, "wb") as f:
             f.write(data)
         yield path
-
-
-def _sniff(path: str, display: str) -> str:
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if not head:
-        raise DataError(f"The dataset {display} is empty.")
-    if head.startswith(b"PK\x03\x04"):
-        members = _zip_members(path, display)
-        if members and all(m.endswith(".npy") for m in members):
-            return "npz"
-        return "torch"
-    if len(head) >= 9:
-        header_len = int.from_bytes(head[:8], "little")
-        if 0 < header_len < 100_000_000 and head[8:9] == b"{":
-            return "safetensors"
-    if head[:1] == b"\x80":  # a pickle protocol marker: torch's legacy format
-        return "torch"
-    raise DataError(
-        f"{display} is not a dataset we can read; save it with torch.save (a dict of "
-        "tensors), safetensors or numpy.savez."
-    )
-
-
-def _zip_members(path: str, display: str) -> list[str]:
-    """Member names, after bounding what the archive declares it would unpack to."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-    except Exception as e:  # noqa: BLE001 - zipfile raises many types on damaged archives
-        raise DataError(f"{display} is a damaged zip archive ({type(e).__name__}).") from None
-    names = [i.filename for i in infos]
-    if len(infos) > MAX_ZIP_MEMBERS or len(set(names)) != len(names):
-        raise DataError(f"{display} has too many or duplicate archive members; it was refused.")
-    if sum(i.file_size for i in infos) > LoadLimits().max_file_bytes:
-        raise DataError(f"{display} would unpack to more than this loader allows; it was refused.")
-    for info in infos:  # numpy.savez_compressed deflates; zeros shrink ~1000x, data ~2x
-        inflated = info.file_size > MAX_INFLATED_BYTES and info.file_size > 100 * max(
-            info.compress_size, 1
-        )
-        if info.compress_type != zipfile.ZIP_STORED and inflated:
-            raise DataError(
-                f"{display}: member {info.filename!r} would inflate {info.compress_size} bytes "
-                f"to {info.file_size}; a compression bomb is refused (save it uncompressed "
-                "with numpy.savez)."
-            )
-    return names
 
 
 def _read_npz(path: str, display: str) -> dict[str, Tensor]:
@@ -222,20 +173,13 @@ def _read_safetensors(path: str, display: str) -> dict[str, Tensor]:
         raise DataError(f"{display} could not be read as a safetensors file ({e}).") from None
 
 
-def _read_torch(path: str, display: str) -> tuple[str, dict[str, Tensor]]:
+def _read_torch(path: str, display: str, *, checked: bool = False) -> tuple[str, dict[str, Tensor]]:
     # The same checks as a checkpoint's, in the killable, limited child: records, the
     # pickle scan (no uninitialised-memory constructors) and torch's own parse on the
-    # meta device. Only a file that passed is unpickled here, onto the CPU.
-    try:
-        run_isolated(
-            check_torch_dataset,
-            (path, display, LoadLimits()),
-            display=display,
-            seconds=LoadLimits().time_budget_seconds,
-            memory_bytes=LoadLimits().parse_memory_bytes,
-        )
-    except RecoveryError as e:
-        raise DataError(f"The dataset could not be loaded safely: {e}") from None
+    # meta device (unless they passed before torch was loaded: `checked`). Only a file
+    # that passed is unpickled here, onto the CPU.
+    if not checked:
+        check_in_child(check_torch_dataset, path, display)
     try:
         # Only TensorDataset is allowed beyond plain tensors and containers.
         with torch.serialization.safe_globals([TensorDataset]):
@@ -261,12 +205,11 @@ def _read_torch(path: str, display: str) -> tuple[str, dict[str, Tensor]]:
 
 
 def check_torch_dataset(path: str, display: str, limits: LoadLimits) -> tuple[None, list[bytes]]:
-    """In the parsing child: everything `_read_torch` will meet, on the meta device."""
+    """In the parsing child: everything `_read_torch` will meet, on the meta device. Here,
+    in a module that imports torch, so that a reader started without torch imports it
+    once (for all its children) before its first dataset."""
     with torch.serialization.safe_globals([TensorDataset]):
-        if zipfile.is_zipfile(path):
-            load_torch_zip(Path(path), display, limits)
-        else:
-            load_torch_legacy(Path(path), display, limits, read_values=False)
+        check_records(path, display, limits)
     return None, []
 
 
