@@ -16,8 +16,8 @@ from recovery_core import humanize
 from recovery_core.errors import ExportError
 from recovery_core.export.files import export_paths, formats_to_write, refuse_overwriting_input
 from recovery_core.io import sandbox
-from recovery_core.io.checkpoint import load_checkpoint
-from recovery_core.io.data_file import check_before_torch
+from recovery_core.io.checkpoint import Checkpoint, load_checkpoint
+from recovery_core.io.data_file import CheckedFile, check_before_torch
 from recovery_core.model.spec import ArchSpec
 from recovery_core.plan import TrainingSettings
 
@@ -86,16 +86,27 @@ class RecoverResult:
         return "\n".join(lines)
 
 
-def recover(
+@dataclass(frozen=True)
+class OpenedFiles:
+    """What `recover` does before it imports torch: the output checked, the checkpoint
+    read and the dataset's checks made (None: left to the full file reader)."""
+
+    checkpoint_path: str
+    data_path: str
+    written: tuple[str, ...]  # every file it may write (none of them a file it reads)
+    checkpoint: Checkpoint
+    checked: CheckedFile | None
+
+
+def open_files(
     checkpoint_path: str,
     data_path: str,
     out_path: str,
     options: RecoverOptions = RecoverOptions(),
     *,
     report_path: str | None = None,
-    log: Log = lambda line: None,
-    progress_bar: bool = False,
-) -> RecoverResult:
+) -> OpenedFiles:
+    """`recover`'s first step, which needs no torch: refuse a bad output, read the files."""
     out = Path(out_path)
     if out.suffix != ".pt":
         raise ExportError(f"--out should name a TorchScript file ending in .pt, got {out.name!r}")
@@ -113,24 +124,45 @@ def recover(
     checked = check_before_torch(data_path)
     if checked is None and "torch" not in sys.modules:
         sandbox.prestart()
+    return OpenedFiles(checkpoint_path, data_path, tuple(written), checkpoint, checked)
+
+
+def recover(
+    checkpoint_path: str,
+    data_path: str,
+    out_path: str,
+    options: RecoverOptions = RecoverOptions(),
+    *,
+    report_path: str | None = None,
+    log: Log = lambda line: None,
+    progress_bar: bool = False,
+    opened: OpenedFiles | None = None,
+) -> RecoverResult:
+    """The whole job; `opened`: its first step (`open_files`) done already."""
+    if opened is None:
+        opened = open_files(checkpoint_path, data_path, out_path, options, report_path=report_path)
+    assert (opened.checkpoint_path, opened.data_path) == (checkpoint_path, data_path)
     from recovery_core.session import Recovery  # imports torch
 
     recovery = Recovery.open(
         checkpoint_path,
         wiring=options.wiring,
         values=options.fixed,
-        writes=written,
+        writes=opened.written,
         reads=[data_path],
         log=log,
-        checkpoint=checkpoint,
+        checkpoint=opened.checkpoint,
     )
-    recovery.map_data(data_path, options.inputs, options.target, options.loss, checked=checked)
+    recovery.map_data(
+        data_path, options.inputs, options.target, options.loss, checked=opened.checked
+    )
     search = recovery.search(options.search_budget_seconds)
     training = recovery.train(
         options.training, options.unfreeze, device=options.device, progress_bar=progress_bar
     )
-    bundle = recovery.export(str(out), formats=options.formats, report_path=report_path)
-    return RecoverResult(recovery.spec, search, training, bundle, str(out))
+    out = str(Path(out_path))
+    bundle = recovery.export(out, formats=options.formats, report_path=report_path)
+    return RecoverResult(recovery.spec, search, training, bundle, out)
 
 
 def choose_forward(spec: ArchSpec, name: str | None) -> ArchSpec:
@@ -140,4 +172,11 @@ def choose_forward(spec: ArchSpec, name: str | None) -> ArchSpec:
     return chosen(spec, name)
 
 
-__all__ = ["RecoverOptions", "RecoverResult", "choose_forward", "recover"]
+__all__ = [
+    "OpenedFiles",
+    "RecoverOptions",
+    "RecoverResult",
+    "choose_forward",
+    "open_files",
+    "recover",
+]

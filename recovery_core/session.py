@@ -566,7 +566,6 @@ class Recovery(RecoveryData):
         model = loaded_model(self.spec, self.original)
         loss_fn = loss_function(self.mapping)
         with batch_major(model, dims):
-            _check_runs(model, inputs, target, loss_fn, self.spec)
             self.freeze = plan = plan_freeze(
                 model, list(patterns) or list(default_patterns(model, self.spec))
             )
@@ -577,7 +576,13 @@ class Recovery(RecoveryData):
             )
             config = settings.config(device=device, samples_independent=dims.independent)
             run = TrainingRun(model, plan, inputs, target, loss_fn, config).start()
-            self.result = _followed(run, self.log, progress_bar)
+            try:
+                self.result = _followed(run, self.log, progress_bar)
+            except TrainingError:
+                # Said in the data's terms when the model cannot run on it. Only then: the
+                # run's first forward (its probe, two samples) is that check already.
+                _check_runs(model, inputs, target, loss_fn, self.spec)
+                raise
         drop_batch_major(self.result.model)
         return self.result
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from recovery_core.cli import main
-from recovery_core.errors import ExportError
+from recovery_core.errors import DataError, ExportError
 from recovery_core.recover import RecoverOptions, recover
 from tests.zoo import ZOO_BY_NAME, tokens
 
@@ -175,6 +175,21 @@ def test_a_mapping_given_in_full_is_used_without_guessing(tmp_path):
 
     assert result.training.final_loss < result.training.baseline_loss
     assert result.passed
+
+
+def test_a_model_that_cannot_run_on_the_data_is_refused_in_the_datas_terms(tmp_path):
+    """The reason names the entries to check: the training run's own first forward finds
+    that the model does not run (no separate look before it), then the data is blamed."""
+    torch.manual_seed(2)
+    _, weights, _ = save_case(tmp_path, "mlp_sequential", {"x": torch.randn(16, 16)}, lambda o: o)
+    data = tmp_path / "seven_features.pt"
+    torch.save({"x": torch.randn(16, 7), "target": torch.randn(16, 4)}, data)
+    known = {"1": "ReLU", "2": "Dropout", "4": "Tanh"}
+
+    with pytest.raises(DataError, match=r"cannot run on this data .*--input, --target"):
+        recover(str(weights), str(data), str(tmp_path / "o.pt"), RecoverOptions(fixed=known))
+
+    assert not (tmp_path / "o.pt").exists()
 
 
 def test_recover_never_writes_over_the_dataset(tmp_path):

@@ -27,10 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 KNOWN = {"1": "ReLU", "2": "Dropout", "4": "Tanh"}  # mlp_sequential's activations
 
 # Runs `recovery recover` in a fresh process (torch not loaded, as from a shell) and
-# prints what it started: the interpreters (subprocess.Popen) and whether torch was
-# loaded when the first file reader's child was forked.
+# prints what it started: the interpreters (subprocess.Popen), whether torch was loaded
+# when each file reader's child was forked, and how many objects the collector has
+# frozen (torch's and the library's: no full collection walks them) against the rest.
 RUN_CLI = """
-import json, os, subprocess, sys
+import gc, json, os, subprocess, sys
 started, forked = [], []
 popen_init = subprocess.Popen.__init__
 def counting_init(self, *args, **kwargs):
@@ -44,7 +45,10 @@ def counting_fork():
 os.fork = counting_fork
 from recovery_core.cli import main
 code = main(sys.argv[1:])
-print("RESULT " + json.dumps({"code": code, "interpreters": len(started), "forks": forked}))
+frozen, live = gc.get_freeze_count(), len(gc.get_objects())
+print("RESULT " + json.dumps(
+    {"code": code, "interpreters": len(started), "forks": forked, "frozen": frozen, "live": live}
+))
 """
 
 
@@ -82,6 +86,17 @@ def test_a_dict_dataset_and_the_checkpoint_are_read_without_a_second_interpreter
     assert result["interpreters"] == 0  # no file reader importing torch beside it
     assert result["forks"][:2] == [False, False]  # checkpoint, then dataset: before torch
     assert (tmp_path / "out.pt").exists()
+
+
+def test_the_modules_loaded_for_a_recovery_are_left_out_of_garbage_collection(tmp_path):
+    weights, data = mlp_files(tmp_path, lambda x, y, path: torch.save({"x": x, "y": y}, path))
+
+    result, log = run_recover(weights, data, tmp_path / "out.pt")
+
+    assert result["code"] == 0, log
+    # torch's and the library's objects, frozen once imported, outnumber everything the
+    # run made and still holds: a full collection walks only the latter.
+    assert result["frozen"] > result["live"] > 0
 
 
 def test_a_pickled_tensor_dataset_still_gets_torchs_unpickler(tmp_path):
