@@ -144,26 +144,44 @@ def _rebuild_tensor_v2(
         or storage_offset.__class__ is not int
         or size.__class__ is not tuple
         or stride.__class__ is not tuple
-        or len(size) != len(stride)
         or requires_grad.__class__ is not bool
         or not isinstance(backward_hooks, collections.OrderedDict)
         or backward_hooks
         or metadata
-        or not 0 <= storage_offset < _INT64
     ):
         raise Unsupported("an unusual tensor record")
-    numel, last = 1, storage_offset
+    numel, reach = tensor_layout(size, stride)
+    if not fits(storage, storage_offset, numel, reach):
+        raise Unsupported("a shape its storage does not hold")
+    return TensorRef(storage, storage_offset, size, stride)
+
+
+def tensor_layout(size: tuple[Any, ...], stride: tuple[Any, ...]) -> tuple[int, int]:
+    """(numel, the last element's distance from the first) of a shape and its strides;
+    `Unsupported` for anything but as many sizes as strides, each an int in [0, 2**63)."""
+    if len(size) != len(stride):
+        raise Unsupported("an unusual tensor record")
+    numel, reach = 1, 0
     for n, step in zip(size, stride, strict=True):
         if n.__class__ is not int or step.__class__ is not int or not 0 <= n < _INT64:
             raise Unsupported("an unusual shape or stride")
         if not 0 <= step < _INT64:
             raise Unsupported("an unusual shape or stride")
         numel *= n
-        last += (n - 1) * step
-    # torch's own checks (and ours after it) explain a shape its storage does not hold.
-    if numel >= _INT64 or numel and (last + 1) * DTYPE_ITEMSIZE[storage.dtype] > storage.nbytes:
+        reach += (n - 1) * step
+    if numel >= _INT64:
         raise Unsupported("a shape its storage does not hold")
-    return TensorRef(storage, storage_offset, size, stride)
+    return numel, reach
+
+
+def fits(storage: StorageRef, storage_offset: int, numel: int, reach: int) -> bool:
+    """The view lies inside its storage (torch's own checks, and ours after it, explain
+    one that does not)."""
+    if not 0 <= storage_offset < _INT64:
+        return False
+    return not numel or (storage_offset + reach + 1) * DTYPE_ITEMSIZE[storage.dtype] <= (
+        storage.nbytes
+    )
 
 
 def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> TensorRef:
@@ -213,26 +231,48 @@ class _MetadataUnpickler(pickle.Unpickler):
         return found
 
     def persistent_load(self, pid: Any) -> StorageRef:
-        if not (
-            type(pid) is tuple
-            and len(pid) == 5
-            and pid[0] == "storage"
-            and isinstance(pid[1], _StorageClass)
-            and type(pid[2]) is str
-            and type(pid[3]) is str
-            and len(pid[3]) <= _MAX_LOCATION_CHARS
-            and pid[3] != "meta"
-            and type(pid[4]) is int
-            and 0 <= pid[4] < _INT64 // 16
-        ):
-            raise Unsupported("an unusual storage record")
-        _, kind, key, _, numel = pid
-        known = self.storages.get(key)
-        if known is None:
-            known = self.storages[key] = StorageRef(kind.dtype, key, numel)
-        elif known.dtype != kind.dtype or known.numel != numel:
-            raise Unsupported("one storage record declared two ways")
-        return known
+        return storage_record(pid, self.storages)
+
+
+def storage_record(pid: Any, storages: dict[str, StorageRef]) -> StorageRef:
+    """`persistent_load`: the storage a record `('storage', <class>, key, location,
+    numel)` names, one per key (`storages`); anything else is `Unsupported`."""
+    if not (
+        type(pid) is tuple
+        and len(pid) == 5
+        and storage_class(pid[0], pid[1], pid[3]) is not None
+        and type(pid[2]) is str
+    ):
+        raise Unsupported("an unusual storage record")
+    _, kind, key, _, numel = pid
+    return storage_of(kind.dtype, key, numel, storages)
+
+
+def storage_class(word: Any, kind: Any, location: Any) -> _StorageClass | None:
+    """The storage class of a record `(word, kind, key, location, numel)` whose word,
+    class and location are what torch.save writes; None for anything else."""
+    if (
+        word == "storage"
+        and isinstance(kind, _StorageClass)
+        and type(location) is str
+        and len(location) <= _MAX_LOCATION_CHARS
+        and location != "meta"
+    ):
+        return kind
+    return None
+
+
+def storage_of(dtype: str, key: str, numel: Any, storages: dict[str, StorageRef]) -> StorageRef:
+    """The one storage of `key` (`Unsupported` for a numel out of range, or a key
+    declared with another dtype or size)."""
+    if type(numel) is not int or not 0 <= numel < _INT64 // 16:
+        raise Unsupported("an unusual storage record")
+    known = storages.get(key)
+    if known is None:
+        known = storages[key] = StorageRef(dtype, key, numel)
+    elif known.dtype != dtype or known.numel != numel:
+        raise Unsupported("one storage record declared two ways")
+    return known
 
 
 @dataclass(frozen=True)
@@ -261,10 +301,15 @@ def read_data_pkl(data: bytes, facts: dict[str, Any]) -> MetadataPickle:
         raise Unsupported("instructions torch's unpickler treats its own way")
     if facts.get("max_memo_index", 1 << 62) > max(1024, len(data)):
         raise Unsupported("a sparse memo")
+    from recovery_core.io.plain_pickle import read_plain_state_dict  # it imports this module
+
     reader = _MetadataUnpickler(data)
     collecting = gc.isenabled()
     gc.disable()  # ~10 objects per tensor and no cycles: collections were 90% of the time
     try:
+        plain = read_plain_state_dict(data)  # a plain state dict read without unpickling
+        if plain is not None:
+            return plain
         obj = reader.load()
     except (MemoryError, RecursionError):
         raise  # the sandbox turns these into parse_memory_bytes / max_depth refusals
