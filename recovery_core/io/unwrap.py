@@ -184,8 +184,8 @@ def unwrap(obj: Any, display: str, limits: LoadLimits) -> Unwrapped:
             f"{limits.max_keys} (max_keys); it was refused.",
             limit="max_keys",
         )
-    path, chosen = _choose_state_dict(obj, limits)
-    if _direct_tensor_count(chosen) == 0:
+    path, chosen, direct = _choose_state_dict(obj, limits)
+    if direct == 0:
         where = "" if tensor_count == 0 else f" ({tensor_count} tensors only inside other entries)"
         raise CheckpointFormatError(
             f"{display} has no tensors under any entry that looks like a state dict{where}; "
@@ -231,8 +231,11 @@ def _direct_tensor_count(mapping: Mapping) -> int:
     return sum(is_tensor(v) for v in mapping.values())
 
 
-def _choose_state_dict(obj: Mapping, limits: LoadLimits) -> tuple[tuple[str, ...], Mapping]:
-    """The mapping with the most tensors: the top level, or one reached through wrapper keys."""
+def _choose_state_dict(
+    obj: Mapping, limits: LoadLimits
+) -> tuple[tuple[str, ...], Mapping, int]:
+    """The mapping with the most tensors: the top level, or one reached through wrapper
+    keys; with its count of tensors (each candidate counted once: 100,000 values)."""
     candidates: list[tuple[tuple[str, ...], Mapping]] = []
     queue: list[tuple[tuple[str, ...], Mapping]] = [((), obj)]
     while queue:
@@ -244,7 +247,8 @@ def _choose_state_dict(obj: Mapping, limits: LoadLimits) -> tuple[tuple[str, ...
             child = mapping.get(key)
             if isinstance(child, Mapping):
                 queue.append(((*path, key), child))
-    if all(_direct_tensor_count(m) == 0 for _, m in candidates):
+    counts = [_direct_tensor_count(m) for _, m in candidates]
+    if all(count == 0 for count in counts):
         # Unusual names ("generator_g", "backbone"): any top-level dict holding tensors,
         # except optimizer state, which also holds tensors.
         candidates += [
@@ -252,8 +256,10 @@ def _choose_state_dict(obj: Mapping, limits: LoadLimits) -> tuple[tuple[str, ...
             for k, v in obj.items()
             if isinstance(v, Mapping) and "optim" not in str(k).lower()
         ]
+        counts += [_direct_tensor_count(m) for _, m in candidates[len(counts) :]]
     # max() keeps the first of equal counts: top level, then WRAPPER_KEYS order.
-    return max(candidates, key=lambda c: _direct_tensor_count(c[1]))
+    best = max(range(len(candidates)), key=counts.__getitem__)
+    return (*candidates[best], counts[best])
 
 
 def _surroundings(obj: Mapping, path: tuple[str, ...]) -> tuple[dict[str, str], dict[str, Any]]:
