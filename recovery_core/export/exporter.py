@@ -38,6 +38,7 @@ from recovery_core.export.files import (
     formats_to_write,
     refuse_input,
     refuse_overwriting_input,
+    staged_write,
     write_atomic,
 )
 from recovery_core.fit.freeze import eval_mode
@@ -264,7 +265,7 @@ def export_torchscript(
         return _saved_and_verified(
             ExportCheck(path, "torchscript", method, (Check("compiled", True, f"torch.jit.{method}"),), note),
             lambda b: torch.jit.save(compiled, b),
-            ("torch.jit.load", lambda: torch.jit.load(path, map_location="cpu")),
+            ("torch.jit.load", lambda staged: torch.jit.load(staged, map_location="cpu")),
             lambda loaded: _verify_unoptimised(
                 _eager(model), loaded, example_inputs, original_state_dict,
                 other_batch=method == "trace", batch_dim=batch_dim,
@@ -295,19 +296,21 @@ def _verify_unoptimised(
 def _saved_and_verified(
     written: ExportCheck,
     save: Callable[[io.BytesIO], None],
-    loader: tuple[str, Callable[[], Any]],
+    loader: tuple[str, Callable[[str], Any]],
     verify: Callable[[Any], list[Check]],
 ) -> ExportCheck:
-    """Write the file `written` names (atomically), reload it and verify it; `written` holds
-    the checks so far, which the reload's and `verify`'s are added to."""
-    write_atomic(written.path, _to_bytes(save))
-    name, load = loader
-    try:
-        loaded = load()
-    except Exception as e:
-        return replace(written, checks=(*written.checks, Check("reloads", False, _first_line(e))))
-    reloads = Check("reloads", True, f"{name} succeeded")
-    return replace(written, checks=(*written.checks, reloads, *verify(loaded)))
+    """Write the file `written` names (atomically), reload it and verify it while its
+    bytes reach the disk (`staged_write`); `written` holds the checks so far, which the
+    reload's and `verify`'s are added to. `loader` reads the path it is given."""
+    with staged_write(written.path, _to_bytes(save)) as staged:
+        name, load = loader
+        try:
+            loaded = load(staged)
+        except Exception as e:
+            failed = Check("reloads", False, _first_line(e))
+            return replace(written, checks=(*written.checks, failed))
+        reloads = Check("reloads", True, f"{name} succeeded")
+        return replace(written, checks=(*written.checks, reloads, *verify(loaded)))
 
 
 def _eager(model: nn.Module) -> Callable[[tuple[Tensor, ...]], list[Tensor]]:
@@ -418,7 +421,7 @@ def export_program(
         return _saved_and_verified(
             ExportCheck(path, "torch.export", "export", (exported,), note, optional=True),
             lambda b: torch.export.save(program, b),
-            ("torch.export.load", lambda: torch.export.load(path).module()),
+            ("torch.export.load", lambda staged: torch.export.load(staged).module()),
             lambda loaded: _verify_reloaded(
                 _standard_path(model), loaded, example_inputs, original_state_dict,
                 other_batch=not fixed,  # fixed shapes take only the example's batch size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from torch import nn
 
 from recovery_core.errors import ExportError
 from recovery_core.export import exporter as export_module
+from recovery_core.export import files
 from recovery_core.export.exporter import (
     Exporter,
     compare_state_dicts,
@@ -158,6 +160,48 @@ def test_an_export_killed_between_write_and_rename_leaves_no_half_file(tmp_path,
         export_torchscript(model, (torch.randn(2, 4),), final, model.state_dict())
     assert final.read_bytes() == b"previous export"
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary left behind
+
+
+def test_the_torchscript_file_is_checked_while_its_bytes_reach_the_disk(tmp_path, monkeypatch):
+    """The reload and the checks do not wait for fsync (which took seconds while other
+    processes wrote); the file appears under its name only once it is on the disk."""
+    model, final = mlp(), tmp_path / "model.pt"
+    reloaded = threading.Event()
+    disk: list[bool] = []  # per fsync: had the file been reloaded when the disk finished?
+    real_fsync, real_load = os.fsync, torch.jit.load
+
+    def slow_disk(fd):
+        disk.append(reloaded.wait(timeout=10))
+        real_fsync(fd)
+
+    def load(path, *args, **kwargs):
+        assert not final.exists()  # read back from the staged file, not yet renamed
+        loaded = real_load(path, *args, **kwargs)
+        reloaded.set()
+        return loaded
+
+    monkeypatch.setattr(files.os, "fsync", slow_disk)
+    monkeypatch.setattr(torch.jit, "load", load)
+    check = export_torchscript(model, (torch.randn(2, 4),), final, model.state_dict())
+
+    assert check.passed, check.checks
+    assert disk == [True]
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # renamed, nothing left over
+    x = torch.randn(3, 4)
+    assert torch.equal(real_load(final).eval()(x), model.eval()(x))
+
+
+def test_a_write_the_disk_refuses_leaves_nothing_under_the_name(tmp_path, monkeypatch):
+    def failing_disk(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(files.os, "fsync", failing_disk)
+    with pytest.raises(ExportError, match="Could not write model.pt: Input/output error"):
+        files.write_atomic(tmp_path / "model.pt", b"bytes")
+    model = mlp()
+    with pytest.raises(ExportError, match="Could not write model.pt"):
+        export_torchscript(model, (torch.randn(2, 4),), tmp_path / "model.pt", model.state_dict())
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_torch_export_round_trip_accepts_another_batch_size(tmp_path):
