@@ -1,6 +1,6 @@
 """Section 8 by hand, quickly: `recover` against the careful script, interleaved.
 
-    python benchmarks/forward_ratios.py [--rounds 3] [--sequences 2000] FAMILY ...
+    python benchmarks/forward_ratios.py [--rounds 3] [--sequences 2000] [--target T] FAMILY ...
 
 Each round runs, one whole process after the other, the careful script
 (benchmarks/careful_seq2seq.py), `recover` with the hidden values fixed and `recover` with
@@ -52,6 +52,12 @@ def main() -> None:
     parser.add_argument("families", nargs="+")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sequences", type=int, default=2000)
+    parser.add_argument(
+        "--target",
+        choices=("new_head", "own_outputs"),
+        default=workloads.FORWARD_TARGET,
+        help="the data's targets (benchmarks/workloads.py FORWARD_TARGET)",
+    )
     args = parser.parse_args()
     folder = workloads.cases.ROOT / "benchmarks" / "_work" / "forward"  # as run.py
     folder.mkdir(parents=True, exist_ok=True)
@@ -59,7 +65,7 @@ def main() -> None:
     table = ["| family | sequences | run | whole process | vs careful (per round) | loss |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for family in args.families:
-        weights, data = workloads.family_files(family, args.sequences, str(folder))
+        weights, data = workloads.family_files(family, args.sequences, str(folder), args.target)
         rounds = [one_round(family, weights, data, str(folder)) for _ in range(args.rounds)]
         table += rows(family, args.sequences, rounds)
     load.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())

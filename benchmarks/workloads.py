@@ -401,8 +401,23 @@ def summarise_reruns(seconds: list[float]) -> dict[str, float]:
 # --- 8. forward recovery on the seq2seq family ---------------------------------------------
 
 
-def family_files(family: str, sequences: int, folder: str) -> tuple[str, str]:
-    """A family's weights (benchmarks/families.py) and data it fits (its outputs plus noise)."""
+# Section 8's targets, one switch (the data file's name says which):
+# - "new_head": the same trunk read out by a DIFFERENT output layer, its weight and bias a
+#   seeded draw of the checkpoint's head's shape and scale, plus the same noise. A new task
+#   for the same trunk, which is what retraining the output layer is for: the checkpoint's
+#   head starts far above the least-squares optimum (thousands of times the noise floor),
+#   so every contender has to train it to reach the mark.
+# - "own_outputs": the model's own outputs plus noise (section 8 before 2026-12-02). The
+#   checkpoint's head is then already at the optimum, so "training" it is one evaluation.
+FORWARD_TARGET = "new_head"
+NEW_HEAD_SEED = 2  # the draw of the target's output layer
+
+
+def family_files(
+    family: str, sequences: int, folder: str, target: str = FORWARD_TARGET
+) -> tuple[str, str]:
+    """A family's weights (benchmarks/families.py: always the ORIGINAL checkpoint) and its
+    data: the inputs as the model takes them and targets as `target` says (see above)."""
     from families import FAMILIES
 
     from tests.forward_zoo import FORWARD_BY_NAME
@@ -410,12 +425,28 @@ def family_files(family: str, sequences: int, folder: str) -> tuple[str, str]:
     case = FORWARD_BY_NAME[FAMILIES[family].case]
     model = case.make()
     weights = Path(folder) / f"{family}_weights.pt"
-    data = Path(folder) / f"{family}_{sequences}.pt"
+    suffix = {"own_outputs": "", "new_head": "_new_head"}[target]
+    data = Path(folder) / f"{family}_{sequences}{suffix}.pt"
     if not weights.exists():
         torch.save(model.state_dict(), weights)
     if not data.exists():
-        torch.save(case.data(model, sequences), data)
+        teacher = model if target == "own_outputs" else redrawn_head(model, FAMILIES[family].head)
+        torch.save(case.data(teacher, sequences), data)
     return str(weights), str(data)
+
+
+def redrawn_head(model: nn.Module, head: str, seed: int = NEW_HEAD_SEED) -> nn.Module:
+    """A copy of `model` whose output layer `head` is a seeded random draw with each of its
+    tensors' mean and standard deviation: the same trunk, a different readout."""
+    import copy
+
+    teacher = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in teacher.get_submodule(head).parameters():
+            draw = torch.randn(param.shape, generator=gen)
+            param.copy_(param.mean() + param.std() * draw)
+    return teacher.eval()
 
 
 def whole_process(command: list[str]) -> dict[str, Any]:
@@ -455,8 +486,8 @@ def recover_family(
     `formats` is `--formats` (None: the default, every format)."""
     from families import FAMILIES
 
-    command = ["-m", "recovery_core", "recover", weights, "--data", data]
-    command += ["--out", str(Path(folder) / f"{family}_{'fixed' if fixed else 'found'}.pt")]
+    out = Path(folder) / f"{family}_{'fixed' if fixed else 'found'}.pt"
+    command = ["-m", "recovery_core", "recover", weights, "--data", data, "--out", str(out)]
     if fixed:  # the careful script's work and no more: TorchScript only, values given
         formats = ""
     if formats is not None:
@@ -475,6 +506,7 @@ def recover_family(
         "final": float(words[5]),
         "epoch_seconds": training,
         "reached": True,
+        "report": str(out.with_name(out.stem + "_report.json")),
     }
 
 
