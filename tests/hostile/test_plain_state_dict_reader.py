@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import pickle
 import random
+import re
 import zipfile
 
 import pytest
@@ -117,7 +118,9 @@ def test_plain_state_dicts_are_read_as_the_unpickler_reads_them() -> None:
 
 def _edit_memo_index(data: bytearray, rng: random.Random) -> None:
     """A memo write's or fetch's index moved a little (the record's claims and fetches)."""
-    at = [i for i in range(len(data) - 5) if data[i] in b"qrhj"]
+    at = [m.start() for m in re.finditer(rb"[qrhj]", data) if m.start() < len(data) - 5]
+    if not at:
+        return
     where = rng.choice(at)
     width = 1 if data[where] in b"qh" else 4
     index = int.from_bytes(data[where + 1 : where + 1 + width], "little")
