@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recovery_core import humanize
-from recovery_core.errors import ExportError
+from recovery_core.errors import ExportError, RecoveryError
 from recovery_core.export.files import export_paths, formats_to_write, refuse_overwriting_input
 from recovery_core.io import sandbox
 from recovery_core.io.checkpoint import Checkpoint, load_checkpoint
+from recovery_core.io.container import open_regular
 from recovery_core.io.data_file import CheckedFile, check_before_torch
 from recovery_core.model.spec import ArchSpec
 from recovery_core.plan import TrainingSettings
@@ -94,7 +95,7 @@ class OpenedFiles:
     checkpoint_path: str
     data_path: str
     written: tuple[str, ...]  # every file it may write (none of them a file it reads)
-    checkpoint: Checkpoint
+    checkpoint: Checkpoint | None  # None: read by the full file reader, after torch
     checked: CheckedFile | None
 
 
@@ -117,14 +118,29 @@ def open_files(
     written += [report_path] if report_path else []
     refuse_overwriting_input(written, [checkpoint_path, data_path])
     # Both files are read before torch is imported, each in a limited child forked from
-    # this process while it is small (no torch-importing file reader beside it); a
-    # dataset that needs torch's unpickler gets that reader started now, so that its
-    # import overlaps ours.
+    # this process while it is small (no torch-importing file reader beside it). A file
+    # that needs torch's unpickler gets that reader started now instead, so that its
+    # import overlaps ours; it is read once torch is loaded, as before.
+    if "torch" in sys.modules or not _read_without_torch(checkpoint_path):
+        sandbox.prestart()
+        return OpenedFiles(checkpoint_path, data_path, tuple(written), None, None)
     checkpoint = load_checkpoint(checkpoint_path)
     checked = check_before_torch(data_path)
-    if checked is None and "torch" not in sys.modules:
+    if checked is None:
         sandbox.prestart()
     return OpenedFiles(checkpoint_path, data_path, tuple(written), checkpoint, checked)
+
+
+def _read_without_torch(path: str) -> bool:
+    """Is the checkpoint a file the metadata reader reads without torch: a zip archive
+    (torch.save's format) or safetensors, by its first bytes? A legacy pickle (torch's
+    unpickler), a sharded folder or anything else goes to the full reader."""
+    try:
+        with open_regular(Path(path), "the checkpoint") as (f, _):
+            head = f.read(9)
+    except (RecoveryError, OSError):
+        return False  # said by load_checkpoint, in the reader
+    return head.startswith(b"PK\x03\x04") or (len(head) == 9 and head[8:9] == b"{")
 
 
 def recover(

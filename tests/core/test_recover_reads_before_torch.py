@@ -109,6 +109,20 @@ def test_a_pickled_tensor_dataset_still_gets_torchs_unpickler(tmp_path):
     assert "inputs input_0; target target" in log
 
 
+def test_a_legacy_format_checkpoint_still_gets_torchs_unpickler(tmp_path):
+    weights, data = mlp_files(tmp_path, lambda x, y, path: torch.save({"x": x, "y": y}, path))
+    legacy = tmp_path / "legacy.pt"
+    torch.save(torch.load(weights), legacy, _use_new_zipfile_serialization=False)
+
+    result, log = run_recover(legacy, data, tmp_path / "out.pt")
+
+    assert result["code"] == 0, log
+    # The full file reader, started before torch's import so that the two overlap; both
+    # files are read through it then (no child forked from this process).
+    assert result["interpreters"] == 1
+    assert result["forks"] == []
+
+
 def test_a_dataset_that_would_run_code_is_refused_before_anything_is_written(tmp_path):
     canary = tmp_path / "canary"
     weights, data = mlp_files(
