@@ -426,8 +426,10 @@ def _impossible_in_browser(browser: Any, url: str) -> dict[str, Any]:
     sidebar.get_by_text("cnn.pt").first.wait_for(timeout=60_000)
     wait_idle(page)
     go_to(page, "Data and baseline")
-    if main.locator("input[type=file]").count() == 0:
-        main.get_by_text("Use other data").click()
+    uploads, other = main.locator("input[type=file]"), main.get_by_text("Use other data")
+    uploads.or_(other).first.wait_for(state="attached")
+    if uploads.count() == 0:  # the box is folded while data is open
+        other.click()
     wait_idle(page)
     clock = page.evaluate("() => performance.now()") / 1000
     started = time.perf_counter()

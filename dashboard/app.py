@@ -44,6 +44,9 @@ if (_exposed := sources.exposure_problem()) is not None:
 
 layout.narrow_window_rules()
 studio = state.studio()
+# A scoring that ended is applied before anything is drawn, so this run draws its outcome
+# (the progress's own refresh applies it, then draws the whole page again).
+scoring.collect(studio)
 sources.ensure_loaded(studio)
 datasets.ensure_demo_data(studio)
 scoring.maybe_start(studio)  # unverified settings and mapped data: score them meanwhile
