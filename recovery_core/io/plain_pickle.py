@@ -127,9 +127,9 @@ def _sizes(group: bytes) -> tuple[int, ...]:
     return tuple(values)
 
 
-class _Reader:
-    """The instructions of a plain state dict, run on the values the C unpickler builds
-    (marks kept apart from the stack, as its fences are)."""
+class _Machine:
+    """The stack, the memo and the instructions that only move values, as the C
+    unpickler runs them (marks kept apart from the stack, as its fences are)."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -143,34 +143,6 @@ class _Reader:
         # The tensor records' repeated parts: their fetches' outcome, their layouts.
         self.records: dict[tuple[bytes, ...], str] = {}
         self.layouts: dict[tuple[bytes, bytes], tuple[Any, Any, int, int]] = {}
-        self.ops: dict[int, Callable[[int], int]] = {
-            0x80: self.proto, 0x63: self.global_, 0x28: self.mark, 0x58: self.unicode,
-            0x71: self.binput, 0x72: self.long_binput, 0x68: self.binget, 0x6A: self.long_binget,
-            0x4B: self.binint1, 0x4D: self.binint2, 0x4A: self.binint, 0x8A: self.long1,
-            0x88: self.true, 0x89: self.false, 0x7D: self.empty_dict, 0x29: self.empty_tuple,
-            0x74: self.tuple_to_mark, 0x85: self.tuple1, 0x86: self.tuple2, 0x87: self.tuple3,
-            0x73: self.setitem, 0x75: self.setitems, 0x52: self.reduce, 0x51: self.persistent_id,
-            0x62: self.build,
-        }  # fmt: skip
-
-    def run(self) -> Any:
-        data, ops = self.data, self.ops
-        pos = 0
-        while True:
-            code = data[pos]
-            if code == 0x58:  # BINUNICODE: a state dict's entry, whole when it can be
-                end = self.entry(pos + 1)
-                if end:
-                    pos = end
-                    continue
-            elif code == 0x2E:  # STOP
-                if self.marks or len(self.stack) != 1 or self.claims != _dense(len(self.memo)):
-                    raise _Decline  # a write claimed the next slot and named another
-                return self.stack[0]
-            op = ops.get(code)
-            if op is None:
-                raise _Decline
-            pos = op(pos + 1)
 
     # --- the stack and the memo ---
 
@@ -239,20 +211,6 @@ class _Reader:
         self.put_top(int.from_bytes(self.data[pos : pos + 4], "little"))
         return pos + 4
 
-    def binget(self, pos: int) -> int:
-        return self.got(self.fetch(self.data[pos]), pos + 1)
-
-    def long_binget(self, pos: int) -> int:
-        return self.got(self.fetch(int.from_bytes(self.data[pos : pos + 4], "little")), pos + 4)
-
-    def got(self, value: Any, pos: int) -> int:
-        if value is _rebuild_tensor_v2:
-            end = self.tensor(pos)
-            if end:
-                return end
-        self.stack.append(value)
-        return pos
-
     def binint1(self, pos: int) -> int:
         self.stack.append(self.data[pos])
         return pos + 1
@@ -305,6 +263,56 @@ class _Reader:
 
     def tuple3(self, pos: int) -> int:
         self.stack.append(tuple(self.pop(3)))
+        return pos
+
+
+class _Reader(_Machine):
+    """The instructions of a plain state dict that build its values: dicts filled, the
+    three allowed calls, storages and tensor records (whole where they can be)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.ops: dict[int, Callable[[int], int]] = {
+            0x80: self.proto, 0x63: self.global_, 0x28: self.mark, 0x58: self.unicode,
+            0x71: self.binput, 0x72: self.long_binput, 0x68: self.binget, 0x6A: self.long_binget,
+            0x4B: self.binint1, 0x4D: self.binint2, 0x4A: self.binint, 0x8A: self.long1,
+            0x88: self.true, 0x89: self.false, 0x7D: self.empty_dict, 0x29: self.empty_tuple,
+            0x74: self.tuple_to_mark, 0x85: self.tuple1, 0x86: self.tuple2, 0x87: self.tuple3,
+            0x73: self.setitem, 0x75: self.setitems, 0x52: self.reduce, 0x51: self.persistent_id,
+            0x62: self.build,
+        }  # fmt: skip
+
+    def run(self) -> Any:
+        data, ops = self.data, self.ops
+        pos = 0
+        while True:
+            code = data[pos]
+            if code == 0x58:  # BINUNICODE: a state dict's entry, whole when it can be
+                end = self.entry(pos + 1)
+                if end:
+                    pos = end
+                    continue
+            elif code == 0x2E:  # STOP
+                if self.marks or len(self.stack) != 1 or self.claims != _dense(len(self.memo)):
+                    raise _Decline  # a write claimed the next slot and named another
+                return self.stack[0]
+            op = ops.get(code)
+            if op is None:
+                raise _Decline
+            pos = op(pos + 1)
+
+    def binget(self, pos: int) -> int:
+        return self.got(self.fetch(self.data[pos]), pos + 1)
+
+    def long_binget(self, pos: int) -> int:
+        return self.got(self.fetch(int.from_bytes(self.data[pos : pos + 4], "little")), pos + 4)
+
+    def got(self, value: Any, pos: int) -> int:
+        if value is _rebuild_tensor_v2:
+            end = self.tensor(pos)
+            if end:
+                return end
+        self.stack.append(value)
         return pos
 
     def setitem(self, pos: int) -> int:
