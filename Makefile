@@ -12,7 +12,7 @@ browser:
 	@bash scripts/ensure_browser.sh
 
 demo: setup
-	$(PY) -m streamlit run dashboard/app.py --server.address 127.0.0.1
+	$(PY) -m dashboard.serve --server.address 127.0.0.1
 
 test: setup browser
 	$(PY) -m ruff check recovery_core dashboard tests benchmarks assets

@@ -1,6 +1,7 @@
 """Model Recovery Studio: from a bare state dict to a retrained, verified, exported model.
 
-Run from the repository root:  .venv/bin/python -m streamlit run dashboard/app.py
+Run from the repository root:  .venv/bin/python -m dashboard.serve  (what `make demo` runs;
+`.venv/bin/python -m streamlit run dashboard/app.py` works too, with a slower first page)
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ def healthy(url: str) -> bool:
 def streamlit_server(
     log: Path, extra_args: Sequence[str] = (), env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`streamlit run dashboard/app.py` on 127.0.0.1 and a free port, until the block ends."""
+    """The dashboard as `make demo` starts it (`python -m dashboard.serve`, which is
+    `streamlit run dashboard/app.py`) on 127.0.0.1 and a free port, until the block ends."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
@@ -75,9 +76,7 @@ def streamlit_server(
             [
                 sys.executable,
                 "-m",
-                "streamlit",
-                "run",
-                "dashboard/app.py",
+                "dashboard.serve",  # `streamlit run dashboard/app.py`, imports done first
                 "--server.headless",
                 "true",
                 "--server.address",
