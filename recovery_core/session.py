@@ -584,6 +584,14 @@ class Recovery(RecoveryData):
                 _check_runs(model, inputs, target, loss_fn, self.spec)
                 raise
         drop_batch_major(self.result.model)
+        found = self.searched.names if self.searched and self.searched.best else ()
+        scale = float(target.double().square().mean()) if target.is_floating_point() else 1.0
+        result = self.result
+        if warning := new_task_warning(found, result.baseline_loss, result.final_loss, scale):
+            self.log(
+                f"warning: {warning}: fix them with --set if you know them, or score them "
+                "on data the original model was trained for"
+            )
         return self.result
 
     def report(self) -> dict[str, Any]:
@@ -641,6 +649,31 @@ class Recovery(RecoveryData):
             # Atomically, never through a symlink planted at the report's path.
             write_atomic(report_path, Path(bundle.report_path).read_bytes())
         return bundle
+
+
+# A retrained layer that fits the data this many times better than the original weights
+# did means the data is a task the original model was not trained for.
+NEW_TASK_FACTOR = 10.0
+
+
+def new_task_warning(
+    found: Sequence[str], before: float, after: float, target_scale: float = 1.0
+) -> str | None:
+    """Why the values `found` by the search may be wrong, when training took the loss from
+    `before` to `after`: the data is new to the model. The search ranks hidden values by
+    how well the ORIGINAL weights fit the data, which data they were not trained for
+    cannot judge. None otherwise. `target_scale`: the target's mean square (MSE), below a
+    millionth of which the original weights fit exactly and only rounding is left."""
+    if not found or not (math.isfinite(before) and math.isfinite(after)):
+        return None
+    if after * NEW_TASK_FACTOR > before or before <= 1e-6 * target_scale:
+        return None
+    return (
+        f"the trained layers fit this data far better than the original weights did "
+        f"(loss {humanize.loss(before)} -> {humanize.loss(after)}), so the data is new to "
+        f"the model; the values found on it ({', '.join(found)}) were ranked by how well "
+        "the original weights fit it, which such data cannot judge"
+    )
 
 
 def _in_own_thread(work: Callable[[], ExportBundle]) -> ExportBundle:

@@ -281,6 +281,12 @@ def verdict(record: state.RunRecord) -> None:
         )
     else:
         (st.success if better else st.warning)(text)
+    found = [n for n, state_ in record.states.items() if state_ == rc.plan.FOUND]
+    if warning := rc.session.new_task_warning(found, result.baseline_loss, result.final_loss):
+        st.warning(
+            f"Check the settings found on this data: {warning}. Choose them in step 2 if "
+            "you know them, or score them on data the original model was trained for."
+        )
 
 
 def live(studio: state.Studio) -> None:

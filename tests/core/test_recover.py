@@ -278,3 +278,26 @@ def test_scoring_a_model_with_no_forward_is_refused_in_one_sentence_before_any_f
     assert spec.wiring is None and list(searchable_names(spec))
     with pytest.raises(BuildError, match="no forward could be found for these weights"):
         recovery.scorer(list(searchable_names(spec)))
+
+
+def test_data_new_to_the_model_warns_that_the_values_found_on_it_may_be_wrong(tmp_path):
+    # The search ranks hidden values by how well the original weights fit the data. On a
+    # task the model was not trained for (here its outputs mixed into new targets, which
+    # a retrained output layer fits exactly) that ranking cannot be trusted, and the person
+    # must be told, not shown "(search)" as if the data had decided.
+    torch.manual_seed(2)
+    inputs = {"tokens": tokens(50, 48, 9)}
+    mix = torch.randn(50, 50) / 7
+
+    def run(name: str, make_target) -> list[str]:
+        _, weights, data = save_case(tmp_path / name, "encoder_lm", inputs, make_target)
+        lines: list[str] = []
+        recover(str(weights), str(data), str(tmp_path / name / "out.pt"), log=lines.append)
+        return [line for line in lines if "new to the model" in line]
+
+    (tmp_path / "new").mkdir()
+    (tmp_path / "own").mkdir()
+    [warning] = run("new", lambda out: out @ mix + 3.0)
+    assert warning.startswith("warning: the trained layers fit this data far better")
+    assert "nhead" in warning and "--set" in warning
+    assert run("own", lambda out: out) == []  # data the model fits: no such warning
