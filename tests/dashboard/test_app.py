@@ -307,22 +307,27 @@ def _saved(obj) -> bytes:
     return buffer.getvalue()
 
 
+def open_model_and_data(weights: dict, data: dict) -> AppTest:
+    """A fresh app with `weights` uploaded as the checkpoint and `data` on step 3."""
+    at = open_app()
+    at.sidebar.file_uploader(key="source_upload").set_value(
+        ("model.pt", _saved(weights), "application/octet-stream")
+    )
+    settled(at.run())
+    go(at, "data")
+    at.file_uploader(key="data_upload").set_value(
+        ("data.pt", _saved(data), "application/octet-stream")
+    )
+    return settled(at.run())
+
+
 def test_an_uploaded_model_and_dataset_go_through_every_step():
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     x = torch.randn(64, 4)
     with torch.no_grad():  # a changed task the output layer can learn (held-out data shows it)
         data = {"x": x, "y": 2.0 * mlp(x) + 1.0}
-    at = open_app()
-    at.sidebar.file_uploader(key="source_upload").set_value(
-        ("mlp.pt", _saved(mlp.state_dict()), "application/octet-stream")
-    )
-    settled(at.run())
-    go(at, "data")
-    at.file_uploader(key="data_upload").set_value(
-        ("d.pt", _saved(data), "application/octet-stream")
-    )
-    settled(at.run())
+    at = open_model_and_data(mlp.state_dict(), data)
     assert studio(at).mapping.inputs == ("x",) and studio(at).mapping.target == "y"
     assert [m.label for m in at.metric] == ["Loss with the original weights"]
     go(at, "train")
@@ -556,4 +561,3 @@ def test_a_requested_value_scan_stays_shown_after_other_clicks(monkeypatch):
 
     assert nan_warnings() == 1
     assert not [b for b in at.button if b.key == scan]
-

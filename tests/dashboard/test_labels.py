@@ -47,7 +47,7 @@ def test_a_module_with_two_parts_in_the_forward_says_both():
 def test_the_training_page_names_each_plain_layer_by_its_kind():
     # A Sequential's children have only numbers for names: without their kind, "0 · 80
     # parameters" does not say whether layer 0 is a convolution or a norm.
-    from tests.dashboard.test_app import _saved, go, open_app, settled
+    from tests.dashboard.test_app import go, open_model_and_data
 
     model = torch.nn.Sequential(
         torch.nn.Conv1d(2, 4, 3),
@@ -56,19 +56,10 @@ def test_the_training_page_names_each_plain_layer_by_its_kind():
         torch.nn.Flatten(),
         torch.nn.Linear(24, 3),
     )
-    at = open_app()
-    at.sidebar.file_uploader(key="source_upload").set_value(
-        ("seq.pt", _saved(model.state_dict()), "application/octet-stream")
-    )
-    settled(at.run())
-    go(at, "data")
     x = torch.randn(32, 2, 8)
     with torch.no_grad():
         data = {"x": x, "y": model(x)}
-    at.file_uploader(key="data_upload").set_value(
-        ("d.pt", _saved(data), "application/octet-stream")
-    )
-    settled(at.run())
+    at = open_model_and_data(model.state_dict(), data)
     go(at, "train")
     labels = [c.label for c in at.checkbox]
     assert "0 · Conv1d · 28 parameters" in labels, labels

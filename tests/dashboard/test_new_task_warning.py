@@ -5,10 +5,8 @@ from __future__ import annotations
 import torch
 
 from tests.dashboard.test_app import (
-    _saved,
     go,
-    open_app,
-    settled,
+    open_model_and_data,
     shown_key,
     studio,
     wait_for_run,
@@ -21,16 +19,7 @@ def _trained_on(make_target) -> list[str]:
     x = torch.randn(96, 4)
     with torch.no_grad():
         data = {"x": x, "y": make_target(mlp(x))}
-    at = open_app()
-    at.sidebar.file_uploader(key="source_upload").set_value(
-        ("mlp.pt", _saved(mlp.state_dict()), "application/octet-stream")
-    )
-    settled(at.run())
-    go(at, "data")
-    at.file_uploader(key="data_upload").set_value(
-        ("d.pt", _saved(data), "application/octet-stream")
-    )
-    settled(at.run())
+    at = open_model_and_data(mlp.state_dict(), data)
     go(at, "train")
     at.selectbox(key=shown_key(at, "train_method")).set_value("lstsq").run()
     at.button(key="train_start").click().run()
