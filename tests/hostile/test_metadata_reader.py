@@ -69,6 +69,23 @@ def _plan(path: Path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> object:
             return (type(exc).__name__, str(exc))
 
 
+def scan_both(data: bytes, limits: LoadLimits) -> tuple[object, object]:
+    """The fast scan's and the pickletools scan's outcome on `data`: a result and its
+    facts, or the error's type and sentence."""
+    from recovery_core.io.pickle_scan import scan_pickle, scan_pickle_bytes
+
+    def outcome(fast: bool) -> object:
+        facts: dict[str, object] = {}
+        try:
+            if fast:
+                return scan_pickle_bytes(data, "f.pt", limits, facts=facts), facts
+            return scan_pickle(io.BytesIO(data), "f.pt", limits, facts=facts), facts
+        except RecoveryError as exc:
+            return type(exc).__name__, str(exc)
+
+    return outcome(True), outcome(False)
+
+
 @pytest.mark.parametrize("name", list(_state_dicts()))
 def test_fast_path_gives_torchs_plan(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -322,7 +339,6 @@ def test_whole_entries_are_scanned_exactly_as_one_instruction_at_a_time(
     import random
 
     from recovery_core.io import pickle_scan
-    from recovery_core.io.pickle_scan import scan_pickle, scan_pickle_bytes
     from tests.hostile import fuzz
 
     state: dict[str, torch.Tensor] = {}
@@ -349,16 +365,8 @@ def test_whole_entries_are_scanned_exactly_as_one_instruction_at_a_time(
 
     monkeypatch.setattr(pickle_scan._Entries, "entry", spy)
 
-    def outcome(data: bytes, fast: bool) -> object:
-        facts: dict[str, object] = {}
-        try:
-            if fast:
-                return scan_pickle_bytes(data, "f.pt", limits, facts=facts), facts
-            return scan_pickle(io.BytesIO(data), "f.pt", limits, facts=facts), facts
-        except RecoveryError as exc:
-            return type(exc).__name__, str(exc)
-
-    assert outcome(seed, True) == outcome(seed, False)
+    fast, slow = scan_both(seed, limits)
+    assert fast == slow
     # Whole: every plain tensor but the first of its dtype (its globals are not memoized
     # yet); one by one: the Parameters and the slices of one storage (a storage fetched).
     assert sum(matched) == len(state) - 2 - 4 - 3, "entries were not matched whole"
@@ -367,7 +375,8 @@ def test_whole_entries_are_scanned_exactly_as_one_instruction_at_a_time(
         data = bytearray(seed)
         for _ in range(rng.choice((1, 2, 4))):
             fuzz._byte_edit(data, rng, [seed])
-        assert outcome(bytes(data), True) == outcome(bytes(data), False), bytes(data)
+        fast, slow = scan_both(bytes(data), limits)
+        assert fast == slow, bytes(data)
 
 
 def test_the_zip_directory_read_without_zipfile_is_zipfiles_or_defers_to_it() -> None:

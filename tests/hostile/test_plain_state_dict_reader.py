@@ -13,24 +13,10 @@ import zipfile
 import pytest
 import torch
 
-from recovery_core.errors import RecoveryError
 from recovery_core.io import plain_pickle, torch_pickle
 from recovery_core.io.checkpoint import LoadLimits
-from recovery_core.io.pickle_scan import scan_pickle, scan_pickle_bytes
 from tests.hostile import fuzz
-
-
-def _scan_both(data: bytes, limits: LoadLimits) -> tuple[object, object]:
-    def outcome(fast: bool) -> object:
-        facts: dict[str, object] = {}
-        try:
-            if fast:
-                return scan_pickle_bytes(data, "f.pt", limits, facts=facts), facts
-            return scan_pickle(io.BytesIO(data), "f.pt", limits, facts=facts), facts
-        except RecoveryError as exc:
-            return type(exc).__name__, str(exc)
-
-    return outcome(True), outcome(False)
+from tests.hostile.test_metadata_reader import scan_both
 
 
 @pytest.mark.parametrize(
@@ -48,7 +34,7 @@ def _scan_both(data: bytes, limits: LoadLimits) -> tuple[object, object]:
     ids=["sparse", "rewritten", "misused class", "memoize", "text memo"],
 )
 def test_memo_of_any_shape_is_scanned_as_the_pickletools_scan_does(data: bytes) -> None:
-    fast, slow = _scan_both(data, LoadLimits())
+    fast, slow = scan_both(data, LoadLimits())
     assert fast == slow
 
 
@@ -61,14 +47,18 @@ def _seed_pickles() -> dict[str, bytes]:
     base, shared = torch.zeros(400), torch.ones(3, 2)
     flat: dict[str, object] = {}
     for i in range(60):
-        flat[f"layers.{i}.weight"] = torch.zeros(3, 2, dtype=torch.float16 if i % 7 else torch.float32)
+        flat[f"layers.{i}.weight"] = torch.zeros(
+            3, 2, dtype=torch.float16 if i % 7 else torch.float32
+        )
         flat[f"layers.{i}.scalar"] = torch.tensor(i, dtype=torch.int64)
         flat[f"layers.{i}.five"] = torch.zeros(1, 2, 1, 2, 1)
         flat[f"layers.{i}.slice"] = base[5 * i : 5 * i + 4]
         flat[f"layers.{i}.empty"] = torch.empty(0, 3)
     flat["p"] = torch.nn.Parameter(torch.ones(2))
     flat["tied.a"], flat["tied.b"] = shared, shared
-    model = torch.nn.Sequential(*(torch.nn.Linear(2, 2) for _ in range(70)), torch.nn.BatchNorm1d(2))
+    model = torch.nn.Sequential(
+        *(torch.nn.Linear(2, 2) for _ in range(70)), torch.nn.BatchNorm1d(2)
+    )
     seeds = {}
     for name, obj in {"flat": flat, "module": model.state_dict()}.items():
         buffer = io.BytesIO()
