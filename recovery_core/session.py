@@ -468,6 +468,7 @@ class Recovery(RecoveryData):
 
     freeze: FreezePlan | None = None
     result: TrainingResult | None = None
+    warnings: list[str] = field(default_factory=list)  # what the report must carry too
     bundle: ExportBundle | None = None
 
     @classmethod
@@ -588,10 +589,11 @@ class Recovery(RecoveryData):
         scale = float(target.double().square().mean()) if target.is_floating_point() else 1.0
         result = self.result
         if warning := new_task_warning(found, result.baseline_loss, result.final_loss, scale):
-            self.log(
-                f"warning: {warning}: fix them with --set if you know them, or score them "
-                "on data the original model was trained for"
+            self.warnings.append(
+                f"{warning}: fix them with --set if you know them, or score them on data "
+                "the original model was trained for"
             )
+            self.log(f"warning: {self.warnings[-1]}")
         return self.result
 
     def report(self) -> dict[str, Any]:
@@ -607,6 +609,7 @@ class Recovery(RecoveryData):
                 "description": dims.describe(),
             },
             "search": None if self.searched is None else self.searched.to_json(),
+            "warnings": list(self.warnings),
         }
         return recovery_report(
             checkpoint=self.name,

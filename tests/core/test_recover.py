@@ -292,8 +292,13 @@ def test_data_new_to_the_model_warns_that_the_values_found_on_it_may_be_wrong(tm
     def run(name: str, make_target) -> list[str]:
         _, weights, data = save_case(tmp_path / name, "encoder_lm", inputs, make_target)
         lines: list[str] = []
-        recover(str(weights), str(data), str(tmp_path / name / "out.pt"), log=lines.append)
-        return [line for line in lines if "new to the model" in line]
+        out = tmp_path / name / "out.pt"
+        recover(str(weights), str(data), str(out), log=lines.append)
+        warned = [line for line in lines if "new to the model" in line]
+        # The report, read later by someone who never saw the log, says it too.
+        report = json.loads((tmp_path / name / "out_report.json").read_text())
+        assert [f"warning: {w}" for w in report["warnings"]] == warned
+        return warned
 
     (tmp_path / "new").mkdir()
     (tmp_path / "own").mkdir()
