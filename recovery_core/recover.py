@@ -17,7 +17,7 @@ from recovery_core.errors import ExportError, RecoveryError
 from recovery_core.export.files import export_paths, formats_to_write, refuse_overwriting_input
 from recovery_core.io import sandbox
 from recovery_core.io.checkpoint import Checkpoint, load_checkpoint
-from recovery_core.io.container import open_regular
+from recovery_core.io.container import sniff_format
 from recovery_core.io.data_file import CheckedFile, check_before_torch
 from recovery_core.model.spec import ArchSpec
 from recovery_core.plan import TrainingSettings
@@ -133,14 +133,12 @@ def open_files(
 
 def _read_without_torch(path: str) -> bool:
     """Is the checkpoint a file the metadata reader reads without torch: a zip archive
-    (torch.save's format) or safetensors, by its first bytes? A legacy pickle (torch's
+    (torch.save's format) or safetensors, by its content? A legacy pickle (torch's
     unpickler), a sharded folder or anything else goes to the full reader."""
     try:
-        with open_regular(Path(path), "the checkpoint") as (f, _):
-            head = f.read(9)
+        return sniff_format(Path(path), "the checkpoint") in ("torch-zip", "safetensors")
     except (RecoveryError, OSError):
         return False  # said by load_checkpoint, in the reader
-    return head.startswith(b"PK\x03\x04") or (len(head) == 9 and head[8:9] == b"{")
 
 
 def recover(
