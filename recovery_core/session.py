@@ -34,6 +34,7 @@ from recovery_core.fit.freeze import (
     plan_freeze,
     preset_patterns,
 )
+from recovery_core.fit.head_refit import NEW_TASK_FACTOR
 from recovery_core.fit.search import Candidate, SearchResult, score_candidates, searchable_names
 from recovery_core.fit.train import TrainingResult, TrainingRun
 from recovery_core.infer import infer_spec
@@ -585,9 +586,12 @@ class Recovery(RecoveryData):
                 _check_runs(model, inputs, target, loss_fn, self.spec)
                 raise
         drop_batch_major(self.result.model)
-        found = self.searched.names if self.searched and self.searched.best else ()
-        scale = float(target.double().square().mean()) if target.is_floating_point() else 1.0
+        searched = self.searched
+        # A search that refitted the output layer to rank the values judged them already.
+        judged = searched is not None and searched.refitted_head is not None
+        found = searched.names if searched and searched.best and not judged else ()
         result = self.result
+        scale = mean_square(target)
         if warning := new_task_warning(found, result.baseline_loss, result.final_loss, scale):
             self.warnings.append(
                 f"{warning}: fix them with --set if you know them, or score them on data "
@@ -654,9 +658,9 @@ class Recovery(RecoveryData):
         return bundle
 
 
-# A retrained layer that fits the data this many times better than the original weights
-# did means the data is a task the original model was not trained for.
-NEW_TASK_FACTOR = 10.0
+def mean_square(target: torch.Tensor) -> float:
+    """The target's mean square (1 for class labels): what a loss is small against."""
+    return float(target.double().square().mean()) if target.is_floating_point() else 1.0
 
 
 def new_task_warning(
@@ -666,7 +670,9 @@ def new_task_warning(
     `before` to `after`: the data is new to the model. The search ranks hidden values by
     how well the ORIGINAL weights fit the data, which data they were not trained for
     cannot judge. None otherwise. `target_scale`: the target's mean square (MSE), below a
-    millionth of which the original weights fit exactly and only rounding is left."""
+    millionth of which the original weights fit exactly and only rounding is left. (A
+    search that saw the data was new ranked with the output layer refitted, and says so:
+    `SearchResult.refitted_head`; pass no names found for it.)"""
     if not found or not (math.isfinite(before) and math.isfinite(after)):
         return None
     if after * NEW_TASK_FACTOR > before or before <= 1e-6 * target_scale:

@@ -11,6 +11,7 @@ the loss. (Labels alone, the argmax, cannot tell a sharper model from the true o
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,20 @@ class ForwardCase:
         target = out + 0.01 * torch.randn_like(out)
         names = ("src", "tgt") if len(inputs) == 2 else ("x",)
         return dict(zip(names, inputs, strict=True)) | {"y": target}
+
+    def new_task_data(self, model: nn.Module, n: int, seed: int = 1) -> dict[str, Tensor]:
+        """Inputs as `data` gives them, and a target the model was not trained for: its
+        trunk read out by another output layer (the head's tensors redrawn at their own
+        mean and spread), which retraining the head fits as well as `data`'s."""
+        assert self.head, "a tied head has no layer of its own to redraw"
+        other = copy.deepcopy(model)
+        generator = torch.Generator().manual_seed(seed + 100)
+        with torch.no_grad():
+            for tensor in other.get_submodule(self.head).parameters():
+                drawn = torch.randn(tensor.shape, generator=generator)
+                spread = tensor.std() if tensor.numel() > 1 else tensor.abs()
+                tensor.copy_(tensor.mean() + spread * drawn)
+        return self.data(other, n, seed)
 
     def __repr__(self) -> str:
         return self.name

@@ -54,7 +54,7 @@ def solve_linear(linear: nn.Linear, features: CachedFeatures, target: Tensor) ->
     if linear.bias is not None:
         a = torch.cat([a, torch.ones(rows, 1, dtype=torch.float64)], dim=1)
     y = target.reshape(rows, linear.out_features).to("cpu", torch.float64)
-    solution = _least_squares(a, y)
+    solution = least_squares(a, y)
     if not bool(torch.isfinite(solution).all()):
         raise TrainingError("The least-squares solve produced NaN or Inf; check the data.")
     linear.weight.copy_(solution[: linear.in_features].T.to(linear.weight))
@@ -62,7 +62,7 @@ def solve_linear(linear: nn.Linear, features: CachedFeatures, target: Tensor) ->
         linear.bias.copy_(solution[linear.in_features].to(linear.bias))
 
 
-def _least_squares(a: Tensor, y: Tensor) -> Tensor:
+def least_squares(a: Tensor, y: Tensor) -> Tensor:
     """argmin ||a @ w - y|| in float64.
 
     The normal equations with a Cholesky factor cost one pass over the rows plus a tiny
@@ -79,4 +79,4 @@ def _least_squares(a: Tensor, y: Tensor) -> Tensor:
     return torch.linalg.lstsq(a, y, driver="gelsd").solution
 
 
-__all__ = ["closed_form_blocker", "solve_linear"]
+__all__ = ["closed_form_blocker", "least_squares", "solve_linear"]

@@ -35,6 +35,12 @@ from typing import Any, Literal, cast
 import torch
 
 from recovery_core.errors import HyperparameterError
+from recovery_core.fit.head_refit import (
+    REFIT_GAIN,
+    ROWS_PER_COEFFICIENT,
+    forward_refitted,
+    output_layer,
+)
 from recovery_core.infer.registry import RETUNABLE_NAMES, RETUNABLE_TYPES
 from recovery_core.infer.unknown import shape_class
 from recovery_core.model import stack_shapes
@@ -92,6 +98,11 @@ TIE_KEEP = 0.05
 # skipped only when this many of the best other combinations all do best with the same.
 AGREE_HEADS = 4
 
+# A best combination that leaves more than this share of the target's variance unexplained
+# is ranked again with its output layer refitted (`_worth_refitting`); the refitted
+# ranking is kept only when it fits REFIT_GAIN times better (`_NewTask.judged`).
+POOR_FIT = 0.1
+
 RELATIVE_TIE = 1e-4  # losses closer than this (relative to the best) count as tied
 ABSOLUTE_TIE = 1e-9  # and this, for a best loss at or near zero
 NOISE_TIE = 0.01  # a gap above this (relative) is never put down to noise
@@ -100,6 +111,9 @@ LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 # What `_retune` switches in a built model (see `_retune_plan`).
 _Plan = tuple[list[tuple[torch.nn.Module, Callable[..., None]]], list[torch.nn.Module]]
 Threads = int | Literal["auto"] | None
+# Which output layer a combination is scored with (see `_score`).
+Head = Literal["original", "refitted", "measure"]
+_Pair = tuple[tuple[int, tuple[Any, ...]], "Candidate"]  # (group index, values), result
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,9 @@ class Candidate:
     # its loss on the first round's samples, which every combination screened shares.
     rung: int = 0
     first_loss: float | None = None
+    # The loss with the output layer refitted to the same samples (`head_refit`), where
+    # it was measured (finalists) and could be (a final nn.Linear, enough rows).
+    refit_loss: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -144,6 +161,11 @@ class SearchResult:
     # the combinations that left unscreened: the best others agreed on their values.
     separated: tuple[str, ...] = ()
     skipped: int = 0
+    # When the data is new to the model (`_new_to_the_model`): the output layer every
+    # combination was scored with refitted to the data, and the best first pass's loss
+    # with the original weights and with that layer refitted. None: the original weights.
+    refitted_head: str | None = None
+    new_task_losses: tuple[float, float] | None = None
 
     @property
     def best(self) -> Candidate | None:
@@ -175,6 +197,8 @@ class SearchResult:
             "screened_fully": self.screened_fully,
             "separated": list(self.separated),
             "skipped": self.skipped,
+            "refitted_head": self.refitted_head,
+            "new_task_losses": None if self.new_task_losses is None else list(self.new_task_losses),
             "ranking": [
                 {
                     "values": dict(c.values),
@@ -382,8 +406,12 @@ class _Scorer:
         limits: tuple[float, float, int, int],  # started, budget seconds, max count, samples
         progress: Callable[[int, int], None] | None,
         finalists: int,
+        refit_rows: int = 0,
     ) -> None:
         self.groups, self.data, self.loss_fn, self.progress = groups, data, loss_fn, progress
+        # With the output layer refitted to each round's samples (`_new_to_the_model`):
+        # at least this many rows to fit on (0: scored with the original weights).
+        self.refit_rows = refit_rows
         self.started, self.budget, self.max_count, samples = limits
         self.to_score = min(sum(g.total for g in groups), self.max_count)
         self.rungs = _rungs(samples, self.to_score, finalists)
@@ -417,10 +445,11 @@ class _Scorer:
         if model is None:
             candidate = Candidate(values, math.inf, error, rung=self.rung)
         else:
-            samples, elements = self.rungs[self.rung]
-            count, steps = self.data.size(group.spec, values, samples, elements=elements)
-            part = self.data.first(group.spec, values, count, steps)
-            candidate = _score(model, values, part.inputs, part.target, self.loss_fn, part.samples)
+            part, steps = self._part(group, values)
+            candidate = _score(
+                model, values, part.inputs, part.target, self.loss_fn, part.samples,
+                head="refitted" if self.refit_rows else "original",
+            )  # fmt: skip
             first = candidate.loss if known is None else known.first_loss
             candidate = dataclasses.replace(
                 candidate, steps=steps, rung=self.rung, first_loss=first
@@ -430,6 +459,20 @@ class _Scorer:
         if known is None and self.progress is not None:
             self.progress(len(self.results), self.to_score)
         return candidate
+
+    def _part(self, group: _Group, values: Mapping[str, Any]) -> tuple[_Data, int | None]:
+        """The current round's samples for these values, and the steps each sequence is
+        cut to (None: whole); with a refitted head, more samples (doubled) until they
+        hold `refit_rows` rows, or all there are."""
+        samples, elements = self.rungs[self.rung]
+        count, steps = self.data.size(group.spec, values, samples, elements=elements)
+        part = self.data.first(group.spec, values, count, steps)
+        while self.refit_rows and _rows(part.target) < self.refit_rows:
+            more = self.data.first(group.spec, values, count * 2, steps)
+            if more.samples <= part.samples:
+                break
+            part, count = more, count * 2
+        return part, steps
 
     def climb(self, keep_at_least: int) -> None:
         """Each round's better 1/SCREEN_GROWTH (never fewer than `keep_at_least`, and
@@ -497,6 +540,11 @@ class _Scorer:
         return False
 
 
+def _rows(target: torch.Tensor) -> int:
+    """Rows an output layer is fitted on: the target's values per output."""
+    return target.numel() // max(1, target.shape[-1]) if target.dim() else 1
+
+
 def _rungs(screen: int, combinations: int, finalists: int) -> tuple[tuple[int, int], ...]:
     """The screening rounds (samples, elements per sample a sequence is cut to), first
     to last: the last is the full screening set; each before it 1/SCREEN_GROWTH of the
@@ -552,23 +600,141 @@ def score_candidates(
             tuple(union), list(union.values()), [], total, fixed, time.monotonic() - started,
             base, "shapes only", impossible,
         )  # fmt: skip
-    data = _Data(tuple(inputs), target)
-    limits = (started, budget_seconds, max_combinations, min(screen_samples, max_samples))
-    scorer = _Scorer(groups, data, loss_fn, limits, progress, finalists)
+    search = _Pass(
+        groups, _Data(tuple(inputs), target), loss_fn, (sample, out), progress,
+        (started, budget_seconds, max_combinations, screen_samples, max_samples),
+        (finalists, exhaustive_up_to, factorise),
+    )  # fmt: skip
     small = sum(v.numel() for v in weights.values()) < SINGLE_THREAD_BELOW
     choose = _ThreadChoice(threads)
     with warnings.catch_warnings(), torch.no_grad(), choose(1 if small else None):
         warnings.simplefilter("ignore")  # torch's fast-path notices, once per combination
-        strategy = _screen(scorer, exhaustive_up_to, (sample, out), choose, finalists, factorise)
-        with choose(choose.every if strategy != "every combination" else None):
-            final = _rescore_finalists(  # the best always scored, the others by the deadline
-                scorer.screened(), groups, finalists, data,
-                (screen_samples, max_samples), loss_fn, started + budget_seconds,
-            )  # fmt: skip
-    return _summarise(
+        (scorer, strategy, final), new_task = search.ranked(choose)
+    result = _summarise(
         tuple(union), list(union.values()), final, total, fixed, time.monotonic() - started,
         base, strategy, None, scorer.screening(), (tuple(scorer.separated), scorer.skipped),
     )  # fmt: skip
+    return result if new_task is None else new_task.told(result)
+
+
+@dataclass
+class _Pass:
+    """One search over every group: screening (`_screen`), then the finalists scored on
+    every sample (`_rescore_finalists`)."""
+
+    groups: list[_Group]
+    data: _Data
+    loss_fn: LossFn
+    shapes: tuple[tuple[int, ...] | None, tuple[int, ...] | None]  # a sample in and out
+    progress: Callable[[int, int], None] | None
+    limits: tuple[float, float, int, int, int]  # started, budget, count, screen, samples
+    how: tuple[int, int, bool]  # finalists, exhaustive_up_to, factorise
+
+    def run(
+        self, choose: _ThreadChoice, refit_rows: int = 0
+    ) -> tuple[_Scorer, str, list[Candidate]]:
+        started, budget, count, screen, samples = self.limits
+        finalists, exhaustive_up_to, factorise = self.how
+        screening = (started, budget, count, min(screen, samples))
+        scorer = _Scorer(
+            self.groups, self.data, self.loss_fn, screening, self.progress, finalists, refit_rows
+        )
+        strategy = _screen(scorer, exhaustive_up_to, self.shapes, choose, finalists, factorise)
+        with choose(choose.every if strategy != "every combination" else None):
+            final = _rescore_finalists(  # the best always scored, the others by the deadline
+                scorer.screened(), self.groups, finalists, self.data, (screen, samples),
+                self.loss_fn, started + budget, "refitted" if refit_rows else "measure",
+            )  # fmt: skip
+        return scorer, strategy, final
+
+    def ranked(
+        self, choose: _ThreadChoice
+    ) -> tuple[tuple[_Scorer, str, list[Candidate]], _NewTask | None]:
+        """A pass with the original weights; when the data may be new to the model, one
+        with each combination's output layer refitted, kept when it fits far better."""
+        first = self.run(choose)
+        head = _worth_refitting(first[2], self.groups, self)
+        if head is None:
+            return first, None
+        again = self.run(choose, refit_rows=ROWS_PER_COEFFICIENT * head[1])
+        new_task = _NewTask.judged(head[0], first[2], again[2])
+        return (first, None) if new_task is None else (again, new_task)
+
+
+@dataclass(frozen=True)
+class _NewTask:
+    """The data is new to the model: ranked with their output layer refitted, the best
+    combination fits it REFIT_GAIN times better than the best did with the original
+    weights."""
+
+    head: str
+    original: float  # the best loss with the original weights
+    refitted: float  # the best loss with the output layer refitted
+
+    @classmethod
+    def judged(
+        cls, head: str, original: list[Candidate], refitted: list[Candidate]
+    ) -> _NewTask | None:
+        """Is the data new to the model, by the best of each ranking? (None: no.)"""
+        first, second = _best_scored(original), _best_scored(refitted)
+        if first is None or second is None or not first.loss > REFIT_GAIN * second.loss:
+            return None
+        return cls(head, first.loss, second.loss)
+
+    def told(self, result: SearchResult) -> SearchResult:
+        """The refitted ranking's result, saying why it ranked with the layer refitted."""
+        head = f"its output layer {self.head!r}" if self.head else "the model (one Linear)"
+        note = (
+            f" Ranked with the original weights, the best loss was {self.original:.6g}; "
+            f"with {head} refitted by least squares, {self.refitted:.6g} "
+            f"({self.original / self.refitted:.3g}× lower): the data is new to the model, "
+            "and the original output layer cannot judge the rest. So every combination "
+            f"was ranked with {head} refitted to the samples it was scored on, as training "
+            "that layer would; the losses above are those."
+        )
+        return dataclasses.replace(
+            result,
+            message=result.message + note,
+            refitted_head=self.head,
+            new_task_losses=(self.original, self.refitted),
+        )
+
+
+def _best_scored(final: list[Candidate]) -> Candidate | None:
+    """The finalist with the least loss on every sample (None: none ran)."""
+    scored = [c for c in final if c.error is None and c.screen_loss is not None]
+    return min(scored, key=lambda c: c.loss) if scored else None
+
+
+def _worth_refitting(
+    final: list[Candidate], groups: list[_Group], search: _Pass
+) -> tuple[str, int] | None:
+    """The output layer (name, weights per output) to rank again with, refitted, when the
+    data may be new to the model: a finalist's loss with that layer refitted (measured
+    beside its scoring: `head_refit`) is REFIT_GAIN times below the best's with the
+    original weights, or the best leaves more than POOR_FIT of the target's variance
+    unexplained (its truth may not have reached the finalists). None when the original
+    weights fit (within a millionth of the target's mean square only rounding is left),
+    or when no output layer can be refitted."""
+    best = _best_scored(final)
+    refits = [c for c in final if c.screen_loss is not None and c.refit_loss is not None]
+    if best is None or not refits:
+        return None
+    closest = min(refits, key=lambda c: cast(float, c.refit_loss))
+    target = search.data.target.double()
+    scale, variance = float(target.square().mean()), float(target.var())
+    if best.loss <= 1e-6 * scale:
+        return None
+    if not (
+        best.loss > REFIT_GAIN * cast(float, closest.refit_loss) or best.loss > POOR_FIT * variance
+    ):
+        return None
+    group = next(g for g in groups if g.wiring == closest.values.get(WIRING, g.wiring))
+    model = group.finalist(closest.values)
+    if model is not None and output_layer(model) is None:  # a fresh build: look again
+        part = search.data.first(group.spec, closest.values, closest.samples)
+        forward_refitted(model, part.inputs, part.target)
+    return output_layer(model) if model is not None else None
 
 
 def _float_weights(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -992,17 +1158,21 @@ def _beam(
             if skeletons is not None and not _settle_slots(group, index, combo, score):
                 return
     beam: list[tuple[int, tuple[Any, ...]]] = []
+    walked: set[tuple[int, tuple[Any, ...]]] = set()
     while True:
         ranked = sorted(
             (key for key, c in results.items() if c.error is None), key=lambda k: results[k].loss
         )
-        # While nothing runs, the failures seed the beam: their neighbours (another layout,
-        # another reduction) are the likeliest to run.
-        failed = [key for key, c in results.items() if c.error is not None]
+        # While nothing runs, the failures not yet walked from seed the beam: their
+        # neighbours (another layout, another reduction) are the likeliest to run, and a
+        # combination that runs may lie several values away (a layout and the table's
+        # dimension both to change once more samples than the table's length are scored).
+        failed = [key for key, c in results.items() if c.error is not None and key not in walked]
         new_beam = _distinct(ranked, results)[:width] if ranked else failed[:width]
-        if new_beam == beam:
+        if new_beam == beam or not new_beam:
             return
         beam = new_beam
+        walked.update(beam)
         for index, combo in beam:
             group = groups[index]
             for position, candidates in enumerate(group.candidates):
@@ -1063,6 +1233,7 @@ def _rescore_finalists(
     samples: tuple[int, int],
     loss_fn: LossFn,
     deadline: float = math.inf,
+    head: Head = "original",
 ) -> list[Candidate]:
     """The best screened combinations scored on every sample (`samples`: screening and
     final counts), ahead of the rest (the best always; the others while the deadline
@@ -1076,7 +1247,7 @@ def _rescore_finalists(
     )
     rest = [c for _, c in screened if c.error is not None]
     leaders = ok[:finalists]
-    dropped: list[Candidate] = []
+    dropped: list[_Pair] = []
     rung = 1
     while len(leaders) > 1 and time.monotonic() <= deadline:
         climbing = [
@@ -1092,7 +1263,10 @@ def _rescore_finalists(
             part = data.first(group.spec, candidate.values, count, length)
             model = group.finalist(candidate.values)
             assert model is not None, "a leader was built once already"
-            rung_loss = _score(model, candidate.values, part.inputs, part.target, loss_fn).loss
+            rung_loss = _score(
+                model, candidate.values, part.inputs, part.target, loss_fn,
+                head="refitted" if head == "refitted" else "original",
+            ).loss  # fmt: skip
             rescored.append(((key, candidate), rung_loss))
         rescored.sort(key=lambda pair: pair[1])
         # Far behind the best on a longer prefix, a leader cannot come back to tie it on
@@ -1100,20 +1274,47 @@ def _rescore_finalists(
         close = sum(loss <= FAR_BEHIND * rescored[0][1] + ABSOLUTE_TIE for _, loss in rescored)
         keep = min(max(FINAL_KEEP, len(rescored) // 2), max(2, close))
         leaders = [pair for pair, _ in rescored[:keep]]
-        dropped += [candidate for (_, candidate), _ in rescored[keep:]]
+        dropped += [pair for pair, _ in rescored[keep:]]
         rung += 1
-    final = []
-    for rank, ((index, _), candidate) in enumerate(leaders):
-        if rank and time.monotonic() > deadline:
-            dropped = [c for _, c in leaders[rank:]] + dropped
+    dropped.sort(key=lambda pair: pair[1].loss)
+    reserve = dropped + ok[finalists:]
+    return _score_finals(leaders, reserve, groups, data, samples, loss_fn, deadline, head) + rest
+
+
+def _score_finals(
+    leaders: list[_Pair],
+    reserve: list[_Pair],
+    groups: list[_Group],
+    data: _Data,
+    samples: tuple[int, int],
+    loss_fn: LossFn,
+    deadline: float,
+    head: Head,
+) -> list[Candidate]:
+    """The leaders scored on every sample (the first always, the others while the
+    deadline allows), then the reserve as screened. A leader whose forward fails on whole
+    sequences or every sample (a layout that reads a cut one but not a whole one) makes
+    room: the reserve's best are scored after the leaders until two have run, so that
+    the ranking does not end empty while screened combinations ran."""
+    final: list[Candidate] = []
+    waiting, reserve = list(leaders), list(reserve)
+    while waiting:
+        if final and time.monotonic() > deadline:
             break
-        final.append(_score_finalist(groups[index], candidate, data, samples, loss_fn))
-    dropped.sort(key=lambda c: c.loss)
-    return final + dropped + [c for _, c in ok[finalists:]] + rest
+        (index, _), candidate = waiting.pop(0)
+        final.append(_score_finalist(groups[index], candidate, data, samples, loss_fn, head))
+        if not waiting and reserve and sum(c.error is None for c in final) < 2:
+            waiting.append(reserve.pop(0))
+    return final + [c for _, c in waiting + reserve]
 
 
 def _score_finalist(
-    group: _Group, candidate: Candidate, data: _Data, samples: tuple[int, int], loss_fn: LossFn
+    group: _Group,
+    candidate: Candidate,
+    data: _Data,
+    samples: tuple[int, int],
+    loss_fn: LossFn,
+    head: Head = "original",
 ) -> Candidate:
     """A finalist on whole sequences and every sample (when they are long, as many
     samples as screening had elements), with each sample's loss."""
@@ -1124,8 +1325,9 @@ def _score_finalist(
     part = data.first(group.spec, candidate.values, count)
     dims = batch_dims(group.spec, candidate.values)
     scored = _score(
-        model, candidate.values, part.inputs, part.target, loss_fn, part.samples, dims.target
-    )
+        model, candidate.values, part.inputs, part.target, loss_fn, part.samples, dims.target,
+        head,
+    )  # fmt: skip
     return dataclasses.replace(
         scored, screen_loss=candidate.loss, rung=candidate.rung, first_loss=candidate.first_loss
     )
@@ -1215,11 +1417,22 @@ def _score(
     loss_fn: LossFn,
     samples: int | None = None,
     per_sample_dim: int | None = None,
+    head: Head = "original",
 ) -> Candidate:
-    """The loss of one combination; with `per_sample_dim` (finalists) also each sample's."""
+    """The loss of one combination; with `per_sample_dim` (finalists) also each sample's.
+    `head`: the loss with the original output layer, with it refitted to these samples
+    (`head_refit`) where it can be, or the first with the second measured beside it."""
     samples = len(target) if samples is None else samples
+    refit_loss = None
     try:
-        output = model(*inputs)
+        if head == "original":
+            output = model(*inputs)
+        else:
+            found = forward_refitted(model, inputs, target)
+            output = found.output
+            if found.refitted is not None:
+                refit_loss = float(loss_fn(found.refitted, target))
+                output = found.refitted if head == "refitted" else output
         loss = float(loss_fn(output, target))
         each = None
         if per_sample_dim is not None and math.isfinite(loss):
@@ -1232,7 +1445,7 @@ def _score(
         return Candidate(values, math.inf, f"the forward or the loss failed: {exc}", samples)
     if not math.isfinite(loss):
         return Candidate(values, math.inf, f"the loss is not finite ({loss})", samples)
-    return Candidate(values, loss, None, samples, sample_losses=each)
+    return Candidate(values, loss, None, samples, sample_losses=each, refit_loss=refit_loss)
 
 
 def _tied(candidate: Candidate, best: Candidate) -> bool:

@@ -280,29 +280,56 @@ def test_scoring_a_model_with_no_forward_is_refused_in_one_sentence_before_any_f
         recovery.scorer(list(searchable_names(spec)))
 
 
-def test_data_new_to_the_model_warns_that_the_values_found_on_it_may_be_wrong(tmp_path):
-    # The search ranks hidden values by how well the original weights fit the data. On a
-    # task the model was not trained for (here its outputs mixed into new targets, which
-    # a retrained output layer fits exactly) that ranking cannot be trusted, and the person
-    # must be told, not shown "(search)" as if the data had decided.
+def _recovered_on(tmp_path, name: str, inputs: dict, make_target) -> tuple[dict, list[str]]:
+    """recover on encoder_lm's weights and data made by `make_target` from its outputs:
+    the report, and the log's warnings that the data is new to the model."""
+    (tmp_path / name).mkdir()
+    _, weights, data = save_case(tmp_path / name, "encoder_lm", inputs, make_target)
+    lines: list[str] = []
+    out = str(tmp_path / name / "out.pt")
+    recover(str(weights), str(data), out, RecoverOptions(formats=()), log=lines.append)
+    report = json.loads((tmp_path / name / "out_report.json").read_text())
+    return report, [w for w in lines if w.startswith("warning:") and "new to the model" in w]
+
+
+def test_data_new_to_the_model_is_searched_with_the_output_layer_refitted(tmp_path):
+    # The original weights' output layer cannot judge the hidden values on a task the
+    # model was not trained for (here its outputs mixed into new targets, which a
+    # retrained output layer fits exactly): the search sees that, ranks them with that
+    # layer refitted, finds the values the model's own outputs show, and says so.
     torch.manual_seed(2)
     inputs = {"tokens": tokens(50, 48, 9)}
     mix = torch.randn(50, 50) / 7
 
-    def run(name: str, make_target) -> list[str]:
-        _, weights, data = save_case(tmp_path / name, "encoder_lm", inputs, make_target)
-        lines: list[str] = []
-        out = tmp_path / name / "out.pt"
-        recover(str(weights), str(data), str(out), log=lines.append)
-        warned = [line for line in lines if "new to the model" in line]
-        # The report, read later by someone who never saw the log, says it too.
-        report = json.loads((tmp_path / name / "out_report.json").read_text())
-        assert [f"warning: {w}" for w in report["warnings"]] == warned
-        return warned
+    own, own_said = _recovered_on(tmp_path, "own", inputs, lambda out: out)
+    new, new_said = _recovered_on(tmp_path, "new", inputs, lambda out: out @ mix + 3.0)
 
-    (tmp_path / "new").mkdir()
-    (tmp_path / "own").mkdir()
-    [warning] = run("new", lambda out: out @ mix + 3.0)
+    assert own["search"]["refitted_head"] is None and own_said == []
+    search = new["search"]
+    assert search["refitted_head"] == "head" and "the data is new to the model" in search["message"]
+    assert new_said == [] and new["warnings"] == []  # the search judged them
+    decided = set(own["search"]["best_values"]) - {"layer_norm_eps"}
+    assert {n: search["best_values"][n] for n in decided} == {
+        n: own["search"]["best_values"][n] for n in decided
+    }
+    assert new["training"]["final_loss"] < 1e-9  # the retrained head fits the mix exactly
+
+
+def test_data_new_to_the_model_warns_when_the_search_could_not_refit_its_output_layer(
+    tmp_path, monkeypatch
+):
+    # Where no output layer can be refitted (here: never enough rows), the search ranks
+    # with the original weights, and the person must be told that the values found on
+    # this data may be wrong, not shown "(search)" as if the data had decided.
+    monkeypatch.setattr("recovery_core.fit.head_refit.ROWS_PER_COEFFICIENT", 10**9)
+    torch.manual_seed(2)
+    inputs = {"tokens": tokens(50, 48, 9)}
+    mix = torch.randn(50, 50) / 7
+
+    report, [warning] = _recovered_on(tmp_path, "new", inputs, lambda out: out @ mix + 3.0)
+
+    assert report["search"]["refitted_head"] is None
     assert warning.startswith("warning: the trained layers fit this data far better")
     assert "nhead" in warning and "--set" in warning
-    assert run("own", lambda out: out) == []  # data the model fits: no such warning
+    # The report, read later by someone who never saw the log, says it too.
+    assert [f"warning: {w}" for w in report["warnings"]] == [warning]

@@ -609,3 +609,42 @@ def test_a_margin_over_a_best_that_fits_exactly_reads_in_words_not_a_huge_percen
     assert result.best.loss < 1e-9
     assert "fits the data exactly, to rounding" in result.message
     assert "%" not in result.message
+
+
+@pytest.mark.parametrize(
+    "case_name",
+    [
+        "token_seq2seq_shared_embedding",
+        "encoder_regressor",
+        "first_token_classifier",
+        "gru_last_step",
+        "mlp",
+    ],
+)
+def test_on_data_new_to_the_model_the_search_ranks_with_the_output_layer_refitted(case_name):
+    """Targets the model was not trained for (its trunk read out by another output layer):
+    the checkpoint's own head fits none of the combinations, and the one it fits least
+    badly was a wrong one (nhead, batch_first, the pooling). The search sees a refitted
+    head fit far better, ranks every combination with it refitted, and finds what it
+    finds on the model's own outputs; it says so. On those own outputs nothing changes."""
+    from tests.forward_zoo import FORWARD_BY_NAME
+
+    case = FORWARD_BY_NAME[case_name]
+    model = case.make()
+    weights = model.state_dict()
+    spec = infer_spec(Checkpoint.from_state_dict(weights))
+
+    def search(data):
+        *inputs, target = data.values()
+        return score_candidates(spec, weights, tuple(inputs), target, F.mse_loss, threads=1)
+
+    own, new = search(case.data(model, 128)), search(case.new_task_data(model, 128))
+
+    assert own.refitted_head is None and "new to the model" not in own.message
+    assert new.refitted_head == case.head
+    original, refitted = new.new_task_losses
+    assert original > 2 * refitted and "the data is new to the model" in new.message
+    decided = set(own.best_values) - set(own.tied_names) - set(new.tied_names)
+    assert {n: new.best_values[n] for n in decided} == {n: own.best_values[n] for n in decided}
+    assert new.best.loss < 2e-4  # the noise's level: the trunk is the true one
+    assert json.loads(json.dumps(new.to_json()))["refitted_head"] == case.head

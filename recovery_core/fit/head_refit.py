@@ -1,0 +1,149 @@
+"""A model's output with its final Linear layer refitted to the data by least squares.
+
+The search ranks hidden values by how well a model fits the data. With the checkpoint's
+own output layer that says little about the rest when the data is a task the model was
+not trained for: the original head fits none of the combinations, and the one it fits
+least badly need not be the true one. Refitting that layer in closed form (the optimum
+any training of it would reach, under MSE) scores what the hidden values change: the
+features the layer reads.
+
+The output layer is found by what ran, not by its name: the nn.Linear whose output the
+model returned (itself, or a view of it such as a transpose). A model whose output is
+computed after its last Linear (a softmax, a sum of two heads) has none.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from recovery_core.fit.closed_form import least_squares
+
+# A head is refitted only on at least this many rows per coefficient it solves for: on
+# fewer, least squares fits noise and every combination looks good.
+ROWS_PER_COEFFICIENT = 4
+# A retrained output layer that fits the data this many times better than the original
+# one means the data is a task the original model was not trained for.
+NEW_TASK_FACTOR = 10.0
+# The search ranks again with the output layer refitted when a finalist's refitted loss is
+# this many times below the best's with the original weights. Fitting noise alone lowers
+# a loss by about 1 / (1 - 1 / ROWS_PER_COEFFICIENT) = 1.33x, so data the original
+# weights explain stays below it; on new data a wrong trunk's refit can already be far
+# below the original head (3.4x for a first-token classifier whose truth was not yet a
+# finalist), and the refitted ranking then finds the truth.
+REFIT_GAIN = 2.0
+
+# The output layer found for each model (None: its output is not a Linear's), so that
+# later forwards hook one module instead of every Linear.
+_heads: weakref.WeakKeyDictionary[nn.Module, tuple[str, nn.Linear] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@dataclass(frozen=True)
+class Refitted:
+    output: Tensor  # the model's own output
+    refitted: Tensor | None  # the same with the head refitted (None: it could not be)
+    head: str | None  # the head's module name ("" the model itself; None: no head found)
+    coefficients: int = 0  # weights solved for per output (inputs, plus one for a bias)
+
+
+def forward_refitted(model: nn.Module, inputs: tuple[Tensor, ...], target: Tensor) -> Refitted:
+    """The model's output on `inputs`, and the output its final Linear would give after a
+    least-squares fit to `target` (same shape as the output, floating point)."""
+    known = model in _heads
+    head = _heads.get(model)
+    layers = [head] if head is not None else [] if known else _linears(model)
+    calls: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+    hooks = [layer.register_forward_hook(_recorder(calls)) for _, layer in layers]
+    try:
+        output = model(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    found = next(
+        ((name, layer) for name, layer in layers if _returned(calls.get(layer), output)), None
+    )
+    if not known:
+        _heads[model] = found
+    if found is None or target.shape != output.shape or not target.is_floating_point():
+        return Refitted(output, None, None if found is None else found[0])
+    name, layer = found
+    features, produced = calls[layer]
+    coefficients = layer.in_features + (layer.bias is not None)
+    refitted = _refit(layer, features, produced, output, target)
+    return Refitted(output, refitted, name, coefficients)
+
+
+def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def _recorder(calls: dict[nn.Module, tuple[Tensor, Tensor]]):  # noqa: ANN202 - a hook
+    def record(module: nn.Module, args: tuple[Tensor, ...], result: Tensor) -> None:
+        if args and isinstance(args[0], Tensor) and isinstance(result, Tensor):
+            calls[module] = (args[0], result)  # the last call: a head runs last
+
+    return record
+
+
+def _returned(call: tuple[Tensor, Tensor] | None, output: object) -> bool:
+    """Is `output` the layer's result, or a view of all of it (a transpose, a reshape)?"""
+    if call is None or not isinstance(output, Tensor):
+        return False
+    produced = call[1]
+    return (
+        produced.is_contiguous()
+        and output.numel() == produced.numel()
+        and output.untyped_storage().data_ptr() == produced.untyped_storage().data_ptr()
+    )
+
+
+def _refit(
+    layer: nn.Linear, features: Tensor, produced: Tensor, output: Tensor, target: Tensor
+) -> Tensor | None:
+    """The model's output with `layer` refitted to `target` (None: too few rows)."""
+    rows = features.numel() // layer.in_features
+    coefficients = layer.in_features + (layer.bias is not None)
+    if rows < ROWS_PER_COEFFICIENT * coefficients:
+        return None
+    a = features.reshape(rows, layer.in_features).double()
+    if layer.bias is not None:
+        a = torch.cat([a, torch.ones(rows, 1, dtype=a.dtype)], dim=1)
+    # The target laid out as the layer produced it: the output is a view of that.
+    aligned = torch.empty(produced.shape, dtype=torch.float64)
+    _view_like(aligned, output, produced).copy_(target)
+    solution = least_squares(a, aligned.reshape(rows, layer.out_features))
+    if not bool(torch.isfinite(solution).all()):
+        return None
+    fitted = (a @ solution).reshape(produced.shape).to(output.dtype)
+    return _view_like(fitted, output, produced)
+
+
+def _view_like(tensor: Tensor, output: Tensor, produced: Tensor) -> Tensor:
+    """`tensor` (laid out as `produced`) seen as `output` sees `produced`."""
+    offset = output.storage_offset() - produced.storage_offset()
+    return tensor.as_strided(output.shape, output.stride(), offset)
+
+
+def output_layer(model: nn.Module) -> tuple[str, int] | None:
+    """The output layer found for `model` by an earlier `forward_refitted`, and how many
+    weights per output a refit solves for (None: none found, or not looked for)."""
+    found = _heads.get(model)
+    if found is None:
+        return None
+    name, layer = found
+    return name, layer.in_features + (layer.bias is not None)
+
+
+__all__ = [
+    "NEW_TASK_FACTOR",
+    "REFIT_GAIN",
+    "ROWS_PER_COEFFICIENT",
+    "Refitted",
+    "forward_refitted",
+    "output_layer",
+]
