@@ -199,6 +199,10 @@ class RunRecord:
     example_inputs: tuple[torch.Tensor, ...] = ()  # two samples: what exports are checked on
     states: dict[str, str] = field(default_factory=dict)  # each free setting's state then
     unchecked: tuple[str, ...] = ()  # settings the data could have checked and did not
+    # The search that found settings ranked them with this output layer refitted (the
+    # data was new to the model; None: with the original weights).
+    refitted_head: str | None = None
+    target_scale: float = 1.0  # the target's mean square, what a loss is small against
     started: float = field(default_factory=time.time)
     steps: list[int] = field(default_factory=list)  # every training step (the faint line)
     losses: list[float] = field(default_factory=list)

@@ -103,6 +103,15 @@ def verdict(result: rc.SearchResult) -> str:
         text += f" The data cannot tell these apart, any value fits: {tied}."
     elif result.relative_margin is not None:
         text += f" The runner-up is {result.relative_margin:.1%} worse."
+    if result.refitted_head is not None and result.new_task_losses is not None:
+        original, refitted = result.new_task_losses
+        head = f"**{result.refitted_head}**" if result.refitted_head else "the model's Linear"
+        text += (
+            f" Your data is new to this model: the original weights fit it "
+            f"{original / refitted:.3g}× worse ({fmt.loss(original)}) than with the output "
+            f"layer {head} retrained ({fmt.loss(refitted)}), so every combination was scored "
+            f"with {head} refitted to your data, as training it will."
+        )
     return text
 
 
@@ -118,7 +127,8 @@ def search_panel(studio: state.Studio) -> None:
     st.subheader("Let your data choose")
     st.markdown(
         "Each combination of the free settings is tried with the original weights; the one "
-        "whose loss on your data is lowest is most likely how the model was built."
+        "whose loss on your data is lowest is most likely how the model was built. When your "
+        "data is new to the model, its output layer is refitted to the data for each one."
     )
     assert studio.spec is not None
     searchable = list(rc.searchable_names(studio.spec))

@@ -234,6 +234,8 @@ def start(studio: state.Studio, plan: rc.FreezePlan, config: rc.TrainingConfig) 
         example_inputs=tuple(t[:2] for t in inputs),
         states=studio.states(),
         unchecked=studio.unchecked(),
+        refitted_head=studio.search.refitted_head if studio.search is not None else None,
+        target_scale=rc.session.mean_square(target),
     )
     run.start()
     studio.runs.append(record)
@@ -282,7 +284,10 @@ def verdict(record: state.RunRecord) -> None:
     else:
         (st.success if better else st.warning)(text)
     found = [n for n, state_ in record.states.items() if state_ == rc.plan.FOUND]
-    if warning := rc.session.new_task_warning(found, result.baseline_loss, result.final_loss):
+    if record.refitted_head is not None:
+        found = []  # the search saw the data was new, and ranked with the head refitted
+    before, after = result.baseline_loss, result.final_loss
+    if warning := rc.session.new_task_warning(found, before, after, record.target_scale):
         st.warning(
             f"Check the settings found on this data: {warning}. Choose them in step 2 if "
             "you know them, or score them on data the original model was trained for."
