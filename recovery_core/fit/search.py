@@ -18,6 +18,10 @@ few samples, the better part of each round on more, so only the close ones pay f
 The first round screens the forward-only values apart from the others (`_separated`):
 every value with the better part of the other combinations only, when the best of those
 agree on them (`SearchResult.separated` and `skipped` say what that left out).
+
+Data new to the model (a task it was not trained for) is ranked with each combination's
+output layer refitted by least squares (`head_refit`, `_Pass.ranked`): the original head
+fits none of them there, and cannot judge the rest.
 """
 
 from __future__ import annotations
@@ -100,8 +104,9 @@ AGREE_HEADS = 4
 
 # A best combination that leaves more than this share of the target's variance unexplained
 # is ranked again with its output layer refitted (`_worth_refitting`); the refitted
-# ranking is kept only when it fits REFIT_GAIN times better (`_NewTask.judged`).
+# ranking is kept only when it fits REFIT_GAIN times better (`_Refit.new`).
 POOR_FIT = 0.1
+PROBES = 16  # combinations `_probe` tries at most for one that runs
 
 RELATIVE_TIE = 1e-4  # losses closer than this (relative to the best) count as tied
 ABSOLUTE_TIE = 1e-9  # and this, for a best loss at or near zero
@@ -133,6 +138,8 @@ class Candidate:
     # The loss with the output layer refitted to the same samples (`head_refit`), where
     # it was measured (finalists) and could be (a final nn.Linear, enough rows).
     refit_loss: float | None = field(default=None, compare=False)
+    # Scored with the output layer refitted: the loss with the original one beside it.
+    original_loss: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -161,9 +168,9 @@ class SearchResult:
     # the combinations that left unscreened: the best others agreed on their values.
     separated: tuple[str, ...] = ()
     skipped: int = 0
-    # When the data is new to the model (`_new_to_the_model`): the output layer every
-    # combination was scored with refitted to the data, and the best first pass's loss
-    # with the original weights and with that layer refitted. None: the original weights.
+    # The output layer every combination was scored with refitted to the data (`_Refit`;
+    # None: the original weights), and when that is because the data is new to the model,
+    # the best's loss with the original weights and with the layer refitted.
     refitted_head: str | None = None
     new_task_losses: tuple[float, float] | None = None
 
@@ -609,12 +616,12 @@ def score_candidates(
     choose = _ThreadChoice(threads)
     with warnings.catch_warnings(), torch.no_grad(), choose(1 if small else None):
         warnings.simplefilter("ignore")  # torch's fast-path notices, once per combination
-        (scorer, strategy, final), new_task = search.ranked(choose)
+        (scorer, strategy, final), refit = search.ranked(choose)
     result = _summarise(
         tuple(union), list(union.values()), final, total, fixed, time.monotonic() - started,
         base, strategy, None, scorer.screening(), (tuple(scorer.separated), scorer.skipped),
     )  # fmt: skip
-    return result if new_task is None else new_task.told(result)
+    return result if refit is None else refit.told(result)
 
 
 @dataclass
@@ -649,55 +656,116 @@ class _Pass:
 
     def ranked(
         self, choose: _ThreadChoice
-    ) -> tuple[tuple[_Scorer, str, list[Candidate]], _NewTask | None]:
-        """A pass with the original weights; when the data may be new to the model, one
-        with each combination's output layer refitted, kept when it fits far better."""
+    ) -> tuple[tuple[_Scorer, str, list[Candidate]], _Refit | None]:
+        """The ranking with the original weights, or, when the data is new to the model,
+        with each combination's output layer refitted (`_Refit`). The values first tried
+        tell (`_probe`): when they fit far better with the layer refitted, that ranking
+        runs alone (valid on data the model fits too: its best then fits as well with the
+        original weights, and the message says the data is not new). Else the original
+        one runs, and the refitted one after it when its finalists show the data may be
+        new (`_worth_refitting`), kept when its best fits REFIT_GAIN times better so."""
+        probed = _probe(self)
+        if probed is not None:
+            again = self.run(choose, refit_rows=ROWS_PER_COEFFICIENT * probed[1])
+            refit = _Refit.of(probed[0], again[2], probed[2])
+            if refit is not None:
+                return again, refit
         first = self.run(choose)
-        head = _worth_refitting(first[2], self.groups, self)
+        head = _worth_refitting(first[2], self.groups, self) if probed is None else None
         if head is None:
             return first, None
         again = self.run(choose, refit_rows=ROWS_PER_COEFFICIENT * head[1])
-        new_task = _NewTask.judged(head[0], first[2], again[2])
-        return (first, None) if new_task is None else (again, new_task)
+        refit = _Refit.of(head[0], again[2])
+        return (again, refit) if refit is not None and refit.new else (first, None)
 
 
 @dataclass(frozen=True)
-class _NewTask:
-    """The data is new to the model: ranked with their output layer refitted, the best
-    combination fits it REFIT_GAIN times better than the best did with the original
-    weights."""
+class _Refit:
+    """A ranking made with each combination's output layer refitted, and its best's loss
+    with the original weights and refitted. The data is new to the model when the second
+    is REFIT_GAIN times below the first (`new`)."""
 
     head: str
-    original: float  # the best loss with the original weights
-    refitted: float  # the best loss with the output layer refitted
+    original: float  # the best combination's loss with the original weights
+    refitted: float  # and with its output layer refitted
+    first_tried: float = 0.0  # how much better refitted the values first tried fit (probe)
 
     @classmethod
-    def judged(
-        cls, head: str, original: list[Candidate], refitted: list[Candidate]
-    ) -> _NewTask | None:
-        """Is the data new to the model, by the best of each ranking? (None: no.)"""
-        first, second = _best_scored(original), _best_scored(refitted)
-        if first is None or second is None or not first.loss > REFIT_GAIN * second.loss:
+    def of(cls, head: str, ranked: list[Candidate], first_tried: float = 0.0) -> _Refit | None:
+        best = _best_scored(ranked)
+        if best is None or best.original_loss is None:
             return None
-        return cls(head, first.loss, second.loss)
+        return cls(head, best.original_loss, best.loss, first_tried)
+
+    @property
+    def new(self) -> bool:
+        return self.original > REFIT_GAIN * self.refitted
 
     def told(self, result: SearchResult) -> SearchResult:
         """The refitted ranking's result, saying why it ranked with the layer refitted."""
         head = f"its output layer {self.head!r}" if self.head else "the model (one Linear)"
-        note = (
-            f" Ranked with the original weights, the best loss was {self.original:.6g}; "
-            f"with {head} refitted by least squares, {self.refitted:.6g} "
-            f"({self.original / self.refitted:.3g}× lower): the data is new to the model, "
-            "and the original output layer cannot judge the rest. So every combination "
-            f"was ranked with {head} refitted to the samples it was scored on, as training "
-            "that layer would; the losses above are those."
-        )
+        if self.new:
+            note = (
+                f" With the original weights the best's loss is {self.original:.6g}; with "
+                f"{head} refitted by least squares, {self.refitted:.6g} "
+                f"({self.original / self.refitted:.3g}× lower): the data is new to the "
+                "model, and the original output layer cannot judge the rest. So every "
+                f"combination was ranked with {head} refitted to the samples it was scored "
+                "on, as training that layer would; the losses above are those."
+            )
+        else:
+            note = (
+                f" Every combination was ranked with {head} refitted by least squares to "
+                f"the samples it was scored on (the values first tried fit this data "
+                f"{self.first_tried:.3g}× better so); the best fits it as well with the "
+                f"original weights (loss {self.original:.6g} against {self.refitted:.6g}), "
+                "so the data is not new to the model."
+            )
         return dataclasses.replace(
             result,
             message=result.message + note,
             refitted_head=self.head,
-            new_task_losses=(self.original, self.refitted),
+            new_task_losses=(self.original, self.refitted) if self.new else None,
         )
+
+
+def _probe(search: _Pass) -> tuple[str, int, float] | None:
+    """The output layer (name, weights per output, and how much better refitted) to rank
+    with refitted when the values first tried already show the data is new to the model:
+    on the screening samples they fit REFIT_GAIN times better with it refitted than with
+    the original weights. The values tried are the current ones, else the first of their
+    one-value changes that runs (a guessed layout may not read the data at all), up to
+    PROBES. None when they fit, none runs, or no output layer can be refitted."""
+    group = search.groups[0]
+    for values in itertools.islice(_neighbourhood(group), PROBES):
+        model, _ = group.model(values)
+        if model is None:
+            continue
+        # As screening sees them: a layout that reads the samples as one long sequence
+        # is cut short, not run over thousands of steps.
+        count, steps = search.data.size(group.spec, values, search.limits[3])
+        part = search.data.first(group.spec, values, count, steps)
+        tried = _score(model, values, part.inputs, part.target, search.loss_fn, head="measure")
+        if tried.error is not None:
+            continue
+        scale = float(part.target.double().square().mean())
+        if tried.refit_loss is None or tried.loss <= 1e-6 * scale:
+            return None
+        if not tried.loss > REFIT_GAIN * tried.refit_loss:
+            return None
+        found = output_layer(model)
+        return None if found is None else (*found, tried.loss / tried.refit_loss)
+    return None
+
+
+def _neighbourhood(group: _Group) -> Iterator[dict[str, Any]]:
+    """The group's current values, then each of their one-value changes."""
+    current = tuple(_current(group))
+    yield group.values(current)
+    for position, candidates in enumerate(group.candidates):
+        for value in candidates:
+            if value != current[position]:
+                yield group.values(current[:position] + (value,) + current[position + 1 :])
 
 
 def _best_scored(final: list[Candidate]) -> Candidate | None:
@@ -1423,7 +1491,7 @@ def _score(
     `head`: the loss with the original output layer, with it refitted to these samples
     (`head_refit`) where it can be, or the first with the second measured beside it."""
     samples = len(target) if samples is None else samples
-    refit_loss = None
+    refit_loss = original_loss = None
     try:
         if head == "original":
             output = model(*inputs)
@@ -1431,6 +1499,7 @@ def _score(
             found = forward_refitted(model, inputs, target)
             output = found.output
             if found.refitted is not None:
+                original_loss = float(loss_fn(found.output, target))
                 refit_loss = float(loss_fn(found.refitted, target))
                 output = found.refitted if head == "refitted" else output
         loss = float(loss_fn(output, target))
@@ -1445,7 +1514,10 @@ def _score(
         return Candidate(values, math.inf, f"the forward or the loss failed: {exc}", samples)
     if not math.isfinite(loss):
         return Candidate(values, math.inf, f"the loss is not finite ({loss})", samples)
-    return Candidate(values, loss, None, samples, sample_losses=each, refit_loss=refit_loss)
+    return Candidate(
+        values, loss, None, samples, sample_losses=each, refit_loss=refit_loss,
+        original_loss=original_loss,
+    )  # fmt: skip
 
 
 def _tied(candidate: Candidate, best: Candidate) -> bool:

@@ -304,7 +304,7 @@ def test_data_new_to_the_model_is_searched_with_the_output_layer_refitted(tmp_pa
     own, own_said = _recovered_on(tmp_path, "own", inputs, lambda out: out)
     new, new_said = _recovered_on(tmp_path, "new", inputs, lambda out: out @ mix + 3.0)
 
-    assert own["search"]["refitted_head"] is None and own_said == []
+    assert own["search"]["new_task_losses"] is None and own_said == []
     search = new["search"]
     assert search["refitted_head"] == "head" and "the data is new to the model" in search["message"]
     assert new_said == [] and new["warnings"] == []  # the search judged them

@@ -640,7 +640,7 @@ def test_on_data_new_to_the_model_the_search_ranks_with_the_output_layer_refitte
 
     own, new = search(case.data(model, 128)), search(case.new_task_data(model, 128))
 
-    assert own.refitted_head is None and "new to the model" not in own.message
+    assert own.new_task_losses is None and "the data is new to the model" not in own.message
     assert new.refitted_head == case.head
     original, refitted = new.new_task_losses
     assert original > 2 * refitted and "the data is new to the model" in new.message
@@ -648,3 +648,25 @@ def test_on_data_new_to_the_model_the_search_ranks_with_the_output_layer_refitte
     assert {n: new.best_values[n] for n in decided} == {n: own.best_values[n] for n in decided}
     assert new.best.loss < 2e-4  # the noise's level: the trunk is the true one
     assert json.loads(json.dumps(new.to_json()))["refitted_head"] == case.head
+
+
+def test_a_ranking_refitted_on_data_the_model_fits_finds_the_same_values_and_says_so():
+    """The values first tried (a wrong guess: nhead, layout) can fit the model's own
+    outputs far better with the output layer refitted, and the search then ranks with it
+    refitted: its best is the one the original weights pick, it fits as well with them,
+    and the message says the data is not new to the model."""
+    from tests.forward_zoo import FORWARD_BY_NAME
+
+    case = FORWARD_BY_NAME["vector_seq2seq_fed_as_is"]
+    model = case.make()
+    weights = model.state_dict()
+    spec = infer_spec(Checkpoint.from_state_dict(weights))
+    *inputs, target = case.data(model, 128).values()
+    result = score_candidates(spec, weights, tuple(inputs), target, F.mse_loss, threads=1)
+
+    assert result.refitted_head == "out" and result.new_task_losses is None
+    assert "so the data is not new to the model" in result.message
+    assert {"nhead": 4, "batch_first": False, "norm_first": False}.items() <= (
+        result.best_values.items()
+    )
+    assert result.best.loss < 2e-4

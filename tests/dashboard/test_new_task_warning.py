@@ -58,4 +58,4 @@ def test_settings_found_on_new_data_are_flagged_when_the_search_could_not_refit(
 
 def test_data_the_model_fits_raises_no_such_flag():
     at, flags = _trained_on(16, lambda out: out + 0.01 * torch.randn_like(out))
-    assert flags == [] and studio(at).search.refitted_head is None
+    assert flags == [] and studio(at).search.new_task_losses is None
