@@ -996,9 +996,9 @@ def forward_goals(
 
 
 SEARCH_NOTE = (
-    "The search on this data ('everything found', the last round's report): {}. The search "
-    "ranks hidden values by the loss of the checkpoint's own weights, head included; with a "
-    "head that does not fit the data, that loss says little about the trunk (see 8c)."
+    "The search on this data ('everything found', the last round's report): {}. The "
+    "checkpoint's own head does not fit this data, so the search ranks with the output layer "
+    "refitted by least squares (section 10; before that fix it picked wrong values here, 8c)."
 )
 
 

@@ -416,7 +416,7 @@ class _Scorer:
         refit_rows: int = 0,
     ) -> None:
         self.groups, self.data, self.loss_fn, self.progress = groups, data, loss_fn, progress
-        # With the output layer refitted to each round's samples (`_new_to_the_model`):
+        # With the output layer refitted to each round's samples (`_Pass.ranked`):
         # at least this many rows to fit on (0: scored with the original weights).
         self.refit_rows = refit_rows
         self.started, self.budget, self.max_count, samples = limits
