@@ -704,15 +704,16 @@ class _Refit:
     def told(self, result: SearchResult) -> SearchResult:
         """The refitted ranking's result, saying why it ranked with the layer refitted."""
         head = f"its output layer {self.head!r}" if self.head else "the model (one Linear)"
-        if self.new:
+        if self.new:  # first: it says what the losses are
             note = (
-                f" With the original weights the best's loss is {self.original:.6g}; with "
-                f"{head} refitted by least squares, {self.refitted:.6g} "
-                f"({self.original / self.refitted:.3g}× lower): the data is new to the "
-                "model, and the original output layer cannot judge the rest. So every "
-                f"combination was ranked with {head} refitted to the samples it was scored "
-                "on, as training that layer would; the losses above are those."
+                f"The data is new to the model: with the original weights the best's loss "
+                f"is {self.original:.6g}, with {head} refitted by least squares "
+                f"{self.refitted:.6g} ({self.original / self.refitted:.3g}× lower), and the "
+                "original output layer cannot judge the rest. So every combination was "
+                f"ranked with {head} refitted to the samples it was scored on, as training "
+                "that layer would; the losses are those. "
             )
+            message = note + result.message
         else:
             note = (
                 f" Every combination was ranked with {head} refitted by least squares to "
@@ -721,9 +722,10 @@ class _Refit:
                 f"original weights (loss {self.original:.6g} against {self.refitted:.6g}), "
                 "so the data is not new to the model."
             )
+            message = result.message + note
         return dataclasses.replace(
             result,
-            message=result.message + note,
+            message=message,
             refitted_head=self.head,
             new_task_losses=(self.original, self.refitted) if self.new else None,
         )
