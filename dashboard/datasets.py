@@ -22,7 +22,8 @@ def open_data(studio: state.Studio, source: state.Source) -> bool:
         return False
     assert studio.recovery is not None, "a checkpoint is open before its data"
     studio.dataset_source = replace(source, payload=None)  # the bytes are not needed any more
-    studio.recovery.use_data(dataset)
+    studio.recovery.use_data(dataset)  # values found on other data are unchecked again
+    studio.scored_names.clear()
     remap(studio)
     return True
 

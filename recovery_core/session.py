@@ -67,7 +67,7 @@ from recovery_core.model.layout import (
     take,
     to_batch_major,
 )
-from recovery_core.model.spec import SOURCE_USER, WIRING, ArchSpec
+from recovery_core.model.spec import SOURCE_DEFAULT, SOURCE_SEARCH, SOURCE_USER, WIRING, ArchSpec
 from recovery_core.plan import TrainingSettings
 
 Log = Callable[[str], None]
@@ -370,9 +370,19 @@ class RecoveryData:
             self.fixed = {k: v for k, v in self.fixed.items() if k not in result.names}
 
     def use_data(self, dataset: Dataset, name: str | None = None) -> None:
-        """Another dataset: how it feeds the model is decided again (`map`)."""
+        """Another dataset: how it feeds the model is decided again (`map`), and values a
+        search found on other data are not found on this one (`_forget_found`)."""
         self.dataset, self.mapping = dataset, None
         self.data_name = name or dataset.source_name
+        self._forget_found()
+
+    def _forget_found(self) -> None:
+        """Values a search found stay as they are but count as unchecked defaults again:
+        they were found on other data, or on another mapping of it."""
+        found = {hp.name: hp.value for hp in self.spec.free if hp.source == SOURCE_SEARCH}
+        if found:
+            self.spec = self.spec.with_values(found, source=SOURCE_DEFAULT)
+        self.searched = None
 
     def map(
         self, inputs: Sequence[str] = (), target: str | None = None, loss: str | None = None
@@ -380,7 +390,10 @@ class RecoveryData:
         """Which entries feed the model and which it is scored on: the person's choice, what
         they left open guessed (and said). A mapping that fails keeps the one before."""
         assert self.dataset is not None, "use_data first"
+        before = self.mapping
         self.mapping = _mapping(self.dataset, self.spec, inputs, target, loss, self.log)
+        if before is not None and _fed(before) != _fed(self.mapping):
+            self._forget_found()  # other entries: other data (a loss alone scores the same)
         return self.mapping
 
     def tensors(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
@@ -656,6 +669,11 @@ class Recovery(RecoveryData):
             # Atomically, never through a symlink planted at the report's path.
             write_atomic(report_path, Path(bundle.report_path).read_bytes())
         return bundle
+
+
+def _fed(mapping: DataMapping) -> tuple[tuple[str, ...], str]:
+    """The entries a mapping feeds the model and scores it on."""
+    return tuple(mapping.inputs), mapping.target
 
 
 def mean_square(target: torch.Tensor) -> float:

@@ -13,6 +13,7 @@ import torch
 
 from recovery_core.cli import main
 from recovery_core.errors import DataError, ExportError
+from recovery_core.plan import unverified
 from recovery_core.recover import RecoverOptions, recover
 from tests.zoo import ZOO_BY_NAME, tokens
 
@@ -306,7 +307,8 @@ def test_data_new_to_the_model_is_searched_with_the_output_layer_refitted(tmp_pa
 
     assert own["search"]["new_task_losses"] is None and own_said == []
     search = new["search"]
-    assert search["refitted_head"] == "head" and "the data is new to the model" in search["message"]
+    assert search["refitted_head"] == "head"
+    assert search["message"].startswith("The data is new to the model")
     assert new_said == [] and new["warnings"] == []  # the search judged them
     decided = set(own["search"]["best_values"]) - {"layer_norm_eps"}
     assert {n: search["best_values"][n] for n in decided} == {
@@ -333,3 +335,27 @@ def test_data_new_to_the_model_warns_when_the_search_could_not_refit_its_output_
     assert "nhead" in warning and "--set" in warning
     # The report, read later by someone who never saw the log, says it too.
     assert [f"warning: {w}" for w in report["warnings"]] == [warning]
+
+
+def test_values_found_on_one_dataset_are_unchecked_again_on_another(tmp_path):
+    # A search's values describe the data it scored; once other data (or another mapping
+    # of it) is used they are kept as the starting values, not as values found on it.
+    from recovery_core.io.data import load_dataset
+    from recovery_core.session import Recovery
+
+    torch.manual_seed(0)
+    inputs = {"tokens": tokens(50, 32, 9)}
+    _, weights, data = save_case(tmp_path, "encoder_lm", inputs, lambda out: out)
+    recovery = Recovery.open(str(weights))
+    recovery.use_data(load_dataset(str(data)))
+    recovery.map()
+    result = recovery.search()
+    found = {hp.name: hp.value for hp in recovery.spec.free if hp.source == "search"}
+    assert result is not None and found
+
+    recovery.use_data(load_dataset(str(data)), "the same file, opened again")
+
+    assert recovery.searched is None
+    assert [hp.name for hp in recovery.spec.free if hp.source == "search"] == []
+    assert {n: recovery.spec.value(n) for n in found} == found  # kept as the start
+    assert set(found) <= set(unverified(recovery.spec))
