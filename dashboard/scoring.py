@@ -69,6 +69,7 @@ class ScoringJob:
     spec_key: str  # the settings it started from: its result applies only to these
     names: tuple[str, ...]
     automatic: bool
+    fed: str = ""  # the data and entries it scores (`_fed_key`): the same applies
     done: int = 0
     total: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -100,7 +101,9 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
     """Score `names` on this session's data in a daemon thread; settings the person chose
     and did not ask to score stay fixed."""
     assert studio.recovery is not None and studio.opened is not None
-    job = ScoringJob(state.spec_key(studio.recovery.spec), tuple(names), automatic)
+    job = ScoringJob(
+        state.spec_key(studio.recovery.spec), tuple(names), automatic, _fed_key(studio)
+    )
     # Everything the search reads: the weights (by content), the data and how it feeds the
     # model, the settings it starts from and the ones it scores.
     key = f"{studio.opened.source.key}|{_data_key(studio)}|{job.names}"
@@ -155,8 +158,13 @@ def release(studio: state.Studio, wait: float = 0.0) -> bool:
 
 def _data_key(studio: state.Studio) -> str:
     assert studio.spec is not None
+    return f"{state.spec_key(studio.spec)}|{_fed_key(studio)}"
+
+
+def _fed_key(studio: state.Studio) -> str:
+    """The data the model is scored on: the dataset and which entries feed it."""
     source = studio.dataset_source.key if studio.dataset_source is not None else ""
-    return f"{state.spec_key(studio.spec)}|{source}|{studio.mapping!r}"
+    return f"{source}|{studio.mapping!r}"
 
 
 def automatic() -> bool:
@@ -203,6 +211,8 @@ def collect(studio: state.Studio) -> bool:
         return True  # stopped
     if state.spec_key(studio.recovery.spec) != job.spec_key:
         return True  # the person changed a setting meanwhile: their choice wins
+    if _fed_key(studio) != job.fed:
+        return True  # other data (or entries) opened meanwhile: found on data now gone
     studio.recovery.apply_search(job.result)
     if job.result.best is None:  # nothing could be scored: nothing is found either
         studio.scoring_error = ui.Problem(

@@ -32,3 +32,26 @@ def test_settings_found_on_other_data_are_scored_again_on_the_new_data():
     assert second is not None and second is not first
     assert second.refitted_head == "2" and second.best_values["1"] == "Tanh"
     assert studio(at).states()["1"] == "found"
+
+
+def test_a_scoring_of_the_data_before_is_not_applied_to_data_opened_meanwhile():
+    # A checkpoint opened while the demo's data is still loaded is scored on that data at
+    # once; data opened before that scoring is applied must not receive its values.
+    from tests.dashboard.test_app import open_app
+    from tests.forward_zoo import FORWARD_BY_NAME
+
+    case = FORWARD_BY_NAME["token_seq2seq_shared_embedding"]
+    model = case.make()
+    at = open_app()
+    upload = ("translator.pt", _saved(model.state_dict()), "application/octet-stream")
+    at.sidebar.file_uploader(key="source_upload").set_value(upload).run()
+    assert studio(at).mapping is not None  # the demo's data, matched to the new model
+    at.switch_page("steps/data.py").run()  # not settled: the scoring is still on
+    data = ("new.pt", _saved(case.new_task_data(model, 128)), "application/octet-stream")
+    at.file_uploader(key="data_upload").set_value(data)
+    settled(at.run())
+
+    result = studio(at).search
+    assert studio(at).mapping.target == "y"
+    assert result is not None and result.refitted_head == "readout"  # scored on the new data
+    assert result.best.loss < 1e-3
