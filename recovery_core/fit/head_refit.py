@@ -25,6 +25,10 @@ from recovery_core.fit.closed_form import least_squares
 # A head is refitted only on at least this many rows per coefficient it solves for: on
 # fewer, least squares fits noise and every combination looks good.
 ROWS_PER_COEFFICIENT = 4
+# A refit solves on at most this many float64 values (rows of the layer's inputs and
+# targets, 128 MiB): a large vocabulary on long sequences must not double the memory
+# the forward took. Beyond, it solves on evenly spaced rows and predicts every row.
+REFIT_VALUES = 1 << 24
 # A retrained output layer that fits the data this many times better than the original
 # one means the data is a task the original model was not trained for.
 NEW_TASK_FACTOR = 10.0
@@ -105,22 +109,35 @@ def _returned(call: tuple[Tensor, Tensor] | None, output: object) -> bool:
 def _refit(
     layer: nn.Linear, features: Tensor, produced: Tensor, output: Tensor, target: Tensor
 ) -> Tensor | None:
-    """The model's output with `layer` refitted to `target` (None: too few rows)."""
+    """The model's output with `layer` refitted to `target` (None: too few rows). Solved
+    on at most REFIT_VALUES float64 values: beyond, on evenly spaced rows (across the
+    samples and their steps), and every row predicted from that solution."""
     rows = features.numel() // layer.in_features
     coefficients = layer.in_features + (layer.bias is not None)
-    if rows < ROWS_PER_COEFFICIENT * coefficients:
+    solved = min(rows, REFIT_VALUES // (coefficients + layer.out_features))
+    if solved < ROWS_PER_COEFFICIENT * coefficients:
         return None
-    a = features.reshape(rows, layer.in_features).double()
-    if layer.bias is not None:
-        a = torch.cat([a, torch.ones(rows, 1, dtype=a.dtype)], dim=1)
+    x = features.reshape(rows, layer.in_features)
     # The target laid out as the layer produced it: the output is a view of that.
-    aligned = torch.empty(produced.shape, dtype=torch.float64)
+    aligned = torch.empty(produced.shape, dtype=target.dtype)
     _view_like(aligned, output, produced).copy_(target)
-    solution = least_squares(a, aligned.reshape(rows, layer.out_features))
+    y = aligned.reshape(rows, layer.out_features)
+    if solved < rows:
+        chosen = torch.linspace(0, rows - 1, solved).round().long()
+        x_fit, y_fit = x[chosen], y[chosen]
+    else:
+        x_fit, y_fit = x, y
+    a = x_fit.double()
+    if layer.bias is not None:
+        a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
+    solution = least_squares(a, y_fit.double())
     if not bool(torch.isfinite(solution).all()):
         return None
-    fitted = (a @ solution).reshape(produced.shape).to(output.dtype)
-    return _view_like(fitted, output, produced)
+    weight = solution[: layer.in_features].to(x.dtype)
+    fitted = x @ weight
+    if layer.bias is not None:
+        fitted += solution[layer.in_features].to(x.dtype)
+    return _view_like(fitted.reshape(produced.shape).to(output.dtype), output, produced)
 
 
 def _view_like(tensor: Tensor, output: Tensor, produced: Tensor) -> Tensor:
@@ -142,6 +159,7 @@ def output_layer(model: nn.Module) -> tuple[str, int] | None:
 __all__ = [
     "NEW_TASK_FACTOR",
     "REFIT_GAIN",
+    "REFIT_VALUES",
     "ROWS_PER_COEFFICIENT",
     "Refitted",
     "forward_refitted",

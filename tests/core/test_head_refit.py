@@ -71,3 +71,29 @@ def test_nothing_is_refitted_on_too_few_rows_or_on_class_labels():
     assert few.head == "2" and few.refitted is None
     assert labels.refitted is None
     assert enough.refitted is not None
+
+
+def test_a_refit_too_large_to_solve_whole_solves_on_spaced_rows_within_its_budget(
+    monkeypatch,
+):
+    # A large vocabulary on long sequences must not double the forward's memory: past
+    # REFIT_VALUES the refit solves on evenly spaced rows and still predicts every row.
+    torch.manual_seed(0)
+    model = SequenceFirst().eval()
+    x = torch.randn(7, 40, 5)  # 280 rows of 8 features, 3 outputs
+    with torch.no_grad():
+        weight, bias = torch.randn(3, 8), torch.randn(3)
+        target = (model.mix(x)[0] @ weight.T + bias).transpose(0, 1)  # a new readout
+        target += 0.01 * torch.randn_like(target)
+        whole = forward_refitted(model, (x,), target)
+        monkeypatch.setattr("recovery_core.fit.head_refit.REFIT_VALUES", 12 * 60)
+        spaced = forward_refitted(model, (x,), target)  # 60 rows of 12 values each
+        monkeypatch.setattr("recovery_core.fit.head_refit.REFIT_VALUES", 12 * 30)
+        too_few = forward_refitted(model, (x,), target)  # 30 rows: under 4 per weight
+
+    assert whole.refitted is not None and spaced.refitted is not None
+    assert spaced.refitted.shape == target.shape
+    optimum = float(F.mse_loss(whole.refitted, target))
+    assert optimum < 2e-4  # the noise's level: the new readout is recovered
+    assert float(F.mse_loss(spaced.refitted, target)) < 1.5 * optimum
+    assert too_few.refitted is None and too_few.head == "readout"
