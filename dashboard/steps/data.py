@@ -75,6 +75,11 @@ def _set_mapping(input_keys: list[str], target_key: str, loss_key: str) -> None:
     studio = state.studio()
     recovery = studio.recovery
     assert recovery is not None and recovery.dataset is not None
+    if target_key != state.widget_key(studio, "data_target"):
+        # A box drawn for the data before (its keys are older): a browser can send its
+        # value after other data was opened, in a run another run interrupted. It must
+        # not map the new data by the old entries' names.
+        return
     inputs = [st.session_state[key] for key in input_keys]
     before = recovery.mapping
     try:
