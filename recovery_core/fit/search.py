@@ -426,6 +426,7 @@ class _Scorer:
         self.results: dict[tuple[int, tuple[Any, ...]], Candidate] = {}
         self.earlier: dict[tuple[int, tuple[Any, ...]], Candidate] = {}  # set aside (beam)
         self.counts = [0] * len(self.rungs)  # combinations screened at each round
+        self.widest = [0] * len(self.rungs)  # samples a round took at most (refits: more)
         # Forward-only names screened apart from the others, and the combinations that
         # left unscreened (`_separated`).
         self.separated: dict[str, None] = {}
@@ -453,6 +454,7 @@ class _Scorer:
             candidate = Candidate(values, math.inf, error, rung=self.rung)
         else:
             part, steps = self._part(group, values)
+            self.widest[self.rung] = max(self.widest[self.rung], part.samples)
             candidate = _score(
                 model, values, part.inputs, part.target, self.loss_fn, part.samples,
                 head="refitted" if self.refit_rows else "original",
@@ -510,6 +512,7 @@ class _Scorer:
         top = len(self.rungs) - 1
         if not self.results:
             self.rungs, self.counts = self.rungs[top:], self.counts[top:]
+            self.widest = self.widest[top:]
             return
         self.earlier = {k: c for k, c in self.results.items() if c.error is None and c.rung < top}
         for key in self.earlier:
@@ -526,7 +529,9 @@ class _Scorer:
         index; nothing when no combination ran."""
         if not any(self.counts):
             return ()
-        return tuple((r[0], n) for r, n in zip(self.rungs, self.counts, strict=True))
+        return tuple(
+            (max(r[0], w), n) for r, n, w in zip(self.rungs, self.counts, self.widest, strict=True)
+        )
 
     def runs(self, index: int, combo: tuple[Any, ...]) -> bool:
         """A dry run on one sample: do the shapes chain? (A failure is recorded as scored.)"""

@@ -648,6 +648,9 @@ def test_on_data_new_to_the_model_the_search_ranks_with_the_output_layer_refitte
     assert {n: new.best_values[n] for n in decided} == {n: own.best_values[n] for n in decided}
     assert new.best.loss < 2e-4  # the noise's level: the trunk is the true one
     assert json.loads(json.dumps(new.to_json()))["refitted_head"] == case.head
+    # Refitting takes more samples per round than the nominal ones; the report says so.
+    screened = [c for c in new.ranking if c.error is None and c.screen_loss is None]
+    assert all(c.samples <= new.screening[c.rung][0] for c in screened)
 
 
 def test_a_ranking_refitted_on_data_the_model_fits_finds_the_same_values_and_says_so():
