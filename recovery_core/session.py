@@ -34,7 +34,7 @@ from recovery_core.fit.freeze import (
     plan_freeze,
     preset_patterns,
 )
-from recovery_core.fit.head_refit import NEW_TASK_FACTOR
+from recovery_core.fit.head_refit import EXACT_FIT, NEW_TASK_FACTOR, mean_square
 from recovery_core.fit.search import Candidate, SearchResult, score_candidates, searchable_names
 from recovery_core.fit.train import TrainingResult, TrainingRun
 from recovery_core.infer import infer_spec
@@ -392,7 +392,7 @@ class RecoveryData:
         assert self.dataset is not None, "use_data first"
         before = self.mapping
         self.mapping = _mapping(self.dataset, self.spec, inputs, target, loss, self.log)
-        if before is not None and _fed(before) != _fed(self.mapping):
+        if before is not None and fed_entries(before) != fed_entries(self.mapping):
             self._forget_found()  # other entries: other data (a loss alone scores the same)
         return self.mapping
 
@@ -600,12 +600,12 @@ class Recovery(RecoveryData):
                 raise
         drop_batch_major(self.result.model)
         searched = self.searched
-        # A search that refitted the output layer to rank the values judged them already.
-        judged = searched is not None and searched.refitted_head is not None
-        found = searched.names if searched and searched.best and not judged else ()
-        result = self.result
-        scale = mean_square(target)
-        if warning := new_task_warning(found, result.baseline_loss, result.final_loss, scale):
+        found = searched.names if searched and searched.best else ()
+        refitted = searched.refitted_head if searched else None
+        result, scale = self.result, mean_square(target)
+        if warning := new_task_warning(
+            found, result.baseline_loss, result.final_loss, scale, refitted
+        ):
             self.warnings.append(
                 f"{warning}: fix them with --set if you know them, or score them on data "
                 "the original model was trained for"
@@ -671,29 +671,30 @@ class Recovery(RecoveryData):
         return bundle
 
 
-def _fed(mapping: DataMapping) -> tuple[tuple[str, ...], str]:
+def fed_entries(mapping: DataMapping) -> tuple[tuple[str, ...], str]:
     """The entries a mapping feeds the model and scores it on."""
     return tuple(mapping.inputs), mapping.target
 
 
-def mean_square(target: torch.Tensor) -> float:
-    """The target's mean square (1 for class labels): what a loss is small against."""
-    return float(target.double().square().mean()) if target.is_floating_point() else 1.0
-
-
 def new_task_warning(
-    found: Sequence[str], before: float, after: float, target_scale: float = 1.0
+    found: Sequence[str],
+    before: float,
+    after: float,
+    target_scale: float = 1.0,
+    refitted_head: str | None = None,
 ) -> str | None:
     """Why the values `found` by the search may be wrong, when training took the loss from
     `before` to `after`: the data is new to the model. The search ranks hidden values by
     how well the ORIGINAL weights fit the data, which data they were not trained for
     cannot judge. None otherwise. `target_scale`: the target's mean square (MSE), below a
-    millionth of which the original weights fit exactly and only rounding is left. (A
-    search that saw the data was new ranked with the output layer refitted, and says so:
-    `SearchResult.refitted_head`; pass no names found for it.)"""
-    if not found or not (math.isfinite(before) and math.isfinite(after)):
+    millionth of which the original weights fit exactly and only rounding is left.
+    `refitted_head`: the search's (`SearchResult.refitted_head`); a search that ranked
+    with the output layer refitted judged the values on this data, and says so itself."""
+    if refitted_head is not None or not found:
         return None
-    if after * NEW_TASK_FACTOR > before or before <= 1e-6 * target_scale:
+    if not (math.isfinite(before) and math.isfinite(after)):
+        return None
+    if after * NEW_TASK_FACTOR > before or before <= EXACT_FIT * target_scale:
         return None
     return (
         f"the trained layers fit this data far better than the original weights did "

@@ -85,7 +85,7 @@ def _set_mapping(input_keys: list[str], target_key: str, loss_key: str) -> None:
     try:
         recovery.map(inputs, st.session_state[target_key], st.session_state[loss_key])
         studio.data_error = None
-        fed = [(m.inputs, m.target) if m else None for m in (before, recovery.mapping)]
+        fed = [rc.session.fed_entries(m) if m else None for m in (before, recovery.mapping)]
         if fed[0] != fed[1]:  # other entries: what they checked is unchecked again
             studio.scored_names.clear()
     except Exception as exc:  # noqa: BLE001 - the previous mapping stays; the sentence says why

@@ -284,10 +284,10 @@ def verdict(record: state.RunRecord) -> None:
     else:
         (st.success if better else st.warning)(text)
     found = [n for n, state_ in record.states.items() if state_ == rc.plan.FOUND]
-    if record.refitted_head is not None:
-        found = []  # the search saw the data was new, and ranked with the head refitted
     before, after = result.baseline_loss, result.final_loss
-    if warning := rc.session.new_task_warning(found, before, after, record.target_scale):
+    if warning := rc.session.new_task_warning(
+        found, before, after, record.target_scale, record.refitted_head
+    ):
         st.warning(
             f"Check the settings found on this data: {warning}. Choose them in step 2 if "
             "you know them, or score them on data the original model was trained for."

@@ -39,6 +39,9 @@ NEW_TASK_FACTOR = 10.0
 # below the original head (3.4x for a first-token classifier whose truth was not yet a
 # finalist), and the refitted ranking then finds the truth.
 REFIT_GAIN = 2.0
+# A loss below this share of the target's mean square is a fit to rounding: nothing is
+# left for a refit or a retrained layer to show.
+EXACT_FIT = 1e-6
 
 # The output layer found for each model (None: its output is not a Linear's), so that
 # later forwards hook one module instead of every Linear.
@@ -77,7 +80,7 @@ def forward_refitted(model: nn.Module, inputs: tuple[Tensor, ...], target: Tenso
         return Refitted(output, None, None if found is None else found[0])
     name, layer = found
     features, produced = calls[layer]
-    coefficients = layer.in_features + (layer.bias is not None)
+    coefficients = _coefficients(layer)
     refitted = _refit(layer, features, produced, output, target)
     return Refitted(output, refitted, name, coefficients)
 
@@ -113,7 +116,7 @@ def _refit(
     on at most REFIT_VALUES float64 values: beyond, on evenly spaced rows (across the
     samples and their steps), and every row predicted from that solution."""
     rows = features.numel() // layer.in_features
-    coefficients = layer.in_features + (layer.bias is not None)
+    coefficients = _coefficients(layer)
     solved = min(rows, REFIT_VALUES // (coefficients + layer.out_features))
     if solved < ROWS_PER_COEFFICIENT * coefficients:
         return None
@@ -153,15 +156,33 @@ def output_layer(model: nn.Module) -> tuple[str, int] | None:
     if found is None:
         return None
     name, layer = found
-    return name, layer.in_features + (layer.bias is not None)
+    return name, _coefficients(layer)
+
+
+def _coefficients(layer: nn.Linear) -> int:
+    """Weights a refit solves for per output: the layer's inputs and its bias."""
+    return layer.in_features + (layer.bias is not None)
+
+
+def mean_square(target: Tensor) -> float:
+    """The target's mean square (1 for class labels): what a loss is small against."""
+    return float(target.double().square().mean()) if target.is_floating_point() else 1.0
+
+
+def fits_exactly(loss: float, target: Tensor) -> bool:
+    """Is `loss` on `target` a fit to rounding (EXACT_FIT of its mean square)?"""
+    return loss <= EXACT_FIT * mean_square(target)
 
 
 __all__ = [
+    "EXACT_FIT",
     "NEW_TASK_FACTOR",
     "REFIT_GAIN",
     "REFIT_VALUES",
     "ROWS_PER_COEFFICIENT",
     "Refitted",
+    "fits_exactly",
     "forward_refitted",
+    "mean_square",
     "output_layer",
 ]

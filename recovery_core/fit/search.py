@@ -42,6 +42,7 @@ from recovery_core.errors import HyperparameterError
 from recovery_core.fit.head_refit import (
     REFIT_GAIN,
     ROWS_PER_COEFFICIENT,
+    fits_exactly,
     forward_refitted,
     output_layer,
 )
@@ -755,8 +756,7 @@ def _probe(search: _Pass) -> tuple[str, int, float] | None:
         tried = _score(model, values, part.inputs, part.target, search.loss_fn, head="measure")
         if tried.error is not None:
             continue
-        scale = float(part.target.double().square().mean())
-        if tried.refit_loss is None or tried.loss <= 1e-6 * scale:
+        if tried.refit_loss is None or fits_exactly(tried.loss, part.target):
             return None
         if not tried.loss > REFIT_GAIN * tried.refit_loss:
             return None
@@ -796,9 +796,8 @@ def _worth_refitting(
     if best is None or not refits:
         return None
     closest = min(refits, key=lambda c: cast(float, c.refit_loss))
-    target = search.data.target.double()
-    scale, variance = float(target.square().mean()), float(target.var())
-    if best.loss <= 1e-6 * scale:
+    variance = float(search.data.target.double().var())
+    if fits_exactly(best.loss, search.data.target):
         return None
     if not (
         best.loss > REFIT_GAIN * cast(float, closest.refit_loss) or best.loss > POOR_FIT * variance
