@@ -72,6 +72,12 @@ class ForwardCase:
                 tensor.copy_(tensor.mean() + spread * drawn)
         return self.data(other, n, seed)
 
+    def new_labels(self, model: nn.Module, n: int, seed: int = 1) -> dict[str, Tensor]:
+        """`new_task_data` as class labels: the other output layer's most likely class at
+        each output row (a sample, or a step), for cross-entropy."""
+        data = self.new_task_data(model, n, seed)
+        return data | {"y": data["y"].argmax(-1)}
+
     def __repr__(self) -> str:
         return self.name
 

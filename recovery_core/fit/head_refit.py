@@ -1,11 +1,14 @@
-"""A model's output with its final Linear layer refitted to the data by least squares.
+"""A model's output with its final Linear layer refitted to the data: by least squares
+for a target of values (MSE), by logistic regression for class labels (cross-entropy).
 
 The search ranks hidden values by how well a model fits the data. With the checkpoint's
 own output layer that says little about the rest when the data is a task the model was
 not trained for: the original head fits none of the combinations, and the one it fits
 least badly need not be the true one. Refitting that layer in closed form (the optimum
 any training of it would reach, under MSE) scores what the hidden values change: the
-features the layer reads.
+features the layer reads. Class labels for a new task (other classes, or the same
+classes drawn differently) are the same case: the original head's cross-entropy judges
+nothing, a multinomial logistic regression on the features the layer reads does.
 
 The output layer is found by what ran, not by its name: the nn.Linear whose output the
 model returned (itself, or a view of it such as a transpose). A model whose output is
@@ -19,11 +22,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from recovery_core.fit.closed_form import least_squares
 
 # A head is refitted only on at least this many rows per coefficient it solves for: on
-# fewer, least squares fits noise and every combination looks good.
+# fewer, least squares fits noise and every combination looks good. A class label is one
+# row that every class's weights share: a logistic refit solves for (classes - 1) times
+# the layer's inputs and bias on each (the softmax is unchanged by adding one to all).
 ROWS_PER_COEFFICIENT = 4
 # A refit solves on at most this many float64 values (rows of the layer's inputs and
 # targets, 128 MiB): a large vocabulary on long sequences must not double the memory
@@ -39,6 +45,11 @@ NEW_TASK_FACTOR = 10.0
 # below the original head (3.4x for a first-token classifier whose truth was not yet a
 # finalist), and the refitted ranking then finds the truth.
 REFIT_GAIN = 2.0
+# The logistic refit: L-BFGS steps on standardised features, and a ridge penalty (per
+# standardised weight) that keeps separable classes (the true trunk's features on labels
+# its own head drew) at a finite optimum instead of one growing without bound.
+LOGISTIC_STEPS = 20
+LOGISTIC_RIDGE = 1e-3
 # A loss below this share of the target's mean square is a fit to rounding: nothing is
 # left for a refit or a retrained layer to show.
 EXACT_FIT = 1e-6
@@ -55,12 +66,14 @@ class Refitted:
     output: Tensor  # the model's own output
     refitted: Tensor | None  # the same with the head refitted (None: it could not be)
     head: str | None  # the head's module name ("" the model itself; None: no head found)
-    coefficients: int = 0  # weights solved for per output (inputs, plus one for a bias)
+    coefficients: int = 0  # weights solved for per row of the target (`coefficients`)
 
 
 def forward_refitted(model: nn.Module, inputs: tuple[Tensor, ...], target: Tensor) -> Refitted:
     """The model's output on `inputs`, and the output its final Linear would give after a
-    least-squares fit to `target` (same shape as the output, floating point)."""
+    least-squares fit to `target` (same shape as the output, floating point), or a
+    logistic regression on class labels (`target` an index per row of the output, whose
+    last dimension holds the classes, as `LossFunction` reads them)."""
     known = model in _heads
     head = _heads.get(model)
     layers = [head] if head is not None else [] if known else _linears(model)
@@ -76,13 +89,17 @@ def forward_refitted(model: nn.Module, inputs: tuple[Tensor, ...], target: Tenso
     )
     if not known:
         _heads[model] = found
-    if found is None or target.shape != output.shape or not target.is_floating_point():
-        return Refitted(output, None, None if found is None else found[0])
+    if found is None:
+        return Refitted(output, None, None)
     name, layer = found
     features, produced = calls[layer]
-    coefficients = _coefficients(layer)
-    refitted = _refit(layer, features, produced, output, target)
-    return Refitted(output, refitted, name, coefficients)
+    if target.is_floating_point():
+        if target.shape != output.shape:
+            return Refitted(output, None, name)
+        refitted = _refit(layer, features, produced, output, target)
+    else:
+        refitted = _refit_classes(layer, features, produced, output, target)
+    return Refitted(output, refitted, name, coefficients(layer, target))
 
 
 def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -116,20 +133,15 @@ def _refit(
     on at most REFIT_VALUES float64 values: beyond, on evenly spaced rows (across the
     samples and their steps), and every row predicted from that solution."""
     rows = features.numel() // layer.in_features
-    coefficients = _coefficients(layer)
-    solved = min(rows, REFIT_VALUES // (coefficients + layer.out_features))
-    if solved < ROWS_PER_COEFFICIENT * coefficients:
+    solved = min(rows, REFIT_VALUES // (_inputs(layer) + layer.out_features))
+    if solved < ROWS_PER_COEFFICIENT * _inputs(layer):
         return None
     x = features.reshape(rows, layer.in_features)
     # The target laid out as the layer produced it: the output is a view of that.
     aligned = torch.empty(produced.shape, dtype=target.dtype)
     _view_like(aligned, output, produced).copy_(target)
     y = aligned.reshape(rows, layer.out_features)
-    if solved < rows:
-        chosen = torch.linspace(0, rows - 1, solved).round().long()
-        x_fit, y_fit = x[chosen], y[chosen]
-    else:
-        x_fit, y_fit = x, y
+    x_fit, y_fit = _evenly(solved, x, y)
     a = x_fit.double()
     if layer.bias is not None:
         a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
@@ -143,30 +155,147 @@ def _refit(
     return _view_like(fitted.reshape(produced.shape).to(output.dtype), output, produced)
 
 
+def _evenly(count: int, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """`count` evenly spaced rows of each tensor (all of them when it has no more)."""
+    rows = len(tensors[0])
+    if count >= rows:
+        return tensors
+    chosen = torch.linspace(0, rows - 1, count).round().long()
+    return tuple(t[chosen] for t in tensors)
+
+
+def _refit_classes(
+    layer: nn.Linear, features: Tensor, produced: Tensor, output: Tensor, target: Tensor
+) -> Tensor | None:
+    """The model's output with `layer` refitted to class labels by a multinomial logistic
+    regression (None: too few labels, or an output whose last dimension is not the
+    layer's outputs in order). Rows labelled outside the classes (cross-entropy's ignored
+    -100) are left out of the fit and predicted like the others."""
+    classes = layer.out_features
+    order = _class_rows(output, produced, classes)
+    if order is None or classes < 2 or target.numel() != len(order):
+        return None
+    rows = len(order)
+    labels = torch.empty(rows, dtype=torch.long)
+    labels[order] = target.reshape(-1).long()
+    kept = (labels >= 0) & (labels < classes)
+    x = features.reshape(rows, layer.in_features)
+    solved = min(int(kept.sum()), REFIT_VALUES // (_inputs(layer) + classes))
+    if solved < ROWS_PER_COEFFICIENT * coefficients(layer, target):
+        return None
+    x_fit, y_fit = _evenly(solved, x[kept], labels[kept])
+    solution = _logistic(x_fit.double(), y_fit, classes, layer.bias is not None)
+    if solution is None:
+        return None
+    weight, bias = solution
+    fitted = x @ weight.T.to(x.dtype)
+    if bias is not None:
+        fitted += bias.to(x.dtype)
+    return _view_like(fitted.reshape(produced.shape).to(output.dtype), output, produced)
+
+
+def _class_rows(output: Tensor, produced: Tensor, classes: int) -> Tensor | None:
+    """For each row of `output` read as (rows, classes), the layer's row it is (`produced`
+    is the layer's contiguous result); None when the output's last dimension is not the
+    layer's outputs in their order (a transposed result puts classes elsewhere)."""
+    if output.dim() == 0 or output.shape[-1] != classes:
+        return None
+    index = torch.arange(produced.numel()).reshape(produced.shape)
+    seen = _view_like(index, output, produced).reshape(-1, classes)
+    first = seen[:, :1]
+    if not (
+        bool((first % classes == 0).all())
+        and torch.equal(seen - first, torch.arange(classes).expand_as(seen))
+    ):
+        return None
+    return first.squeeze(1) // classes
+
+
+def _logistic(
+    x: Tensor, labels: Tensor, classes: int, with_bias: bool
+) -> tuple[Tensor, Tensor | None] | None:
+    """Weights (classes, inputs) and bias of the multinomial logistic regression of
+    `labels` on `x` (float64), by L-BFGS on standardised columns (None: it diverged)."""
+    mean = x.mean(0) if with_bias else torch.zeros(x.shape[1], dtype=x.dtype)
+    scale = (x - mean).square().mean(0).sqrt()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    z = (x - mean) / scale
+    weight = torch.zeros(classes, x.shape[1], dtype=x.dtype)
+    bias = torch.zeros(classes, dtype=x.dtype)
+    fitted = [weight, bias] if with_bias else [weight]
+    optimizer = torch.optim.LBFGS(
+        fitted, max_iter=LOGISTIC_STEPS, history_size=10, line_search_fn="strong_wolfe"
+    )
+    onehot = F.one_hot(labels, classes).to(x.dtype)
+
+    def closure() -> Tensor:
+        # The gradient in closed form: autograd's bookkeeping cost more than the sums.
+        logits = torch.addmm(bias, z, weight.T)
+        log_p = logits.log_softmax(1)
+        loss = -(log_p * onehot).sum() / len(z) + LOGISTIC_RIDGE / 2 * weight.square().sum()
+        error = (log_p.exp() - onehot) / len(z)
+        weight.grad = torch.addmm(weight, error.T, z, beta=LOGISTIC_RIDGE)
+        bias.grad = error.sum(0) if with_bias else torch.zeros_like(bias)
+        return loss
+
+    optimizer.step(closure)
+    weight, bias = weight.detach() / scale, bias.detach()
+    if not (bool(torch.isfinite(weight).all()) and bool(torch.isfinite(bias).all())):
+        return None
+    return weight, (bias - weight @ mean) if with_bias else None
+
+
 def _view_like(tensor: Tensor, output: Tensor, produced: Tensor) -> Tensor:
     """`tensor` (laid out as `produced`) seen as `output` sees `produced`."""
     offset = output.storage_offset() - produced.storage_offset()
     return tensor.as_strided(output.shape, output.stride(), offset)
 
 
-def output_layer(model: nn.Module) -> tuple[str, int] | None:
+def output_layer(model: nn.Module, target: Tensor) -> tuple[str, int] | None:
     """The output layer found for `model` by an earlier `forward_refitted`, and how many
-    weights per output a refit solves for (None: none found, or not looked for)."""
+    weights a refit to `target` solves for per row (None: none found, or not looked for)."""
     found = _heads.get(model)
     if found is None:
         return None
     name, layer = found
-    return name, _coefficients(layer)
+    return name, coefficients(layer, target)
 
 
-def _coefficients(layer: nn.Linear) -> int:
-    """Weights a refit solves for per output: the layer's inputs and its bias."""
+def coefficients(layer: nn.Linear, target: Tensor) -> int:
+    """Weights a refit to `target` solves for per row: per output, the layer's inputs and
+    its bias (least squares fits each output apart); for class labels, those of every
+    class but one together (one label is a row of all)."""
+    if target.is_floating_point():
+        return _inputs(layer)
+    return _inputs(layer) * max(1, layer.out_features - 1)
+
+
+def _inputs(layer: nn.Linear) -> int:
     return layer.in_features + (layer.bias is not None)
+
+
+def refit_method(target: Tensor) -> str:
+    """How a refit to `target` is solved, in words."""
+    return "least squares" if target.is_floating_point() else "logistic regression"
 
 
 def mean_square(target: Tensor) -> float:
     """The target's mean square (1 for class labels): what a loss is small against."""
     return float(target.double().square().mean()) if target.is_floating_point() else 1.0
+
+
+def chance_loss(target: Tensor) -> float:
+    """The loss of the best constant prediction: the variance of values (MSE), the
+    entropy of the classes' frequencies for labels (cross-entropy; negative labels, the
+    ignored -100, left out)."""
+    if target.is_floating_point():
+        return float(target.double().var()) if target.numel() > 1 else 0.0
+    labels = target[target >= 0]
+    if labels.numel() == 0:
+        return 0.0
+    share = torch.bincount(labels.reshape(-1)).double() / labels.numel()
+    share = share[share > 0]
+    return float(-(share * share.log()).sum())
 
 
 def fits_exactly(loss: float, target: Tensor) -> bool:
@@ -181,8 +310,11 @@ __all__ = [
     "REFIT_VALUES",
     "ROWS_PER_COEFFICIENT",
     "Refitted",
+    "chance_loss",
+    "coefficients",
     "fits_exactly",
     "forward_refitted",
     "mean_square",
     "output_layer",
+    "refit_method",
 ]

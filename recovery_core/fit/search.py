@@ -20,8 +20,9 @@ every value with the better part of the other combinations only, when the best o
 agree on them (`SearchResult.separated` and `skipped` say what that left out).
 
 Data new to the model (a task it was not trained for) is ranked with each combination's
-output layer refitted by least squares (`head_refit`, `_Pass.ranked`): the original head
-fits none of them there, and cannot judge the rest.
+output layer refitted (`head_refit`: least squares on values, logistic regression on
+class labels; `_Pass.ranked`): the original head fits none of them there, and cannot
+judge the rest.
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ from recovery_core.errors import HyperparameterError
 from recovery_core.fit.head_refit import (
     REFIT_GAIN,
     ROWS_PER_COEFFICIENT,
+    chance_loss,
     fits_exactly,
     forward_refitted,
     output_layer,
+    refit_method,
 )
 from recovery_core.infer.registry import RETUNABLE_NAMES, RETUNABLE_TYPES
 from recovery_core.infer.unknown import shape_class
@@ -107,6 +110,10 @@ AGREE_HEADS = 4
 # is ranked again with its output layer refitted (`_worth_refitting`); the refitted
 # ranking is kept only when it fits REFIT_GAIN times better (`_Refit.new`).
 POOR_FIT = 0.1
+# For class labels: a cross-entropy above this share of the classes' entropy (the loss of
+# predicting each class's frequency). Own labels of a model that does well sit below it;
+# labels of a task it was not trained for sit near or above the entropy itself.
+POOR_FIT_LABELS = 0.5
 PROBES = 16  # combinations `_probe` tries at most for one that runs
 
 RELATIVE_TIE = 1e-4  # losses closer than this (relative to the best) count as tied
@@ -380,10 +387,29 @@ class _Data:
         return max(1, min(count, count * ELEMENTS_PER_SAMPLE // max(1, per_sample))), length
 
     def first(
-        self, spec: ArchSpec, values: Mapping[str, Any], count: int, length: int | None = None
+        self,
+        spec: ArchSpec,
+        values: Mapping[str, Any],
+        count: int,
+        length: int | None = None,
+        rows: int = 0,
     ) -> _Data:
         """The first `count` samples along the model's batch dimension for these values,
-        each sequence cut to its first `length` steps when given."""
+        each sequence cut to its first `length` steps when given; more until their target
+        holds `rows` rows for an output layer's refit, or all there are."""
+        part = self._first(spec, values, count, length)
+        while _rows(part.target) < rows:
+            per_sample = _rows(part.target) / max(1, part.samples)
+            count = max(count + 1, math.ceil(rows / per_sample) if per_sample else 2 * count)
+            more = self._first(spec, values, count, length)
+            if more.samples <= part.samples:
+                break
+            part = more
+        return part
+
+    def _first(
+        self, spec: ArchSpec, values: Mapping[str, Any], count: int, length: int | None
+    ) -> _Data:
         dims = batch_dims(spec, values)
         inputs = tuple(take(t, count, dims.inputs) for t in self.inputs)
         target = take(self.target, count, dims.target)
@@ -472,17 +498,11 @@ class _Scorer:
 
     def _part(self, group: _Group, values: Mapping[str, Any]) -> tuple[_Data, int | None]:
         """The current round's samples for these values, and the steps each sequence is
-        cut to (None: whole); with a refitted head, more samples (doubled) until they
-        hold `refit_rows` rows, or all there are."""
+        cut to (None: whole); with a refitted head, more samples until they hold
+        `refit_rows` rows, or all there are."""
         samples, elements = self.rungs[self.rung]
         count, steps = self.data.size(group.spec, values, samples, elements=elements)
-        part = self.data.first(group.spec, values, count, steps)
-        while self.refit_rows and _rows(part.target) < self.refit_rows:
-            more = self.data.first(group.spec, values, count * 2, steps)
-            if more.samples <= part.samples:
-                break
-            part, count = more, count * 2
-        return part, steps
+        return self.data.first(group.spec, values, count, steps, self.refit_rows), steps
 
     def climb(self, keep_at_least: int) -> None:
         """Each round's better 1/SCREEN_GROWTH (never fewer than `keep_at_least`, and
@@ -554,7 +574,9 @@ class _Scorer:
 
 
 def _rows(target: torch.Tensor) -> int:
-    """Rows an output layer is fitted on: the target's values per output."""
+    """Rows an output layer is fitted on: the target's values per output, or its labels."""
+    if not target.is_floating_point():
+        return target.numel()
     return target.numel() // max(1, target.shape[-1]) if target.dim() else 1
 
 
@@ -657,6 +679,7 @@ class _Pass:
             final = _rescore_finalists(  # the best always scored, the others by the deadline
                 scorer.screened(), self.groups, finalists, self.data, (screen, samples),
                 self.loss_fn, started + budget, "refitted" if refit_rows else "measure",
+                refit_rows,
             )  # fmt: skip
         return scorer, strategy, final
 
@@ -673,7 +696,7 @@ class _Pass:
         probed = _probe(self)
         if probed is not None:
             again = self.run(choose, refit_rows=ROWS_PER_COEFFICIENT * probed[1])
-            refit = _Refit.of(probed[0], again[2], probed[2])
+            refit = _Refit.of(probed[0], again[2], self.data.target, probed[2])
             if refit is not None:
                 return again, refit
         first = self.run(choose)
@@ -681,7 +704,7 @@ class _Pass:
         if head is None:
             return first, None
         again = self.run(choose, refit_rows=ROWS_PER_COEFFICIENT * head[1])
-        refit = _Refit.of(head[0], again[2])
+        refit = _Refit.of(head[0], again[2], self.data.target)
         return (again, refit) if refit is not None and refit.new else (first, None)
 
 
@@ -694,14 +717,17 @@ class _Refit:
     head: str
     original: float  # the best combination's loss with the original weights
     refitted: float  # and with its output layer refitted
+    method: str  # how the layer was refitted (`head_refit.refit_method`)
     first_tried: float = 0.0  # how much better refitted the values first tried fit (probe)
 
     @classmethod
-    def of(cls, head: str, ranked: list[Candidate], first_tried: float = 0.0) -> _Refit | None:
+    def of(
+        cls, head: str, ranked: list[Candidate], target: torch.Tensor, first_tried: float = 0.0
+    ) -> _Refit | None:
         best = _best_scored(ranked)
         if best is None or best.original_loss is None:
             return None
-        return cls(head, best.original_loss, best.loss, first_tried)
+        return cls(head, best.original_loss, best.loss, refit_method(target), first_tried)
 
     @property
     def new(self) -> bool:
@@ -713,7 +739,7 @@ class _Refit:
         if self.new:  # first: it says what the losses are
             note = (
                 f"The data is new to the model: with the original weights the best's loss "
-                f"is {self.original:.6g}, with {head} refitted by least squares "
+                f"is {self.original:.6g}, with {head} refitted by {self.method} "
                 f"{self.refitted:.6g} ({self.original / self.refitted:.3g}× lower), and the "
                 "original output layer cannot judge the rest. So every combination was "
                 f"ranked with {head} refitted to the samples it was scored on, as training "
@@ -722,7 +748,7 @@ class _Refit:
             message = note + result.message
         else:
             note = (
-                f" Every combination was ranked with {head} refitted by least squares to "
+                f" Every combination was ranked with {head} refitted by {self.method} to "
                 f"the samples it was scored on (the values first tried fit this data "
                 f"{self.first_tried:.3g}× better so); the best fits it as well with the "
                 f"original weights (loss {self.original:.6g} against {self.refitted:.6g}), "
@@ -738,7 +764,7 @@ class _Refit:
 
 
 def _probe(search: _Pass) -> tuple[str, int, float] | None:
-    """The output layer (name, weights per output, and how much better refitted) to rank
+    """The output layer (name, weights per row, and how much better refitted) to rank
     with refitted when the values first tried already show the data is new to the model:
     on the screening samples they fit REFIT_GAIN times better with it refitted than with
     the original weights. The values tried are the current ones, else the first of their
@@ -756,12 +782,21 @@ def _probe(search: _Pass) -> tuple[str, int, float] | None:
         tried = _score(model, values, part.inputs, part.target, search.loss_fn, head="measure")
         if tried.error is not None:
             continue
+        found = output_layer(model, part.target)
+        if tried.refit_loss is None and found is not None:
+            # The layer was found, on too few rows to refit (a label or a pooled output
+            # per sample): as screening will, on as many samples as the refit needs.
+            part = search.data.first(
+                group.spec, values, count, steps, ROWS_PER_COEFFICIENT * found[1]
+            )
+            tried = _score(model, values, part.inputs, part.target, search.loss_fn, head="measure")
+            if tried.error is not None:  # a layout that reads the samples as one sequence
+                continue
         if tried.refit_loss is None or fits_exactly(tried.loss, part.target):
             return None
-        if not tried.loss > REFIT_GAIN * tried.refit_loss:
+        if not tried.loss > REFIT_GAIN * tried.refit_loss or found is None:
             return None
-        found = output_layer(model)
-        return None if found is None else (*found, tried.loss / tried.refit_loss)
+        return (*found, tried.loss / tried.refit_loss)
     return None
 
 
@@ -784,31 +819,33 @@ def _best_scored(final: list[Candidate]) -> Candidate | None:
 def _worth_refitting(
     final: list[Candidate], groups: list[_Group], search: _Pass
 ) -> tuple[str, int] | None:
-    """The output layer (name, weights per output) to rank again with, refitted, when the
+    """The output layer (name, weights per row) to rank again with, refitted, when the
     data may be new to the model: a finalist's loss with that layer refitted (measured
     beside its scoring: `head_refit`) is REFIT_GAIN times below the best's with the
     original weights, or the best leaves more than POOR_FIT of the target's variance
-    unexplained (its truth may not have reached the finalists). None when the original
-    weights fit (within a millionth of the target's mean square only rounding is left),
-    or when no output layer can be refitted."""
+    unexplained (POOR_FIT_LABELS of the classes' entropy for labels: its truth may not
+    have reached the finalists, or the finalists' samples were too few to refit on).
+    None when the original weights fit (within a millionth of the target's mean square
+    only rounding is left), or when no output layer can be refitted."""
     best = _best_scored(final)
+    target = search.data.target
+    if best is None or fits_exactly(best.loss, target):
+        return None
     refits = [c for c in final if c.screen_loss is not None and c.refit_loss is not None]
-    if best is None or not refits:
+    closest = min(refits, key=lambda c: cast(float, c.refit_loss)) if refits else None
+    gain = closest is not None and best.loss > REFIT_GAIN * cast(float, closest.refit_loss)
+    share = POOR_FIT if target.is_floating_point() else POOR_FIT_LABELS
+    if not (gain or best.loss > share * chance_loss(target)):
         return None
-    closest = min(refits, key=lambda c: cast(float, c.refit_loss))
-    variance = float(search.data.target.double().var())
-    if fits_exactly(best.loss, search.data.target):
-        return None
-    if not (
-        best.loss > REFIT_GAIN * cast(float, closest.refit_loss) or best.loss > POOR_FIT * variance
-    ):
-        return None
-    group = next(g for g in groups if g.wiring == closest.values.get(WIRING, g.wiring))
-    model = group.finalist(closest.values)
-    if model is not None and output_layer(model) is None:  # a fresh build: look again
-        part = search.data.first(group.spec, closest.values, closest.samples)
+    chosen = closest if closest is not None else best
+    group = next(g for g in groups if g.wiring == chosen.values.get(WIRING, g.wiring))
+    model = group.finalist(chosen.values)
+    if model is not None and output_layer(model, target) is None:  # a fresh build: look again
+        part = search.data.first(group.spec, chosen.values, chosen.samples)
         forward_refitted(model, part.inputs, part.target)
-    return output_layer(model) if model is not None else None
+    found = output_layer(model, target) if model is not None else None
+    # Not when all the data holds too few rows to refit on: the ranking would be the same.
+    return found if found is not None and _rows(target) >= ROWS_PER_COEFFICIENT * found[1] else None
 
 
 def _float_weights(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -1308,12 +1345,14 @@ def _rescore_finalists(
     loss_fn: LossFn,
     deadline: float = math.inf,
     head: Head = "original",
+    refit_rows: int = 0,
 ) -> list[Candidate]:
     """The best screened combinations scored on every sample (`samples`: screening and
     final counts), ahead of the rest (the best always; the others while the deadline
     allows). Combinations screened on cut sequences first climb rungs of longer prefixes,
     the better half going on each time (never fewer than FINAL_KEEP), so that only a few
-    pay for whole sequences."""
+    pay for whole sequences. A refitted output layer is fitted on `refit_rows` rows at
+    least (more samples when they have fewer)."""
     # The furthest round first: only losses on the same samples compare.
     ok = sorted(
         (pair for pair in screened if pair[1].error is None),
@@ -1334,7 +1373,7 @@ def _rescore_finalists(
         for (key, candidate), length in climbing:
             group = groups[key[0]]
             count = data.size(group.spec, candidate.values, samples[0], cut=False)[0]
-            part = data.first(group.spec, candidate.values, count, length)
+            part = data.first(group.spec, candidate.values, count, length, refit_rows)
             model = group.finalist(candidate.values)
             assert model is not None, "a leader was built once already"
             rung_loss = _score(
@@ -1352,7 +1391,10 @@ def _rescore_finalists(
         rung += 1
     dropped.sort(key=lambda pair: pair[1].loss)
     reserve = dropped + ok[finalists:]
-    return _score_finals(leaders, reserve, groups, data, samples, loss_fn, deadline, head) + rest
+    finals = _score_finals(
+        leaders, reserve, groups, data, samples, loss_fn, deadline, (head, refit_rows)
+    )
+    return finals + rest
 
 
 def _score_finals(
@@ -1363,7 +1405,7 @@ def _score_finals(
     samples: tuple[int, int],
     loss_fn: LossFn,
     deadline: float,
-    head: Head,
+    head: tuple[Head, int],
 ) -> list[Candidate]:
     """The leaders scored on every sample (the first always, the others while the
     deadline allows), then the reserve as screened. A leader whose forward fails on whole
@@ -1388,19 +1430,20 @@ def _score_finalist(
     data: _Data,
     samples: tuple[int, int],
     loss_fn: LossFn,
-    head: Head = "original",
+    head: tuple[Head, int] = ("original", 0),
 ) -> Candidate:
     """A finalist on whole sequences and every sample (when they are long, as many
-    samples as screening had elements), with each sample's loss."""
+    samples as screening had elements), with each sample's loss. `head`: as `_score`
+    has it, and the rows a refitted output layer needs (more samples when fewer)."""
     model = group.finalist(candidate.values)
     assert model is not None, "a finalist was built once already"
     cut = data.size(group.spec, candidate.values, samples[0])[1] is not None
     count = data.size(group.spec, candidate.values, samples[0 if cut else 1], cut=False)[0]
-    part = data.first(group.spec, candidate.values, count)
+    part = data.first(group.spec, candidate.values, count, rows=head[1])
     dims = batch_dims(group.spec, candidate.values)
     scored = _score(
         model, candidate.values, part.inputs, part.target, loss_fn, part.samples, dims.target,
-        head,
+        head[0],
     )  # fmt: skip
     return dataclasses.replace(
         scored, screen_loss=candidate.loss, rung=candidate.rung, first_loss=candidate.first_loss

@@ -1,12 +1,15 @@
-"""A model's output with its final Linear refitted by least squares, found by what ran."""
+"""A model's output with its final Linear refitted (least squares on values, logistic
+regression on class labels), found by what ran."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recovery_core.fit.head_refit import forward_refitted, output_layer
+from recovery_core.fit.head_refit import chance_loss, forward_refitted, output_layer
 
 
 class SequenceFirst(nn.Module):
@@ -40,7 +43,7 @@ def test_the_output_layer_is_found_by_what_ran_and_refitted_to_the_least_squares
         features = model.mix(x)[0]  # [seq, batch, 8], the rows the readout saw
 
     assert found.head == "readout" and found.coefficients == 9
-    assert output_layer(model) == ("readout", 9)
+    assert output_layer(model, target) == ("readout", 9)
     assert found.refitted is not None and found.refitted.shape == target.shape
     rows = features.reshape(-1, 8)
     aligned = target.transpose(0, 1).reshape(-1, 3)  # the target laid out as the readout's
@@ -60,17 +63,81 @@ def test_nothing_is_refitted_when_the_output_is_computed_after_the_last_linear()
     assert found.refitted is None and found.head is None
 
 
-def test_nothing_is_refitted_on_too_few_rows_or_on_class_labels():
+def test_nothing_is_refitted_on_too_few_rows():
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3)).eval()
     with torch.no_grad():
         # 17 coefficients per output need 68 rows: 40 would fit noise.
         few = forward_refitted(mlp, (torch.randn(40, 4),), torch.randn(40, 3))
-        labels = forward_refitted(mlp, (torch.randn(96, 4),), torch.randint(0, 3, (96,)))
         enough = forward_refitted(mlp, (torch.randn(96, 4),), torch.randn(96, 3))
+        # One label is a row for every class: 3 classes solve for 2 x 17 weights together,
+        # 136 labels at least.
+        labels = forward_refitted(mlp, (torch.randn(96, 4),), torch.randint(0, 3, (96,)))
+        more = forward_refitted(mlp, (torch.randn(136, 4),), torch.randint(0, 3, (136,)))
     assert few.head == "2" and few.refitted is None
-    assert labels.refitted is None
     assert enough.refitted is not None
+    assert labels.head == "2" and labels.refitted is None and labels.coefficients == 34
+    assert more.refitted is not None
+
+
+def _new_labels(model: SequenceFirst, x: Tensor) -> Tensor:
+    """Labels of another readout of the same trunk: a task the model was not trained for,
+    laid out as the model's output ([batch, seq])."""
+    generator = torch.Generator().manual_seed(5)
+    weight, bias = torch.randn(3, 8, generator=generator), torch.randn(3, generator=generator)
+    with torch.no_grad():
+        return (model.mix(x)[0] @ weight.T + bias).argmax(-1).transpose(0, 1)
+
+
+def test_class_labels_of_a_new_task_are_refitted_by_logistic_regression():
+    # Cross-entropy reads the classes on the output's last dimension, one label per row;
+    # here the output is a transposed view of the readout's, so the labels' rows must be
+    # matched to the readout's rows, not taken in memory order.
+    torch.manual_seed(0)
+    model = SequenceFirst().eval()
+    x = torch.randn(7, 60, 5)  # 420 labels for 2 x 9 weights
+    labels = _new_labels(model, x)
+    with torch.no_grad():
+        found = forward_refitted(model, (x,), labels)
+    assert found.head == "readout" and found.coefficients == 18
+    assert found.refitted is not None and found.refitted.shape == found.output.shape
+    original = float(F.cross_entropy(found.output.reshape(-1, 3), labels.reshape(-1)))
+    refitted = float(F.cross_entropy(found.refitted.reshape(-1, 3), labels.reshape(-1)))
+    # The labels are a linear readout of these features: a refit separates them.
+    assert refitted < 0.1 < original / 5
+    assert (found.refitted.argmax(-1) == labels).float().mean() > 0.98
+    # Rows cross-entropy ignores (-100) are left out of the fit, and still predicted.
+    ignored = labels.clone()
+    ignored[:, :2] = -100
+    with torch.no_grad():
+        partly = forward_refitted(model, (x,), ignored)
+    assert partly.refitted is not None
+    kept = ignored.reshape(-1) != -100
+    hits = partly.refitted.argmax(-1).reshape(-1)[kept] == ignored.reshape(-1)[kept]
+    assert hits.float().mean() > 0.98
+
+
+def test_labels_are_not_refitted_where_the_output_does_not_hold_the_classes_last():
+    class ClassesFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(4, 6)
+            self.readout = nn.Linear(6, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.readout(self.proj(x)).transpose(0, 1)  # [3, batch]
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        found = forward_refitted(ClassesFirst().eval(), (torch.randn(3, 4),), torch.arange(3))
+    assert found.head == "readout" and found.refitted is None
+
+
+def test_the_loss_of_a_constant_prediction():
+    assert abs(chance_loss(torch.tensor([1.0, 3.0])) - 2.0) < 1e-12  # the variance
+    # The entropy of the classes' frequencies; ignored labels left out.
+    labels = torch.tensor([0, 0, 1, 1, -100])
+    assert abs(chance_loss(labels) - math.log(2)) < 1e-12
 
 
 def test_a_refit_too_large_to_solve_whole_solves_on_spaced_rows_within_its_budget(

@@ -14,6 +14,7 @@ from recovery_core.errors import HyperparameterError
 from recovery_core.fit.search import RETUNABLE, score_candidates, searchable_names
 from recovery_core.infer import infer_spec
 from recovery_core.io.checkpoint import Checkpoint
+from recovery_core.io.data import LossFunction
 from recovery_core.model.build import (
     build_model,
     construct,
@@ -651,6 +652,40 @@ def test_on_data_new_to_the_model_the_search_ranks_with_the_output_layer_refitte
     # Refitting takes more samples per round than the nominal ones; the report says so.
     screened = [c for c in new.ranking if c.error is None and c.screen_loss is None]
     assert all(c.samples <= new.screening[c.rung][0] for c in screened)
+
+
+@pytest.mark.parametrize(
+    "case_name",
+    ["first_token_classifier", "projected_transformer", "gru_last_step", "lstm_tagger"],
+)
+def test_on_class_labels_of_a_new_task_the_output_layer_is_refitted_by_logistic_regression(
+    case_name,
+):
+    """Classes the model was not trained for (the most likely class of another output
+    layer over the same trunk, per sample or per step): the original head's cross-entropy
+    cannot judge the trunk. The search ranks with the output layer refitted by logistic
+    regression and finds the values the model's own outputs give."""
+    from tests.forward_zoo import FORWARD_BY_NAME
+
+    case = FORWARD_BY_NAME[case_name]
+    model = case.make()
+    weights = model.state_dict()
+    spec = infer_spec(Checkpoint.from_state_dict(weights))
+
+    def search(data, loss):
+        *inputs, target = data.values()
+        return score_candidates(spec, weights, tuple(inputs), target, loss, threads=1)
+
+    own = search(case.data(model, 128), F.mse_loss)
+    new = search(case.new_labels(model, 1024), LossFunction("cross_entropy"))
+
+    assert new.refitted_head == case.head
+    original, refitted = new.new_task_losses
+    assert original > 2 * refitted
+    assert new.message.startswith("The data is new to the model")
+    assert "refitted by logistic regression" in new.message
+    decided = set(own.best_values) - set(own.tied_names) - set(new.tied_names)
+    assert {n: new.best_values[n] for n in decided} == {n: own.best_values[n] for n in decided}
 
 
 def test_a_ranking_refitted_on_data_the_model_fits_finds_the_same_values_and_says_so():
