@@ -164,3 +164,19 @@ def test_a_refit_too_large_to_solve_whole_solves_on_spaced_rows_within_its_budge
     assert optimum < 2e-4  # the noise's level: the new readout is recovered
     assert float(F.mse_loss(spaced.refitted, target)) < 1.5 * optimum
     assert too_few.refitted is None and too_few.head == "readout"
+
+
+def test_few_and_many_weights_reach_the_same_logistic_optimum(monkeypatch):
+    # Few weights take Newton steps, many L-BFGS ones; a ranking must not depend on which.
+    torch.manual_seed(0)
+    model = SequenceFirst().eval()
+    x = torch.randn(7, 60, 5)
+    labels = _new_labels(model, x)
+    losses = []
+    for newton_up_to in (10**6, 0):
+        monkeypatch.setattr("recovery_core.fit.head_refit.NEWTON_UP_TO", newton_up_to)
+        with torch.no_grad():
+            found = forward_refitted(model, (x,), labels)
+        assert found.refitted is not None
+        losses.append(float(F.cross_entropy(found.refitted.reshape(-1, 3), labels.reshape(-1))))
+    assert abs(losses[0] - losses[1]) < 1e-2 * losses[0]  # L-BFGS stops after 20 steps
