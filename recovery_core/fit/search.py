@@ -767,7 +767,8 @@ def _probe(search: _Pass) -> tuple[str, int, float] | None:
     """The output layer (name, weights per row, and how much better refitted) to rank
     with refitted when the values first tried already show the data is new to the model:
     on the screening samples they fit REFIT_GAIN times better with it refitted than with
-    the original weights. The values tried are the current ones, else the first of their
+    the original weights, or better refitted while the original weights fit worse than
+    the best constant prediction (`head_refit.chance_loss`). The values tried are the current ones, else the first of their
     one-value changes that runs (a guessed layout may not read the data at all), up to
     PROBES. None when they fit, none runs, or no output layer can be refitted."""
     group = search.groups[0]
@@ -794,7 +795,10 @@ def _probe(search: _Pass) -> tuple[str, int, float] | None:
                 continue
         if tried.refit_loss is None or fits_exactly(tried.loss, part.target):
             return None
-        if not tried.loss > REFIT_GAIN * tried.refit_loss or found is None:
+        # Worse than the best constant prediction (the mean, each class's frequency) with
+        # the original weights, better refitted: they were not made for this data.
+        below_chance = tried.refit_loss < tried.loss > chance_loss(part.target)
+        if not (tried.loss > REFIT_GAIN * tried.refit_loss or below_chance) or found is None:
             return None
         return (*found, tried.loss / tried.refit_loss)
     return None
