@@ -740,7 +740,7 @@ class _Refit:
             note = (
                 f"The data is new to the model: with the original weights the best's loss "
                 f"is {self.original:.6g}, with {head} refitted by {self.method} "
-                f"{self.refitted:.6g} ({self.original / self.refitted:.3g}× lower), and the "
+                f"{self.refitted:.6g} ({_times(self.original, self.refitted)} lower), and the "
                 "original output layer cannot judge the rest. So every combination was "
                 f"ranked with {head} refitted to the samples it was scored on, as training "
                 "that layer would; the losses are those. "
@@ -750,7 +750,7 @@ class _Refit:
             note = (
                 f" Every combination was ranked with {head} refitted by {self.method} to "
                 f"the samples it was scored on (the values first tried fit this data "
-                f"{self.first_tried:.3g}× better so); the best fits it as well with the "
+                f"{_times(self.first_tried, 1.0)} better so); the best fits it as well with the "
                 f"original weights (loss {self.original:.6g} against {self.refitted:.6g}), "
                 "so the data is not new to the model."
             )
@@ -761,6 +761,11 @@ class _Refit:
             refitted_head=self.head,
             new_task_losses=(self.original, self.refitted) if self.new else None,
         )
+
+
+def _times(loss: float, lower: float) -> str:
+    """How many times `lower` is below `loss`, in words (a refit can fit to rounding)."""
+    return f"{loss / lower:.3g}×" if lower > 0 and math.isfinite(loss / lower) else "∞×"
 
 
 def _probe(search: _Pass) -> tuple[str, int, float] | None:
@@ -800,7 +805,7 @@ def _probe(search: _Pass) -> tuple[str, int, float] | None:
         below_chance = tried.refit_loss < tried.loss > chance_loss(part.target)
         if not (tried.loss > REFIT_GAIN * tried.refit_loss or below_chance) or found is None:
             return None
-        return (*found, tried.loss / tried.refit_loss)
+        return (*found, tried.loss / tried.refit_loss if tried.refit_loss > 0 else math.inf)
     return None
 
 

@@ -708,3 +708,29 @@ def test_a_ranking_refitted_on_data_the_model_fits_finds_the_same_values_and_say
         result.best_values.items()
     )
     assert result.best.loss < 2e-4
+
+
+def test_a_refit_that_fits_to_rounding_is_reported_not_a_division_by_zero(monkeypatch):
+    # A refit can fit a task exactly: cross-entropy on labels nearly all of one class
+    # rounds to 0 in float32. The message says so instead of dividing by it.
+    import recovery_core.fit.search as search_module
+    from recovery_core.fit.head_refit import Refitted
+    from tests.forward_zoo import FORWARD_BY_NAME
+
+    real = search_module.forward_refitted
+
+    def exact(model, inputs, target):
+        found = real(model, inputs, target)
+        if found.refitted is None:
+            return found
+        return Refitted(found.output, target.clone(), found.head, found.coefficients)
+
+    monkeypatch.setattr(search_module, "forward_refitted", exact)
+    case = FORWARD_BY_NAME["mlp"]
+    model = case.make()
+    weights = model.state_dict()
+    spec = infer_spec(Checkpoint.from_state_dict(weights))
+    *inputs, target = case.new_task_data(model, 128).values()
+    result = score_candidates(spec, weights, tuple(inputs), target, F.mse_loss, threads=1)
+    assert result.best.loss == 0 and result.new_task_losses is not None
+    assert "(∞× lower)" in result.message
