@@ -13,6 +13,7 @@ size = humanize.size
 loss = humanize.loss
 seconds = humanize.seconds
 shape = humanize.shape
+times = humanize.times
 
 
 def value(v: object) -> str:

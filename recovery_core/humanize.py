@@ -35,6 +35,15 @@ def loss(value: float | None) -> str:
     return f"{value:.3e}"
 
 
+def times(loss: float, lower: float) -> str:
+    """How many times `lower` is below `loss`, read at a glance: "6,570×" rather than
+    "6.57e+03×", "1.6×"; "∞×" when `lower` is 0 (a fit to rounding)."""
+    ratio = loss / lower if lower > 0 else math.inf
+    if not math.isfinite(ratio):
+        return "∞×"
+    return f"{ratio:,.0f}×" if ratio >= 10 else f"{ratio:.2g}×"
+
+
 def seconds(value: float | None) -> str:
     if value is None:
         return "—"

@@ -108,16 +108,11 @@ def verdict(result: rc.SearchResult) -> str:
         head = f"**{result.refitted_head}**" if result.refitted_head else "the model's Linear"
         text += (
             f" Your data is new to this model: the original weights fit it "
-            f"{_times(original / refitted)} worse ({fmt.loss(original)}) than with the output "
+            f"{fmt.times(original, refitted)} worse ({fmt.loss(original)}) than with the output "
             f"layer {head} retrained ({fmt.loss(refitted)}), so every combination was scored "
             f"with {head} refitted to your data, as training it will."
         )
     return text
-
-
-def _times(ratio: float) -> str:
-    """A ratio a person reads at a glance: 6,570× rather than 6.57e+03×."""
-    return f"{ratio:,.0f}×" if ratio >= 10 else f"{ratio:.2g}×"
 
 
 def _score() -> None:

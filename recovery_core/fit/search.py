@@ -39,6 +39,7 @@ from typing import Any, Literal, cast
 
 import torch
 
+from recovery_core import humanize
 from recovery_core.errors import HyperparameterError
 from recovery_core.fit.head_refit import (
     REFIT_GAIN,
@@ -737,10 +738,11 @@ class _Refit:
         """The refitted ranking's result, saying why it ranked with the layer refitted."""
         head = f"its output layer {self.head!r}" if self.head else "the model (one Linear)"
         if self.new:  # first: it says what the losses are
+            lower = humanize.times(self.original, self.refitted)
             note = (
                 f"The data is new to the model: with the original weights the best's loss "
                 f"is {self.original:.6g}, with {head} refitted by {self.method} "
-                f"{self.refitted:.6g} ({_times(self.original, self.refitted)} lower), and the "
+                f"{self.refitted:.6g} ({lower} lower), and the "
                 "original output layer cannot judge the rest. So every combination was "
                 f"ranked with {head} refitted to the samples it was scored on, as training "
                 "that layer would; the losses are those. "
@@ -750,7 +752,8 @@ class _Refit:
             note = (
                 f" Every combination was ranked with {head} refitted by {self.method} to "
                 f"the samples it was scored on (the values first tried fit this data "
-                f"{_times(self.first_tried, 1.0)} better so); the best fits it as well with the "
+                f"{humanize.times(self.first_tried, 1.0)} better so); the best fits it as "
+                "well with the "
                 f"original weights (loss {self.original:.6g} against {self.refitted:.6g}), "
                 "so the data is not new to the model."
             )
@@ -761,11 +764,6 @@ class _Refit:
             refitted_head=self.head,
             new_task_losses=(self.original, self.refitted) if self.new else None,
         )
-
-
-def _times(loss: float, lower: float) -> str:
-    """How many times `lower` is below `loss`, in words (a refit can fit to rounding)."""
-    return f"{loss / lower:.3g}×" if lower > 0 and math.isfinite(loss / lower) else "∞×"
 
 
 def _probe(search: _Pass) -> tuple[str, int, float] | None:

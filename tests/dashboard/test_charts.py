@@ -127,3 +127,11 @@ def test_runs_on_different_data_each_get_their_own_baseline():
     )
     assert sorted(s.y0 for s in fig.layout.shapes) == [1.5, 2.5]
     assert {a.text.split(" 1")[0] for a in fig.layout.annotations} >= {"baseline of run"}
+
+
+def test_how_many_times_lower_reads_at_a_glance():
+    # Step 2's "the original weights fit it N× worse": a refit can fit to rounding (0).
+    assert fmt.times(1.27, 0.0818) == "16×"
+    assert fmt.times(0.6532, 9.948e-05) == "6,566×"
+    assert fmt.times(1.3, 0.8) == "1.6×"
+    assert fmt.times(1.27, 0.0) == "∞×"
