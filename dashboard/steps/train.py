@@ -18,8 +18,9 @@ METHOD_WORDS = {
     "sgd": "SGD",
 }
 METHOD_HELP = (
-    "Automatic solves exactly in one step when only a final linear layer trains with mean "
-    "squared error, and uses Adam otherwise. Adam is a safe default for gradient training."
+    "Automatic solves exactly in one step when only a final linear layer trains: least "
+    "squares under mean squared error, a logistic regression under cross-entropy; it uses "
+    "Adam otherwise. Adam is a safe default for gradient training."
 )
 SCROLL_KEY = "train_scroll_to_run"
 SCROLL_TO_RUN = """<script>

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from recovery_core.fit.closed_form import least_squares
+from recovery_core.fit.closed_form import least_squares, logistic_regression
 
 # A head is refitted only on at least this many rows per coefficient it solves for: on
 # fewer, least squares fits noise and every combination looks good. A class label is one
@@ -45,16 +44,6 @@ NEW_TASK_FACTOR = 10.0
 # below the original head (3.4x for a first-token classifier whose truth was not yet a
 # finalist), and the refitted ranking then finds the truth.
 REFIT_GAIN = 2.0
-# The logistic refit: on standardised features, with a ridge penalty (per
-# standardised weight) that keeps separable classes (the true trunk's features on labels
-# its own head drew) at a finite optimum instead of one growing without bound.
-LOGISTIC_STEPS = 20
-LOGISTIC_RIDGE = 1e-3
-# Up to this many weights (classes x inputs) the refit takes Newton steps instead: its
-# Hessian costs rows x weights^2 to build, cheap while the weights are few, and ~10
-# exact steps reach the optimum where L-BFGS's 20 cost ~15 ms in Python's overhead.
-NEWTON_UP_TO = 256
-NEWTON_STEPS = 25
 # A loss below this share of the target's mean square is a fit to rounding: nothing is
 # left for a refit or a retrained layer to show.
 EXACT_FIT = 1e-6
@@ -189,7 +178,7 @@ def _refit_classes(
     if solved < ROWS_PER_COEFFICIENT * coefficients(layer, target):
         return None
     x_fit, y_fit = _evenly(solved, x[kept], labels[kept])
-    solution = _logistic(x_fit.double(), y_fit, classes, layer.bias is not None)
+    solution = logistic_regression(x_fit.double(), y_fit, classes, layer.bias is not None)
     if solution is None:
         return None
     weight, bias = solution
@@ -214,87 +203,6 @@ def _class_rows(output: Tensor, produced: Tensor, classes: int) -> Tensor | None
     ):
         return None
     return first.squeeze(1) // classes
-
-
-def _logistic(
-    x: Tensor, labels: Tensor, classes: int, with_bias: bool
-) -> tuple[Tensor, Tensor | None] | None:
-    """Weights (classes, inputs) and bias of the multinomial logistic regression of
-    `labels` on `x` (float64), fitted on standardised columns (None: it diverged)."""
-    mean = x.mean(0) if with_bias else torch.zeros(x.shape[1], dtype=x.dtype)
-    scale = (x - mean).square().mean(0).sqrt()
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    z = (x - mean) / scale
-    if with_bias:  # the bias as a column of ones, barely penalised (see `_penalty`)
-        z = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)
-    onehot = F.one_hot(labels, classes).to(x.dtype)
-    penalty = _penalty(z.shape[1], with_bias, x.dtype)
-    small = classes * z.shape[1] <= NEWTON_UP_TO
-    solution = (_newton if small else _lbfgs)(z, onehot, penalty)
-    if not bool(torch.isfinite(solution).all()):
-        return None
-    weight = solution[:, : x.shape[1]] / scale
-    return weight, (solution[:, -1] - weight @ mean) if with_bias else None
-
-
-def _penalty(columns: int, with_bias: bool, dtype: torch.dtype) -> Tensor:
-    """The ridge per weight: LOGISTIC_RIDGE, and a millionth of it on the bias, whose
-    shift of every class at once changes no probability (without it, no unique optimum)."""
-    penalty = torch.full((columns,), LOGISTIC_RIDGE, dtype=dtype)
-    if with_bias:
-        penalty[-1] = LOGISTIC_RIDGE * 1e-6
-    return penalty
-
-
-def _objective(z: Tensor, onehot: Tensor, penalty: Tensor, weight: Tensor) -> Tensor:
-    log_p = (z @ weight.T).log_softmax(1)
-    return -(log_p * onehot).sum() / len(z) + 0.5 * (penalty * weight.square()).sum()
-
-
-def _newton(z: Tensor, onehot: Tensor, penalty: Tensor) -> Tensor:
-    """Newton's method with a backtracking line search (few weights: the Hessian is
-    small, and a handful of exact steps beats many cheap ones)."""
-    rows, columns = z.shape
-    classes = onehot.shape[1]
-    weight = torch.zeros(classes, columns, dtype=z.dtype)
-    ridge = torch.diag(penalty.repeat(classes))
-    value = _objective(z, onehot, penalty, weight)
-    for _ in range(NEWTON_STEPS):
-        p = (z @ weight.T).softmax(1)
-        gradient = (p - onehot).T @ z / rows + penalty * weight
-        if float(gradient.abs().max()) < 1e-10:
-            break
-        spread = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)  # rows x C x C
-        hessian = torch.einsum("iab,if,ig->afbg", spread, z, z).reshape(
-            classes * columns, classes * columns
-        )
-        step = torch.linalg.solve(hessian / rows + ridge, gradient.reshape(-1))
-        step = step.reshape(classes, columns)
-        slope, size = float((gradient * step).sum()), 1.0
-        while size > 1e-6:
-            tried = _objective(z, onehot, penalty, weight - size * step)
-            if float(tried) <= float(value) - 1e-4 * size * slope:
-                break
-            size /= 2
-        weight, value = weight - size * step, tried
-    return weight
-
-
-def _lbfgs(z: Tensor, onehot: Tensor, penalty: Tensor) -> Tensor:
-    """L-BFGS steps (many weights: no Hessian), the gradient in closed form (autograd's
-    bookkeeping cost more than the sums)."""
-    weight = torch.zeros(onehot.shape[1], z.shape[1], dtype=z.dtype)
-    optimizer = torch.optim.LBFGS(
-        [weight], max_iter=LOGISTIC_STEPS, history_size=10, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> Tensor:
-        log_p = (z @ weight.T).log_softmax(1)
-        weight.grad = (log_p.exp() - onehot).T @ z / len(z) + penalty * weight
-        return -(log_p * onehot).sum() / len(z) + 0.5 * (penalty * weight.square()).sum()
-
-    optimizer.step(closure)
-    return weight
 
 
 def _view_like(tensor: Tensor, output: Tensor, produced: Tensor) -> Tensor:

@@ -440,7 +440,7 @@ class _Fit:
     def closed_form(self) -> None:
         assert self.suffix is not None and self.features is not None
         linear = dict(self.model.named_modules())[self.suffix.entry]
-        solve_linear(linear, self.features, self.target)
+        solve_linear(linear, self.features, self.target, self._loss_name())
         loss = self.evaluate()
         self.consider(loss, step=1)
         self.publish(1, 1, loss, self.target.shape[0], loss, loss)
@@ -562,7 +562,12 @@ class _Fit:
         if step > self.best_step:
             self.consider(self.evaluate(), step)
 
+    def _loss_name(self) -> str:
+        return getattr(self.loss_fn, "name", "mse")
+
     def method_used(self) -> str:
+        if self.method == "lstsq" and self._loss_name() == "cross_entropy":
+            return "lstsq (closed form: logistic regression)"
         if self.method == "lstsq":
             return "lstsq (closed form)"
         if self.suffix is not None:

@@ -174,7 +174,7 @@ def test_few_and_many_weights_reach_the_same_logistic_optimum(monkeypatch):
     labels = _new_labels(model, x)
     losses = []
     for newton_up_to in (10**6, 0):
-        monkeypatch.setattr("recovery_core.fit.head_refit.NEWTON_UP_TO", newton_up_to)
+        monkeypatch.setattr("recovery_core.fit.closed_form.NEWTON_UP_TO", newton_up_to)
         with torch.no_grad():
             found = forward_refitted(model, (x,), labels)
         assert found.refitted is not None

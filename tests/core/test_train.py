@@ -155,10 +155,43 @@ def test_lstm_sequence_head_trains_on_cached_features_with_cross_entropy():
     tokens = torch.randint(0, 12, (32, 7))
     labels = tokens % 5  # learnable from the embedding alone
     plan = plan_freeze(model, ["head"])
-    config = TrainingConfig(method="auto", lr=0.05, epochs=10, batch_size=8)
+    config = TrainingConfig(method="adam", lr=0.05, epochs=10, batch_size=8)
     result = TrainingRun(model, plan, (tokens,), labels, CE, config).run()
     assert result.method_used.startswith("adam with frozen-prefix cache")
     assert result.final_loss < 0.9 * result.baseline_loss
+
+
+def test_a_cross_entropy_head_is_solved_exactly_by_logistic_regression():
+    # Only the output layer trains under cross-entropy: a convex problem on the cached
+    # features, solved to its optimum in one step where Adam takes epochs to approach it.
+    torch.manual_seed(0)
+    model = LSTMTagger()
+    tokens = torch.randint(0, 12, (64, 7))
+    labels = tokens % 5
+    labels[:3, :2] = -100  # positions cross-entropy ignores
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = plan_freeze(model, ["head"])
+    solved = TrainingRun(model, plan, (tokens,), labels, CE).run()
+    adam = TrainingRun(
+        model, plan, (tokens,), labels, CE,
+        TrainingConfig(method="adam", lr=0.05, epochs=30, batch_size=8),
+    ).run()  # fmt: skip
+
+    assert solved.method_used == "lstsq (closed form: logistic regression)"
+    assert solved.steps == 1
+    assert solved.final_loss < adam.final_loss < solved.baseline_loss
+    # The gradient of the loss (with the fit's small ridge) vanishes at the solution.
+    head = solved.model.head
+    with torch.no_grad():
+        features = model.rnn(model.embedding(tokens))[0].reshape(-1, 8)
+    weight = head.weight.detach().clone().requires_grad_()
+    bias = head.bias.detach().clone().requires_grad_()
+    loss = F.cross_entropy(features @ weight.T + bias, labels.reshape(-1))
+    grad_w, grad_b = torch.autograd.grad(loss, (weight, bias))
+    assert float(grad_w.abs().max()) < 0.02 and float(grad_b.abs().max()) < 1e-3
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+    assert frozen_keys_unchanged(model, solved.model, plan.trainable_keys) == []
+
 
 
 def nan_after(run_steps: list[int], step: int):
