@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import torch
+from torch.nn import functional as F
 
 from recovery_core import humanize
 from recovery_core.errors import HyperparameterError
@@ -679,10 +680,22 @@ class _Pass:
         with choose(choose.every if strategy != "every combination" else None):
             final = _rescore_finalists(  # the best always scored, the others by the deadline
                 scorer.screened(), self.groups, finalists, self.data, (screen, samples),
-                self.loss_fn, started + budget, "refitted" if refit_rows else "measure",
+                self.loss_fn, started + budget,
+                "refitted" if refit_rows else "measure" if self.refits else "original",
                 refit_rows,
             )  # fmt: skip
         return scorer, strategy, final
+
+    @property
+    def refits(self) -> bool:
+        """Can the output layer be refitted to this loss: least squares on values, a
+        logistic regression on class labels under cross-entropy (labels under another
+        loss, a multi-class hinge say, have no refit here that minimises it)."""
+        if self.data.target.is_floating_point():
+            return True
+        return self.loss_fn is F.cross_entropy or (
+            getattr(self.loss_fn, "name", None) == "cross_entropy"
+        )
 
     def ranked(
         self, choose: _ThreadChoice
@@ -694,6 +707,8 @@ class _Pass:
         original weights, and the message says the data is not new). Else the original
         one runs, and the refitted one after it when its finalists show the data may be
         new (`_worth_refitting`), kept when its best fits REFIT_GAIN times better so."""
+        if not self.refits:
+            return self.run(choose), None
         probed = _probe(self)
         if probed is not None:
             again = self.run(choose, refit_rows=ROWS_PER_COEFFICIENT * probed[1])

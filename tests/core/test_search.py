@@ -734,3 +734,29 @@ def test_a_refit_that_fits_to_rounding_is_reported_not_a_division_by_zero(monkey
     result = score_candidates(spec, weights, tuple(inputs), target, F.mse_loss, threads=1)
     assert result.best.loss == 0 and result.new_task_losses is not None
     assert "(∞× lower)" in result.message
+
+
+def test_labels_under_a_loss_other_than_cross_entropy_are_not_refitted(monkeypatch):
+    # A logistic refit minimises cross-entropy; under another loss on the same labels (a
+    # multi-class hinge, say) it would rank by what that loss does not measure, so none
+    # is fitted and the original weights rank.
+    import recovery_core.fit.head_refit as head_refit
+    from tests.forward_zoo import FORWARD_BY_NAME
+
+    fits = []
+
+    def counted(*args, **kwargs):
+        fits.append(1)
+        return real(*args, **kwargs)
+
+    real = head_refit.logistic_regression
+    monkeypatch.setattr(head_refit, "logistic_regression", counted)
+    case = FORWARD_BY_NAME["gru_last_step"]
+    model = case.make()
+    weights = model.state_dict()
+    spec = infer_spec(Checkpoint.from_state_dict(weights))
+    *inputs, labels = case.new_labels(model, 1024).values()
+    hinge = F.multi_margin_loss
+    result = score_candidates(spec, weights, tuple(inputs), labels, hinge, threads=1)
+    assert result.best is not None and result.refitted_head is None
+    assert "refitted" not in result.message and fits == []
