@@ -440,7 +440,7 @@ class _Fit:
     def closed_form(self) -> None:
         assert self.suffix is not None and self.features is not None
         linear = dict(self.model.named_modules())[self.suffix.entry]
-        solve_linear(linear, self.features, self.target, self._loss_name())
+        solve_linear(linear, self.features, self.target, getattr(self.loss_fn, "name", "mse"))
         loss = self.evaluate()
         self.consider(loss, step=1)
         self.publish(1, 1, loss, self.target.shape[0], loss, loss)
@@ -562,14 +562,10 @@ class _Fit:
         if step > self.best_step:
             self.consider(self.evaluate(), step)
 
-    def _loss_name(self) -> str:
-        return getattr(self.loss_fn, "name", "mse")
-
     def method_used(self) -> str:
-        if self.method == "lstsq" and self._loss_name() == "cross_entropy":
-            return "lstsq (closed form: logistic regression)"
         if self.method == "lstsq":
-            return "lstsq (closed form)"
+            logistic = getattr(self.loss_fn, "name", None) == "cross_entropy"
+            return "lstsq (closed form: logistic regression)" if logistic else "lstsq (closed form)"
         if self.suffix is not None:
             return f"{self.method} with frozen-prefix cache (input of {self.suffix.description} computed once)"
         return f"{self.method} (full forward: {self.why_not_cached or 'no frozen prefix'})"
