@@ -214,20 +214,58 @@ def _hessian(z: Tensor, p: Tensor) -> Tensor:
 
 
 def _lbfgs(z: Tensor, onehot: Tensor, penalty: Tensor, steps: int) -> Tensor:
-    """L-BFGS steps (many weights: no Hessian), the gradient in closed form (autograd's
-    bookkeeping cost more than the sums)."""
+    """L-BFGS steps (many weights: no Hessian) with a backtracking line search, written
+    out: torch.optim's first step imports torch._dynamo (~1.4 s), and in the dashboard's
+    server that starved page loads while three sessions scored."""
     weight = torch.zeros(onehot.shape[1], z.shape[1], dtype=z.dtype)
-    optimizer = torch.optim.LBFGS(
-        [weight], max_iter=steps, history_size=10, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> Tensor:
-        log_p = (z @ weight.T).log_softmax(1)
-        weight.grad = (log_p.exp() - onehot).T @ z / len(z) + penalty * weight
-        return -(log_p * onehot).sum() / len(z) + 0.5 * (penalty * weight.square()).sum()
-
-    optimizer.step(closure)
+    value, gradient = _value_and_gradient(z, onehot, penalty, weight)
+    moves: list[tuple[Tensor, Tensor, float]] = []  # (step, change of gradient, 1 / s.y)
+    for _ in range(steps):
+        if float(gradient.abs().max()) < 1e-10:
+            break
+        direction = -_two_loop(gradient, moves)
+        slope = float((gradient * direction).sum())
+        if slope >= 0:  # not a descent direction: start again from the gradient
+            moves, direction, slope = [], -gradient, -float(gradient.square().sum())
+        size = 1.0 if moves else min(1.0, 1.0 / float(gradient.abs().sum()))
+        while True:
+            tried = weight + size * direction
+            new_value, new_gradient = _value_and_gradient(z, onehot, penalty, tried)
+            if float(new_value) <= float(value) + 1e-4 * size * slope or size < 1e-10:
+                break
+            size /= 2
+        change = new_gradient - gradient
+        curvature = float(((tried - weight) * change).sum())
+        if curvature > 1e-12:
+            moves = [*moves[-9:], (tried - weight, change, 1.0 / curvature)]
+        settled = float(value - new_value) <= 1e-12 * abs(float(value))
+        weight, value, gradient = tried, new_value, new_gradient
+        if settled:  # the loss no longer moves in its twelfth digit
+            break
     return weight
+
+
+def _value_and_gradient(
+    z: Tensor, onehot: Tensor, penalty: Tensor, weight: Tensor
+) -> tuple[Tensor, Tensor]:
+    log_p = (z @ weight.T).log_softmax(1)
+    gradient = (log_p.exp() - onehot).T @ z / len(z) + penalty * weight
+    return -(log_p * onehot).sum() / len(z) + 0.5 * (penalty * weight.square()).sum(), gradient
+
+
+def _two_loop(gradient: Tensor, moves: list[tuple[Tensor, Tensor, float]]) -> Tensor:
+    """The inverse-Hessian estimate of the last moves applied to `gradient`."""
+    q, alphas = gradient.clone(), []
+    for step, change, rho in reversed(moves):
+        alpha = rho * float((step * q).sum())
+        q -= alpha * change
+        alphas.append(alpha)
+    if moves:
+        step, change, _ = moves[-1]
+        q *= float((step * change).sum()) / float(change.square().sum())
+    for (step, change, rho), alpha in zip(moves, reversed(alphas), strict=True):
+        q += (alpha - rho * float((change * q).sum())) * step
+    return q
 
 
 __all__ = ["closed_form_blocker", "least_squares", "logistic_regression", "solve_linear"]

@@ -108,6 +108,12 @@ def test_demo_flow_from_table_to_a_loadable_torchscript_file(
     wait_idle(page)
     head = main.get_by_test_id("stCheckbox").filter(has_text="generator")
     expect(head.get_by_role("checkbox")).to_be_checked()
+    # Adam, to watch it learn: "automatic" solves an output layer exactly in one step.
+    method = main.get_by_test_id("stSelectbox").filter(has_text="Method").get_by_role("combobox")
+    method.evaluate("e => e.scrollIntoView({block: 'center'})")
+    method.click()
+    page.get_by_role("option", name="Adam", exact=True).click()
+    wait_idle(page)
     epochs = main.get_by_label("Epochs (passes over the data)")
     epochs.fill("5000")  # far longer than the test waits: it stops the run itself
     epochs.press("Enter")
