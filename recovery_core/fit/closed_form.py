@@ -4,8 +4,8 @@ When everything that trains is the Linear layer producing the model's output and
 loss is MSE, the optimum is `lstsq([features, 1], target)`: one exact solve in float64
 instead of many gradient steps. Under cross-entropy on class labels the same layer is a
 multinomial logistic regression on its inputs, a convex problem solved to its optimum
-(`head_refit.logistic_regression`: Newton or L-BFGS steps on the cached features, with
-the search's small ridge, which keeps separable classes at a finite optimum).
+(`logistic_regression`: Newton or L-BFGS steps on the cached features, with the small
+ridge the search's refits use, which keeps separable classes at a finite optimum).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def solve_linear(
 
 
 # An exact solve of a logistic regression: L-BFGS's steps at most, where there are too
-# many weights for Newton's (it stops earlier once the gradient vanishes).
+# many weights for Newton's (it stops earlier once the loss or the gradient settles).
 LOGISTIC_SOLVE_STEPS = 500
 # A logistic regression is fitted on standardised features, with a ridge penalty (per
 # standardised weight) that keeps separable classes (the true trunk's features on labels

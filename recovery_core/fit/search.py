@@ -768,8 +768,8 @@ class _Refit:
                 f" Every combination was ranked with {head} refitted by {self.method} to "
                 f"the samples it was scored on (the values first tried fit this data "
                 f"{humanize.times(self.first_tried, 1.0)} better so); the best fits it as "
-                "well with the "
-                f"original weights (loss {self.original:.6g} against {self.refitted:.6g}), "
+                f"well with the original weights (loss {self.original:.6g} against "
+                f"{self.refitted:.6g}), "
                 "so the data is not new to the model."
             )
             message = result.message + note
@@ -786,9 +786,10 @@ def _probe(search: _Pass) -> tuple[str, int, float] | None:
     with refitted when the values first tried already show the data is new to the model:
     on the screening samples they fit REFIT_GAIN times better with it refitted than with
     the original weights, or better refitted while the original weights fit worse than
-    the best constant prediction (`head_refit.chance_loss`). The values tried are the current ones, else the first of their
-    one-value changes that runs (a guessed layout may not read the data at all), up to
-    PROBES. None when they fit, none runs, or no output layer can be refitted."""
+    the best constant prediction (`head_refit.chance_loss`). The values tried are the
+    current ones, else the first of their one-value changes that runs (a guessed layout
+    may not read the data at all), up to PROBES. None when they fit, none runs, or no
+    output layer can be refitted."""
     group = search.groups[0]
     for values in itertools.islice(_neighbourhood(group), PROBES):
         model, _ = group.model(values)
