@@ -169,11 +169,6 @@ def _penalty(columns: int, with_bias: bool, dtype: torch.dtype) -> Tensor:
     return penalty
 
 
-def _objective(z: Tensor, onehot: Tensor, penalty: Tensor, weight: Tensor) -> Tensor:
-    log_p = (z @ weight.T).log_softmax(1)
-    return -(log_p * onehot).sum() / len(z) + 0.5 * (penalty * weight.square()).sum()
-
-
 def _newton(z: Tensor, onehot: Tensor, penalty: Tensor) -> Tensor:
     """Newton's method with a backtracking line search (few weights: the Hessian is
     small, and a handful of exact steps beats many cheap ones)."""
@@ -181,22 +176,18 @@ def _newton(z: Tensor, onehot: Tensor, penalty: Tensor) -> Tensor:
     classes = onehot.shape[1]
     weight = torch.zeros(classes, columns, dtype=z.dtype)
     ridge = torch.diag(penalty.repeat(classes))
-    value = _objective(z, onehot, penalty, weight)
+    value, gradient = _value_and_gradient(z, onehot, penalty, weight)
     for _ in range(NEWTON_STEPS):
-        p = (z @ weight.T).softmax(1)
-        gradient = (p - onehot).T @ z / rows + penalty * weight
         if float(gradient.abs().max()) < 1e-10:
             break
+        p = (z @ weight.T).softmax(1)
         hessian = _hessian(z, p).reshape(classes * columns, classes * columns)
         step = torch.linalg.solve(hessian / rows + ridge, gradient.reshape(-1))
-        step = step.reshape(classes, columns)
-        slope, size = float((gradient * step).sum()), 1.0
-        while size > 1e-6:
-            tried = _objective(z, onehot, penalty, weight - size * step)
-            if float(tried) <= float(value) - 1e-4 * size * slope:
-                break
-            size /= 2
-        weight, value = weight - size * step, tried
+        direction = -step.reshape(classes, columns)
+        slope = float((gradient * direction).sum())
+        weight, value, gradient = _backtrack(
+            z, onehot, penalty, (weight, value), direction, slope, (1.0, 1e-6)
+        )
     return weight
 
 
@@ -228,12 +219,9 @@ def _lbfgs(z: Tensor, onehot: Tensor, penalty: Tensor, steps: int) -> Tensor:
         if slope >= 0:  # not a descent direction: start again from the gradient
             moves, direction, slope = [], -gradient, -float(gradient.square().sum())
         size = 1.0 if moves else min(1.0, 1.0 / float(gradient.abs().sum()))
-        while True:
-            tried = weight + size * direction
-            new_value, new_gradient = _value_and_gradient(z, onehot, penalty, tried)
-            if float(new_value) <= float(value) + 1e-4 * size * slope or size < 1e-10:
-                break
-            size /= 2
+        tried, new_value, new_gradient = _backtrack(
+            z, onehot, penalty, (weight, value), direction, slope, (size, 1e-10)
+        )
         change = new_gradient - gradient
         curvature = float(((tried - weight) * change).sum())
         if curvature > 1e-12:
@@ -243,6 +231,27 @@ def _lbfgs(z: Tensor, onehot: Tensor, penalty: Tensor, steps: int) -> Tensor:
         if settled:  # the loss no longer moves in its twelfth digit
             break
     return weight
+
+
+def _backtrack(
+    z: Tensor,
+    onehot: Tensor,
+    penalty: Tensor,
+    start: tuple[Tensor, Tensor],
+    direction: Tensor,
+    slope: float,
+    sizes: tuple[float, float],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The point along `direction` from `start` (weights, loss), its step halved from the
+    first of `sizes`, where the loss falls by Armijo's share of `slope`, or the one at the
+    smallest size: the point, its loss and its gradient."""
+    (weight, value), (size, smallest) = start, sizes
+    while True:
+        tried = weight + size * direction
+        new_value, new_gradient = _value_and_gradient(z, onehot, penalty, tried)
+        if float(new_value) <= float(value) + 1e-4 * size * slope or size < smallest:
+            return tried, new_value, new_gradient
+        size /= 2
 
 
 def _value_and_gradient(
