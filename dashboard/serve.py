@@ -27,11 +27,19 @@ def preload() -> None:
     import recovery_core  # noqa: F401
 
 
+# Streamlit collects all garbage (`gc.collect(2)`) after every script run, the progress
+# boxes' refreshes included (several a second per open tab). With torch, pandas and
+# Plotly imported, one collection holds the GIL ~250 ms: three tabs of the demo scoring
+# at once took 80-110 s instead of ~12 s. Python's own collector still runs, and a closed
+# tab's objects are collected when its session ends (`state._stop_if_unwatched`).
+SETTINGS = ("--runner.postScriptGC", "false")
+
+
 def main(argv: list[str]) -> None:
     preload()
     from streamlit.web import cli
 
-    sys.argv = ["streamlit", "run", str(APP), *argv]
+    sys.argv = ["streamlit", "run", str(APP), *SETTINGS, *argv]
     cli.main(prog_name="streamlit")  # exits with the server's status, as `streamlit` does
 
 

@@ -14,6 +14,7 @@ Two kinds of memory, kept apart on purpose:
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import os
 import secrets
@@ -552,6 +553,9 @@ def _stop_if_unwatched(studio: Studio) -> None:
     # in `tabs`: ask the server whether one of the Studio's sessions is connected.
     if unwatched and not any(map(_connected_now, list(studio.sessions))):
         studio.stop_all()
+        # Streamlit no longer collects after every run (dashboard/serve.py): what the
+        # closed tab held in reference cycles is freed now, not at some later collection.
+        gc.collect()
 
 
 def _connected_now(session_id: str) -> bool:
