@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import recovery_core as rc
@@ -107,11 +108,10 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
     # Everything the search reads: the weights (by content), the data and how it feeds the
     # model, the settings it starts from and the ones it scores.
     key = f"{studio.opened.source.key}|{_data_key(studio)}|{job.names}"
+    flown: list[_Flight] = []  # the flight this job's own search feeds, if it starts one
 
     def progress(done: int, total: int) -> None:
-        job.done, job.total = done, total
-        if job._stop.is_set():
-            raise _Stopped
+        flown[0].report(done, total)
 
     # Everything the search reads is taken now: a change meanwhile cannot reach it.
     search = studio.recovery.scorer(
@@ -127,15 +127,21 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
             job.result = kept
             return
         job._go.wait(HOLD_SECONDS)
-        try:
-            if job._stop.is_set():
-                raise _Stopped
-            job.result = search()
-            _remember(key, job.result)
-        except _Stopped:
+        if job._stop.is_set():
             job.stopped = True
-        except Exception as exc:  # noqa: BLE001 - shown to the person by `collect`
-            job.error = exc
+            return
+        flight = _board(key, search, job, flown)
+        try:
+            while not flight.finished.wait(FOLLOW_SECONDS):
+                job.done, job.total = flight.done, flight.total
+                if job._stop.is_set():
+                    job.stopped = True
+                    return
+        finally:
+            flight.leave(job)
+        job.done, job.total = flight.done, flight.total
+        job.result, job.error = flight.result, flight.error
+        job.stopped = flight.result is None and flight.error is None
 
     if studio.scoring is not None:
         studio.scoring.stop()
@@ -143,6 +149,69 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
     studio.scoring, studio.scoring_error = job, None
     job._thread.start()
     return job
+
+
+# Searches running now, by key: sessions that ask for the same search at once (the demo
+# opened in several tabs) wait for one search instead of each running its own. Three
+# demo scorings at once took ~100 s on two cores, one ~8 s.
+_flights: dict[str, _Flight] = {}
+_flights_lock = threading.Lock()
+FOLLOW_SECONDS = 0.1  # how often a waiting job copies its flight's progress
+
+
+class _Flight:
+    """One search that one or more jobs wait for. It stops when every job has left it
+    (each was stopped, or its session ended), never because one of them did."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.jobs: set[int] = set()
+        self.done = self.total = 0
+        self.result: rc.SearchResult | None = None
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+
+    def report(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        with _flights_lock:
+            if self.jobs:
+                return
+            # Nobody waits any more: later jobs start a search of their own.
+            if _flights.get(self.key) is self:
+                del _flights[self.key]
+        raise _Stopped
+
+    def leave(self, job: ScoringJob) -> None:
+        with _flights_lock:
+            self.jobs.discard(id(job))
+
+    def run(self, search: Callable[[], rc.SearchResult]) -> None:
+        try:
+            self.result = search()
+            _remember(self.key, self.result)
+        except _Stopped:
+            pass
+        except Exception as exc:  # noqa: BLE001 - shown to the person by `collect`
+            self.error = exc
+        finally:
+            with _flights_lock:
+                if _flights.get(self.key) is self:
+                    del _flights[self.key]
+            self.finished.set()
+
+
+def _board(
+    key: str, search: Callable[[], rc.SearchResult], job: ScoringJob, flown: list[_Flight]
+) -> _Flight:
+    """The running search for `key`, joined; or this job's own, started."""
+    with _flights_lock:
+        flight = _flights.get(key)
+        if flight is None:
+            flight = _flights[key] = _Flight(key)
+            flown.append(flight)
+            threading.Thread(target=flight.run, args=(search,), name="search", daemon=True).start()
+        flight.jobs.add(id(job))
+        return flight
 
 
 def release(studio: state.Studio, wait: float = 0.0) -> bool:

@@ -106,6 +106,68 @@ def test_stop_ends_the_scoring_and_it_does_not_start_again_by_itself():
     assert studio(at).scoring is None  # a Stop is respected for this data and settings
 
 
+@pytest.fixture()
+def held_search(monkeypatch: pytest.MonkeyPatch):
+    """Searches wait at their start until the test lets them go; `runs` counts them."""
+    import threading
+
+    scoring.forget_results()
+    started, gate, runs = threading.Event(), threading.Event(), []
+    search_once = scoring._Flight.run
+
+    def held(flight, search):
+        runs.append(flight)
+        started.set()
+        gate.wait(60)
+        search_once(flight, search)
+
+    monkeypatch.setattr(scoring._Flight, "run", held)
+    yield started, gate, runs
+    gate.set()
+
+
+def test_sessions_scoring_the_same_at_once_wait_for_one_search(held_search):
+    started, gate, runs = held_search
+    first = open_app(settle=False)
+    assert started.wait(30)
+    second = open_app(settle=False)  # the demo in a second tab while the first scores
+    assert studio(second).scoring is not None and studio(second).scoring.running
+    gate.set()
+    settled(first)
+    settled(second)
+    assert len(runs) == 1
+    assert studio(second).search is studio(first).search
+    assert studio(second).spec.value("nhead") == 4
+    assert any("found on your data" in m.value for m in second.main.markdown)
+
+
+def test_a_stop_in_one_session_leaves_the_shared_search_to_the_other(held_search):
+    started, gate, runs = held_search
+    first = open_app(settle=False)
+    assert started.wait(30)
+    second = open_app(settle=False)
+    stopped = studio(first).scoring
+    stopped.stop()
+    stopped.join(10)
+    assert stopped.stopped and not stopped.running  # the person who pressed Stop sees it end
+    gate.set()
+    settled(second)
+    assert len(runs) == 1 and studio(second).search is not None
+    assert studio(second).spec.value("nhead") == 4
+    # When everybody waiting has stopped, the search itself ends.
+    scoring.forget_results()
+    gate.clear()
+    third, fourth = open_app(settle=False), open_app(settle=False)
+    assert len(runs) == 2  # one search for both
+    for at in (third, fourth):
+        studio(at).scoring.stop()
+    gate.set()
+    flight = runs[-1]
+    assert flight.finished.wait(30)
+    assert flight.result is None and flight.error is None
+    assert not scoring._flights
+
+
 def test_a_reload_finds_the_session_with_its_checkpoint_choices_and_runs():
     at = open_app()
     go(at, "recover")
