@@ -3,7 +3,8 @@
 When data is mapped and some settings are still unverified defaults, scoring starts by
 itself (`maybe_start`); every page shows its progress and a Stop. The result is applied
 by the page's own script run (`collect`), never from the job's thread, and only if the
-settings it scored are still the ones the session has.
+settings it scored are still the ones the session has. Sessions that ask for the same
+search at the same time share one (`_Flight`).
 """
 
 from __future__ import annotations
@@ -152,8 +153,8 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
 
 
 # Searches running now, by key: sessions that ask for the same search at once (the demo
-# opened in several tabs) wait for one search instead of each running its own. Three
-# demo scorings at once took ~100 s on two cores, one ~8 s.
+# opened in several tabs) wait for one search instead of each running its own on the
+# same cores (each of three at once took about three times as long as one alone).
 _flights: dict[str, _Flight] = {}
 _flights_lock = threading.Lock()
 FOLLOW_SECONDS = 0.1  # how often a waiting job copies its flight's progress

@@ -30,7 +30,7 @@ def preload() -> None:
 # Streamlit collects all garbage (`gc.collect(2)`) after every script run, the progress
 # boxes' refreshes included (several a second per open tab). With torch, pandas and
 # Plotly imported, one collection holds the GIL ~250 ms: three tabs of the demo scoring
-# at once took 80-110 s instead of ~12 s. Python's own collector still runs, and a closed
+# at once took 80-110 s, ~15-20 s without. Python's own collector still runs, and a closed
 # tab's objects are collected when its session ends (`state._stop_if_unwatched`).
 SETTINGS = ("--runner.postScriptGC", "false")
 
