@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import recovery_core as rc
 from dashboard import datasets, state, ui
+from recovery_core.fit.search import EXHAUSTIVE_UP_TO
 
 BUDGET_SECONDS = 60.0
 # The search scores on the samples `recovery recover` scores on (score_candidates'
@@ -95,8 +96,27 @@ class ScoringJob:
             self._thread.join(timeout)
 
     @property
+    def beam(self) -> bool:
+        """Too many combinations to screen every one: the search refines the best ones
+        and scores only a part, so `done` never reaches `total`."""
+        return self.total > EXHAUSTIVE_UP_TO
+
+    @property
     def fraction(self) -> float:
+        """The bar: combinations scored of all; for a beam, of the time it may take."""
+        if self.beam:
+            return min((time.monotonic() - self.started) / BUDGET_SECONDS, 1.0)
         return min(self.done / self.total, 1.0) if self.total else 0.0
+
+    def counted(self) -> str:
+        """How far it is, in words."""
+        if self.beam:
+            return (
+                f"{self.done:,} combinations scored so far; too many to score all "
+                f"{self.total:,}, so the best ones are refined one value at a time (ends "
+                f"within {BUDGET_SECONDS:g} s)"
+            )
+        return f"{self.done:,} of {self.total or '…'} combinations"
 
 
 def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> ScoringJob:

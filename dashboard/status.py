@@ -67,10 +67,7 @@ def banner(studio: state.Studio) -> None:
                 if job.automatic:
                     what += " (started by itself: they were unverified defaults)"
                 left, right = st.columns([5, 1], vertical_alignment="center")
-                left.progress(
-                    job.fraction,
-                    text=f"{what}: {job.done} of {job.total or '…'} combinations",
-                )
+                left.progress(job.fraction, text=f"{what}: {job.counted()}")
                 right.button("Stop scoring", key="status_stop_scoring", on_click=_stop)
                 return
             ui.show(studio.scoring_error)

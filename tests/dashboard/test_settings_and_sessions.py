@@ -4,6 +4,7 @@ recovery plan carries every choice to another session."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,15 @@ def test_sessions_scoring_the_same_at_once_wait_for_one_search(held_search):
     second = open_app(settle=False)  # the demo in a second tab while the first scores
     assert studio(second).scoring is not None and studio(second).scoring.running
     gate.set()
+    deadline = time.monotonic() + 30
+    while studio(second).scoring.total == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second.run()
+    # The demo's 2,304 combinations are walked by a beam: the bar does not pretend that
+    # all of them will be scored.
+    (bar,) = second.get("progress")
+    assert "too many to score all 2,304" in bar.proto.text, bar.proto.text
+    assert "ends within 60 s" in bar.proto.text
     settled(first)
     settled(second)
     assert len(runs) == 1
@@ -166,6 +176,16 @@ def test_a_stop_in_one_session_leaves_the_shared_search_to_the_other(held_search
     assert flight.finished.wait(30)
     assert flight.result is None and flight.error is None
     assert not scoring._flights
+
+
+def test_the_scoring_progress_counts_combinations_or_for_a_beam_the_time_it_may_take():
+    every = scoring.ScoringJob("spec", ("nhead",), automatic=True, done=3, total=48)
+    assert every.counted() == "3 of 48 combinations"
+    assert every.fraction == 3 / 48
+    beam = scoring.ScoringJob("spec", ("nhead",), automatic=True, done=45, total=2304)
+    beam.started -= scoring.BUDGET_SECONDS / 4
+    assert beam.counted().startswith("45 combinations scored so far; too many to score all 2,304")
+    assert 0.25 <= beam.fraction < 0.5  # a quarter of the budget spent, not 45 / 2,304
 
 
 def test_a_reload_finds_the_session_with_its_checkpoint_choices_and_runs():
