@@ -103,7 +103,8 @@ class ScoringJob:
 
     @property
     def fraction(self) -> float:
-        """The bar: combinations scored of all; for a beam, of the time it may take."""
+        """The bar: combinations scored of all; for a beam, the share of its time budget
+        spent (screening stops there; the finalists' scoring follows)."""
         if self.beam:
             return min((time.monotonic() - self.started) / BUDGET_SECONDS, 1.0)
         return min(self.done / self.total, 1.0) if self.total else 0.0
@@ -113,8 +114,8 @@ class ScoringJob:
         if self.beam:
             return (
                 f"{self.done:,} combinations scored so far; too many to score all "
-                f"{self.total:,}, so the best ones are refined one value at a time (ends "
-                f"within {BUDGET_SECONDS:g} s)"
+                f"{self.total:,}, so the best ones are refined one value at a time (its time "
+                f"budget: {BUDGET_SECONDS:g} s)"
             )
         return f"{self.done:,} of {self.total or '…'} combinations"
 

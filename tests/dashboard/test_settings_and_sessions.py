@@ -142,7 +142,7 @@ def test_sessions_scoring_the_same_at_once_wait_for_one_search(held_search):
     # all of them will be scored.
     (bar,) = second.get("progress")
     assert "too many to score all 2,304" in bar.proto.text, bar.proto.text
-    assert "ends within 60 s" in bar.proto.text
+    assert "its time budget: 60 s" in bar.proto.text
     settled(first)
     settled(second)
     assert len(runs) == 1
