@@ -35,7 +35,13 @@ from recovery_core.fit.freeze import (
     preset_patterns,
 )
 from recovery_core.fit.head_refit import EXACT_FIT, NEW_TASK_FACTOR, mean_square
-from recovery_core.fit.search import Candidate, SearchResult, score_candidates, searchable_names
+from recovery_core.fit.search import (
+    EXHAUSTIVE_UP_TO,
+    Candidate,
+    SearchResult,
+    score_candidates,
+    searchable_names,
+)
 from recovery_core.fit.train import TrainingResult, TrainingRun
 from recovery_core.infer import infer_spec
 from recovery_core.infer.wiring import output_module
@@ -229,11 +235,25 @@ def trained_exporter(
 # ---------------------------------------------------------------- logging helpers
 
 
+# A beam scores only a part of its combinations: a line per this many scored.
+BEAM_LOG_EVERY = 50
+
+
 def _search_progress(log: Log) -> Callable[[int, int], None]:
-    """A line at every tenth of the combinations screened."""
+    """A line at every tenth of the combinations screened; for a beam (too many to score
+    every one, so most are never scored), what it does once, then a line every
+    BEAM_LOG_EVERY combinations."""
 
     def report(done: int, total: int) -> None:
-        if done == total or done % max(total // 10, 1) == 0:
+        if total > EXHAUSTIVE_UP_TO:
+            if done == 1:
+                log(
+                    f"  {total:,} combinations: too many to score all, so the best ones are "
+                    "refined one value at a time"
+                )
+            elif done % BEAM_LOG_EVERY == 0:
+                log(f"  scored {done} combinations so far")
+        elif done == total or done % max(total // 10, 1) == 0:
             log(f"  screened {done} of {total} combinations")
 
     return report

@@ -359,3 +359,23 @@ def test_values_found_on_one_dataset_are_unchecked_again_on_another(tmp_path):
     assert [hp.name for hp in recovery.spec.free if hp.source == "search"] == []
     assert {n: recovery.spec.value(n) for n in found} == found  # kept as the start
     assert set(found) <= set(unverified(recovery.spec))
+
+
+def test_the_search_log_says_when_a_beam_scores_only_a_part_of_the_combinations():
+    from recovery_core.session import BEAM_LOG_EVERY, _search_progress
+
+    lines: list[str] = []
+    report = _search_progress(lines.append)
+    for done in range(1, 3 * BEAM_LOG_EVERY + 11):  # a beam ends far short of 2,304
+        report(done, 2304)
+    assert lines[0] == (
+        "  2,304 combinations: too many to score all, so the best ones are refined one "
+        "value at a time"
+    )
+    assert lines[1:] == [f"  scored {n * BEAM_LOG_EVERY} combinations so far" for n in (1, 2, 3)]
+    lines.clear()
+    for done in range(1, 49):  # every combination: a line at every tenth
+        report(done, 48)
+    assert lines[0] == "  screened 4 of 48 combinations" and lines[-1].endswith(
+        "48 of 48 combinations"
+    )
