@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import recovery_core as rc
 from dashboard import datasets, state, ui
-from recovery_core.fit.search import EXHAUSTIVE_UP_TO
+from recovery_core.fit.search import walks_a_beam
 
 BUDGET_SECONDS = 60.0
 # The search scores on the samples `recovery recover` scores on (score_candidates'
@@ -99,7 +99,7 @@ class ScoringJob:
     def beam(self) -> bool:
         """Too many combinations to screen every one: the search refines the best ones
         and scores only a part, so `done` never reaches `total`."""
-        return self.total > EXHAUSTIVE_UP_TO
+        return walks_a_beam(self.total)
 
     @property
     def fraction(self) -> float:
@@ -130,16 +130,14 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
     # Everything the search reads: the weights (by content), the data and how it feeds the
     # model, the settings it starts from and the ones it scores.
     key = f"{studio.opened.source.key}|{_data_key(studio)}|{job.names}"
-    flown: list[_Flight] = []  # the flight this job's own search feeds, if it starts one
-
-    def progress(done: int, total: int) -> None:
-        flown[0].report(done, total)
+    # The flight this job's own search would be, if no same search is running already.
+    own = _Flight(key)
 
     # Everything the search reads is taken now: a change meanwhile cannot reach it.
     search = studio.recovery.scorer(
         names,
         budget_seconds=BUDGET_SECONDS,
-        progress=progress,
+        progress=own.report,
         threads=None,  # process-wide: the app chose it once for every session
     )
 
@@ -152,7 +150,7 @@ def start(studio: state.Studio, names: tuple[str, ...], *, automatic: bool) -> S
         if job._stop.is_set():
             job.stopped = True
             return
-        flight = _board(key, search, job, flown)
+        flight = _board(own, search, job)
         try:
             while not flight.finished.wait(FOLLOW_SECONDS):
                 job.done, job.total = flight.done, flight.total
@@ -222,16 +220,12 @@ class _Flight:
             self.finished.set()
 
 
-def _board(
-    key: str, search: Callable[[], rc.SearchResult], job: ScoringJob, flown: list[_Flight]
-) -> _Flight:
-    """The running search for `key`, joined; or this job's own, started."""
+def _board(own: _Flight, search: Callable[[], rc.SearchResult], job: ScoringJob) -> _Flight:
+    """The running search for `own`'s key, joined; or `own`, started."""
     with _flights_lock:
-        flight = _flights.get(key)
-        if flight is None:
-            flight = _flights[key] = _Flight(key)
-            flown.append(flight)
-            threading.Thread(target=flight.run, args=(search,), name="search", daemon=True).start()
+        flight = _flights.setdefault(own.key, own)
+        if flight is own:
+            threading.Thread(target=own.run, args=(search,), name="search", daemon=True).start()
         flight.jobs.add(id(job))
         return flight
 

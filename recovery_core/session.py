@@ -36,11 +36,11 @@ from recovery_core.fit.freeze import (
 )
 from recovery_core.fit.head_refit import EXACT_FIT, NEW_TASK_FACTOR, mean_square
 from recovery_core.fit.search import (
-    EXHAUSTIVE_UP_TO,
     Candidate,
     SearchResult,
     score_candidates,
     searchable_names,
+    walks_a_beam,
 )
 from recovery_core.fit.train import TrainingResult, TrainingRun
 from recovery_core.infer import infer_spec
@@ -245,7 +245,7 @@ def _search_progress(log: Log) -> Callable[[int, int], None]:
     BEAM_LOG_EVERY combinations."""
 
     def report(done: int, total: int) -> None:
-        if total > EXHAUSTIVE_UP_TO:
+        if walks_a_beam(total):
             if done == 1:
                 log(
                     f"  {total:,} combinations: too many to score all, so the best ones are "

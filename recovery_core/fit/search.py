@@ -257,6 +257,13 @@ class SearchResult:
         return spec.with_values(chosen, source=SOURCE_SEARCH)
 
 
+def walks_a_beam(total: int, exhaustive_up_to: int = EXHAUSTIVE_UP_TO) -> bool:
+    """Does a search reporting `total` combinations to its `progress` walk a beam, so
+    that it scores only a part of them? (A search under the bound that screens too
+    slowly turns to a beam as well; that is known only as it runs.)"""
+    return total > exhaustive_up_to
+
+
 def searchable_names(spec: ArchSpec) -> tuple[str, ...]:
     """Free hyperparameters with a choice to make that change the eval-mode forward."""
     used = {h.name for h in hidden_arguments(spec)} | {WIRING}
@@ -892,7 +899,7 @@ def _screen(
     groups, total = scorer.groups, sum(g.total for g in scorer.groups)
     # Forward-only values are screened apart only where there are rounds to screen in.
     keep = finalists if factorise and len(scorer.rungs) > 1 else None
-    if total <= exhaustive_up_to and _exhaustive(groups, scorer, keep):
+    if not walks_a_beam(total, exhaustive_up_to) and _exhaustive(groups, scorer, keep):
         scorer.climb(finalists)
         return "every combination"
     scorer.for_beam()
