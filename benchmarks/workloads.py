@@ -299,6 +299,8 @@ def search(
         "scored": result.scored,
         "total": result.total,
         "complete": result.complete,
+        "strategy": result.strategy,
+        "fully_scored": result.fully_scored,
         "best": {k: repr(v) for k, v in result.best_values.items()},
         "found_demo_values": all(
             result.best_values.get(k, v) == v for k, v in cases.DEMO_HIDDEN.items()

@@ -17,6 +17,7 @@ computed after its last Linear (a softmax, a sum of two heads) has none.
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -47,6 +48,9 @@ REFIT_GAIN = 2.0
 # A loss below this share of the target's mean square is a fit to rounding: nothing is
 # left for a refit or a retrained layer to show.
 EXACT_FIT = 1e-6
+# The screening refit of class labels scales its least-squares scores by at most this
+# (separable labels would take it to infinity; by then the cross-entropy is ~0 anyway).
+SCALE_AT_MOST = 1e4
 
 # The output layer found for each model (None: its output is not a Linear's), so that
 # later forwards hook one module instead of every Linear.
@@ -63,11 +67,15 @@ class Refitted:
     coefficients: int = 0  # weights solved for per row of the target (`coefficients`)
 
 
-def forward_refitted(model: nn.Module, inputs: tuple[Tensor, ...], target: Tensor) -> Refitted:
+def forward_refitted(
+    model: nn.Module, inputs: tuple[Tensor, ...], target: Tensor, screening: bool = False
+) -> Refitted:
     """The model's output on `inputs`, and the output its final Linear would give after a
     least-squares fit to `target` (same shape as the output, floating point), or a
     logistic regression on class labels (`target` an index per row of the output, whose
-    last dimension holds the classes, as `LossFunction` reads them)."""
+    last dimension holds the classes, as `LossFunction` reads them). With `screening`,
+    class labels get the cheaper fit that needs a class's share of the rows
+    (`_screen_classes`)."""
     known = model in _heads
     head = _heads.get(model)
     layers = [head] if head is not None else [] if known else _linears(model)
@@ -92,8 +100,9 @@ def forward_refitted(model: nn.Module, inputs: tuple[Tensor, ...], target: Tenso
             return Refitted(output, None, name)
         refitted = _refit(layer, features, produced, output, target)
     else:
-        refitted = _refit_classes(layer, features, produced, output, target)
-    return Refitted(output, refitted, name, coefficients(layer, target))
+        fit = _screen_classes if screening else _refit_classes
+        refitted = fit(layer, features, produced, output, target)
+    return Refitted(output, refitted, name, coefficients(layer, target, screening))
 
 
 def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -165,6 +174,59 @@ def _refit_classes(
     regression (None: too few labels, or an output whose last dimension is not the
     layer's outputs in order). Rows labelled outside the classes (cross-entropy's ignored
     -100) are left out of the fit and predicted like the others."""
+    rows = _labelled(layer, features, produced, output, target, screening=False)
+    if rows is None:
+        return None
+    x, x_fit, y_fit = rows
+    solution = logistic_regression(x_fit.double(), y_fit, layer.out_features, _has_bias(layer))
+    if solution is None:
+        return None
+    weight, bias = solution
+    fitted = x @ weight.T.to(x.dtype)
+    if bias is not None:
+        fitted += bias.to(x.dtype)
+    return _view_like(fitted.reshape(produced.shape).to(output.dtype), output, produced)
+
+
+def _screen_classes(
+    layer: nn.Linear, features: Tensor, produced: Tensor, output: Tensor, target: Tensor
+) -> Tensor | None:
+    """The model's output with `layer` refitted to class labels cheaply, for screening:
+    least squares of each class's indicator on the layer's inputs (each class fitted
+    apart: far fewer labels than a logistic regression needs, `coefficients`), its
+    outputs then scaled by the one factor that minimises the cross-entropy. A classifier
+    fitted to the samples, as the logistic regression is, on a fraction of the samples,
+    so of the forwards: the finalists get the logistic one (`_refit_classes`)."""
+    rows = _labelled(layer, features, produced, output, target, screening=True)
+    if rows is None:
+        return None
+    x, x_fit, y_fit = rows
+    a = x_fit.double()
+    if _has_bias(layer):
+        a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
+    indicator = torch.nn.functional.one_hot(y_fit, layer.out_features).to(a.dtype)
+    solution = least_squares(a, indicator)
+    if not bool(torch.isfinite(solution).all()):
+        return None
+    scale = _softmax_scale(a @ solution, y_fit)
+    weight = (scale * solution[: layer.in_features]).to(x.dtype)
+    fitted = x @ weight
+    if _has_bias(layer):
+        fitted += (scale * solution[layer.in_features]).to(x.dtype)
+    return _view_like(fitted.reshape(produced.shape).to(output.dtype), output, produced)
+
+
+def _labelled(
+    layer: nn.Linear,
+    features: Tensor,
+    produced: Tensor,
+    output: Tensor,
+    target: Tensor,
+    screening: bool,
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The layer's inputs per row, and the rows to fit on with their labels (evenly
+    spaced up to REFIT_VALUES); None when the output's classes are not the layer's
+    outputs in order, or the labels are too few for the fit."""
     classes = layer.out_features
     order = _class_rows(output, produced, classes)
     if order is None or classes < 2 or target.numel() != len(order):
@@ -175,17 +237,44 @@ def _refit_classes(
     kept = (labels >= 0) & (labels < classes)
     x = features.reshape(rows, layer.in_features)
     solved = min(int(kept.sum()), REFIT_VALUES // (_inputs(layer) + classes))
-    if solved < ROWS_PER_COEFFICIENT * coefficients(layer, target):
+    if solved < ROWS_PER_COEFFICIENT * coefficients(layer, target, screening):
         return None
     x_fit, y_fit = _evenly(solved, x[kept], labels[kept])
-    solution = logistic_regression(x_fit.double(), y_fit, classes, layer.bias is not None)
-    if solution is None:
-        return None
-    weight, bias = solution
-    fitted = x @ weight.T.to(x.dtype)
-    if bias is not None:
-        fitted += bias.to(x.dtype)
-    return _view_like(fitted.reshape(produced.shape).to(output.dtype), output, produced)
+    return x, x_fit, y_fit
+
+
+def _softmax_scale(scores: Tensor, labels: Tensor, steps: int = 30) -> float:
+    """The factor t >= 0 that minimises the cross-entropy of softmax(t * scores) on
+    `labels`: convex in t, so Newton's steps, halved while they do not lower it, within
+    [0, SCALE_AT_MOST]."""
+    chosen = scores.gather(1, labels.unsqueeze(1)).squeeze(1)
+
+    def loss(t: float) -> float:
+        return float(((t * scores).logsumexp(1) - t * chosen).mean())
+
+    t, value = 1.0, loss(1.0)
+    for _ in range(steps):
+        p = (t * scores).softmax(1)
+        mean = (p * scores).sum(1)
+        slope = float((mean - chosen).mean())
+        curvature = float(((p * scores.square()).sum(1) - mean.square()).mean())
+        if curvature <= 1e-12:
+            break
+        step = -slope / curvature
+        while True:
+            moved = min(max(t + step, 0.0), SCALE_AT_MOST)
+            moved_value = loss(moved)
+            if moved_value <= value or abs(step) <= 1e-6 * max(1.0, t):
+                break
+            step /= 2
+        if abs(moved - t) <= 1e-6 * max(1.0, t):
+            return moved if moved_value <= value else t
+        t, value = moved, moved_value
+    return t
+
+
+def _has_bias(layer: nn.Linear) -> bool:
+    return layer.bias is not None
 
 
 def _class_rows(output: Tensor, produced: Tensor, classes: int) -> Tensor | None:
@@ -211,23 +300,30 @@ def _view_like(tensor: Tensor, output: Tensor, produced: Tensor) -> Tensor:
     return tensor.as_strided(output.shape, output.stride(), offset)
 
 
-def output_layer(model: nn.Module, target: Tensor) -> tuple[str, int] | None:
+def output_layer(model: nn.Module, target: Tensor) -> tuple[str, int, int] | None:
     """The output layer found for `model` by an earlier `forward_refitted`, and how many
-    weights a refit to `target` solves for per row (None: none found, or not looked for)."""
+    weights a refit to `target` solves for per row, then a screening refit (None: none
+    found, or not looked for)."""
     found = _heads.get(model)
     if found is None:
         return None
     name, layer = found
-    return name, coefficients(layer, target)
+    return name, coefficients(layer, target), coefficients(layer, target, screening=True)
 
 
-def coefficients(layer: nn.Linear, target: Tensor) -> int:
+def coefficients(layer: nn.Linear, target: Tensor, screening: bool = False) -> int:
     """Weights a refit to `target` solves for per row: per output, the layer's inputs and
     its bias (least squares fits each output apart); for class labels, those of every
-    class but one together (one label is a row of all)."""
+    class but one together (one label is a row of all). With `screening`, labels count
+    as a class's weights times the square root of the classes but one: the screening
+    refit (`_screen_classes`) fits each class apart, on a class's weights, but a class
+    seen in few labels is fitted to noise (a rare class in four labels per weight has a
+    handful), and screening on that few dropped true values in the forward zoo; the
+    geometric mean of the two counts kept them, at a fraction of the samples."""
     if target.is_floating_point():
         return _inputs(layer)
-    return _inputs(layer) * max(1, layer.out_features - 1)
+    others = max(1, layer.out_features - 1)
+    return math.ceil(_inputs(layer) * math.sqrt(others)) if screening else _inputs(layer) * others
 
 
 def _inputs(layer: nn.Linear) -> int:
@@ -237,6 +333,13 @@ def _inputs(layer: nn.Linear) -> int:
 def refit_method(target: Tensor) -> str:
     """How a refit to `target` is solved, in words."""
     return "least squares" if target.is_floating_point() else "logistic regression"
+
+
+def screening_method(target: Tensor) -> str:
+    """How a screening refit to `target` is solved, in words."""
+    if target.is_floating_point():
+        return refit_method(target)
+    return "least squares of each class, scaled into a softmax"
 
 
 def mean_square(target: Tensor) -> float:
@@ -277,4 +380,5 @@ __all__ = [
     "mean_square",
     "output_layer",
     "refit_method",
+    "screening_method",
 ]

@@ -50,6 +50,7 @@ from recovery_core.fit.head_refit import (
     forward_refitted,
     output_layer,
     refit_method,
+    screening_method,
 )
 from recovery_core.infer.registry import RETUNABLE_NAMES, RETUNABLE_TYPES
 from recovery_core.infer.unknown import shape_class
@@ -365,6 +366,7 @@ class _Data:
     inputs: tuple[torch.Tensor, ...]
     target: torch.Tensor
     samples: int = 0  # along the model's batch dimension
+    steps: int | None = None  # each sequence cut to its first `steps` (None: whole)
 
     def size(
         self,
@@ -373,13 +375,17 @@ class _Data:
         count: int,
         cut: bool = True,
         elements: int = ELEMENTS_PER_SAMPLE,
+        dimension_zero: bool = True,
     ) -> tuple[int, int | None]:
         """`count` samples, fewer when each is larger than ELEMENTS_PER_SAMPLE, and (with
         `cut`) how long a prefix of each sequence when even one sample is larger than
         `elements` (None: whole): an early screening round cuts sequences shorter and
         keeps its count of samples. A model that reads dimension 0 as its sequence sees
-        the whole of it in every sample (see layout.py); a cut sequence is a cheap
-        stand-in for screening, and finalists climb back to whole sequences."""
+        the whole of it in every sample (see layout.py): with `dimension_zero`, that
+        sequence is cut to `count` steps, so that it is screened on the data's first
+        `count` entries along dimension 0, as a model that reads them as samples is (the
+        whole could be thousands of steps, each attending to all the others). A cut
+        sequence is a cheap stand-in for screening; finalists climb back to whole ones."""
         dims = batch_dims(spec, values)
         per_sample = sum(
             t.numel() // max(1, t.shape[dims.inputs]) if t.dim() > dims.inputs else 1
@@ -387,10 +393,14 @@ class _Data:
         )
         length = None
         seq = sequence_dims(spec, values)
-        if cut and seq is not None and per_sample > elements:
-            steps = max((t.shape[seq[0]] for t in self.inputs if t.dim() > seq[0]), default=0)
+        if cut and seq is not None:
+            steps = _steps(self.inputs, seq[0])
             per_step = per_sample / max(1, steps)
-            fits = max(MIN_SCREEN_STEPS, int(elements / per_step))
+            fits = steps
+            if per_sample > elements:
+                fits = max(MIN_SCREEN_STEPS, int(elements / per_step))
+            if dimension_zero and seq[0] == 0:
+                fits = min(fits, max(MIN_SCREEN_STEPS, count))
             if fits < steps:
                 length, per_sample = fits, math.ceil(per_step * fits)
         return max(1, min(count, count * ELEMENTS_PER_SAMPLE // max(1, per_sample))), length
@@ -405,13 +415,18 @@ class _Data:
     ) -> _Data:
         """The first `count` samples along the model's batch dimension for these values,
         each sequence cut to its first `length` steps when given; more until their target
-        holds `rows` rows for an output layer's refit, or all there are."""
+        holds `rows` rows for an output layer's refit (when every sample is in, longer
+        prefixes of a cut sequence), or all there are."""
         part = self._first(spec, values, count, length)
         while _rows(part.target) < rows:
             per_sample = _rows(part.target) / max(1, part.samples)
             count = max(count + 1, math.ceil(rows / per_sample) if per_sample else 2 * count)
             more = self._first(spec, values, count, length)
-            if more.samples <= part.samples:
+            if more.samples <= part.samples and length is not None:
+                per_step = _rows(part.target) / length
+                length = max(length + 1, math.ceil(rows / per_step) if per_step else 2 * length)
+                more = self._first(spec, values, count, length)
+            if _rows(more.target) <= _rows(part.target):
                 break
             part = more
         return part
@@ -427,9 +442,9 @@ class _Data:
             inputs = tuple(take(t, length, seq[0]) for t in inputs)
             if seq[1] is not None:
                 target = take(target, length, seq[1])
-        return _Data(
-            inputs, target, target.shape[dims.target] if target.dim() > dims.target else len(target)
-        )
+        samples = target.shape[dims.target] if target.dim() > dims.target else len(target)
+        cut = length is not None and seq is not None and length < _steps(self.inputs, seq[0])
+        return _Data(inputs, target, samples, length if cut else None)
 
 
 class _Scorer:
@@ -452,8 +467,9 @@ class _Scorer:
         refit_rows: int = 0,
     ) -> None:
         self.groups, self.data, self.loss_fn, self.progress = groups, data, loss_fn, progress
-        # With the output layer refitted to each round's samples (`_Pass.ranked`):
-        # at least this many rows to fit on (0: scored with the original weights).
+        # With the output layer refitted to each round's samples (`_Pass.ranked`), by the
+        # screening refit (`head_refit.forward_refitted`): at least this many rows to fit
+        # on (0: scored with the original weights).
         self.refit_rows = refit_rows
         self.started, self.budget, self.max_count, samples = limits
         self.to_score = min(sum(g.total for g in groups), self.max_count)
@@ -493,7 +509,7 @@ class _Scorer:
             self.widest[self.rung] = max(self.widest[self.rung], part.samples)
             candidate = _score(
                 model, values, part.inputs, part.target, self.loss_fn, part.samples,
-                head="refitted" if self.refit_rows else "original",
+                head="refitted" if self.refit_rows else "original", screening=True,
             )  # fmt: skip
             first = candidate.loss if known is None else known.first_loss
             candidate = dataclasses.replace(
@@ -511,7 +527,8 @@ class _Scorer:
         `refit_rows` rows, or all there are."""
         samples, elements = self.rungs[self.rung]
         count, steps = self.data.size(group.spec, values, samples, elements=elements)
-        return self.data.first(group.spec, values, count, steps, self.refit_rows), steps
+        part = self.data.first(group.spec, values, count, steps, self.refit_rows)
+        return part, part.steps
 
     def climb(self, keep_at_least: int) -> None:
         """Each round's better 1/SCREEN_GROWTH (never fewer than `keep_at_least`, and
@@ -580,6 +597,11 @@ class _Scorer:
             error = tried.error
         self.results[(index, combo)] = Candidate(values, math.inf, error, rung=self.rung)
         return False
+
+
+def _steps(inputs: tuple[torch.Tensor, ...], dim: int) -> int:
+    """The longest sequence among the inputs, whose sequences run along `dim`."""
+    return max((t.shape[dim] for t in inputs if t.dim() > dim), default=0)
 
 
 def _rows(target: torch.Tensor) -> int:
@@ -675,21 +697,24 @@ class _Pass:
     how: tuple[int, int, bool]  # finalists, exhaustive_up_to, factorise
 
     def run(
-        self, choose: _ThreadChoice, refit_rows: int = 0
+        self, choose: _ThreadChoice, refit_rows: tuple[int, int] = (0, 0)
     ) -> tuple[_Scorer, str, list[Candidate]]:
+        """Screen, then score the finalists; with `refit_rows` (rows a screening refit and
+        a finalist's need: `_refit_rows`), each with its output layer refitted."""
         started, budget, count, screen, samples = self.limits
         finalists, exhaustive_up_to, factorise = self.how
         screening = (started, budget, count, min(screen, samples))
         scorer = _Scorer(
-            self.groups, self.data, self.loss_fn, screening, self.progress, finalists, refit_rows
-        )
+            self.groups, self.data, self.loss_fn, screening, self.progress, finalists,
+            refit_rows[0],
+        )  # fmt: skip
         strategy = _screen(scorer, exhaustive_up_to, self.shapes, choose, finalists, factorise)
         with choose(choose.every if strategy != "every combination" else None):
             final = _rescore_finalists(  # the best always scored, the others by the deadline
                 scorer.screened(), self.groups, finalists, self.data, (screen, samples),
                 self.loss_fn, started + budget,
-                "refitted" if refit_rows else "measure" if self.refits else "original",
-                refit_rows,
+                "refitted" if refit_rows[1] else "measure" if self.refits else "original",
+                refit_rows[1],
             )  # fmt: skip
         return scorer, strategy, final
 
@@ -718,17 +743,23 @@ class _Pass:
             return self.run(choose), None
         probed = _probe(self)
         if probed is not None:
-            again = self.run(choose, refit_rows=ROWS_PER_COEFFICIENT * probed[1])
-            refit = _Refit.of(probed[0], again[2], self.data.target, probed[2])
+            again = self.run(choose, _refit_rows(probed[:3]))
+            refit = _Refit.of(probed[0], again[2], self.data.target, probed[3])
             if refit is not None:
                 return again, refit
         first = self.run(choose)
         head = _worth_refitting(first[2], self.groups, self) if probed is None else None
         if head is None:
             return first, None
-        again = self.run(choose, refit_rows=ROWS_PER_COEFFICIENT * head[1])
+        again = self.run(choose, _refit_rows(head))
         refit = _Refit.of(head[0], again[2], self.data.target)
         return (again, refit) if refit is not None and refit.new else (first, None)
+
+
+def _refit_rows(layer: tuple[str, int, int]) -> tuple[int, int]:
+    """Rows to refit the output layer on (`head_refit.output_layer`: its name, weights
+    per row, and per row of a screening refit): in screening, and for the finalists."""
+    return ROWS_PER_COEFFICIENT * layer[2], ROWS_PER_COEFFICIENT * layer[1]
 
 
 @dataclass(frozen=True)
@@ -742,6 +773,7 @@ class _Refit:
     refitted: float  # and with its output layer refitted
     method: str  # how the layer was refitted (`head_refit.refit_method`)
     first_tried: float = 0.0  # how much better refitted the values first tried fit (probe)
+    screened_by: str = ""  # how in screening, when another way (`screening_method`)
 
     @classmethod
     def of(
@@ -750,11 +782,21 @@ class _Refit:
         best = _best_scored(ranked)
         if best is None or best.original_loss is None:
             return None
-        return cls(head, best.original_loss, best.loss, refit_method(target), first_tried)
+        method, screening = refit_method(target), screening_method(target)
+        screened_by = "" if screening == method else screening
+        return cls(head, best.original_loss, best.loss, method, first_tried, screened_by)
 
     @property
     def new(self) -> bool:
         return self.original > REFIT_GAIN * self.refitted
+
+    def _screening(self) -> str:
+        if not self.screened_by:
+            return ""
+        return (
+            f" Screening refitted it by {self.screened_by}, which needs fewer samples "
+            f"than {self.method}; the finalists by {self.method}."
+        )
 
     def told(self, result: SearchResult) -> SearchResult:
         """The refitted ranking's result, saying why it ranked with the layer refitted."""
@@ -767,7 +809,7 @@ class _Refit:
                 f"{self.refitted:.6g} ({lower} lower), and the "
                 "original output layer cannot judge the rest. So every combination was "
                 f"ranked with {head} refitted to the samples it was scored on, as training "
-                "that layer would; the losses are those. "
+                f"that layer would; the losses are those.{self._screening()} "
             )
             message = note + result.message
         else:
@@ -777,7 +819,7 @@ class _Refit:
                 f"{humanize.times(self.first_tried, 1.0)} better so); the best fits it as "
                 f"well with the original weights (loss {self.original:.6g} against "
                 f"{self.refitted:.6g}), "
-                "so the data is not new to the model."
+                f"so the data is not new to the model.{self._screening()}"
             )
             message = result.message + note
         return dataclasses.replace(
@@ -788,8 +830,8 @@ class _Refit:
         )
 
 
-def _probe(search: _Pass) -> tuple[str, int, float] | None:
-    """The output layer (name, weights per row, and how much better refitted) to rank
+def _probe(search: _Pass) -> tuple[str, int, int, float] | None:
+    """The output layer (`head_refit.output_layer`, and how much better refitted) to rank
     with refitted when the values first tried already show the data is new to the model:
     on the screening samples they fit REFIT_GAIN times better with it refitted than with
     the original weights, or better refitted while the original weights fit worse than
@@ -848,8 +890,8 @@ def _best_scored(final: list[Candidate]) -> Candidate | None:
 
 def _worth_refitting(
     final: list[Candidate], groups: list[_Group], search: _Pass
-) -> tuple[str, int] | None:
-    """The output layer (name, weights per row) to rank again with, refitted, when the
+) -> tuple[str, int, int] | None:
+    """The output layer (`head_refit.output_layer`) to rank again with, refitted, when the
     data may be new to the model: a finalist's loss with that layer refitted (measured
     beside its scoring: `head_refit`) is REFIT_GAIN times below the best's with the
     original weights, or the best leaves more than POOR_FIT of the target's variance
@@ -1467,7 +1509,8 @@ def _score_finalist(
     has it, and the rows a refitted output layer needs (more samples when fewer)."""
     model = group.finalist(candidate.values)
     assert model is not None, "a finalist was built once already"
-    cut = data.size(group.spec, candidate.values, samples[0])[1] is not None
+    long = data.size(group.spec, candidate.values, samples[0], dimension_zero=False)[1]
+    cut = long is not None
     count = data.size(group.spec, candidate.values, samples[0 if cut else 1], cut=False)[0]
     part = data.first(group.spec, candidate.values, count, rows=head[1])
     dims = batch_dims(group.spec, candidate.values)
@@ -1491,8 +1534,7 @@ def _rung_length(
     longer = length * RUNG_GROWTH**rung
     seq = sequence_dims(group.spec, values)
     assert seq is not None  # only sequences are cut
-    steps = max((t.shape[seq[0]] for t in data.inputs if t.dim() > seq[0]), default=0)
-    return longer if longer < steps else None
+    return longer if longer < _steps(data.inputs, seq[0]) else None
 
 
 class _ThreadChoice:
@@ -1565,17 +1607,19 @@ def _score(
     samples: int | None = None,
     per_sample_dim: int | None = None,
     head: Head = "original",
+    screening: bool = False,
 ) -> Candidate:
     """The loss of one combination; with `per_sample_dim` (finalists) also each sample's.
     `head`: the loss with the original output layer, with it refitted to these samples
-    (`head_refit`) where it can be, or the first with the second measured beside it."""
+    (`head_refit`, by its screening refit with `screening`) where it can be, or the first
+    with the second measured beside it."""
     samples = len(target) if samples is None else samples
     refit_loss = original_loss = None
     try:
         if head == "original":
             output = model(*inputs)
         else:
-            found = forward_refitted(model, inputs, target)
+            found = forward_refitted(model, inputs, target, screening)
             output = found.output
             if found.refitted is not None:
                 original_loss = float(loss_fn(found.output, target))
@@ -1641,7 +1685,7 @@ def _summarise(
     failed = [c for c in results if c.error is not None]
     complete, fully = len(results) + separated[1] == total, screening[-1][1] if screening else 0
     note = _progress_note(results, total - separated[1], strategy, impossible is not None)
-    note += _separated_note(*separated) + _halving_note(screening) + _length_note(ok, len(scored))
+    note += _separated_note(*separated) + _halving_note(screening) + _length_note(ok, spec)
     per_name = _per_name(names, candidates, ok)
     if not scored:
         reason = failed[0].error if failed else "there was nothing to score"
@@ -1746,15 +1790,30 @@ def _halving_note(screening: tuple[tuple[int, int], ...]) -> str:
     )
 
 
-def _length_note(ok: list[Candidate], whole: int) -> str:
-    """How long sequences were screened, when they were cut."""
+def _length_note(ok: list[Candidate], spec: ArchSpec) -> str:
+    """How long sequences were screened, when they were cut: a long one, or the data's
+    first dimension read as the sequence (`_Data.size`)."""
+    whole = sum(c.screen_loss is not None for c in ok)  # the finalists
     cut = sorted({c.steps for c in ok if c.steps is not None})
     if not cut or not whole:
         return ""
-    return (
-        f" Long sequences were screened on their first {cut[0]} steps; the best climbed "
-        f"to longer ones, and {whole} were scored on whole sequences."
+    first = [c for c in ok if c.steps is not None and _reads_dimension_zero(spec, c.values)]
+    what = (
+        "Readings of the data's first dimension as the sequence were"
+        if len(first) == sum(c.steps is not None for c in ok)
+        else "Long sequences (and readings of the data's first dimension as the sequence) were"
+        if first
+        else "Long sequences were"
     )
+    return (
+        f" {what} screened on their first {cut[0]} steps; the best climbed to longer ones, "
+        f"and {whole} were scored on whole sequences."
+    )
+
+
+def _reads_dimension_zero(spec: ArchSpec, values: Mapping[str, Any]) -> bool:
+    seq = sequence_dims(spec, values)
+    return seq is not None and seq[0] == 0
 
 
 def _verdict(

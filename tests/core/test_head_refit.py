@@ -43,7 +43,7 @@ def test_the_output_layer_is_found_by_what_ran_and_refitted_to_the_least_squares
         features = model.mix(x)[0]  # [seq, batch, 8], the rows the readout saw
 
     assert found.head == "readout" and found.coefficients == 9
-    assert output_layer(model, target) == ("readout", 9)
+    assert output_layer(model, target) == ("readout", 9, 9)  # the same in screening
     assert found.refitted is not None and found.refitted.shape == target.shape
     rows = features.reshape(-1, 8)
     aligned = target.transpose(0, 1).reshape(-1, 3)  # the target laid out as the readout's
@@ -115,6 +115,40 @@ def test_class_labels_of_a_new_task_are_refitted_by_logistic_regression():
     kept = ignored.reshape(-1) != -100
     hits = partly.refitted.argmax(-1).reshape(-1)[kept] == ignored.reshape(-1)[kept]
     assert hits.float().mean() > 0.98
+
+
+def test_screening_refits_labels_on_the_rows_one_class_needs_and_ranks_features_as_the_full_fit():
+    # Screening scores hundreds of combinations: its refit of class labels fits each
+    # class apart (least squares, then one softmax scale), so it needs four labels per
+    # input, not per input and class, and runs on a fraction of the samples. It must
+    # still tell features that hold the labels from features that do not.
+    torch.manual_seed(0)
+    model = SequenceFirst().eval()
+    x = torch.randn(7, 10, 5)  # 70 labels: enough for 4 x 13 screening weights, not 4 x 18
+    with torch.no_grad():  # three even classes: thirds of a direction of the features
+        along = (model.mix(x)[0] @ torch.randn(8)).transpose(0, 1).contiguous()
+    labels = torch.bucketize(along, along.reshape(-1).quantile(torch.tensor([1 / 3, 2 / 3])))
+    with torch.no_grad():
+        full = forward_refitted(model, (x,), labels)
+        quick = forward_refitted(model, (x,), labels, screening=True)
+    assert full.refitted is None and full.coefficients == 18
+    assert quick.coefficients == 13 and quick.refitted is not None
+    assert output_layer(model, labels) == ("readout", 18, 13)  # 9 x sqrt(2), rounded up
+
+    def cross_entropy(output: Tensor) -> float:
+        return float(F.cross_entropy(output.reshape(-1, 3), labels.reshape(-1)))
+
+    fitted = cross_entropy(quick.refitted)
+    assert fitted < chance_loss(labels) / 2 and fitted < cross_entropy(quick.output) / 2
+    # The scale into the softmax is the one that minimises the cross-entropy.
+    assert fitted <= min(cross_entropy(quick.refitted * f) for f in (0.8, 0.95, 1.05, 1.25))
+    # Labels the features do not hold (the same ones shuffled across rows) fit far worse.
+    shuffled = labels.reshape(-1)[torch.randperm(labels.numel())].reshape(labels.shape)
+    with torch.no_grad():
+        worse = forward_refitted(model, (x,), shuffled, screening=True)
+    assert worse.refitted is not None
+    noise = float(F.cross_entropy(worse.refitted.reshape(-1, 3), shuffled.reshape(-1)))
+    assert noise > 1.5 * fitted  # 2.0-2.3x over eight seeds
 
 
 def test_labels_are_not_refitted_where_the_output_does_not_hold_the_classes_last():

@@ -719,8 +719,8 @@ def test_a_refit_that_fits_to_rounding_is_reported_not_a_division_by_zero(monkey
 
     real = search_module.forward_refitted
 
-    def exact(model, inputs, target):
-        found = real(model, inputs, target)
+    def exact(model, inputs, target, screening=False):
+        found = real(model, inputs, target, screening)
         if found.refitted is None:
             return found
         return Refitted(found.output, target.clone(), found.head, found.coefficients)
@@ -760,3 +760,74 @@ def test_labels_under_a_loss_other_than_cross_entropy_are_not_refitted(monkeypat
     result = score_candidates(spec, weights, tuple(inputs), labels, hinge, threads=1)
     assert result.best is not None and result.refitted_head is None
     assert "refitted" not in result.message and fits == []
+
+
+def test_screening_refits_class_labels_on_a_class_share_of_the_samples_and_finalists_on_all():
+    """Screening scores hundreds of combinations: with class labels its refit fits each
+    class apart (four labels per input of the output layer), so each combination runs on
+    a few samples; the finalists are refitted by logistic regression, on the samples it
+    needs (four labels per input and class), and the message says both."""
+    import recovery_core.fit.search as search_module
+    from tests.forward_zoo import FORWARD_BY_NAME
+
+    case = FORWARD_BY_NAME["first_token_classifier"]
+    model = case.make()
+    weights = model.state_dict()
+    spec = infer_spec(Checkpoint.from_state_dict(weights))
+    *inputs, labels = case.new_labels(model, 1024).values()
+    seen: dict[bool, set[int]] = {True: set(), False: set()}
+    real = search_module._score
+
+    def recorded(model, values, inputs, target, *args, **kwargs):
+        if kwargs.get("head") == "refitted" or "refitted" in args:  # finalists: positional
+            seen[kwargs.get("screening", False)].add(len(target))
+        return real(model, values, inputs, target, *args, **kwargs)
+
+    search_module._score = recorded
+    try:
+        result = score_candidates(
+            spec, weights, tuple(inputs), labels, LossFunction("cross_entropy"), threads=1
+        )
+    finally:
+        search_module._score = real
+    head = model.get_submodule(case.head)
+    per_class = 4 * (head.in_features + 1)  # labels a class's weights need: one per sample
+    assert result.refitted_head == case.head and result.new_task_losses is not None
+    assert seen[True] and max(seen[True]) <= per_class * math.ceil(math.sqrt(head.out_features - 1))
+    assert min(seen[False]) >= per_class * (head.out_features - 1)
+    assert result.best.samples >= per_class * (head.out_features - 1)
+    assert "Screening refitted it by least squares of each class" in result.message
+    assert "the finalists by logistic regression" in result.message
+
+
+def test_a_reading_of_the_samples_as_the_sequence_is_screened_on_the_first_ones_not_on_all():
+    """A batch_first=False reading of [batch, seq] data makes its sequence the samples:
+    on all of them, each screened combination would cost attention over the whole data
+    set. It is screened on as many of the first samples as a batch-first reading is, and
+    the finalists climb back to all of them."""
+    import recovery_core.fit.search as search_module
+    from tests.forward_zoo import FORWARD_BY_NAME
+
+    case = FORWARD_BY_NAME["vector_seq2seq_batch_first"]
+    model = case.make()
+    weights = model.state_dict()
+    spec = infer_spec(Checkpoint.from_state_dict(weights))
+    *inputs, target = case.data(model, 512).values()
+    lengths: dict[bool, set[int]] = {True: set(), False: set()}
+    real = search_module._score
+
+    def recorded(model, values, inputs, target, *args, **kwargs):
+        if values.get("batch_first") is False:
+            lengths[kwargs.get("screening", False)].add(inputs[0].shape[0])
+        return real(model, values, inputs, target, *args, **kwargs)
+
+    search_module._score = recorded
+    try:
+        result = score_candidates(
+            spec, weights, tuple(inputs), target, F.mse_loss, threads=1, screen_samples=32
+        )
+    finally:
+        search_module._score = real
+    assert lengths[True] and max(lengths[True]) <= 32
+    assert result.best_values["batch_first"] is True and result.best.loss < 2e-4
+    assert "first dimension as the sequence were screened on their first" in result.message
