@@ -918,12 +918,25 @@ def set_value(text: str) -> Any:
 
 def hand_written(number: str, path: Path) -> str:
     """Section `number`'s subsections measured by hand ("### ...(..., by hand)") as `path`
-    has them: a re-run of the section keeps them after its table instead of dropping them."""
+    has them, to place after its table (a section that places them itself; any other keeps
+    them at its end: `kept_by_hand`)."""
     text = path.read_text() if path.exists() else ""
     found = re.search(rf"(?ms)^## {number}\. .*?(?=^## |\Z)", text)
-    parts = re.split(r"(?m)^(?=### )", found.group(0))[1:] if found else []
-    kept = [p.rstrip("\n") for p in parts if "by hand" in p.splitlines()[0]]
-    return "".join("\n\n" + p for p in kept)
+    return "".join("\n\n" + p for p in hand_parts(found.group(0) if found else ""))
+
+
+def hand_parts(section: str) -> list[str]:
+    """The subsections of a written section measured by hand ("### ...by hand...")."""
+    parts = re.split(r"(?m)^(?=### )", section)[1:]
+    return [p.rstrip("\n") for p in parts if "by hand" in p.splitlines()[0]]
+
+
+def kept_by_hand(new: str, old: str) -> str:
+    """A re-run section `new` with the by-hand subsections of its previous text `old`
+    that it does not hold yet, after it: a re-run measures the table, not those."""
+    heads = {line for line in new.splitlines() if line.startswith("### ")}
+    missing = [p for p in hand_parts(old) if p.splitlines()[0] not in heads]
+    return "".join([new, *("\n\n" + p for p in missing)])
 
 
 def forward_rows(
@@ -1097,9 +1110,17 @@ def goal_lines(report: Report) -> list[str]:
     return [f"- {name}: {'met' if met else 'NOT MET'}" for name, met in report.goals]
 
 
-def full_report(header: str, report: Report) -> str:
+def full_report(header: str, report: Report, previous: str = "") -> str:
+    """Every section of this run (with the previous report's by-hand subsections kept),
+    and the previous report's sections measured by hand alone ("## N. ...by hand...")."""
+    _, before = split_report(previous)
+    before.pop("## Goals", None)
+    sections = {text.splitlines()[0]: text for text in report.sections}
+    merged = {title: kept_by_hand(text, before.get(title, "")) for title, text in sections.items()}
+    merged |= {t: text for t, text in before.items() if t not in merged and "by hand" in t}
+    ordered = sorted(merged.values(), key=section_number)
     goals = "\n".join(["## Goals", "", *goal_lines(report)])
-    return "\n\n".join([header, *report.sections, goals]) + "\n"
+    return "\n\n".join([header, *ordered, goals]) + "\n"
 
 
 def split_report(text: str) -> tuple[str, dict[str, str]]:
@@ -1121,7 +1142,8 @@ def updated_report(previous: str, report: Report) -> str:
     goals = sections.pop("## Goals", "").splitlines()[2:]
     rerun = {section_number(text) for text in report.sections}
     for text in report.sections:
-        sections[text.splitlines()[0]] = text
+        title = text.splitlines()[0]
+        sections[title] = kept_by_hand(text, sections.get(title, ""))
     kept = [line for line in goals if section_number(line) not in rerun]
     goals = sorted(kept + goal_lines(report), key=section_number)
     titles = ", ".join(text.splitlines()[0].removeprefix("## ") for text in report.sections)
@@ -1161,7 +1183,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = Path(output).read_text() if Path(output).exists() else ""
         partial = bool(args.only) and "## Goals" in previous
         Path(output).write_text(
-            updated_report(previous, report) if partial else full_report(header, report)
+            updated_report(previous, report) if partial else full_report(header, report, previous)
         )
         print(f"{'updated' if partial else 'wrote'} {output}")
     return 0

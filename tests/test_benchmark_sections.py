@@ -61,3 +61,28 @@ def test_a_rerun_of_section_8_keeps_its_hand_measured_subsections(tmp_path: Path
     assert "8a. Written by the run" not in eight  # what the run writes, it writes anew
     assert updated.count("### 7b. Metadata") == 1 and "seven b" not in eight
     assert run.hand_written("8", tmp_path / "missing.md") == ""
+
+
+def test_a_rerun_of_any_section_keeps_its_hand_measured_subsections_after_its_table() -> None:
+    # Section 7 places none itself: a partial re-run must not drop 7b.
+    report = run.Report()
+    report.section("7. Scaling", "intro", ["a"], [["new"]], [])
+
+    updated = run.updated_report(WRITTEN, report)
+
+    seven = updated.split("## 7. Scaling")[1].split("## 8.")[0]
+    assert "| new |" in seven and seven.count("### 7b. Metadata (issue 14, by hand)") == 1
+    assert seven.index("| new |") < seven.index("seven b")
+
+
+def test_a_full_run_keeps_the_hand_measured_subsections_and_sections() -> None:
+    written = WRITTEN.replace("## Goals", "## 9. Measured apart (by hand)\n\nnine\n\n## Goals")
+    report = run.Report()
+    report.section("7. Scaling", "intro", ["a"], [["new"]], [])
+    report.section("8. Forward recovery", "intro", ["run"], [["new"]], [])
+
+    full = run.full_report("# Benchmarks", report, written)
+
+    assert full.count("seven b") == 1 and full.count("eight b") == 1 and "nine" in full
+    assert "8a. Written by the run" not in full and "old table" not in full
+    assert full.index("## 7.") < full.index("## 8.") < full.index("## 9.") < full.index("## Goals")
