@@ -477,3 +477,19 @@ def test_inspecting_a_200mb_checkpoint_keeps_memory_flat(tmp_path: Path, fmt: st
     tensors, growth_mb = int(out[0]), int(out[1])
     assert tensors == 50
     assert growth_mb < file_mb / 10, f"peak RSS grew {growth_mb} MB for a {file_mb} MB file"
+
+
+def test_a_malformed_reply_from_the_reader_is_a_format_error_not_a_crash():
+    # The caller keeps the reader's integers in compact arrays; anything but an integer
+    # where one belongs (a text, a float, a pair that is not one) is refused by name.
+    from recovery_core.io import checkpoint as module
+
+    layouts = [["float32", [2], [1], 0]]
+    for rows in ([0, 0, "x"], [0, 0.5, 0], [0, 0, 2**70], [0, 1, 0]):
+        with pytest.raises(CheckpointFormatError, match="reply is malformed"):
+            module._expand({"names": ["a"], "rows": rows, "layouts": layouts}, "f.pt")
+    for storages in ([0, "x"], [0], [[0, 3]]):
+        with pytest.raises(CheckpointFormatError, match="reply is malformed"):
+            module._FileStorages({"storages": storages, "size": 0, "blobs": 0}, [b""], "f.pt")
+    names, _, rows = module._expand({"names": ["a"], "rows": [0, 0, 7], "layouts": layouts}, "f")
+    assert names == ["a"] and list(rows) == [0, 0, 7]

@@ -529,7 +529,7 @@ def _storages_are_records(plan: object, path: Path) -> bool:
     return all(
         any(offset == start and nbytes <= size for start, size in records)
         for file in plan[0]["files"]
-        for offset, nbytes in file["storages"]
+        for offset, nbytes in zip(file["storages"][::2], file["storages"][1::2], strict=True)
     )
 
 
