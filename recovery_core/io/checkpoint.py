@@ -371,7 +371,7 @@ def _plan_torch(
         {
             "path": str(path),
             "size": size,
-            "storages": [n for pair in loaded.storages for n in pair],  # flat, as above
+            "storages": loaded.storages,  # flat, as above
             "blobs": len(blobs) if loaded.blobs else None,
         }
     )

@@ -57,9 +57,12 @@ class LoadedPickle:
     checked storage lies."""
 
     obj: Any
-    storages: list[tuple[int, int]]  # (file offset, nbytes) for zip; (-1, nbytes) for legacy
+    # Each storage's (file offset, nbytes) for zip, (-1, nbytes) for legacy, one flat list
+    # (a pair a storage: 100,000 tuples were ~6 MiB of the reader's peak).
+    storages: list[int]
     blobs: list[bytes]  # legacy only: each storage's bytes, in `storages` order
-    _index: dict[tuple[str, Any], int]  # _storage_key (or ("key", record key)) -> index
+    # `_storage_key` (or a record's key, a str, for a stand-in) -> the storage's index
+    _index: dict[tuple[str, Any] | str, int]
 
     def plan_rows(self, tensors: dict[str, Any], file_index: int) -> dict[str, list]:
         """key -> [file, dtype, shape, stride, storage offset, storage index]: the plan's
@@ -69,7 +72,7 @@ class LoadedPickle:
         index = self._index
         for key, t in tensors.items():
             if t.__class__ is TensorRef:
-                storage = index[("key", t.storage.key)]
+                storage = index[t.storage.key]
                 rows[key] = [
                     file_index,
                     t.storage.dtype,
@@ -97,7 +100,7 @@ class LoadedPickle:
                 shape=t.shape,
                 stride=t.stride,
                 storage_offset=t.storage_offset,
-                storage=self._index[("key", t.storage.key)],
+                storage=self._index[t.storage.key],
             )
         import torch  # a tensor from torch's path: torch is loaded
 
@@ -145,13 +148,13 @@ def load_torch_zip(path: Path, display: str, limits: LoadLimits) -> LoadedPickle
         f.seek(0)
         skeleton = _weights_only_load(f, path, display, layout=layout, map_location="meta")
     declared = _check_tensors(skeleton, display, limits, layout=layout)
-    storages: list[tuple[int, int]] = []
-    index: dict[tuple[str, int], int] = {}
+    storages: list[int] = []
+    index: dict[tuple[str, Any] | str, int] = {}
     for storage in declared:  # one per record: tied tensors get the very same storage
         key = _storage_key(storage)
         if key is not None:
-            index[key] = len(storages)
-            storages.append((key[1], storage.nbytes()))
+            index[key] = len(storages) // 2
+            storages += (key[1], storage.nbytes())
     return LoadedPickle(skeleton, storages, [], index)
 
 
@@ -165,8 +168,8 @@ def _metadata_load(
     """
     found = read_data_pkl(data, facts)
     records = {r.name: r for r in layout.records}
-    storages: list[tuple[int, int]] = []
-    index: dict[tuple[str, Any], int] = {}
+    storages: list[int] = []
+    index: dict[tuple[str, Any] | str, int] = {}
     for _, value in walk(found.obj, limits, display):
         if isinstance(value, StorageRef) or type(value).__name__ == "_StorageClass":
             raise Unsupported("a storage outside a tensor")
@@ -175,10 +178,10 @@ def _metadata_load(
         record = records.get(f"{layout.root}data/{value.storage.key}")
         if record is None or value.storage.nbytes > record.size:
             raise Unsupported("a storage its record does not hold")
-        key = ("key", value.storage.key)  # one StorageRef per key (persistent_load)
+        key = value.storage.key  # one StorageRef per key (persistent_load)
         if key not in index:
-            index[key] = len(storages)
-            storages.append((record.data_offset, value.storage.nbytes))
+            index[key] = len(storages) // 2
+            storages += (record.data_offset, value.storage.nbytes)
     return LoadedPickle(found.obj, storages, [], index)
 
 
@@ -204,14 +207,14 @@ def load_torch_legacy(
             return LoadedPickle(skeleton, [], [], {})
         f.seek(0)
         loaded = _weights_only_load(f, path, display, map_location="cpu")
-    storages: list[tuple[int, int]] = []
+    storages: list[int] = []
     blobs: list[bytes] = []
-    index: dict[tuple[str, int], int] = {}
+    index: dict[tuple[str, Any] | str, int] = {}
     for storage in _check_tensors(loaded, display, limits, layout=None):
         key = _storage_key(storage)
         if key is not None and key not in index:
-            index[key] = len(storages)
-            storages.append((-1, storage.nbytes()))
+            index[key] = len(storages) // 2
+            storages += (-1, storage.nbytes())
             import torch
 
             as_bytes = torch.empty(0, dtype=torch.uint8).set_(storage)
