@@ -62,7 +62,7 @@ def _plan(path: Path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> object:
             def refuse(*_args: object) -> object:
                 raise torch_pickle.Unsupported("forced")
 
-            patch.setattr(torch_file, "_metadata_load", refuse)
+            patch.setattr(torch_file, "read_data_pkl", refuse)  # the fast path's first step
         try:
             return checkpoint.plan_checkpoint(str(path), "f.pt", LoadLimits())
         except RecoveryError as exc:
