@@ -216,7 +216,11 @@ def _goals(label: str, runs: dict[str, dict[str, list[float]]]) -> list[tuple[st
                 f"1b. {label}: within 3× of the genops floor ({ours / floor:.1f}×)",
                 ours <= 3 * floor,
             ),
-            (f"1b. {label}: under 100 MB above the interpreter ({above:.0f} MiB)", above < 100),
+            # 100 MB is 95.4 MiB: the figures are in MiB, the goal is in MB.
+            (
+                f"1b. {label}: under 100 MB above the interpreter ({above:.0f} MiB)",
+                above < 1e8 / 2**20,
+            ),
         ]
     return found
 
