@@ -144,18 +144,30 @@ def _refit(
     aligned = torch.empty(produced.shape, dtype=target.dtype)
     _view_like(aligned, output, produced).copy_(target)
     y = aligned.reshape(rows, layer.out_features)
-    x_fit, y_fit = _evenly(solved, x, y)
-    a = x_fit.double()
-    if layer.bias is not None:
-        a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
-    solution = least_squares(a, y_fit.double())
-    if not bool(torch.isfinite(solution).all()):
+    solved_for = _solve(layer, *_evenly(solved, x, y))
+    if solved_for is None:
         return None
-    weight = solution[: layer.in_features].to(x.dtype)
-    fitted = x @ weight
-    if layer.bias is not None:
-        fitted += solution[layer.in_features].to(x.dtype)
+    fitted = _predict(layer, x, solved_for[1])
     return _view_like(fitted.reshape(produced.shape).to(output.dtype), output, produced)
+
+
+def _solve(layer: nn.Linear, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Least squares of `y` on `x` (float64), with the layer's bias as a column of ones:
+    that design matrix and the solution, its rows the inputs then the bias (None: the
+    solution is not finite)."""
+    a = x.double()
+    if _has_bias(layer):
+        a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
+    solution = least_squares(a, y.double())
+    return (a, solution) if bool(torch.isfinite(solution).all()) else None
+
+
+def _predict(layer: nn.Linear, x: Tensor, solution: Tensor) -> Tensor:
+    """The layer's output on `x` with `_solve`'s weights and bias."""
+    fitted = x @ solution[: layer.in_features].to(x.dtype)
+    if _has_bias(layer):
+        fitted += solution[layer.in_features].to(x.dtype)
+    return fitted
 
 
 def _evenly(count: int, *tensors: Tensor) -> tuple[Tensor, ...]:
@@ -201,18 +213,11 @@ def _screen_classes(
     if rows is None:
         return None
     x, x_fit, y_fit = rows
-    a = x_fit.double()
-    if _has_bias(layer):
-        a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
-    indicator = torch.nn.functional.one_hot(y_fit, layer.out_features).to(a.dtype)
-    solution = least_squares(a, indicator)
-    if not bool(torch.isfinite(solution).all()):
+    solved_for = _solve(layer, x_fit, torch.nn.functional.one_hot(y_fit, layer.out_features))
+    if solved_for is None:
         return None
-    scale = _softmax_scale(a @ solution, y_fit)
-    weight = (scale * solution[: layer.in_features]).to(x.dtype)
-    fitted = x @ weight
-    if _has_bias(layer):
-        fitted += (scale * solution[layer.in_features]).to(x.dtype)
+    a, solution = solved_for
+    fitted = _predict(layer, x, _softmax_scale(a @ solution, y_fit) * solution)
     return _view_like(fitted.reshape(produced.shape).to(output.dtype), output, produced)
 
 
