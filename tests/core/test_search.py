@@ -762,12 +762,28 @@ def test_labels_under_a_loss_other_than_cross_entropy_are_not_refitted(monkeypat
     assert "refitted" not in result.message and fits == []
 
 
-def test_screening_refits_class_labels_on_a_class_share_of_the_samples_and_finalists_on_all():
-    """Screening scores hundreds of combinations: with class labels its refit fits each
-    class apart (four labels per input of the output layer), so each combination runs on
-    a few samples; the finalists are refitted by logistic regression, on the samples it
-    needs (four labels per input and class), and the message says both."""
+def _watch_scoring(monkeypatch, note) -> None:
+    """Every combination the search scores is shown to `note(values, inputs, target,
+    args, kwargs)` (`search._score`'s own arguments) before it is scored."""
     import recovery_core.fit.search as search_module
+
+    real = search_module._score
+
+    def watched(model, values, inputs, target, *args, **kwargs):
+        note(values, inputs, target, args, kwargs)
+        return real(model, values, inputs, target, *args, **kwargs)
+
+    monkeypatch.setattr(search_module, "_score", watched)
+
+
+def test_screening_refits_class_labels_on_a_class_share_of_the_samples_and_finalists_on_all(
+    monkeypatch,
+):
+    """Screening scores hundreds of combinations: with class labels its refit fits each
+    class apart (four labels per input of the output layer, times the square root of the
+    classes but one), so each combination runs on a few samples; the finalists are
+    refitted by logistic regression, on the samples it needs (four labels per input and
+    class), and the message says both."""
     from tests.forward_zoo import FORWARD_BY_NAME
 
     case = FORWARD_BY_NAME["first_token_classifier"]
@@ -776,20 +792,15 @@ def test_screening_refits_class_labels_on_a_class_share_of_the_samples_and_final
     spec = infer_spec(Checkpoint.from_state_dict(weights))
     *inputs, labels = case.new_labels(model, 1024).values()
     seen: dict[bool, set[int]] = {True: set(), False: set()}
-    real = search_module._score
 
-    def recorded(model, values, inputs, target, *args, **kwargs):
+    def note(values, inputs, target, args, kwargs):
         if kwargs.get("head") == "refitted" or "refitted" in args:  # finalists: positional
             seen[kwargs.get("screening", False)].add(len(target))
-        return real(model, values, inputs, target, *args, **kwargs)
 
-    search_module._score = recorded
-    try:
-        result = score_candidates(
-            spec, weights, tuple(inputs), labels, LossFunction("cross_entropy"), threads=1
-        )
-    finally:
-        search_module._score = real
+    _watch_scoring(monkeypatch, note)
+    result = score_candidates(
+        spec, weights, tuple(inputs), labels, LossFunction("cross_entropy"), threads=1
+    )
     head = model.get_submodule(case.head)
     per_class = 4 * (head.in_features + 1)  # labels a class's weights need: one per sample
     assert result.refitted_head == case.head and result.new_task_losses is not None
@@ -800,12 +811,13 @@ def test_screening_refits_class_labels_on_a_class_share_of_the_samples_and_final
     assert "the finalists by logistic regression" in result.message
 
 
-def test_a_reading_of_the_samples_as_the_sequence_is_screened_on_the_first_ones_not_on_all():
+def test_a_reading_of_the_samples_as_the_sequence_is_screened_on_the_first_ones_not_on_all(
+    monkeypatch,
+):
     """A batch_first=False reading of [batch, seq] data makes its sequence the samples:
     on all of them, each screened combination would cost attention over the whole data
     set. It is screened on as many of the first samples as a batch-first reading is, and
     the finalists climb back to all of them."""
-    import recovery_core.fit.search as search_module
     from tests.forward_zoo import FORWARD_BY_NAME
 
     case = FORWARD_BY_NAME["vector_seq2seq_batch_first"]
@@ -814,20 +826,15 @@ def test_a_reading_of_the_samples_as_the_sequence_is_screened_on_the_first_ones_
     spec = infer_spec(Checkpoint.from_state_dict(weights))
     *inputs, target = case.data(model, 512).values()
     lengths: dict[bool, set[int]] = {True: set(), False: set()}
-    real = search_module._score
 
-    def recorded(model, values, inputs, target, *args, **kwargs):
+    def note(values, inputs, target, args, kwargs):
         if values.get("batch_first") is False:
             lengths[kwargs.get("screening", False)].add(inputs[0].shape[0])
-        return real(model, values, inputs, target, *args, **kwargs)
 
-    search_module._score = recorded
-    try:
-        result = score_candidates(
-            spec, weights, tuple(inputs), target, F.mse_loss, threads=1, screen_samples=32
-        )
-    finally:
-        search_module._score = real
+    _watch_scoring(monkeypatch, note)
+    result = score_candidates(
+        spec, weights, tuple(inputs), target, F.mse_loss, threads=1, screen_samples=32
+    )
     assert lengths[True] and max(lengths[True]) <= 32
     assert result.best_values["batch_first"] is True and result.best.loss < 2e-4
     assert "first dimension as the sequence were screened on their first" in result.message
