@@ -1794,19 +1794,20 @@ def _length_note(ok: list[Candidate], spec: ArchSpec) -> str:
     """How long sequences were screened, when they were cut: a long one, or the data's
     first dimension read as the sequence (`_Data.size`)."""
     whole = sum(c.screen_loss is not None for c in ok)  # the finalists
-    cut = sorted({c.steps for c in ok if c.steps is not None})
+    cut = [c for c in ok if c.steps is not None]
     if not cut or not whole:
         return ""
-    first = [c for c in ok if c.steps is not None and _reads_dimension_zero(spec, c.values)]
+    first = sum(_reads_dimension_zero(spec, c.values) for c in cut)
     what = (
         "Readings of the data's first dimension as the sequence were"
-        if len(first) == sum(c.steps is not None for c in ok)
+        if first == len(cut)
         else "Long sequences (and readings of the data's first dimension as the sequence) were"
         if first
         else "Long sequences were"
     )
+    shortest = min(cast(int, c.steps) for c in cut)
     return (
-        f" {what} screened on their first {cut[0]} steps; the best climbed to longer ones, "
+        f" {what} screened on their first {shortest} steps; the best climbed to longer ones, "
         f"and {whole} were scored on whole sequences."
     )
 
