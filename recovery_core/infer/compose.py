@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import bisect
 import functools
+import operator
+from array import array
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -50,30 +53,71 @@ def join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+class FilePositions(Mapping[str, int]):
+    """Key -> its position in the file, read from the keys in text order and each one's
+    position beside it (a dict of 100,000 keys was ~6.5 MiB). The keys under a path are
+    a range of the text order (`span`)."""
+
+    __slots__ = ("names", "positions")
+
+    def __init__(self, in_file_order: list[str]) -> None:
+        text_order = sorted(range(len(in_file_order)), key=in_file_order.__getitem__)
+        self.names = [in_file_order[i] for i in text_order]
+        self.positions = array("q", text_order)
+
+    def span(self, path: str) -> tuple[int, int]:
+        """The range of text-order indices of the keys under `path` (every key for "")."""
+        if not path:
+            return 0, len(self.names)
+        # Every name starting with "path." sorts in ["path.", "path/"): "/" follows ".".
+        names = self.names
+        return bisect.bisect_left(names, f"{path}."), bisect.bisect_left(names, f"{path}/")
+
+    def _index(self, key: object) -> int:
+        names = self.names
+        i = bisect.bisect_left(names, key) if type(key) is str else len(names)
+        return i if i < len(names) and names[i] == key else -1
+
+    def __getitem__(self, key: str) -> int:
+        i = self._index(key)
+        if i < 0:
+            raise KeyError(key)
+        return self.positions[i]
+
+    def __contains__(self, key: object) -> bool:
+        return self._index(key) >= 0
+
+    def __iter__(self) -> Iterator[str]:  # in file order, as the dict it replaces
+        by_position = sorted(range(len(self.names)), key=self.positions.__getitem__)
+        return (self.names[i] for i in by_position)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
 @dataclass
 class KeyTree:
     """Module paths in definition order, and which keys sit under each."""
 
     infos: dict[str, TensorInfo]
     children: dict[str, list[str]] = field(default_factory=dict)  # path -> child names
-    # path -> its keys relative to it, in file order: made when first asked (`keys_under`)
+    # path -> its keys relative to it, in file order, for the modules being explained
+    # (`keys_under`, `forget`)
     under: dict[str, dict[str, TensorInfo]] = field(default_factory=dict)
     listed: set[str] = field(default_factory=set)  # paths seen in `_metadata`
     _convs: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # per parent, cached
     _position: dict[str, int] = field(default_factory=dict)  # path -> index among its siblings
     tied: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key -> keys sharing storage
-    order: dict[str, int] = field(default_factory=dict)  # key -> position in the file
+    order: FilePositions = field(default_factory=lambda: FilePositions([]))
     transposed_names: frozenset[str] = frozenset()  # module names proven to store (in, out)
     _widths: dict[str, int | None] = field(default_factory=dict)  # path -> its output width
     conv_before: list[int | None] = field(default_factory=list)  # key position -> earlier conv dims
-    _sorted: list[str] = field(default_factory=list)  # the keys in text order: a path's are a range
-    _relative: dict[str, str] = field(default_factory=dict)  # one string per distinct relative key
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> KeyTree:
         tree = cls(infos={t.name: t for t in checkpoint.tensors})
         tree.listed = set(checkpoint.module_paths)
-        tree.order = {name: i for i, name in enumerate(tree.infos)}
+        tree.order = FilePositions(list(tree.infos))
         for key, first in checkpoint.tied.items():
             tree.tied[key] = (*tree.tied.get(key, ()), first)
             tree.tied[first] = (*tree.tied.get(first, ()), key)
@@ -93,7 +137,6 @@ class KeyTree:
                     transposed.add(path.rpartition(".")[2])
             tree._add_path(path)
         tree.transposed_names = frozenset(transposed)
-        tree._sorted = sorted(tree.infos)
         return tree
 
     def _add_path(self, path: str) -> None:
@@ -105,30 +148,31 @@ class KeyTree:
             self._add_path(parent)
             self.children[parent].append(path.rsplit(".", 1)[-1])
 
-    def keys_under(self, path: str) -> dict[str, TensorInfo]:
-        """The keys under `path`, relative to it, in file order. Made when first asked:
-        filing every key under every ancestor up front held ~65 MiB at 100,000 keys,
-        most of it for modules no detector looks into (the grouped siblings' parts)."""
+    def keys_under(self, path: str, keep: bool = False) -> dict[str, TensorInfo]:
+        """The keys under `path`, relative to it, in file order, made when asked. `keep`
+        holds them until `forget(path)`: the composer keeps a module's keys while it
+        explains it, when its detectors and their facts ask again. Nothing else is kept:
+        filing every key under every ancestor held ~65 MiB at 100,000 keys, and keeping
+        each dict once made ~30 MiB (the numbered container's 100,000 relative keys, a
+        dict per grouped sibling)."""
         if not path:
             return self.infos  # relative to the root, a key is its own name
         found = self.under.get(path)
         if found is None:
-            found = self.under[path] = self._collect(path)
+            found = self._collect(path)
+            if keep:
+                self.under[path] = found
         return found
 
+    def forget(self, path: str) -> None:
+        self.under.pop(path, None)
+
     def _collect(self, path: str) -> dict[str, TensorInfo]:
-        prefix = f"{path}."
-        names = self._sorted
-        # Every name starting with "path." sorts in ["path.", "path/"): "/" follows ".".
-        inside = names[bisect.bisect_left(names, prefix) : bisect.bisect_left(names, f"{path}/")]
-        if len(inside) > 1:
-            inside.sort(key=self.order.__getitem__)
-        size, infos, relative = len(prefix), self.infos, self._relative
-        found = {}
-        for name in inside:
-            short = name[size:]
-            found[relative.setdefault(short, short)] = infos[name]
-        return found
+        names, positions = self.order.names, self.order.positions
+        lo, hi = self.order.span(path)
+        inside = range(lo, hi) if hi - lo < 2 else sorted(range(lo, hi), key=positions.__getitem__)
+        size, infos = len(path) + 1, self.infos
+        return {names[i][size:]: infos[names[i]] for i in inside}
 
     def neighbour_conv_dims(self, path: str) -> int | None:
         """Spatial dims of the nearest sibling whose weight looks like a convolution's."""
@@ -174,9 +218,8 @@ class KeyTree:
 
     def conv_dims_before(self, path: str) -> int | None:
         """Spatial dims of the last convolution defined before the keys under `path`."""
-        keys = self.keys_under(path)
-        first = min((self.order[info.name] for info in keys.values()), default=None)
-        return None if first is None else self.conv_before[first]
+        lo, hi = self.order.span(path)
+        return self.conv_before[min(self.order.positions[lo:hi])] if lo < hi else None
 
     def _index_among_siblings(self, path: str) -> int:
         if path not in self._position:
@@ -234,32 +277,39 @@ class Composer:
         return answer
 
     def explain(self, path: str, inside_composite: bool = False) -> ModuleSpec | None:
-        keys = self.tree.keys_under(path)
-        if not keys:
-            if inside_composite:
-                return None  # dropout/activation inside a layer torch builds in one call
-            return ModuleSpec(
-                path=path,
-                type="Unknown",
-                hidden=(path,),
-                evidence=(
-                    "listed in the checkpoint's module list but holds no weights"
-                    if path in self.tree.listed
-                    else "a gap in its parent's numbering: a module without weights"
-                )
-                + ": an activation, dropout, flatten or similar",
-            )
+        tree = self.tree
+        keys = tree.keys_under(path, keep=True)  # its detectors and their facts ask again
+        try:
+            if not keys:
+                if inside_composite:
+                    return None  # dropout/activation inside a layer torch builds in one call
+                return _parameterless(path, path in tree.listed)
+            found = self._detect(path, keys, inside_composite)
+        finally:
+            tree.forget(path)
+        if isinstance(found, ModuleSpec):
+            return found
+        # A container: its children are explained next, without its own key dict alive
+        # meanwhile (under a numbered container, every key of the file relative to it).
+        del keys
+        return self._container(path, found, inside_composite)
+
+    def _detect(
+        self, path: str, keys: dict[str, TensorInfo], inside_composite: bool
+    ) -> ModuleSpec | dict[str, TensorInfo]:
+        """The module at `path` as a detector explains it, else its direct keys (a container)."""
+        tree = self.tree
         group = Group(
             path=path,
             keys=keys,
-            children=tuple(self.tree.children.get(path, ())),
+            children=tuple(tree.children.get(path, ())),
             neighbour_conv_dims_of=self._asks[0],
             width_of=self._asks[1],
             next_linear_of=self._asks[2],
             conv_dims_before_of=self._asks[3],
-            tied=self.tree.tied,
-            order=self.tree.order,
-            transposed_names=self.tree.transposed_names,
+            tied=tree.tied,
+            order=tree.order,
+            transposed_names=tree.transposed_names,
         )
         unwrapped = unwrap_weight_norm(group)
         if unwrapped is not None:
@@ -278,7 +328,7 @@ class Composer:
             detection = detector(group)
             if detection is not None:
                 return self._detected(group, detection, inside_composite)
-        return self._container(group, inside_composite)
+        return group.direct
 
     def _detected(self, group: Group, found: Detection, inside_composite: bool) -> ModuleSpec:
         children: tuple[ModuleSpec, ...] = ()
@@ -310,12 +360,13 @@ class Composer:
             note="" if certain else note,
         )
 
-    def _container(self, group: Group, inside_composite: bool) -> ModuleSpec:
-        direct = group.direct
+    def _container(
+        self, path: str, direct: dict[str, TensorInfo], inside_composite: bool
+    ) -> ModuleSpec:
         for key in direct:
-            self.unexplained.append(join(group.path, key))
+            self.unexplained.append(join(path, key))
         kept = tuple(kept_tensor(name, info) for name, info in direct.items())
-        names = list(group.children)
+        names = list(self.tree.children.get(path, ()))
         numbered = bool(names) and all(is_index(n) for n in names)
         if numbered and not inside_composite:
             # A gap in the numbering (0, 3, 5) is a parameter-less child, even without `_metadata`.
@@ -325,22 +376,22 @@ class Composer:
             gaps = [str(i) for i in range(top) if str(i) not in present]
             names = sorted(names + gaps, key=int)
         if numbered and len(names) >= GROUP_SIBLINGS_FROM:
-            children = _Siblings(self, inside_composite).explain(group.path, names)
+            children = _Siblings(self, inside_composite).explain(path, names)
         else:
             children = tuple(
                 spec
                 for name in names
-                if (spec := self.explain(join(group.path, name), inside_composite)) is not None
+                if (spec := self.explain(join(path, name), inside_composite)) is not None
             )
-        keys = tuple(join(group.path, k) for k in direct)
+        keys = tuple(join(path, k) for k in direct)
         if numbered:
-            spec = self._numbered(group, children, inside_composite)
+            spec = self._numbered(path, children, inside_composite)
             return replace(spec, keys=keys, kept=kept)
         evidence = "a container: its keys belong to its children"
         if kept:
             evidence = "a container holding tensors no layer type explains, kept as is"
         return ModuleSpec(
-            path=group.path,
+            path=path,
             type="Module",
             keys=keys,
             children=children,
@@ -349,28 +400,28 @@ class Composer:
         )
 
     def _numbered(
-        self, group: Group, children: tuple[ModuleSpec, ...], inside_composite: bool
+        self, path: str, children: tuple[ModuleSpec, ...], inside_composite: bool
     ) -> ModuleSpec:
         empty = [c.name for c in children if c.type == "Unknown"]
-        names = [c.name for c in children] or list(group.children)
+        names = [c.name for c in children] or list(self.tree.children.get(path, ()))
         span = f"{names[0]} … {names[-1]}"
         if inside_composite:  # e.g. TransformerEncoder.layers: torch builds a ModuleList
             return ModuleSpec(
-                path=group.path,
+                path=path,
                 type="ModuleList",
                 children=children,
                 evidence=f"the layer list {span} of a composite",
             )
         if empty:
             return ModuleSpec(
-                path=group.path,
+                path=path,
                 type="Sequential",
                 children=children,
                 evidence=f"children {span} are numbered and parameter-less ones "
                 f"({', '.join(empty)}) sit among them → Sequential",
             )
         return ModuleSpec(
-            path=group.path,
+            path=path,
             type="ModuleList",
             children=children,
             evidence=f"children {span} are numbered and all hold weights → ModuleList",
@@ -466,6 +517,21 @@ class _Siblings:
         return all(ask(kind, path + asked[size:]) == answer for kind, asked, answer in first.facts)
 
 
+def _parameterless(path: str, listed: bool) -> ModuleSpec:
+    """A module without weights: seen in `_metadata`, or a gap in its parent's numbering."""
+    return ModuleSpec(
+        path=path,
+        type="Unknown",
+        hidden=(path,),
+        evidence=(
+            "listed in the checkpoint's module list but holds no weights"
+            if listed
+            else "a gap in its parent's numbering: a module without weights"
+        )
+        + ": an activation, dropout, flatten or similar",
+    )
+
+
 def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root + ".")
 
@@ -506,20 +572,22 @@ def _moved(spec: ModuleSpec, size: int, path: str, infos: dict[str, TensorInfo])
     )
 
 
-# `dataclasses.replace` runs __init__ (~4.5 us a module, 66,000 modules at 100,000 keys);
-# a ModuleSpec whose __init__ only stores its fields is copied field for field instead
-# (~1 us), with every field kept, one added later included.
-_PLAIN_INIT = not hasattr(ModuleSpec, "__post_init__") and all(f.init for f in fields(ModuleSpec))
+# Every field of a ModuleSpec, in its constructor's order: a copy passes them positionally
+# (~1.9 us a module against `dataclasses.replace`'s ~2.8 us; 66,000 at 100,000 keys), a
+# field added later included. `replace` would refuse an init=False field; so does this.
+_FIELDS = tuple(f.name for f in fields(ModuleSpec))
+assert all(f.init for f in fields(ModuleSpec)), "a ModuleSpec copy passes every field"
+_FIELD_VALUES = operator.attrgetter(*_FIELDS)
+_POSITION = {name: i for i, name in enumerate(_FIELDS)}
 
 
 def _copied(spec: ModuleSpec, **changes: Any) -> ModuleSpec:
-    if not _PLAIN_INIT or type(spec) is not ModuleSpec:
+    if type(spec) is not ModuleSpec:  # a subclass may have fields of its own
         return replace(spec, **changes)
-    copy = object.__new__(ModuleSpec)
-    state = copy.__dict__
-    state.update(spec.__dict__)
-    state.update(changes)
-    return copy
+    values = list(_FIELD_VALUES(spec))
+    for name, value in changes.items():
+        values[_POSITION[name]] = value
+    return ModuleSpec(*values)
 
 
 def _runners_up(group: Group, found: Detection) -> tuple[str, ...]:

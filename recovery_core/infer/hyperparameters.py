@@ -12,8 +12,6 @@ shapes fix is its layer type's `determines`. A value in the checkpoint's own
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -191,42 +189,28 @@ def _num_groups(root: ModuleSpec) -> tuple[tuple[int, ...], int, str]:
     return candidates, default, f"num_groups must divide {' and '.join(map(str, widths))} channels"
 
 
-# Convolutions by the per-layer names they hide (groups, stride, padding, ...), indexed
-# once per tree: a tree with thousands of them would otherwise be walked once per name.
-# Keyed by the tree's identity (a weak reference confirms it), locked because dashboard
-# sessions infer in threads.
-_GROUPS_INDEX: dict[int, tuple[weakref.ref[ModuleSpec], dict[str, ModuleSpec]]] = {}
-_GROUPS_LOCK = threading.Lock()
-
-
 def _owns(module: ModuleSpec, name: str) -> bool:
     split = split_setting(name)
     return name == groups_name(module.path) or (split is not None and split[0] == module.path)
 
 
-def _groups_owner(root: ModuleSpec, name: str) -> ModuleSpec | None:
-    """The convolution hiding the per-layer `name` ("blocks.0.groups", "blocks.0.stride")."""
-    with _GROUPS_LOCK:
-        entry = _GROUPS_INDEX.get(id(root))
-        if entry is None or entry[0]() is not root:
-            index = {
-                hidden: m
-                for m in root.walk()
-                if m.type.startswith("Conv")
-                for hidden in m.hidden
-                if _owns(m, hidden)
-            }
-            if len(_GROUPS_INDEX) >= 8:
-                _GROUPS_INDEX.clear()
-            entry = _GROUPS_INDEX[id(root)] = (weakref.ref(root), index)
-        return entry[1].get(name)
+def convs_by_hidden_name(root: ModuleSpec) -> dict[str, ModuleSpec]:
+    """Each convolution by the per-layer names it hides ("blocks.0.groups",
+    "blocks.0.stride"): made once per tree, not walked once per name (thousands of them)."""
+    return {
+        hidden: m
+        for m in root.walk()
+        if m.type.startswith("Conv")
+        for hidden in m.hidden
+        if _owns(m, hidden)
+    }
 
 
-def _conv_setting(name: str, root: ModuleSpec) -> FreeValue | None:
+def _conv_setting(name: str, convs: Mapping[str, ModuleSpec]) -> FreeValue | None:
     """One convolution's stride, padding, dilation or output padding (infer/families/conv.py):
     none of them shows in the weights; the data's shapes settle most (stack_shapes.py)."""
     split = split_setting(name)
-    owner = _groups_owner(root, name) if split is not None else None
+    owner = convs.get(name) if split is not None else None
     if split is None or owner is None:
         return None
     return conv_setting_value(owner, split[1])
@@ -264,12 +248,12 @@ def module_free_value(name: str, module: ModuleSpec) -> FreeValue:
     return FreeValue(candidates, default, "the usual default")
 
 
-def _conv_groups(name: str, root: ModuleSpec) -> FreeValue | None:
+def _conv_groups(name: str, convs: Mapping[str, ModuleSpec]) -> FreeValue | None:
     """A convolution's groups the shapes leave open (infer/families/conv.py): any divisor of
     out_channels keeps every shape, with in_channels = groups × the stored input width."""
     if name != GROUPS and not name.endswith(f".{GROUPS}"):
         return None
-    owner = _groups_owner(root, name)
+    owner = convs.get(name)
     if owner is None:
         return None
     default = owner.args[GROUPS]
@@ -454,16 +438,17 @@ def _free_value(
     root: ModuleSpec,
     wiring: Wiring | None,
     guesses: dict[str, tuple[str, str]],
-    wirings: tuple[Wiring, ...] | list[Wiring] = (),
+    wirings: tuple[Wiring, ...] | list[Wiring],
+    convs: Mapping[str, ModuleSpec],
 ) -> FreeValue:
     if name == "nhead":
         return FreeValue(*_nhead(root))
     if name == "num_groups":
         return FreeValue(*_num_groups(root))
-    conv_groups = _conv_groups(name, root)
+    conv_groups = _conv_groups(name, convs)
     if conv_groups is not None:
         return conv_groups
-    conv_setting = _conv_setting(name, root)
+    conv_setting = _conv_setting(name, convs)
     if conv_setting is not None:
         return conv_setting
     if name == "batch_first":
@@ -501,10 +486,11 @@ def free_hyperparameters(
     if wirings is None:
         wirings = (wiring,) if wiring is not None else ()
     guesses = _unknown_guesses(root)
+    convs = convs_by_hidden_name(root)
     entries = _flat_metadata(metadata)
     hyperparameters, notes = [], []
     for name in free_names(root, wirings):
-        free = _free_value(name, root, wiring, guesses, wirings)
+        free = _free_value(name, root, wiring, guesses, wirings, convs)
         hp = Hyperparameter(
             name=name,
             value=free.default,
@@ -512,7 +498,7 @@ def free_hyperparameters(
             evidence=f"{NOT_DETERMINED}; {free.reason}",
             candidates=free.candidates,
         )
-        split = split_setting(name) if _groups_owner(root, name) is not None else None
+        split = split_setting(name) if name in convs else None
         setting = split[1] if split is not None else None
         for entry in _metadata_entries(name, entries, setting):
             value = _valid_metadata(name, entries[entry], free.candidates)

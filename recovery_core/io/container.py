@@ -18,8 +18,9 @@ import re
 import stat
 import struct
 import zipfile
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from array import array
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -164,7 +165,7 @@ def _describe(head: bytes) -> str:
 # --- torch.save zip archives ---------------------------------------------------------
 
 
-class ZipRecord(NamedTuple):  # a tuple: 100,000 of them are common
+class ZipRecord(NamedTuple):
     name: str  # member name inside the archive, e.g. "archive/data/0"
     data_offset: int  # absolute file offset of the first data byte
     size: int
@@ -172,16 +173,39 @@ class ZipRecord(NamedTuple):  # a tuple: 100,000 of them are common
 
 @dataclass(frozen=True)
 class TorchZipLayout:
+    """Where each member's data lies, as parallel columns in archive order: a record
+    object per member was ~17 MiB at 100,000 members, held through the pickle's parse."""
+
     root: str  # the archive's top folder ("archive/")
-    records: tuple[ZipRecord, ...]
+    names: list[str]  # member names, e.g. "archive/data/0"
+    offsets: array  # absolute file offset of each member's first data byte ('q')
+    sizes: array  # each member's size in bytes ('q')
     byteorder: str = ""  # "little" / "big" from the archive's byteorder record, "" if absent
 
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def at(self, i: int) -> ZipRecord:
+        return ZipRecord(self.names[i], self.offsets[i], self.sizes[i])
+
+    def named(self, wanted: Collection[str]) -> dict[str, ZipRecord]:
+        """The records of the members named in `wanted` (one pass over the names)."""
+        return {name: self.at(i) for i, name in enumerate(self.names) if name in wanted}
+
+    def record(self, name: str) -> ZipRecord | None:
+        return self.named((name,)).get(name)
+
+    def positions(self) -> dict[str, int]:
+        """Member name -> its position: made when asked (every storage looked up), not kept."""
+        return {name: i for i, name in enumerate(self.names)}
+
     def record_at(self, offset: int) -> ZipRecord | None:
-        return self._by_offset.get(offset)
+        i = self._by_offset.get(offset)
+        return None if i is None else self.at(i)
 
     @cached_property
-    def _by_offset(self) -> dict[int, ZipRecord]:
-        return {r.data_offset: r for r in self.records}
+    def _by_offset(self) -> dict[int, int]:
+        return {offset: i for i, offset in enumerate(self.offsets)}
 
 
 def check_torch_zip_file(
@@ -196,11 +220,10 @@ def check_torch_zip_file(
     infos = _zip_members(f, display, limits)
     names = [i.filename for i in infos]
     _refuse_code_archives(names, display)
-    records = _member_records(f, infos, file_size, display, limits)
+    layout = _member_records(f, infos, file_size, display, limits)
     root = _archive_root(names, display)
-    by_name = {r.name: r for r in records}
-    byteorder = _archive_settings(f, by_name, root, display)
-    return TorchZipLayout(root=root, records=tuple(records), byteorder=byteorder)
+    layout = replace(layout, root=root)
+    return replace(layout, byteorder=_archive_settings(f, layout, display))
 
 
 class _Member(NamedTuple):
@@ -306,13 +329,14 @@ def _member_records(
     file_size: int,
     display: str,
     limits: LoadLimits,
-) -> list[ZipRecord]:
-    """Where each member's data lies; refuses duplicates, compression, a declared total
-    above max_file_bytes and members that end past the file. One tight loop: 100,000
-    members are common (a local header is read in place from a memory map)."""
+) -> TorchZipLayout:
+    """Where each member's data lies (the root still to be found); refuses duplicates,
+    compression, a declared total above max_file_bytes and members that end past the
+    file. One tight loop: 100,000 members are common (a local header is read in place
+    from a memory map)."""
     seen: set[str] = set()
     total = 0
-    records = []
+    names, offsets, sizes = [], array("q"), array("q")
     local, last_header = _LOCAL.unpack_from, file_size - 30
     with _readable(f) as view:
         mapped = isinstance(view, mmap.mmap)
@@ -338,8 +362,10 @@ def _member_records(
                     f"{display} is truncated: member {name!r} ends past the end of "
                     "the file; download or save it again."
                 )
-            records.append(ZipRecord(name, data_offset, size))
-    return records
+            names.append(name)
+            offsets.append(data_offset)
+            sizes.append(size)
+    return TorchZipLayout("", names, offsets, sizes)
 
 
 _LOCAL = struct.Struct("<4s22xHH")  # a local header's signature, name and extra lengths
@@ -414,11 +440,11 @@ _SETTING_RECORDS = {
 _MAX_ALIGNMENT = 1 << 20  # torch writes 64
 
 
-def _archive_settings(
-    f: IO[bytes], by_name: Mapping[str, ZipRecord], root: str, display: str
-) -> str:
+def _archive_settings(f: IO[bytes], layout: TorchZipLayout, display: str) -> str:
     """Validate the archive's setting records; returns the byte order ("" if absent)."""
     values: dict[str, bytes] = {}
+    root = layout.root
+    by_name = layout.named({root + name for name in _SETTING_RECORDS})
     for name, pattern in _SETTING_RECORDS.items():
         record = by_name.get(root + name)
         if record is None:

@@ -142,7 +142,8 @@ def load_torch_zip(path: Path, display: str, limits: LoadLimits) -> LoadedPickle
                 f"{display} was saved on a {layout.byteorder}-endian machine; load and save it "
                 "again on a little-endian one."
             )
-        pkl = next(r for r in layout.records if r.name == layout.root + "data.pkl")
+        pkl = layout.record(layout.root + "data.pkl")
+        assert pkl is not None  # the layout's root is the folder holding it
         data = read_exactly(f, pkl.data_offset, pkl.size, display)
         facts: dict[str, Any] = {}
         scan_pickle_bytes(data, display, limits, facts=facts)
@@ -175,7 +176,7 @@ def _metadata_load(
     Accepts only what torch's path would accept with the same tensors (every check of
     `_check_tensors` passes); anything else raises `Unsupported` for torch's path to judge.
     """
-    records = {r.name: r for r in layout.records}
+    positions, offsets, sizes = layout.positions(), layout.offsets, layout.sizes
     storages: list[int] = []
     index: dict[tuple[str, Any] | str, int] = {}
     for _, value in walk(found.obj, limits, display):
@@ -183,13 +184,13 @@ def _metadata_load(
             raise Unsupported("a storage outside a tensor")
         if not isinstance(value, TensorRef):
             continue
-        record = records.get(f"{layout.root}data/{value.storage.key}")
-        if record is None or value.storage.nbytes > record.size:
+        at = positions.get(f"{layout.root}data/{value.storage.key}")
+        if at is None or value.storage.nbytes > sizes[at]:
             raise Unsupported("a storage its record does not hold")
         key = value.storage.key  # one StorageRef per key (persistent_load)
         if key not in index:
             index[key] = len(storages) // 2
-            storages += (record.data_offset, value.storage.nbytes)
+            storages += (offsets[at], value.storage.nbytes)
     return LoadedPickle(found.obj, storages, [], index)
 
 
@@ -305,7 +306,8 @@ def _quantized_keys(f: IO[bytes], layout: TorchZipLayout) -> list[str]:
     pickletools only parses opcodes; it never imports or calls anything.
     """
     try:
-        pkl = next(r for r in layout.records if r.name == layout.root + "data.pkl")
+        pkl = layout.record(layout.root + "data.pkl")
+        assert pkl is not None  # the layout's root is the folder holding it
         f.seek(pkl.data_offset)
         data = f.read(pkl.size)
         keys: list[str] = []

@@ -1,5 +1,6 @@
-"""The key tree files each key under its module path and every ancestor's only when a
-detector asks for that path, and gives exactly what filing every key up front gave."""
+"""The key tree gathers the keys under a module path only when a detector asks for that
+path, keeps them only while that module is explained, and gives exactly what filing
+every key up front gave."""
 
 from __future__ import annotations
 
@@ -43,18 +44,33 @@ def test_keys_under_each_path_are_what_filing_every_key_up_front_gives() -> None
         assert list(got.items()) == list(want.items()), path
 
 
-def test_keys_are_filed_only_under_the_paths_a_detector_asks_about() -> None:
+def test_keys_are_gathered_only_for_the_paths_a_detector_asks_about_and_kept_only_while_explained(
+    monkeypatch,
+) -> None:
     """300 identical blocks of two layers: the blocks' parts are never looked into (the
-    siblings are explained once per kind), so their keys are never filed under them."""
+    siblings are explained once per kind), and a module's keys are held only while it is
+    being explained: at most one dict per level of the tree at a time, none at the end."""
     names = [f"blocks.{i}.{part}.{leaf}" for i in range(300) for part in ("mix", "out") for leaf in ("weight", "bias")]  # fmt: skip
     infos = tuple(
         TensorInfo(n, (4, 4) if n.endswith("weight") else (4,), "float32", 16, 64) for n in names
     )
     checkpoint = Checkpoint(tensors=infos, format="memory", _read=lambda name: None)  # type: ignore[arg-type,return-value]
     composer = Composer(KeyTree.from_checkpoint(checkpoint))
+    gathered: list[str] = []
+    most_kept = 0
+    collect = KeyTree._collect
+
+    def watched(tree: KeyTree, path: str) -> dict[str, TensorInfo]:
+        nonlocal most_kept
+        gathered.append(path)
+        most_kept = max(most_kept, len(tree.under))
+        return collect(tree, path)
+
+    monkeypatch.setattr(KeyTree, "_collect", watched)
     root = composer.explain("")
     assert root is not None and len(list(root.walk())) == 2 + 300 * 3
-    filed = set(composer.tree.under)
     parts = {f"blocks.{i}.{part}" for i in range(300) for part in ("mix", "out")}
-    assert len(filed & parts) <= 4, sorted(filed & parts)[:10]
-    assert {f"blocks.{i}" for i in range(300)} <= filed
+    assert len(set(gathered) & parts) <= 4, sorted(set(gathered) & parts)[:10]
+    assert {f"blocks.{i}" for i in range(300)} <= set(gathered)
+    assert most_kept <= 3  # "blocks", "blocks.N" and one part: the path being explained
+    assert composer.tree.under == {}
