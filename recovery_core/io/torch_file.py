@@ -16,6 +16,7 @@ import pickle
 import pickletools
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -176,7 +177,7 @@ def _metadata_load(
     Accepts only what torch's path would accept with the same tensors (every check of
     `_check_tensors` passes); anything else raises `Unsupported` for torch's path to judge.
     """
-    positions, offsets, sizes = layout.positions(), layout.offsets, layout.sizes
+    position, offsets, sizes = _data_member_finder(layout), layout.offsets, layout.sizes
     storages: list[int] = []
     index: dict[tuple[str, Any] | str, int] = {}
     for _, value in walk(found.obj, limits, display):
@@ -184,7 +185,7 @@ def _metadata_load(
             raise Unsupported("a storage outside a tensor")
         if not isinstance(value, TensorRef):
             continue
-        at = positions.get(f"{layout.root}data/{value.storage.key}")
+        at = position(value.storage.key)
         if at is None or value.storage.nbytes > sizes[at]:
             raise Unsupported("a storage its record does not hold")
         key = value.storage.key  # one StorageRef per key (persistent_load)
@@ -192,6 +193,31 @@ def _metadata_load(
             index[key] = len(storages) // 2
             storages += (offsets[at], value.storage.nbytes)
     return LoadedPickle(found.obj, storages, [], index)
+
+
+def _data_member_finder(layout: TorchZipLayout) -> Callable[[str], int | None]:
+    """The position of storage `key`'s member (`<root>data/<key>`) among the archive's.
+    torch.save writes storages "0", "1", "2" ... in that order, so the first try is the
+    position of "0" plus the key; the name found there is compared, and any miss makes the
+    name -> position dict once (a dict of 100,000 names was ~8 MiB at the reader's peak)."""
+    names, prefix = layout.names, f"{layout.root}data/"
+    try:
+        zero = names.index(f"{prefix}0")
+    except ValueError:
+        zero = -1
+    every: dict[str, int] | None = None
+
+    def position(key: str) -> int | None:
+        nonlocal every
+        if zero >= 0 and key.isascii() and key.isdigit() and len(key) < 19:
+            at = zero + int(key)
+            if at < len(names) and names[at] == prefix + key:
+                return at
+        if every is None:
+            every = layout.positions()
+        return every.get(prefix + key)
+
+    return position
 
 
 def load_torch_legacy(

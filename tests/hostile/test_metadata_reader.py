@@ -563,3 +563,56 @@ def test_the_scan_frees_its_memo_when_it_returns_not_at_a_later_collection() -> 
     assert after - before < (peak - before) / 10, (
         f"{(after - before) >> 10} KiB kept after the scan"
     )
+
+
+def test_storages_are_found_wherever_the_archive_puts_their_members(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path looks for storage "k" at the position of "0" plus k (torch.save's
+    order) and checks the name there; in any other order each tensor still reads its own
+    values. (Rewritten by zipfile, the members lose torch's 64-byte alignment, which
+    torch's path refuses: so the values are the judge here, not torch's plan.)"""
+    sd = {f"layer{i}.weight": torch.full((i + 1,), float(i)) for i in range(12)}
+    path = tmp_path / "f.pt"
+    torch.save(sd, path)
+    source = zipfile.ZipFile(path)
+    infos = source.infolist()
+    data = [i for i in infos if "/data/" in i.filename]
+    rest = [i for i in infos if "/data/" not in i.filename]
+    orders = {
+        "as saved": infos,
+        "reversed": rest + data[::-1],
+        "rotated": rest + data[5:] + data[:5],
+        "storages first": data + rest,
+        "two swapped": rest + data[:1] + data[2:3] + data[1:2] + data[3:],
+    }
+    used = []
+    original = torch_file._metadata_load
+    monkeypatch.setattr(torch_file, "_metadata_load", lambda *a: used.append(1) or original(*a))
+    for label, order in orders.items():
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as target:
+            for info in order:
+                target.writestr(zipfile.ZipInfo(info.filename), source.read(info))
+        shuffled = tmp_path / f"{label}.pt"
+        shuffled.write_bytes(out.getvalue())
+        checkpoint.plan_checkpoint(str(shuffled), label, LoadLimits())  # in this process
+        assert used.pop(), f"{label}: the fast path was not taken"
+        loaded = checkpoint.load_checkpoint(shuffled)  # in the reader, as always
+        for key, value in sd.items():
+            assert torch.equal(loaded.tensor(key), value), (label, key)
+
+
+def test_the_storage_member_finder_agrees_with_a_name_lookup_on_odd_keys() -> None:
+    from array import array
+
+    from recovery_core.io.container import TorchZipLayout
+
+    names = ["a/data.pkl", "a/data/0", "a/data/1", "a/data/3", "a/data/2", "a/data/012", "a/data/²"]
+    layout = TorchZipLayout("a/", names, array("q", range(7)), array("q", [1] * 7))
+    find = torch_file._data_member_finder(layout)
+    keys = ["0", "1", "2", "3", "4", "012", "12", "²", "-1", "9" * 40, "", "data.pkl"]
+    for key in keys:
+        assert find(key) == layout.positions().get(f"a/data/{key}"), key
+    no_zero = TorchZipLayout("a/", names[2:], array("q", range(5)), array("q", [1] * 5))
+    assert [torch_file._data_member_finder(no_zero)(k) for k in ("1", "3", "0")] == [0, 1, None]
