@@ -129,6 +129,7 @@ def whole_process(command: list[str]) -> dict[str, float]:
         subprocess.run(
             ["/usr/bin/time", "-o", report.name, "-f", "%U %S %M", sys.executable, *command],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, check=True,
+            env=cases.as_people_run_it(),
         )  # fmt: skip
         seconds = time.perf_counter() - started
         user, system, peak_kib = report.read().split()[-3:]
@@ -138,7 +139,7 @@ def whole_process(command: list[str]) -> dict[str, float]:
 def in_process(path: Path, which: str, calls: int) -> float:
     out = subprocess.run(
         [sys.executable, "-c", IN_PROCESS, str(path), which, str(calls)],
-        capture_output=True, text=True, cwd=ROOT, check=True,
+        capture_output=True, text=True, cwd=ROOT, check=True, env=cases.as_people_run_it(),
     )  # fmt: skip
     return float(out.stdout.split()[-1])
 

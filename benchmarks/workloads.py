@@ -456,14 +456,11 @@ def whole_process(command: list[str]) -> dict[str, Any]:
     included). The peak is the maximum resident set size that `/usr/bin/time` reads from
     wait4 for its own child: `time` is a small process, so the figure is the command's own
     (ru_maxrss of a child of this Python process would carry this process's peak over)."""
-    import os
     import subprocess
     import sys
     import tempfile
 
-    # As people run it: Python keeps the compiled bytecode of what it imports (a shell
-    # with PYTHONDONTWRITEBYTECODE=1 made every process compile the library again, ~0.3 s).
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = cases.as_people_run_it()
     with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
         started = time.perf_counter()
         out = subprocess.run(
