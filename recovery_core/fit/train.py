@@ -32,6 +32,7 @@ from recovery_core.fit.prefix_cache import (
     Suffix,
     cache_features,
     cached_forward,
+    chunk_for,
     find_suffix,
     full_forward,
 )
@@ -43,7 +44,7 @@ METHODS: tuple[Method, ...] = get_args(Method)
 # A run's life: idle, then running, then finished, stopped (by request) or failed.
 RunStatus = Literal["idle", "running", "finished", "stopped", "failed"]
 DEVICES = ("auto", "cpu", "cuda")
-EVAL_BATCH = 256  # evaluation needs no gradients, so it can use bigger batches
+EVAL_BATCH = 256  # evaluation's least chunk (`chunk_for`): no gradients, bigger batches
 # A watcher's chart must move on long epochs: the evaluation loss is also taken between
 # epoch ends, at most this many seconds apart (those points are shown, never kept as the
 # best weights: what is kept stays a function of the seed, not of the machine's speed).
@@ -366,6 +367,7 @@ class _Fit:
         self.train_forward: Callable[[Tensor], Tensor]
         self.eval_forward: Callable[[Tensor], Tensor]
         self.eval_target: Tensor
+        self.eval_chunk = EVAL_BATCH
         self.baseline = math.nan
         self.best_loss = math.inf
         self.best_step = 0
@@ -383,8 +385,7 @@ class _Fit:
             suffix, why_not = None, "caching turned off"
         features: CachedFeatures | None = None
         if suffix is not None:  # the probe tells the features' layout: no other forward
-            whole = run.inputs[0].shape[0]
-            chunk = FEATURE_CHUNK if cfg.samples_independent else max(whole, 1)
+            chunk = _cache_chunk(self.model, run.inputs, cfg.samples_independent)
             features, reason = cache_features(
                 self.model, suffix, run.inputs, chunk=chunk, probe=suffix.probe
             )
@@ -427,15 +428,18 @@ class _Fit:
             self.train_forward = full_forward(self.model, run.inputs)
         if run.val is None:
             self.eval_forward, self.eval_target = self.train_forward, self.target
+            self.eval_chunk = _eval_chunk(self.model, suffix, self.features, run.inputs)
             return
         self.eval_target = run.val[1]
         val_features = None
         if suffix is not None:
-            val_features, _ = cache_features(self.model, suffix, run.val[0])
+            chunk = chunk_for(self.model, run.val[0], FEATURE_CHUNK)
+            val_features, _ = cache_features(self.model, suffix, run.val[0], chunk=chunk)
         if suffix is not None and val_features is not None:
             self.eval_forward = cached_forward(suffix, val_features)
         else:
             self.eval_forward = full_forward(self.model, run.val[0])
+        self.eval_chunk = _eval_chunk(self.model, suffix, val_features, run.val[0])
 
     def closed_form(self) -> None:
         assert self.suffix is not None and self.features is not None
@@ -530,7 +534,7 @@ class _Fit:
         self.model.eval()
         try:
             n = self.eval_target.shape[0]
-            size = n if self.whole else EVAL_BATCH
+            size = n if self.whole else self.eval_chunk
             total = 0.0
             with torch.no_grad():
                 for start in range(0, n, size):
@@ -598,6 +602,25 @@ class _Fit:
             stopped_early=status != "finished",
             message=message,
         )
+
+
+def _cache_chunk(model: nn.Module, inputs: Sequence[Tensor], independent: bool) -> int:
+    """Samples per piece of the frozen-prefix cache: sized by their work (`chunk_for`), or
+    all at once when a sample's position depends on the others (positions along the batch)."""
+    return chunk_for(model, inputs, FEATURE_CHUNK) if independent else max(len(inputs[0]), 1)
+
+
+def _eval_chunk(
+    model: nn.Module,
+    suffix: Suffix | None,
+    features: CachedFeatures | None,
+    inputs: Sequence[Tensor],
+) -> int:
+    """An evaluation's chunk: by the work of the suffix on the cached features, or of the
+    whole model on the inputs."""
+    if features is not None and suffix is not None:
+        return chunk_for(suffix.runner, list(features.batched.values()), EVAL_BATCH)
+    return chunk_for(model, inputs, EVAL_BATCH)
 
 
 def _optimizer(

@@ -330,3 +330,48 @@ def test_the_closed_form_solve_matches_the_svd_solution_even_with_rank_deficient
     deficient = torch.cat([a, a[:, :1]], dim=1)
     expected = torch.linalg.lstsq(deficient, y, driver="gelsd").solution
     torch.testing.assert_close(solved(deficient, y), expected, rtol=1e-6, atol=1e-8)
+
+
+def test_feature_chunks_grow_for_cheap_samples_and_stay_small_for_costly_ones():
+    """A chunk's fixed cost (a Python call per module) dominates when a sample costs
+    microseconds; a costly sample keeps the least chunk, and its memory."""
+    from recovery_core.fit.prefix_cache import CHUNK_GROWTH, FEATURE_CHUNK, chunk_for
+
+    small, tokens = nn.Linear(16, 16), [torch.zeros(20_000, 7, dtype=torch.long)]
+    grown = chunk_for(small, tokens, FEATURE_CHUNK)
+    assert FEATURE_CHUNK < grown <= FEATURE_CHUNK * CHUNK_GROWTH
+    assert grown == chunk_for(small, tokens, FEATURE_CHUNK)  # the same data, the same chunks
+    wide = nn.Linear(1024, 1024)  # a million parameters on 512 positions of 64 features
+    assert chunk_for(wide, [torch.zeros(8, 512, 64)], FEATURE_CHUNK) == FEATURE_CHUNK
+    long = [torch.zeros(8, 4096)]  # pairwise work alone (attention's scores) keeps it small
+    assert chunk_for(nn.Linear(1, 1), long, FEATURE_CHUNK) == FEATURE_CHUNK
+
+
+def test_a_cache_in_grown_chunks_gives_the_whole_models_losses(monkeypatch):
+    """3,000 samples of a small MLP: its frozen prefix runs in a few chunks larger than
+    the least, and the cached run's losses are the full forward's."""
+    model, (x, y) = mlp(), regression(3000)
+    plan = plan_freeze(model, ["5"])
+    calls: list[int] = []
+    forward = nn.Linear.forward
+
+    def counting(self, inputs):
+        if self.in_features == 4:  # the first layer (of the run's private copy)
+            calls.append(inputs.shape[0])
+        return forward(self, inputs)
+
+    monkeypatch.setattr(nn.Linear, "forward", counting)
+    runs = {}
+    for cache in (True, False):
+        config = TrainingConfig(method="adam", lr=1e-2, epochs=2, batch_size=64, cache=cache)
+        run = TrainingRun(model, plan, (x,), y, MSE, config)
+        runs[cache] = (run.run(), [e.loss for e in run.events_since(0)])
+        if cache:
+            chunks = [n for n in calls if n > 2]  # the probe's two samples aside
+            assert sum(chunks) == 3000 and len(chunks) < 3000 / 256, chunks
+    (cached, cached_losses), (full, full_losses) = runs[True], runs[False]
+    assert cached.cached_prefix and not full.cached_prefix
+    assert cached.baseline_loss == pytest.approx(full.baseline_loss, rel=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(cached_losses), torch.tensor(full_losses), atol=1e-5, rtol=1e-5
+    )
