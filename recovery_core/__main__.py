@@ -1,5 +1,5 @@
 """`python -m recovery_core` is the `recovery` command."""
 
-from recovery_core.cli import main
+from recovery_core.cli import run
 
-raise SystemExit(main())
+run()

@@ -230,3 +230,25 @@ def test_torchs_note_on_a_fast_path_nothing_uses_does_not_reach_the_terminal(tmp
         code = main(["codegen", str(weights), "-o", str(tmp_path / "m.py"), "--set", "batch_first=False"])
     assert code == 0
     assert not [w for w in caught if "enable_nested_tensor" in str(w.message)]
+
+
+def test_the_command_exits_quietly_when_its_reader_leaves_and_keeps_its_exit_codes(tmp_path):
+    """`recovery inspect big.pt | head`: the pipe's reader leaves early; that is no error.
+    The process exits without the interpreter's teardown (`cli.run`), with main's code."""
+    path = tmp_path / "wide.pt"
+    torch.save({f"layer{i}.weight": torch.zeros(2, 2) for i in range(3000)}, path)
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "recovery_core", "inspect", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert reader.stdout is not None and reader.stderr is not None
+    assert reader.stdout.readline().startswith(b"wide.pt: torch-zip, 3000 tensors")
+    reader.stdout.close()  # as `head -1` does
+    assert reader.wait(timeout=120) == 1
+    assert reader.stderr.read() == b""
+    missing = subprocess.run(
+        [sys.executable, "-m", "recovery_core", "inspect", str(tmp_path / "none.pt")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == "error: none.pt does not exist; check the path."
