@@ -194,7 +194,7 @@ def _owns(module: ModuleSpec, name: str) -> bool:
     return name == groups_name(module.path) or (split is not None and split[0] == module.path)
 
 
-def convs_by_hidden_name(root: ModuleSpec) -> dict[str, ModuleSpec]:
+def _convs_by_hidden_name(root: ModuleSpec) -> dict[str, ModuleSpec]:
     """Each convolution by the per-layer names it hides ("blocks.0.groups",
     "blocks.0.stride"): made once per tree, not walked once per name (thousands of them)."""
     return {
@@ -486,7 +486,7 @@ def free_hyperparameters(
     if wirings is None:
         wirings = (wiring,) if wiring is not None else ()
     guesses = _unknown_guesses(root)
-    convs = convs_by_hidden_name(root)
+    convs = _convs_by_hidden_name(root)
     entries = _flat_metadata(metadata)
     hyperparameters, notes = [], []
     for name in free_names(root, wirings):

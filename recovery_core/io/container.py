@@ -182,9 +182,6 @@ class TorchZipLayout:
     sizes: array  # each member's size in bytes ('q')
     byteorder: str = ""  # "little" / "big" from the archive's byteorder record, "" if absent
 
-    def __len__(self) -> int:
-        return len(self.names)
-
     def at(self, i: int) -> ZipRecord:
         return ZipRecord(self.names[i], self.offsets[i], self.sizes[i])
 
