@@ -628,12 +628,7 @@ def test_on_data_new_to_the_model_the_search_ranks_with_the_output_layer_refitte
     badly was a wrong one (nhead, batch_first, the pooling). The search sees a refitted
     head fit far better, ranks every combination with it refitted, and finds what it
     finds on the model's own outputs; it says so. On those own outputs nothing changes."""
-    from tests.forward_zoo import FORWARD_BY_NAME
-
-    case = FORWARD_BY_NAME[case_name]
-    model = case.make()
-    weights = model.state_dict()
-    spec = infer_spec(Checkpoint.from_state_dict(weights))
+    case, model, weights, spec = _zoo_model(case_name)
 
     def search(data):
         *inputs, target = data.values()
@@ -665,12 +660,7 @@ def test_on_class_labels_of_a_new_task_the_output_layer_is_refitted_by_logistic_
     layer over the same trunk, per sample or per step): the original head's cross-entropy
     cannot judge the trunk. The search ranks with the output layer refitted by logistic
     regression and finds the values the model's own outputs give."""
-    from tests.forward_zoo import FORWARD_BY_NAME
-
-    case = FORWARD_BY_NAME[case_name]
-    model = case.make()
-    weights = model.state_dict()
-    spec = infer_spec(Checkpoint.from_state_dict(weights))
+    case, model, weights, spec = _zoo_model(case_name)
 
     def search(data, loss):
         *inputs, target = data.values()
@@ -693,12 +683,7 @@ def test_a_ranking_refitted_on_data_the_model_fits_finds_the_same_values_and_say
     outputs far better with the output layer refitted, and the search then ranks with it
     refitted: its best is the one the original weights pick, it fits as well with them,
     and the message says the data is not new to the model."""
-    from tests.forward_zoo import FORWARD_BY_NAME
-
-    case = FORWARD_BY_NAME["vector_seq2seq_fed_as_is"]
-    model = case.make()
-    weights = model.state_dict()
-    spec = infer_spec(Checkpoint.from_state_dict(weights))
+    case, model, weights, spec = _zoo_model("vector_seq2seq_fed_as_is")
     *inputs, target = case.data(model, 128).values()
     result = score_candidates(spec, weights, tuple(inputs), target, F.mse_loss, threads=1)
 
@@ -715,7 +700,6 @@ def test_a_refit_that_fits_to_rounding_is_reported_not_a_division_by_zero(monkey
     # rounds to 0 in float32. The message says so instead of dividing by it.
     import recovery_core.fit.search as search_module
     from recovery_core.fit.head_refit import Refitted
-    from tests.forward_zoo import FORWARD_BY_NAME
 
     real = search_module.forward_refitted
 
@@ -726,10 +710,7 @@ def test_a_refit_that_fits_to_rounding_is_reported_not_a_division_by_zero(monkey
         return Refitted(found.output, target.clone(), found.head, found.coefficients)
 
     monkeypatch.setattr(search_module, "forward_refitted", exact)
-    case = FORWARD_BY_NAME["mlp"]
-    model = case.make()
-    weights = model.state_dict()
-    spec = infer_spec(Checkpoint.from_state_dict(weights))
+    case, model, weights, spec = _zoo_model("mlp")
     *inputs, target = case.new_task_data(model, 128).values()
     result = score_candidates(spec, weights, tuple(inputs), target, F.mse_loss, threads=1)
     assert result.best.loss == 0 and result.new_task_losses is not None
@@ -741,7 +722,6 @@ def test_labels_under_a_loss_other_than_cross_entropy_are_not_refitted(monkeypat
     # multi-class hinge, say) it would rank by what that loss does not measure, so none
     # is fitted and the original weights rank.
     import recovery_core.fit.head_refit as head_refit
-    from tests.forward_zoo import FORWARD_BY_NAME
 
     fits = []
 
@@ -751,15 +731,22 @@ def test_labels_under_a_loss_other_than_cross_entropy_are_not_refitted(monkeypat
 
     real = head_refit.logistic_regression
     monkeypatch.setattr(head_refit, "logistic_regression", counted)
-    case = FORWARD_BY_NAME["gru_last_step"]
-    model = case.make()
-    weights = model.state_dict()
-    spec = infer_spec(Checkpoint.from_state_dict(weights))
+    case, model, weights, spec = _zoo_model("gru_last_step")
     *inputs, labels = case.new_labels(model, 1024).values()
     hinge = F.multi_margin_loss
     result = score_candidates(spec, weights, tuple(inputs), labels, hinge, threads=1)
     assert result.best is not None and result.refitted_head is None
     assert "refitted" not in result.message and fits == []
+
+
+def _zoo_model(name: str):
+    """A forward-zoo case, a model it makes, its weights and the spec they infer."""
+    from tests.forward_zoo import FORWARD_BY_NAME
+
+    case = FORWARD_BY_NAME[name]
+    model = case.make()
+    weights = model.state_dict()
+    return case, model, weights, infer_spec(Checkpoint.from_state_dict(weights))
 
 
 def _watch_scoring(monkeypatch, note) -> None:
@@ -784,12 +771,7 @@ def test_screening_refits_class_labels_on_a_class_share_of_the_samples_and_final
     classes but one), so each combination runs on a few samples; the finalists are
     refitted by logistic regression, on the samples it needs (four labels per input and
     class), and the message says both."""
-    from tests.forward_zoo import FORWARD_BY_NAME
-
-    case = FORWARD_BY_NAME["first_token_classifier"]
-    model = case.make()
-    weights = model.state_dict()
-    spec = infer_spec(Checkpoint.from_state_dict(weights))
+    case, model, weights, spec = _zoo_model("first_token_classifier")
     *inputs, labels = case.new_labels(model, 1024).values()
     seen: dict[bool, set[int]] = {True: set(), False: set()}
 
@@ -818,12 +800,7 @@ def test_a_reading_of_the_samples_as_the_sequence_is_screened_on_the_first_ones_
     on all of them, each screened combination would cost attention over the whole data
     set. It is screened on as many of the first samples as a batch-first reading is, and
     the finalists climb back to all of them."""
-    from tests.forward_zoo import FORWARD_BY_NAME
-
-    case = FORWARD_BY_NAME["vector_seq2seq_batch_first"]
-    model = case.make()
-    weights = model.state_dict()
-    spec = infer_spec(Checkpoint.from_state_dict(weights))
+    case, model, weights, spec = _zoo_model("vector_seq2seq_batch_first")
     *inputs, target = case.data(model, 512).values()
     lengths: dict[bool, set[int]] = {True: set(), False: set()}
 
